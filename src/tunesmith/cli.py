@@ -1,0 +1,157 @@
+"""`tunesmith` command line: thin fronts over the library functions.
+
+User errors (TunesmithError) print one line and exit 2; `validate` exits 1 when the data has errors.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+from tunesmith.errors import TunesmithError
+
+EXIT_USER_ERROR = 2
+
+
+def _train(args) -> int:
+    from tunesmith.config import load_config
+    from tunesmith.train.recipe import train
+
+    cfg = load_config(args.config, args.overrides)
+    summary = train(cfg, resume=args.resume, overwrite=args.overwrite)
+    _print_train_summary(summary)
+    return 0
+
+
+def _print_train_summary(summary) -> None:
+    import json
+    from pathlib import Path
+
+    from rich.console import Console
+    from rich.table import Table
+    from rich.text import Text
+
+    console = Console()
+    before = f"{summary.initial_val_loss:.4f}" if summary.initial_val_loss is not None else "-"
+    after = f"{summary.best_val_loss:.4f}" if summary.best_val_loss is not None else "-"
+    console.print(
+        Text(
+            f"\nvalidation loss: {before} before -> {after} after (best at step {summary.best_step}); "
+            f"{summary.steps} steps, {summary.trained_tokens:,} tokens, {summary.wall_seconds:.0f} s"
+        )
+    )
+    samples_path = Path(summary.out_dir) / "samples.json"
+    samples = json.loads(samples_path.read_text()) if samples_path.exists() else []
+    if samples:
+        table = Table(title="held-out inputs: base model vs fine-tuned", show_lines=True)
+        for column in ("input", "base model", "fine-tuned", "reference"):
+            table.add_column(column, overflow="fold")
+        for s in samples:
+            # Text(), not markup: E2E inputs are full of [brackets] that rich would eat.
+            table.add_row(*(Text(s.get(k, "")) for k in ("input", "base", "finetuned", "reference")))
+        console.print(table)
+    console.print(f"outputs in {summary.out_dir}: adapter/ merged/ metrics.jsonl loss.png config.yaml")
+
+
+def _columns(text: str | None) -> dict[str, str] | None:
+    if not text:
+        return None
+    try:
+        return dict(pair.split("=", 1) for pair in text.split(","))
+    except ValueError:
+        raise TunesmithError(f"--columns {text!r} must look like prompt=mr,completion=ref") from None
+
+
+def _validate(args) -> int:
+    from tunesmith.config import DataConfig
+    from tunesmith.data.prepare import prepare_data
+    from tunesmith.models import load_tokenizer
+
+    cfg = DataConfig(
+        train=args.data,
+        validation=args.validation,
+        val_fraction=0.0,
+        format=args.format,
+        columns=_columns(args.columns),
+        max_seq_len=args.max_seq_len,
+        system=args.system,
+    )
+    prepared = prepare_data(
+        cfg, load_tokenizer(args.model), batch_size=args.batch_size, grad_accum=args.grad_accum, strict=False
+    )
+    print(prepared.render())
+    return 0 if prepared.ok else 1
+
+
+def _generate(args) -> int:
+    from tunesmith.data.formats import Message
+    from tunesmith.evaluate.baselines import encode_chat
+    from tunesmith.evaluate.generate import generate
+    from tunesmith.models import load_model
+
+    loaded = load_model(args.model)
+    messages = ([Message("system", args.system)] if args.system else []) + [Message("user", args.prompt)]
+    out = generate(
+        loaded.model,
+        loaded.tokenizer,
+        [encode_chat(loaded.tokenizer, messages)],
+        max_new_tokens=args.max_new_tokens,
+        batch_size=1,
+        temperature=args.temperature,
+        top_p=args.top_p,
+    )
+    print(out.texts[0].strip())
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="tunesmith", description="Fine-tune pre-trained language models.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("train", help="fine-tune a model from a YAML config")
+    p.add_argument("config")
+    p.add_argument("overrides", nargs="*", help="dotted overrides, e.g. train.lr=1e-4")
+    mode = p.add_mutually_exclusive_group()
+    mode.add_argument("--resume", action="store_true", help="continue from the last checkpoint in out_dir")
+    mode.add_argument("--overwrite", action="store_true", help="replace a run already in out_dir")
+    p.set_defaults(func=_train)
+
+    p = sub.add_parser("validate", help="check a data file before any compute")
+    p.add_argument("data")
+    p.add_argument("--model", default="smollm2-135m-instruct")
+    p.add_argument("--validation")
+    p.add_argument("--format", default="auto")
+    p.add_argument("--columns", help="CSV column mapping, e.g. prompt=mr,completion=ref")
+    p.add_argument("--system")
+    p.add_argument("--max-seq-len", type=int, default=512)
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--grad-accum", type=int, default=1)
+    p.set_defaults(func=_validate)
+
+    p = sub.add_parser("generate", help="answer one prompt with a base or fine-tuned model")
+    p.add_argument("--model", default="smollm2-135m-instruct", help="built-in name, HF folder or run out_dir")
+    p.add_argument("--prompt", required=True)
+    p.add_argument("--system")
+    p.add_argument("--max-new-tokens", type=int, default=128)
+    p.add_argument("--temperature", type=float, default=0.0)
+    p.add_argument("--top-p", type=float, default=1.0)
+    p.set_defaults(func=_generate)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except TunesmithError as error:
+        print(f"tunesmith: error: {error}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    except KeyboardInterrupt:
+        print("tunesmith: interrupted", file=sys.stderr)
+        return 130
+
+
+def run() -> None:
+    sys.exit(main())

@@ -1,0 +1,208 @@
+"""The one typed run configuration: YAML file + dotted overrides (``train.lr=1e-4``).
+
+Every field has a description (it is the documentation the README table is made from); unknown keys
+and wrong types are errors that name the key and suggest the nearest valid one.
+"""
+
+from __future__ import annotations
+
+import difflib
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from tunesmith.errors import TunesmithError
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class DataConfig(_Strict):
+    train: str = Field(description="Training file (JSONL, JSON, CSV or .txt).")
+    validation: str | None = Field(None, description="Validation file; if absent, val_fraction is split off.")
+    val_fraction: float = Field(
+        0.1, ge=0.0, lt=1.0, description="Share of train held out for validation when no file is given."
+    )
+    test: str | None = Field(None, description="Held-out test file for `tunesmith eval` (and after train).")
+    format: Literal["auto", "messages", "prompt_completion", "alpaca", "csv", "text"] = Field(
+        "auto", description="Data format; `auto` detects it from the file and says which it chose."
+    )
+    columns: dict[str, str] | None = Field(
+        None, description="CSV column mapping, e.g. {prompt: mr, completion: ref}."
+    )
+    system: str | None = Field(
+        None, description="System prompt added to every example that has none (also used by eval)."
+    )
+    max_seq_len: int = Field(512, ge=8, description="Tokens per example; longer ones are truncated.")
+    packing: bool = Field(
+        False,
+        description="Pack a micro-batch's examples into shared rows (positions restart, attention blocked "
+        "between examples) instead of padding them.",
+    )
+
+
+class MethodConfig(_Strict):
+    name: Literal["lora", "full"] = Field("lora", description="`lora` (PEFT adapter) or `full` fine-tuning.")
+    r: int = Field(16, ge=1, description="LoRA rank.")
+    alpha: float = Field(32.0, gt=0, description="LoRA alpha; the update is scaled by alpha / r.")
+    dropout: float = Field(0.05, ge=0.0, lt=1.0, description="Dropout on the LoRA input.")
+    target_modules: list[str] | Literal["all-linear"] = Field(
+        "all-linear", description="Modules that get adapters; `all-linear` = every linear layer but lm_head."
+    )
+
+
+class EarlyStoppingConfig(_Strict):
+    patience: int = Field(3, ge=1, description="Evaluations without improvement before stopping.")
+    min_delta: float = Field(0.0, ge=0.0, description="Smallest validation-loss drop that counts.")
+
+
+class TrainConfig(_Strict):
+    epochs: float = Field(1.0, gt=0, description="Passes over the training data (fractions allowed).")
+    max_steps: int | None = Field(None, ge=1, description="Stop after this many optimizer steps.")
+    batch_size: int = Field(8, ge=1, description="Examples per micro-batch.")
+    grad_accum: int = Field(1, ge=1, description="Micro-batches per optimizer step.")
+    lr: float = Field(2e-4, gt=0, le=1.0, description="Peak learning rate.")
+    optimizer: Literal["adamw", "sgd"] = Field("adamw", description="Optimizer.")
+    weight_decay: float = Field(0.0, ge=0.0, description="Decoupled weight decay (AdamW) / L2 (SGD).")
+    scheduler: Literal["cosine", "linear", "constant"] = Field(
+        "cosine", description="LR decay after warm-up."
+    )
+    warmup_steps: int = Field(10, ge=0, description="Linear warm-up steps from 0 to lr.")
+    max_grad_norm: float | None = Field(1.0, gt=0, description="Clip the global grad norm; null disables.")
+    eval_every: int = Field(50, ge=1, description="Evaluate validation loss every N optimizer steps.")
+    save_every: int = Field(100, ge=1, description="Write a resumable checkpoint every N steps.")
+    early_stopping: EarlyStoppingConfig | None = Field(
+        None, description="Stop when validation loss stops improving; null disables."
+    )
+    seed: int = Field(0, description="Seed for data order, LoRA init and dropout.")
+    log_every: int = Field(5, ge=1, description="Write a metrics line every N steps.")
+    dtype: Literal["auto", "float32", "bfloat16"] = Field(
+        "auto",
+        description="Compute dtype (weights and optimizer stay float32); auto = bfloat16 autocast where the "
+        "CPU has avx512_bf16/AMX or the GPU supports it (~2.5x faster on such a CPU), else float32.",
+    )
+    gradient_checkpointing: bool = Field(
+        False, description="Recompute activations: less memory, ~30% slower."
+    )
+    compile: bool = Field(False, description="torch.compile the model (slow first steps).")
+    loss_chunk_size: int = Field(1024, ge=1, description="Label positions projected through lm_head at once.")
+
+
+class EvalConfig(_Strict):
+    task: Literal["generation", "classification", "text"] = Field(
+        "generation",
+        description="Metrics: generation (BLEU...), classification (accuracy), text (perplexity).",
+    )
+    labels: list[str] | None = Field(None, description="Label set for classification.")
+    few_shot_k: int | None = Field(
+        None, ge=0, description="In-context examples; null = the most that fit the context, up to 8."
+    )
+    few_shot_selection: Literal["random", "similar"] = Field(
+        "random", description="How examples are drawn: seeded random, or most token overlap with the prompt."
+    )
+    context_tokens: int | None = Field(
+        None, ge=1, description="Prompt-token budget for few-shot; null = model context minus max_new_tokens."
+    )
+    max_items: int | None = Field(None, ge=1, description="Evaluate only the first N test items.")
+    max_new_tokens: int = Field(64, ge=1, description="Generation length limit.")
+    batch_size: int = Field(16, ge=1, description="Generation batch size.")
+    temperature: float = Field(0.0, ge=0.0, description="Sampling temperature; 0 = greedy decoding.")
+    top_p: float = Field(
+        1.0, gt=0.0, le=1.0, description="Nucleus sampling mass (only when temperature > 0)."
+    )
+    seed: int = Field(0, description="Seed for few-shot draws, sampling and bootstrap resampling.")
+    bootstrap_resamples: int = Field(1000, ge=10, description="Resamples for the 95% confidence intervals.")
+    general_text: str | None = Field(None, description="General-text file for the forgetting monitor.")
+    samples: int = Field(5, ge=0, description="Held-out items printed side by side after training.")
+
+
+class Config(_Strict):
+    model: str = Field("smollm2-135m-instruct", description="Built-in name, HF folder or .gguf path.")
+    data: DataConfig = Field(description="Where the data is and how to read it.")
+    method: MethodConfig = Field(default_factory=MethodConfig, description="LoRA or full fine-tuning.")
+    train: TrainConfig = Field(default_factory=TrainConfig, description="Optimisation settings.")
+    eval: EvalConfig = Field(default_factory=EvalConfig, description="Held-out evaluation settings.")
+    out_dir: str = Field(
+        "runs/default", description="Run folder: adapter, merged model, metrics, checkpoints."
+    )
+
+    @model_validator(mode="after")
+    def _warmup_fits(self) -> Config:
+        if self.train.max_steps is not None and self.train.warmup_steps > self.train.max_steps:
+            raise ValueError("train.warmup_steps must not exceed train.max_steps")
+        return self
+
+
+def _field_names(model: type[BaseModel], prefix: str = "") -> list[str]:
+    names = []
+    for name, field in model.model_fields.items():
+        names.append(prefix + name)
+        sub = field.annotation
+        for candidate in getattr(sub, "__args__", (sub,)):
+            if isinstance(candidate, type) and issubclass(candidate, BaseModel):
+                names.extend(_field_names(candidate, prefix + name + "."))
+    return names
+
+
+def _explain(error: ValidationError, source: str) -> str:
+    known = _field_names(Config)
+    lines = []
+    for item in error.errors():
+        key = ".".join(str(p) for p in item["loc"])
+        if item["type"] == "extra_forbidden":
+            close = difflib.get_close_matches(key, known, n=1, cutoff=0.5)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            lines.append(f"unknown key {key!r}{hint}")
+        elif item["type"] == "missing":
+            lines.append(f"missing key {key!r}")
+        else:
+            lines.append(f"{key or 'config'}: {item['msg']} (got {item.get('input')!r})")
+    return f"{source}: invalid config: " + "; ".join(lines)
+
+
+def _parse_override(text: str) -> tuple[list[str], Any]:
+    if "=" not in text:
+        raise TunesmithError(f"override {text!r} must look like key.sub=value")
+    key, raw = text.split("=", 1)
+    return key.strip().split("."), yaml.safe_load(raw) if raw else None
+
+
+def apply_overrides(raw: dict, overrides: list[str]) -> dict:
+    for text in overrides:
+        path, value = _parse_override(text)
+        node = raw
+        for part in path[:-1]:
+            child = node.setdefault(part, {})
+            if not isinstance(child, dict):
+                raise TunesmithError(f"override {text!r}: {part!r} is not a section")
+            node = child
+        node[path[-1]] = value
+    return raw
+
+
+def config_from_dict(raw: dict, source: str = "config") -> Config:
+    try:
+        return Config.model_validate(raw)
+    except ValidationError as error:
+        raise TunesmithError(_explain(error, source)) from None
+
+
+def load_config(path: str | Path, overrides: list[str] | None = None) -> Config:
+    """Read YAML, apply dotted overrides, validate; relative data paths stay relative to the CWD."""
+    path = Path(path)
+    if not path.is_file():
+        raise TunesmithError(f"config file not found: {path}")
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as error:
+        raise TunesmithError(f"{path}: not valid YAML: {error}") from None
+    if not isinstance(raw, dict):
+        raise TunesmithError(f"{path}: the config must be a mapping of keys to values")
+    return config_from_dict(apply_overrides(raw, overrides or []), str(path))
+
+
+def dump_config(config: Config) -> str:
+    return yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False)

@@ -1,0 +1,367 @@
+"""Read training data in the common fine-tuning formats into one shape: a list of `Example`.
+
+A bad line never stops the read: it becomes a `LineError` so that `tunesmith validate` can list
+every problem in one pass. Only whole-file problems (missing, unreadable, empty, undetectable)
+raise `TunesmithError`.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from tunesmith.errors import TunesmithError
+
+FORMATS = ("messages", "prompt_completion", "alpaca", "csv", "text")
+ROLES = ("system", "user", "assistant")
+CSV_COLUMNS = ("prompt", "completion", "system")
+
+# (required keys, optional keys) per JSON format; any other key is an error, as in OpenAI's API,
+# because a misspelt key ("completions") would otherwise silently drop data.
+_KEYS = {
+    "messages": (("messages",), ()),
+    "prompt_completion": (("prompt", "completion"), ()),
+    "alpaca": (("instruction", "output"), ("input",)),
+    "text": (("text",), ()),
+}
+_MESSAGE_KEYS = (("role", "content"), ("weight",))
+
+Problem = tuple[str | None, str]  # (field, reason) before the line and path are known
+
+
+@dataclass(frozen=True)
+class Message:
+    role: str
+    content: str
+    weight: int = 1  # only assistant messages: 0 = do not train on this turn (OpenAI's `weight`)
+
+
+@dataclass(frozen=True)
+class Example:
+    line: int  # 1-based: JSONL/CSV physical line, JSON array index, .txt paragraph start
+    messages: tuple[Message, ...] = ()
+    text: str | None = None  # raw text format: loss on every token
+
+
+@dataclass(frozen=True)
+class LineError:
+    path: str
+    line: int
+    field: str | None
+    reason: str
+    severity: str = "error"  # "error" | "warning"
+
+    @property
+    def message(self) -> str:
+        """The problem without its location, e.g. "messages[1].role: unknown role 'bot'"."""
+        prefix = "warning: " if self.severity == "warning" else ""
+        return f"{prefix}{self.field}: {self.reason}" if self.field else f"{prefix}{self.reason}"
+
+    def __str__(self) -> str:
+        return f"{self.path}:{self.line}: {self.message}"
+
+
+@dataclass
+class LoadedData:
+    path: str
+    format: str
+    examples: list[Example]
+    errors: list[LineError]
+
+
+def read_examples(path, format: str = "auto", columns: dict[str, str] | None = None) -> LoadedData:
+    """Read one data file; format "auto" detects it from the extension and the first object's keys."""
+    path = str(path)
+    if format != "auto" and format not in FORMATS:
+        raise TunesmithError(f"unknown data format {format!r} (expected auto, {', '.join(FORMATS)})")
+    text = _read_text(path)
+    if format == "auto":
+        format = _detect(path, text)
+    if columns is not None and format != "csv":
+        raise TunesmithError(f"{path}: a column mapping only applies to CSV files, not {format}")
+    if format == "csv":
+        examples, errors = _read_csv(path, text, columns)
+    elif format == "text" and Path(path).suffix.lower() == ".txt":
+        examples, errors = _read_paragraphs(text), []
+    else:
+        examples, errors = _read_json(path, text, format)
+    # A file whose every line is bad still returns, so `validate` can name every line.
+    if not examples and not errors:
+        raise TunesmithError(f"{path}: no examples")
+    return LoadedData(path, format, examples, errors)
+
+
+def detect_format(path) -> str:
+    path = str(path)
+    return _detect(path, _read_text(path))
+
+
+def _read_text(path: str) -> str:
+    try:
+        data = Path(path).read_bytes()
+    except FileNotFoundError:
+        raise TunesmithError(f"data file not found: {path}") from None
+    except OSError as e:
+        raise TunesmithError(f"cannot read data file {path}: {e.strerror}") from None
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        line = data.count(b"\n", 0, e.start) + 1
+        raise TunesmithError(
+            f"{path}:{line}: not valid UTF-8 (byte 0x{data[e.start]:02x}); save the file as UTF-8"
+        ) from None
+    if not text.strip():
+        raise TunesmithError(f"{path}: no examples (the file is empty)")
+    return text
+
+
+def _detect(path: str, text: str) -> str:
+    suffix = Path(path).suffix.lower()
+    if suffix == ".csv":
+        return "csv"
+    if suffix == ".txt":
+        return "text"
+    first_keys = None
+    for _, value in _json_records(path, text):
+        if not isinstance(value, dict):
+            continue
+        keys = set(value)
+        # Loose signatures on purpose: a line missing one key should be reported as that line's
+        # error, not make the whole file undetectable.
+        for fmt, signature in (
+            ("messages", {"messages"}),
+            ("alpaca", {"instruction", "output"}),
+            ("prompt_completion", {"prompt", "completion"}),
+            ("text", {"text"}),
+        ):
+            if keys & signature:
+                return fmt
+        first_keys = first_keys or sorted(keys)
+    seen = f"the first object has keys {', '.join(first_keys)}" if first_keys else "no line is a JSON object"
+    raise TunesmithError(
+        f"cannot detect the format of {path}: {seen}; expected messages, prompt+completion, "
+        f"instruction+output or text keys (or pass a format: {', '.join(FORMATS)})"
+    )
+
+
+class _BadJSON(str):
+    """The json error message for a line that did not parse, told apart from a parsed string."""
+
+
+def _json_records(path: str, text: str):
+    """Yield (line, parsed value or _BadJSON) from a JSON array or JSON Lines text."""
+    if text.lstrip().startswith("[") and not path.lower().endswith(".jsonl"):
+        try:
+            items = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise TunesmithError(f"{path}:{e.lineno}: invalid JSON array: {e.msg}") from None
+        yield from enumerate(items, 1)
+        return
+    # Only "\n" ends a JSON Lines record: str.splitlines would also split on U+2028, which JSON
+    # allows unescaped inside strings.
+    for line, raw in enumerate(text.split("\n"), 1):
+        if not raw.strip():
+            continue
+        try:
+            yield line, json.loads(raw)
+        except json.JSONDecodeError as e:
+            yield line, _BadJSON(f"invalid JSON: {e.msg} (column {e.colno})")
+
+
+def _read_json(path: str, text: str, fmt: str) -> tuple[list[Example], list[LineError]]:
+    examples, errors = [], []
+    for line, value in _json_records(path, text):
+        if isinstance(value, _BadJSON):
+            problems = [(None, str(value))]
+        elif not isinstance(value, dict):
+            problems = [(None, f"expected a JSON object, got {_json_type(value)}")]
+        else:
+            problems = _check_keys(value, *_KEYS[fmt])
+            if not problems:
+                content, problems = _CONVERTERS[fmt](value)
+        if problems:
+            errors += [LineError(path, line, field, reason) for field, reason in problems]
+        elif isinstance(content, str):
+            examples.append(Example(line, text=content))
+        else:
+            examples.append(Example(line, messages=content))
+    return examples, errors
+
+
+def _check_keys(obj: dict, required: tuple[str, ...], optional: tuple[str, ...]) -> list[Problem]:
+    allowed = required + optional
+    problems: list[Problem] = [(k, "missing key") for k in required if k not in obj]
+    return problems + [(k, f"unknown key (expected {', '.join(allowed)})") for k in obj if k not in allowed]
+
+
+def _json_type(value) -> str:
+    for kind, name in (
+        (bool, "boolean"),
+        (str, "string"),
+        (int, "number"),
+        (float, "number"),
+        (list, "array"),
+        (dict, "object"),
+    ):
+        if isinstance(value, kind):
+            return name
+    return "null"
+
+
+def _content(value, field: str, problems: list[Problem]) -> str | None:
+    if not isinstance(value, str):
+        problems.append((field, f"expected a string, got {_json_type(value)}"))
+    elif not value.strip():
+        problems.append((field, "empty content"))
+    else:
+        return value
+    return None
+
+
+def _from_messages(obj: dict):
+    raw = obj["messages"]
+    if not isinstance(raw, list):
+        return None, [("messages", f"expected an array, got {_json_type(raw)}")]
+    if not raw:
+        return None, [("messages", "empty conversation")]
+    problems: list[Problem] = []
+    messages = tuple(_message(i, m, problems) for i, m in enumerate(raw))
+    if problems:
+        return None, problems
+    return messages, _conversation_problems(messages)
+
+
+def _message(i: int, raw, problems: list[Problem]) -> Message | None:
+    where = f"messages[{i}]"
+    if not isinstance(raw, dict):
+        problems.append((where, f"expected an object, got {_json_type(raw)}"))
+        return None
+    key_problems = _check_keys(raw, *_MESSAGE_KEYS)
+    if key_problems:
+        problems += [(f"{where}.{key}", reason) for key, reason in key_problems]
+        return None
+    role, weight = raw["role"], raw.get("weight", 1)
+    content = _content(raw["content"], f"{where}.content", problems)
+    if not isinstance(role, str):
+        problems.append((f"{where}.role", f"expected a string, got {_json_type(role)}"))
+    elif role not in ROLES:
+        problems.append((f"{where}.role", f"unknown role {role!r} (expected {', '.join(ROLES)})"))
+    elif "weight" in raw and role != "assistant":
+        problems.append((f"{where}.weight", f"weight is only allowed on assistant messages, not {role}"))
+    # bool is an int in Python, but `true` is not a valid weight in OpenAI's format either.
+    if isinstance(weight, bool) or weight not in (0, 1):
+        problems.append((f"{where}.weight", f"weight must be 0 or 1, got {json.dumps(weight)}"))
+    return Message(role, content, weight) if content is not None else None
+
+
+def _conversation_problems(messages: tuple[Message, ...]) -> list[Problem]:
+    weights = [m.weight for m in messages if m.role == "assistant"]
+    if messages[0].role == "assistant":
+        # Chat templates render an assistant turn as the answer to what came before; with nothing
+        # before it there is no prompt to split off.
+        return [("messages[0].role", "a conversation cannot start with an assistant message")]
+    if not weights:
+        return [("messages", "no assistant message to train on")]
+    if not any(weights):
+        return [("messages", "every assistant message has weight 0: nothing to train on")]
+    return []
+
+
+def _chat(prompt: str, completion: str, system: str | None = None) -> tuple[Message, ...]:
+    head = (Message("system", system),) if system else ()
+    return head + (Message("user", prompt), Message("assistant", completion))
+
+
+def _from_prompt_completion(obj: dict):
+    problems: list[Problem] = []
+    prompt = _content(obj["prompt"], "prompt", problems)
+    completion = _content(obj["completion"], "completion", problems)
+    return (None, problems) if problems else (_chat(prompt, completion), [])
+
+
+def _from_alpaca(obj: dict):
+    problems: list[Problem] = []
+    instruction = _content(obj["instruction"], "instruction", problems)
+    output = _content(obj["output"], "output", problems)
+    extra = obj.get("input", "")
+    if not isinstance(extra, str):
+        problems.append(("input", f"expected a string, got {_json_type(extra)}"))
+    if problems:
+        return None, problems
+    prompt = f"{instruction}\n\n{extra}" if extra.strip() else instruction
+    return _chat(prompt, output), []
+
+
+def _from_text(obj: dict):
+    problems: list[Problem] = []
+    return _content(obj["text"], "text", problems), problems
+
+
+_CONVERTERS = {
+    "messages": _from_messages,
+    "prompt_completion": _from_prompt_completion,
+    "alpaca": _from_alpaca,
+    "text": _from_text,
+}
+
+
+def _read_paragraphs(text: str) -> list[Example]:
+    examples, start, lines = [], 0, []
+    for number, raw in enumerate(text.split("\n") + [""], 1):
+        if raw.strip():
+            start = start or number
+            lines.append(raw)
+        elif lines:
+            examples.append(Example(start, text="\n".join(lines)))
+            start, lines = 0, []
+    return examples
+
+
+def _read_csv(path: str, text: str, columns: dict[str, str] | None) -> tuple[list[Example], list[LineError]]:
+    reader = csv.reader(io.StringIO(text, newline=""))
+    header = next(reader)
+    mapping = _csv_mapping(path, header, columns)
+    index = {role: header.index(column) for role, column in mapping.items()}
+    examples, errors = [], []
+    row_start = reader.line_num + 1
+    for row in reader:
+        line, row_start = row_start, reader.line_num + 1  # a quoted cell may span several lines
+        if not row:
+            continue
+        if len(row) != len(header):
+            errors.append(LineError(path, line, None, f"expected {len(header)} fields, got {len(row)}"))
+            continue
+        problems: list[Problem] = []
+        prompt = _content(row[index["prompt"]], mapping["prompt"], problems)
+        completion = _content(row[index["completion"]], mapping["completion"], problems)
+        system = row[index["system"]] if "system" in index else None
+        errors += [LineError(path, line, field, reason) for field, reason in problems]
+        if not problems:
+            examples.append(Example(line, messages=_chat(prompt, completion, system)))
+    return examples, errors
+
+
+def _csv_mapping(path: str, header: list[str], columns: dict[str, str] | None) -> dict[str, str]:
+    if columns is None:
+        if not {"prompt", "completion"} <= set(header):
+            raise TunesmithError(
+                f"{path}: CSV needs a column mapping, e.g. columns={{'prompt': ..., 'completion': ...}}; "
+                f"its header has: {', '.join(header)}"
+            )
+        return {role: role for role in CSV_COLUMNS if role in header}
+    unknown = sorted(set(columns) - set(CSV_COLUMNS))
+    missing = [role for role in ("prompt", "completion") if role not in columns]
+    if unknown or missing:
+        raise TunesmithError(
+            f"{path}: column mapping needs prompt and completion (optional system); "
+            f"got {', '.join(sorted(columns)) or 'nothing'}"
+        )
+    for role, column in columns.items():
+        if column not in header:
+            raise TunesmithError(
+                f"{path}:1: column {column!r} (for {role}) is not in the header: {', '.join(header)}"
+            )
+    return dict(columns)

@@ -1,0 +1,87 @@
+"""From a DataConfig to validated, tokenized train and validation sets (one place for train,
+validate, eval and the service)."""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, replace
+
+from tunesmith.config import DataConfig
+from tunesmith.data.formats import Example, LoadedData, Message, read_examples
+from tunesmith.data.tokenize import TokenizedExample
+from tunesmith.data.validate import ValidationReport, validate_dataset
+from tunesmith.errors import TunesmithError
+
+
+@dataclass
+class PreparedData:
+    train: list[TokenizedExample]
+    validation: list[TokenizedExample]
+    validation_examples: list[Example]
+    train_report: ValidationReport
+    validation_report: ValidationReport | None
+
+    @property
+    def ok(self) -> bool:
+        return self.train_report.ok and (self.validation_report is None or self.validation_report.ok)
+
+    def render(self) -> str:
+        parts = [self.train_report.render()]
+        if self.validation_report is not None:
+            parts.append(self.validation_report.render())
+        return "\n\n".join(parts)
+
+
+def with_system(examples: list[Example], system: str | None) -> list[Example]:
+    if system is None:
+        return examples
+    return [
+        e
+        if e.text is not None or (e.messages and e.messages[0].role == "system")
+        else replace(e, messages=(Message("system", system), *e.messages))
+        for e in examples
+    ]
+
+
+def read_data(path: str, cfg: DataConfig) -> LoadedData:
+    loaded = read_examples(path, cfg.format, cfg.columns)
+    loaded.examples = with_system(loaded.examples, cfg.system)
+    return loaded
+
+
+def split_off_validation(
+    loaded: LoadedData, fraction: float, seed: int
+) -> tuple[LoadedData, LoadedData | None]:
+    if fraction <= 0 or len(loaded.examples) < 2:
+        return loaded, None
+    order = list(range(len(loaded.examples)))
+    random.Random(seed).shuffle(order)
+    n_val = max(1, round(fraction * len(order)))
+    held = set(order[:n_val])
+    train = [e for i, e in enumerate(loaded.examples) if i not in held]
+    val = [e for i, e in enumerate(loaded.examples) if i in held]
+    return (
+        LoadedData(loaded.path, loaded.format, train, loaded.errors),
+        LoadedData(loaded.path, loaded.format, val, []),
+    )
+
+
+def prepare_data(
+    cfg: DataConfig, tokenizer, seed: int = 0, batch_size: int = 1, grad_accum: int = 1, strict: bool = True
+) -> PreparedData:
+    """Read, validate and tokenize; with strict, any error-level problem raises TunesmithError."""
+    train = read_data(cfg.train, cfg)
+    if cfg.validation:
+        validation = read_data(cfg.validation, cfg)
+    else:
+        train, validation = split_off_validation(train, cfg.val_fraction, seed)
+    report, val_report, train_tok, val_tok = validate_dataset(
+        train, tokenizer, cfg.max_seq_len, validation, batch_size=batch_size, grad_accum=grad_accum
+    )
+    prepared = PreparedData(train_tok, val_tok, validation.examples if validation else [], report, val_report)
+    if strict and not prepared.ok:
+        errors = [i for r in (report, val_report) if r for i in r.issues if i.severity == "error"]
+        shown = "; ".join(str(e) for e in errors[:20])
+        more = f" (and {len(errors) - 20} more)" if len(errors) > 20 else ""
+        raise TunesmithError(f"data has {len(errors)} error(s), fix them first: {shown}{more}")
+    return prepared

@@ -1,0 +1,119 @@
+"""Turn `Example`s into token ids and labels for causal-LM training.
+
+Chat examples are rendered with the tokenizer's own chat template and tokenized as one string,
+so the ids are exactly what the template produces at inference time; the labels then mark the
+tokens whose characters belong to a trained assistant reply or the end-of-turn token closing it.
+"""
+
+from __future__ import annotations
+
+import bisect
+from dataclasses import dataclass
+
+from tunesmith.data.formats import Example, Message
+from tunesmith.errors import TunesmithError
+
+IGNORE_INDEX = -100
+
+
+@dataclass(frozen=True)
+class TokenizedExample:
+    input_ids: list[int]
+    labels: list[int]  # IGNORE_INDEX where no loss; same length as input_ids
+    line: int
+    original_length: int  # length before truncation
+
+
+def tokenize_example(tokenizer, example: Example, max_seq_len: int) -> TokenizedExample:
+    """Tokenize one example, keeping its first max_seq_len tokens."""
+    if example.text is not None:
+        ids = _encode_text(tokenizer, example.text)
+        labels = list(ids)
+    else:
+        ids, labels = _tokenize_chat(tokenizer, example)
+    return TokenizedExample(ids[:max_seq_len], labels[:max_seq_len], example.line, len(ids))
+
+
+def tokenize_examples(tokenizer, examples: list[Example], max_seq_len: int) -> list[TokenizedExample]:
+    """Chat examples one by one; raw-text examples packed into blocks of max_seq_len tokens."""
+    chats = [tokenize_example(tokenizer, e, max_seq_len) for e in examples if e.text is None]
+    return chats + _pack(tokenizer, [e for e in examples if e.text is not None], max_seq_len)
+
+
+def _pack(tokenizer, examples: list[Example], max_seq_len: int) -> list[TokenizedExample]:
+    # Packing wastes no compute on padding; the eos between texts tells the model where one
+    # document ends, so it does not learn to run one into the next.
+    stream: list[int] = []
+    starts: list[int] = []
+    for example in examples:
+        starts.append(len(stream))
+        stream += _encode_text(tokenizer, example.text)
+    blocks = []
+    for begin in range(0, len(stream), max_seq_len):
+        block = stream[begin : begin + max_seq_len]
+        owner = examples[bisect.bisect_right(starts, begin) - 1]
+        blocks.append(TokenizedExample(block, list(block), owner.line, len(block)))
+    return blocks
+
+
+def _encode_text(tokenizer, text: str) -> list[int]:
+    return tokenizer(text, add_special_tokens=False)["input_ids"] + [_eos_id(tokenizer)]
+
+
+def _eos_id(tokenizer) -> int:
+    if tokenizer.eos_token_id is None:
+        raise TunesmithError("the tokenizer has no eos token, so tunesmith cannot mark where text ends")
+    return tokenizer.eos_token_id
+
+
+def _tokenize_chat(tokenizer, example: Example) -> tuple[list[int], list[int]]:
+    text, spans = _render_with_label_spans(tokenizer, example)
+    encoded = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+    ids = encoded["input_ids"]
+    # A token is trained if any of its characters is; a token merging the header's newline with
+    # a reply that starts with whitespace thus still teaches the reply's start.
+    labels = [
+        token if any(a < end and b > start for start, end in spans) else IGNORE_INDEX
+        for token, (a, b) in zip(ids, encoded["offset_mapping"], strict=True)
+    ]
+    return ids, labels
+
+
+def _render_with_label_spans(tokenizer, example: Example) -> tuple[str, list[tuple[int, int]]]:
+    """The rendered conversation and the character spans [start, end) to compute loss on."""
+    messages = example.messages
+    full = _render(tokenizer, example, messages)
+    spans = []
+    for i, message in enumerate(messages):
+        if message.role != "assistant" or not message.weight:
+            continue
+        prompt = _render(tokenizer, example, messages[:i], add_generation_prompt=True)
+        done = _render(tokenizer, example, messages[: i + 1])
+        if not (full.startswith(done) and done.startswith(prompt)):
+            raise TunesmithError(
+                f"line {example.line}: the tokenizer's chat template renders earlier turns differently "
+                "once later ones are added, so tunesmith cannot tell which tokens are the reply"
+            )
+        spans.append((len(prompt), len(prompt) + _reply_length(tokenizer, message, done[len(prompt) :])))
+    return full, spans
+
+
+def _reply_length(tokenizer, message: Message, turn: str) -> int:
+    """Length of the reply plus the eos token that closes it, leaving out what follows it."""
+    close = turn.rfind(tokenizer.eos_token) if tokenizer.eos_token else -1
+    if close >= 0 and turn[:close].rstrip().endswith(message.content.strip()):
+        return close + len(tokenizer.eos_token)
+    # The template ends turns with something other than eos: train on the whole turn, which
+    # still includes whatever token ends it.
+    return len(turn)
+
+
+def _render(tokenizer, example: Example, messages, add_generation_prompt: bool = False) -> str:
+    try:
+        return tokenizer.apply_chat_template(
+            [{"role": m.role, "content": m.content} for m in messages],
+            tokenize=False,
+            add_generation_prompt=add_generation_prompt,
+        )
+    except Exception as e:  # jinja raises its own types, and templates raise on purpose
+        raise TunesmithError(f"line {example.line}: the tokenizer's chat template failed: {e}") from None

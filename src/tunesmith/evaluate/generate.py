@@ -1,0 +1,147 @@
+"""Batched generation and log-likelihood scoring on already-tokenised prompts.
+
+Both pad on the LEFT: every row's last prompt token then sits in the last column, so generation
+appends new tokens to all rows in the same column, and a continuation's log-probs come from the
+same trailing positions. Position ids are counted from each row's first real token, so a padded
+row is computed exactly as it would be alone.
+
+Prompts are sorted by length before batching (less padding) and results returned in input order.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+
+import torch
+
+# Label positions projected through lm_head at once: bounds memory at chunk x vocab floats
+# instead of batch x seq x vocab.
+LOGIT_CHUNK = 1024
+
+
+@dataclass
+class Generations:
+    texts: list[str]
+    new_tokens: list[int]  # tokens produced per prompt, the end-of-turn token included
+    seconds: float
+
+    @property
+    def tokens_per_second(self) -> float:
+        return sum(self.new_tokens) / self.seconds if self.seconds > 0 else 0.0
+
+
+def _batches_by_length(lengths: Sequence[int], batch_size: int) -> Iterator[list[int]]:
+    # Longest first: an out-of-memory batch fails at the start, not after minutes of work.
+    order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
+    for start in range(0, len(order), batch_size):
+        yield order[start : start + batch_size]
+
+
+def _left_padded(rows: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    width = max(len(r) for r in rows)
+    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for i, row in enumerate(rows):
+        if row:
+            ids[i, width - len(row) :] = torch.tensor(row, dtype=torch.long)
+            mask[i, width - len(row) :] = 1
+    return ids, mask
+
+
+def _device(model) -> torch.device:
+    return next(model.parameters()).device
+
+
+def generate(
+    model,
+    tokenizer,
+    prompts: Sequence[Sequence[int]],
+    *,
+    max_new_tokens: int,
+    batch_size: int,
+    temperature: float = 0.0,
+    top_p: float = 1.0,
+    seed: int = 0,
+) -> Generations:
+    """Greedy (temperature 0) or sampled continuations, stopping at the end-of-turn token.
+
+    The end-of-turn token is ``tokenizer.eos_token`` (``<|im_end|>`` for ChatML models such as
+    SmolLM2). Decoding uses transformers' ``generate`` with its KV cache; we pass a fresh
+    GenerationConfig so a checkpoint's own defaults (repetition penalty, sampling) never leak in.
+    """
+    from transformers import GenerationConfig
+
+    eos_id, pad_id = tokenizer.eos_token_id, tokenizer.pad_token_id
+    sampling = temperature > 0
+    config = GenerationConfig(
+        max_new_tokens=max_new_tokens,
+        do_sample=sampling,
+        eos_token_id=eos_id,
+        pad_token_id=pad_id,
+        **({"temperature": temperature, "top_p": top_p} if sampling else {}),
+    )
+    texts: list[str] = [""] * len(prompts)
+    counts = [0] * len(prompts)
+    device = _device(model)
+    torch.manual_seed(seed)
+    start = time.perf_counter()
+    with torch.inference_mode():
+        for batch in _batches_by_length([len(p) for p in prompts], batch_size):
+            ids, mask = _left_padded([prompts[i] for i in batch], pad_id)
+            out = model.generate(
+                input_ids=ids.to(device), attention_mask=mask.to(device), generation_config=config
+            )
+            for i, row in zip(batch, out[:, ids.shape[1] :].tolist(), strict=True):
+                produced = row[: row.index(eos_id) + 1] if eos_id in row else row
+                counts[i] = len(produced)
+                texts[i] = tokenizer.decode(produced, skip_special_tokens=True)
+    return Generations(texts, counts, time.perf_counter() - start)
+
+
+def continuation_logprobs(
+    model,
+    pad_id: int,
+    prompts: Sequence[Sequence[int]],
+    continuations: Sequence[Sequence[int]],
+    batch_size: int,
+) -> list[tuple[float, int]]:
+    """(sum of log-probs, token count) of each continuation given its prompt, batched.
+
+    Runs the decoder to hidden states and projects only the continuation positions through the
+    output layer, in chunks, so [batch, seq, vocab] logits never exist.
+    """
+    if any(not p for p in prompts):
+        raise ValueError("every prompt needs at least one token to condition the continuation on")
+    decoder, head = model.get_decoder(), model.get_output_embeddings()
+    softcap = getattr(model.config, "final_logit_softcapping", None)  # Gemma-2 style logit capping
+    device = _device(model)
+    results: list[tuple[float, int]] = [(0.0, 0)] * len(prompts)
+    with torch.inference_mode():
+        lengths = [len(p) + len(c) for p, c in zip(prompts, continuations, strict=True)]
+        for batch in _batches_by_length(lengths, batch_size):
+            ids, mask = _left_padded([list(prompts[i]) + list(continuations[i]) for i in batch], pad_id)
+            ids, mask = ids.to(device), mask.to(device)
+            positions = (mask.cumsum(-1) - 1).clamp(min=0)
+            hidden = decoder(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=False)
+            # With left padding a continuation of c tokens fills the last c columns; the hidden
+            # state one column earlier predicts each of its tokens.
+            width = ids.shape[1]
+            scored = torch.zeros_like(mask, dtype=torch.bool)
+            sizes = [len(continuations[i]) for i in batch]
+            for row, size in enumerate(sizes):
+                scored[row, width - size :] = True
+            states = hidden.last_hidden_state[:, :-1][scored[:, 1:]]
+            targets = ids[:, 1:][scored[:, 1:]]
+            logprobs = []
+            for start in range(0, len(targets), LOGIT_CHUNK):
+                logits = head(states[start : start + LOGIT_CHUNK]).float()
+                if softcap:
+                    logits = torch.tanh(logits / softcap) * softcap
+                picked = targets[start : start + LOGIT_CHUNK, None]
+                logprobs.append(torch.log_softmax(logits, dim=-1).gather(-1, picked).squeeze(-1))
+            per_row = torch.cat(logprobs).split(sizes) if logprobs else [torch.zeros(0)] * len(batch)
+            for i, size, values in zip(batch, sizes, per_row, strict=True):
+                results[i] = (float(values.sum()), size)
+    return results

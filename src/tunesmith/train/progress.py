@@ -1,0 +1,76 @@
+"""What a running job shows: a progress bar for people, metrics.jsonl for plots and reports."""
+
+from __future__ import annotations
+
+import json
+import resource
+import sys
+from pathlib import Path
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+from tunesmith.train.checkpoint import write_text_atomic
+
+
+def peak_rss_mb() -> float:
+    # ru_maxrss is in KiB on Linux.
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+class TrainProgress:
+    def __init__(self, total_steps: int, done: int):
+        self.console = Console(stderr=True)
+        self.bar = Progress(
+            TextColumn("[bold]train"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("loss {task.fields[loss]}  lr {task.fields[lr]}  {task.fields[rate]} tok/s"),
+            TextColumn("ETA"),
+            TimeRemainingColumn(),
+            console=self.console,
+            disable=not sys.stderr.isatty(),
+        )
+        self.task = self.bar.add_task("train", total=total_steps, completed=done, loss="-", lr="-", rate="-")
+
+    def __enter__(self):
+        self.bar.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.bar.stop()
+
+    def advance(
+        self, step: int, loss: float | None = None, lr: float | None = None, rate: float | None = None
+    ):
+        fields = {}
+        if loss is not None:
+            fields = {"loss": f"{loss:.4f}", "lr": f"{lr:.2e}", "rate": f"{rate:,.0f}"}
+        self.bar.update(self.task, completed=step, **fields)
+
+    def say(self, text: str) -> None:
+        """A line that stays (evaluations, checkpoints); plain stderr when not on a terminal."""
+        if self.bar.disable:
+            print(text, file=sys.stderr, flush=True)
+        else:
+            self.bar.console.print(text, markup=False, highlight=False)
+
+
+class MetricsLog:
+    """Append-only JSONL; on resume, lines from after the checkpoint are dropped first."""
+
+    def __init__(self, path: Path, resume_step: int | None):
+        self.path = path
+        if resume_step is not None and path.exists():
+            kept = [line for line in path.read_text().splitlines() if json.loads(line)["step"] <= resume_step]
+            write_text_atomic(path, "".join(line + "\n" for line in kept))
+
+    def write(self, record: dict) -> None:
+        with open(self.path, "a") as fh:
+            fh.write(json.dumps(record) + "\n")
+
+
+def read_metrics(path: Path) -> list[dict]:
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]

@@ -1,0 +1,318 @@
+"""The fine-tuning recipe: setup, one visible training loop, save.
+
+Read `train()` top to bottom: it is the whole algorithm. Helpers live in the sibling modules.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from tunesmith.config import Config, dump_config
+from tunesmith.data.batching import epoch_order, make_batch
+from tunesmith.data.prepare import PreparedData, prepare_data
+from tunesmith.data.tokenize import TokenizedExample
+from tunesmith.errors import TunesmithError
+from tunesmith.export import plot_losses, save_adapter, save_merged
+from tunesmith.models import load_model
+from tunesmith.train.checkpoint import (
+    TrainerState,
+    list_checkpoints,
+    load_best,
+    load_checkpoint,
+    save_best,
+    save_checkpoint,
+    write_text_atomic,
+)
+from tunesmith.train.loss import labelled_loss, output_layer
+from tunesmith.train.optim import build_optimizer, build_scheduler
+from tunesmith.train.progress import MetricsLog, TrainProgress, peak_rss_mb, read_metrics
+from tunesmith.train.samples import SampleSet
+from tunesmith.train.stopping import EarlyStopping
+
+RUN_MARKERS = ("config.yaml", "metrics.jsonl", "checkpoints", "adapter", "merged")
+
+
+@dataclass
+class RunSummary:
+    out_dir: str
+    steps: int
+    trained_tokens: int
+    best_step: int | None
+    best_val_loss: float | None
+    initial_val_loss: float | None
+    wall_seconds: float
+    stopped_early: bool
+
+
+def check_out_dir(out_dir: Path, resume: bool, overwrite: bool) -> None:
+    """Refuse to mix two runs in one folder; called before anything is written."""
+    holds_run = out_dir.is_dir() and any((out_dir / m).exists() for m in RUN_MARKERS)
+    if resume:
+        if not list_checkpoints(out_dir / "checkpoints"):
+            raise TunesmithError(f"--resume: {out_dir} has no checkpoint to resume from")
+    elif holds_run and not overwrite:
+        raise TunesmithError(f"{out_dir} already holds a run; pass --overwrite to replace it or --resume")
+    if out_dir.exists() and not out_dir.is_dir():
+        raise TunesmithError(f"out_dir {out_dir} exists and is not a folder")
+
+
+def _attach_method(model, cfg: Config):
+    if cfg.method.name == "full":
+        model.requires_grad_(True)
+        return model
+    from peft import LoraConfig, get_peft_model
+
+    lora = LoraConfig(
+        task_type="CAUSAL_LM",
+        r=cfg.method.r,
+        lora_alpha=cfg.method.alpha,
+        lora_dropout=cfg.method.dropout,
+        target_modules=cfg.method.target_modules,
+    )
+    return get_peft_model(model, lora)
+
+
+def _micro_batches(
+    examples: list[TokenizedExample], cfg: Config, pad_id: int, step: int, steps_per_epoch: int
+):
+    """The micro-batches of optimizer step `step`: a pure function of the step, so resume is exact."""
+    per_step = cfg.train.batch_size * cfg.train.grad_accum
+    epoch, index = divmod(step, steps_per_epoch)
+    lengths = [len(e.input_ids) for e in examples]
+    order = epoch_order(lengths, cfg.train.batch_size, cfg.train.seed, epoch, group_by_length=True)
+    chosen = order[index * per_step : (index + 1) * per_step]
+    return [
+        make_batch(
+            [examples[i] for i in chosen[j : j + cfg.train.batch_size]],
+            pad_id,
+            cfg.data.packing,
+            cfg.data.max_seq_len,
+        )
+        for j in range(0, len(chosen), cfg.train.batch_size)
+    ]
+
+
+@torch.no_grad()
+def evaluate_loss(
+    model, examples: list[TokenizedExample], cfg: Config, pad_id: int, device
+) -> tuple[float, float]:
+    """Validation loss (per label token) and token accuracy."""
+    was_training = model.training
+    model.eval()
+    total, correct, count = 0.0, 0, 0
+    order = sorted(range(len(examples)), key=lambda i: len(examples[i].input_ids))
+    size = cfg.train.batch_size * 2
+    for start in range(0, len(order), size):
+        batch = make_batch(
+            [examples[i] for i in order[start : start + size]], pad_id, cfg.data.packing, cfg.data.max_seq_len
+        )
+        with _autocast(cfg, device):
+            parts = labelled_loss(model, _to(batch, device), cfg.train.loss_chunk_size)
+        total += parts.loss_sum.item()
+        correct += int(parts.n_correct)
+        count += parts.n_label_tokens
+    model.train(was_training)
+    return total / max(count, 1), correct / max(count, 1)
+
+
+def bf16_supported(device) -> bool:
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def _autocast(cfg: Config, device):
+    use_bf16 = cfg.train.dtype == "bfloat16" or (cfg.train.dtype == "auto" and bf16_supported(device))
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16)
+
+
+def _to(batch, device):
+    if device.type == "cpu":
+        return batch
+    for name in ("input_ids", "targets", "attention_mask", "position_ids"):
+        value = getattr(batch, name)
+        if value is not None:
+            setattr(batch, name, value.to(device, non_blocking=True))
+    return batch
+
+
+def train(cfg: Config, resume: bool = False, overwrite: bool = False) -> RunSummary:
+    out_dir = Path(cfg.out_dir)
+    check_out_dir(out_dir, resume, overwrite)
+
+    # ---- setup: everything that can fail on bad input happens before out_dir is touched ----
+    loaded = load_model(cfg.model)
+    tokenizer, pad_id = loaded.tokenizer, loaded.tokenizer.pad_token_id
+    data: PreparedData = prepare_data(
+        cfg.data, tokenizer, cfg.train.seed, cfg.train.batch_size, cfg.train.grad_accum
+    )
+    if not data.validation:
+        raise TunesmithError("no validation data: give data.validation or a data.val_fraction > 0")
+    steps_per_epoch = math.ceil(len(data.train) / (cfg.train.batch_size * cfg.train.grad_accum))
+    total_steps = cfg.train.max_steps or max(1, math.ceil(cfg.train.epochs * steps_per_epoch))
+
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    torch.manual_seed(cfg.train.seed)
+    model = _attach_method(loaded.model, cfg).to(device)
+    if cfg.train.gradient_checkpointing:
+        output_layer(model)[0].gradient_checkpointing_enable(
+            gradient_checkpointing_kwargs={"use_reentrant": False}
+        )
+    if cfg.train.compile:
+        output_layer(model)[0].compile()
+    model.train()
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = build_optimizer(params, cfg.train)
+    scheduler = build_scheduler(optimizer, cfg.train, total_steps)
+    stopper = EarlyStopping(
+        cfg.train.early_stopping.patience if cfg.train.early_stopping else None,
+        cfg.train.early_stopping.min_delta if cfg.train.early_stopping else 0.0,
+    )
+    samples = SampleSet(data.validation_examples, cfg.eval.samples, cfg.eval.max_new_tokens)
+    ckpt_dir, best_path = out_dir / "checkpoints", out_dir / "checkpoints" / "best.safetensors"
+
+    if resume:
+        state = load_checkpoint(list_checkpoints(ckpt_dir)[-1], model, optimizer, scheduler)
+        stopper.best_loss, stopper.best_step = state.best_val_loss, state.best_step
+        stopper.evals_without_improvement = state.evals_without_improvement
+        metrics = MetricsLog(out_dir / "metrics.jsonl", resume_step=state.step)
+        samples.load(out_dir / "samples.json")
+    else:
+        if out_dir.exists():
+            for marker in (*RUN_MARKERS, "loss.png", "summary.json", "samples.json"):
+                target = out_dir / marker
+                shutil.rmtree(target) if target.is_dir() else target.unlink(missing_ok=True)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        write_text_atomic(out_dir / "config.yaml", dump_config(cfg))
+        state = TrainerState(0, 0, None, None, 0, 0.0)
+        metrics = MetricsLog(out_dir / "metrics.jsonl", resume_step=None)
+        val_loss, val_acc = evaluate_loss(model, data.validation, cfg, pad_id, device)
+        metrics.write({"step": 0, "epoch": 0.0, "val_loss": val_loss, "val_token_accuracy": val_acc})
+        samples.generate("base", model, tokenizer)
+        samples.save(out_dir / "samples.json")
+
+    # ---- the loop ----
+    started = time.perf_counter() - state.wall_seconds
+    # Throughput counts training compute only, not evaluations or checkpoint writes.
+    window_tokens, window_seconds = 0, 0.0
+    window_loss = torch.zeros(())
+    window_correct, window_labels = 0, 0
+    stopped_early = False
+    with TrainProgress(total_steps, state.step) as progress:
+        progress.say(
+            f"training {cfg.model} ({cfg.method.name}) for {total_steps} steps, "
+            f"{len(data.train)} examples, {steps_per_epoch} steps/epoch"
+        )
+        for step in range(state.step + 1, total_steps + 1):
+            step_start = time.perf_counter()
+            batches = _micro_batches(data.train, cfg, pad_id, step - 1, steps_per_epoch)
+            # Normalise by the label tokens of the whole accumulated step, so every label token
+            # weighs the same however the examples fall into micro-batches.
+            step_labels = sum(b.n_label_tokens for b in batches)
+            for batch in batches:
+                with _autocast(cfg, device):
+                    parts = labelled_loss(model, _to(batch, device), cfg.train.loss_chunk_size)
+                (parts.loss_sum / max(step_labels, 1)).backward()
+                window_loss += parts.loss_sum.detach().float().cpu()
+                window_correct += int(parts.n_correct)
+                window_tokens += batch.n_tokens
+            window_labels += step_labels
+            state.trained_tokens += sum(b.n_tokens for b in batches)
+            grad_norm = (
+                torch.nn.utils.clip_grad_norm_(params, cfg.train.max_grad_norm)
+                if cfg.train.max_grad_norm
+                else torch.nn.utils.get_total_norm([p.grad for p in params if p.grad is not None])
+            )
+            lr = scheduler.get_last_lr()[0]
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            state.step = step
+            window_seconds += time.perf_counter() - step_start
+
+            record = None
+            if step % cfg.train.log_every == 0 or step == total_steps:
+                # .item() is a device sync point: only at log steps.
+                rate = window_tokens / max(window_seconds, 1e-9)
+                record = {
+                    "step": step,
+                    "epoch": round(step / steps_per_epoch, 4),
+                    "train_loss": window_loss.item() / max(window_labels, 1),
+                    "train_token_accuracy": window_correct / max(window_labels, 1),
+                    "lr": lr,
+                    "tokens_per_second": rate,
+                    "grad_norm": float(grad_norm),
+                    "peak_rss_mb": round(peak_rss_mb(), 1),
+                    "trained_tokens": state.trained_tokens,
+                }
+                progress.advance(step, record["train_loss"], lr, rate)
+                window_tokens, window_seconds, window_correct, window_labels = 0, 0.0, 0, 0
+                window_loss = torch.zeros(())
+            else:
+                progress.advance(step)
+
+            if step % cfg.train.eval_every == 0 or step % steps_per_epoch == 0 or step == total_steps:
+                val_loss, val_acc = evaluate_loss(model, data.validation, cfg, pad_id, device)
+                record = {
+                    **(record or {"step": step, "epoch": round(step / steps_per_epoch, 4)}),
+                    "val_loss": val_loss,
+                    "val_token_accuracy": val_acc,
+                }
+                improved = stopper.update(step, val_loss)
+                if improved:
+                    save_best(best_path, model, step, val_loss)
+                progress.say(
+                    f"step {step}: val_loss {val_loss:.4f}  val_token_accuracy {val_acc:.3f}"
+                    + ("  (best)" if improved else "")
+                )
+                stopped_early = stopper.should_stop
+            if record is not None:
+                metrics.write(record)
+
+            state.best_val_loss, state.best_step = stopper.best_loss, stopper.best_step
+            state.evals_without_improvement = stopper.evals_without_improvement
+            state.wall_seconds = time.perf_counter() - started
+            if step % cfg.train.save_every == 0 and step != total_steps and not stopped_early:
+                save_checkpoint(ckpt_dir, model, optimizer, scheduler, state)
+                progress.say(f"step {step}: checkpoint saved")
+            if stopped_early:
+                progress.say(
+                    f"early stopping at step {step}: no improvement in "
+                    f"{stopper.evals_without_improvement} evaluations"
+                )
+                break
+
+    # ---- save: the best weights, not the last ----
+    if best_path.exists():
+        load_best(best_path, model)
+    samples.generate("finetuned", model, tokenizer)
+    samples.save(out_dir / "samples.json")
+    if cfg.method.name == "lora":
+        save_adapter(model, out_dir)
+    save_merged(model, tokenizer, out_dir)
+    history = read_metrics(out_dir / "metrics.jsonl")
+    plot_losses(history, out_dir / "loss.png")
+    val_losses = [m["val_loss"] for m in history if "val_loss" in m]
+    summary = RunSummary(
+        out_dir=str(out_dir),
+        steps=state.step,
+        trained_tokens=state.trained_tokens,
+        best_step=stopper.best_step,
+        best_val_loss=stopper.best_loss,
+        initial_val_loss=val_losses[0] if val_losses else None,
+        wall_seconds=round(time.perf_counter() - started, 2),
+        stopped_early=stopped_early,
+    )
+    write_text_atomic(out_dir / "summary.json", json.dumps(summary.__dict__, indent=1))
+    return summary

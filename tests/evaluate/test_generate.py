@@ -1,0 +1,60 @@
+import pytest
+import torch
+
+from tunesmith.evaluate.generate import continuation_logprobs, generate
+
+TEXTS = ["Hello there, how are you doing today my friend?", "Hi", "The quick brown fox jumps"]
+
+
+def _ids(tokenizer, texts):
+    return [tokenizer(t, add_special_tokens=False).input_ids for t in texts]
+
+
+@pytest.mark.parametrize("batch_size", [2, 3])
+def test_left_padded_batches_give_the_unbatched_greedy_output(tiny, batch_size):
+    prompts = _ids(tiny.tokenizer, TEXTS)
+    batched = generate(tiny.model, tiny.tokenizer, prompts, max_new_tokens=6, batch_size=batch_size)
+    alone = [generate(tiny.model, tiny.tokenizer, [p], max_new_tokens=6, batch_size=1) for p in prompts]
+    assert batched.texts == [g.texts[0] for g in alone]
+    assert batched.new_tokens == [6, 6, 6]
+    assert batched.tokens_per_second > 0
+
+
+@pytest.mark.parametrize("max_new_tokens", [1, 5])
+def test_generation_stops_at_the_end_of_turn_token(tiny, prefer_tokens, max_new_tokens):
+    prefer_tokens([tiny.tokenizer.eos_token_id])
+    out = generate(
+        tiny.model, tiny.tokenizer, _ids(tiny.tokenizer, TEXTS), max_new_tokens=max_new_tokens, batch_size=3
+    )
+    # The end-of-turn token is counted as produced but not decoded into the text.
+    assert out.new_tokens == [1, 1, 1]
+    assert out.texts == ["", "", ""]
+
+
+def test_sampling_is_seeded(tiny):
+    prompts = _ids(tiny.tokenizer, TEXTS)
+    runs = [
+        generate(
+            tiny.model, tiny.tokenizer, prompts, max_new_tokens=5, batch_size=3, temperature=1.5, seed=s
+        ).texts
+        for s in (7, 7, 8)
+    ]
+    assert runs[0] == runs[1] != runs[2]
+
+
+def test_continuation_logprobs_match_a_full_forward_pass(tiny):
+    prompts = _ids(tiny.tokenizer, TEXTS)
+    continuations = [[5, 6, 7], [8], [9, 10]]
+    got = continuation_logprobs(tiny.model, tiny.tokenizer.pad_token_id, prompts, continuations, batch_size=2)
+    for (total, count), prompt, cont in zip(got, prompts, continuations, strict=True):
+        with torch.no_grad():
+            logits = tiny.model(torch.tensor([prompt + cont])).logits[0].float()
+        logprobs = torch.log_softmax(logits, dim=-1)
+        expected = sum(logprobs[len(prompt) - 1 + j, token].item() for j, token in enumerate(cont))
+        assert count == len(cont)
+        assert total == pytest.approx(expected, abs=1e-4)
+
+
+def test_continuation_logprobs_need_a_prompt(tiny):
+    with pytest.raises(ValueError, match="at least one token"):
+        continuation_logprobs(tiny.model, 0, [[]], [[1]], batch_size=1)

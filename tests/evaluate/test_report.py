@@ -1,0 +1,88 @@
+import math
+from html.parser import HTMLParser
+
+import pytest
+
+from tunesmith.evaluate.report import write_reports
+
+
+class _Cells(HTMLParser):
+    def __init__(self):
+        super().__init__()
+        self.section, self.cells, self.text = None, {}, []
+
+    def handle_starttag(self, tag, attrs):
+        if tag == "section":
+            self.section = dict(attrs)["id"]
+            self.cells[self.section] = []
+        elif tag == "td":
+            self.text = []
+
+    def handle_data(self, data):
+        self.text.append(data)
+
+    def handle_endtag(self, tag):
+        if tag == "td":
+            self.cells[self.section].append("".join(self.text))
+
+
+def _result(samples, loss_curve):
+    metric = {"value": 71.25, "low": 60.0, "high": 80.5}
+    variant = {
+        "metrics": {"accuracy": metric, "macro_f1": {"value": math.nan, "low": math.nan, "high": math.nan}},
+        "cost": {"prompt_tokens": 42.0, "generated_tokens": 3.0, "tokens_per_second": 900.0},
+    }
+    return {
+        "task": "classification",
+        "model": "m",
+        "test_file": "t.jsonl",
+        "items": samples,
+        "references": samples,
+        "finetuned": None,
+        "confidence": {"level": 0.95, "resamples": 1000, "seed": 0},
+        "variants": {"zero_shot": variant, "few_shot": variant},
+        "few_shot": None,
+        "forgetting": {},
+        "training": None,
+        "loss_curve": loss_curve,
+        "notes": ["no fine-tuned model"],
+        "samples": [
+            {
+                "input": f"q<{i}>",
+                "references": ["a", "b"],
+                "zero_shot": "x",
+                "few_shot": "y",
+                "finetuned": None,
+            }
+            for i in range(samples)
+        ],
+    }
+
+
+@pytest.mark.parametrize(
+    ("loss_curve", "has_plot"),
+    [
+        (None, False),
+        ({"train": [[1, 2.0], [2, 1.5]], "val": [[2, 1.7]]}, True),
+        ({"train": [], "val": []}, False),
+    ],
+)
+def test_report_sections_tables_and_plot(tmp_path, loss_curve, has_plot):
+    write_reports(_result(10, loss_curve), tmp_path)
+    page = _Cells()
+    page.feed((tmp_path / "report.html").read_text())
+    assert list(page.cells) == ["quality", "loss", "cost", "forgetting", "samples"]
+    assert page.cells["quality"] == [
+        *("base, zero-shot", "71.2 [60.0, 80.5]", "- [-, -]"),
+        *("base, few-shot", "71.2 [60.0, 80.5]", "- [-, -]"),
+    ]
+    assert page.cells["cost"] == ["base, zero-shot", "42", "3.0", "900", "base, few-shot", "42", "3.0", "900"]
+    assert len(page.cells["samples"]) == 10 * 5
+    assert page.cells["samples"][:5] == ["q<0>", "a\nb", "x", "y", "-"]  # escaped, then parsed back
+    html = (tmp_path / "report.html").read_text()
+    assert ("data:image/png;base64," in html) == has_plot
+    assert (tmp_path / "loss_curve.png").exists() == has_plot
+    assert "http" not in html  # nothing to fetch: opens offline
+    markdown = (tmp_path / "report.md").read_text()
+    assert "| base, zero-shot | 71.2 [60.0, 80.5] | - [-, -] |" in markdown
+    assert ("![train and validation loss](loss_curve.png)" in markdown) == has_plot
