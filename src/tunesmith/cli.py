@@ -54,6 +54,16 @@ def _print_train_summary(summary) -> None:
     console.print(f"outputs in {summary.out_dir}: adapter/ merged/ metrics.jsonl loss.png config.yaml")
 
 
+def _eval(args) -> int:
+    from tunesmith.config import load_config
+    from tunesmith.evaluate.run import format_summary, run_evaluation
+
+    cfg = load_config(args.config, args.overrides)
+    result = run_evaluation(cfg, args.finetuned, args.out or cfg.out_dir)
+    print(format_summary(result))
+    return 0
+
+
 def _columns(text: str | None) -> dict[str, str] | None:
     if not text:
         return None
@@ -137,6 +147,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--temperature", type=float, default=0.0)
     p.add_argument("--top-p", type=float, default=1.0)
     p.set_defaults(func=_generate)
+
+    p = sub.add_parser("eval", help="base zero-shot and few-shot vs the fine-tuned model on held-out data")
+    p.add_argument("config")
+    p.add_argument("overrides", nargs="*", help="dotted overrides, e.g. eval.max_items=100")
+    p.add_argument("--finetuned", help="run folder of the fine-tune (default: the config's out_dir)")
+    p.add_argument("--out", help="where report.html/report.md/eval.json go (default: the config's out_dir)")
+    p.set_defaults(func=_eval)
+
+    from tunesmith.serve.cli import add_serve_commands
+
+    add_serve_commands(sub)
     return parser
 
 

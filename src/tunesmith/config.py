@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from tunesmith.errors import TunesmithError
 
@@ -128,12 +128,6 @@ class Config(_Strict):
     out_dir: str = Field(
         "runs/default", description="Run folder: adapter, merged model, metrics, checkpoints."
     )
-
-    @model_validator(mode="after")
-    def _warmup_fits(self) -> Config:
-        if self.train.max_steps is not None and self.train.warmup_steps > self.train.max_steps:
-            raise ValueError("train.warmup_steps must not exceed train.max_steps")
-        return self
 
 
 def _field_names(model: type[BaseModel], prefix: str = "") -> list[str]:

@@ -24,6 +24,14 @@ BUILTIN_MODELS = (DEFAULT_MODEL, TINY_TEST_MODEL)
 MAX_EMBEDDING_PADDING = 512
 
 
+def _quiet_transformers() -> None:
+    """tunesmith reports its own progress; transformers' per-load bars would bury one-line errors."""
+    from transformers.utils import logging
+
+    logging.disable_progress_bar()
+    logging.set_verbosity_error()
+
+
 def tunesmith_home() -> Path:
     return Path(os.environ.get("TUNESMITH_HOME", Path.home() / ".cache" / "tunesmith"))
 
@@ -188,6 +196,7 @@ def load_model(name_or_path: str, dtype: str = "float32") -> LoadedModel:
     """Load a base model and its own tokenizer, refusing a tokenizer of another vocabulary."""
     from transformers import AutoModelForCausalLM
 
+    _quiet_transformers()
     path = resolve_model_path(name_or_path)
     tokenizer = load_tokenizer(name_or_path)
     model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)

@@ -103,9 +103,7 @@ def test_json_array_lines_are_indices_and_blank_jsonl_lines_are_skipped(tmp_path
         1,
         2,
     ]
-    assert [
-        e.line for e in read_examples(_write(tmp_path, "b.jsonl", _jsonl(row, "", "  ", row))).examples
-    ] == [
+    assert [e.line for e in read_examples(_write(tmp_path, "b.jsonl", _jsonl(row, "", "  ", row))).examples] == [
         1,
         4,
     ]

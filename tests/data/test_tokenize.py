@@ -98,10 +98,6 @@ def test_raw_text_is_packed_into_full_blocks_with_eos_between_texts(smol_tokeniz
     assert all(len(block.input_ids) == 5 for block in blocks[:-1]) and 0 < len(blocks[-1].input_ids) <= 5
     assert all(block.labels == block.input_ids for block in blocks)
     first_of_second = len(smol_tokenizer(texts[0], add_special_tokens=False)["input_ids"]) + 1
-    first_of_third = (
-        first_of_second + len(smol_tokenizer(texts[1], add_special_tokens=False)["input_ids"]) + 1
-    )
-    owners = [
-        1 if b * 5 < first_of_second else 3 if b * 5 < first_of_third else 7 for b in range(len(blocks))
-    ]
+    first_of_third = first_of_second + len(smol_tokenizer(texts[1], add_special_tokens=False)["input_ids"]) + 1
+    owners = [1 if b * 5 < first_of_second else 3 if b * 5 < first_of_third else 7 for b in range(len(blocks))]
     assert [block.line for block in blocks] == owners

@@ -33,9 +33,7 @@ def test_line_errors_are_carried_into_the_report(smol_tokenizer, tmp_path):
     path.write_text(f"{json.dumps(good)}\n\n{json.dumps(bad)}\n")
     report, _, tokenized, _ = validate_dataset(read_examples(path), smol_tokenizer, 512)
     assert not report.ok and len(tokenized) == 1
-    assert (
-        "line 3: messages[1].role: unknown role 'bot' (expected system, user, assistant)" in report.render()
-    )
+    assert "line 3: messages[1].role: unknown role 'bot' (expected system, user, assistant)" in report.render()
 
 
 def test_over_length_example_warns_with_label_tokens_lost(smol_tokenizer, tmp_path):
@@ -79,9 +77,7 @@ def test_duplicates_and_train_validation_overlap_are_warnings(smol_tokenizer, tm
 
 
 def test_stats_on_packed_raw_text():
-    texts = LoadedData(
-        "t.txt", "text", [Example(1, text="a"), Example(3, text="bb"), Example(5, text="ccc")], []
-    )
+    texts = LoadedData("t.txt", "text", [Example(1, text="a"), Example(3, text="bb"), Example(5, text="ccc")], [])
     # Stream a,eos,b,b,eos,c,c,c,eos (9 tokens) packs into blocks of 4, 4 and 1.
     report, _, blocks, _ = validate_dataset(texts, CharTokenizer(), 4, batch_size=2)
     assert report.stats == TokenStats((1, 3.0, 4, 4), (1, 3.0, 4, 4), 9, 9)
@@ -96,9 +92,7 @@ def test_stats_on_packed_raw_text():
 )
 def test_steps_per_epoch(smol_tokenizer, tmp_path, n, batch_size, grad_accum, steps):
     data = _pc_file(tmp_path, "d.jsonl", *[(f"q{i}", f"a{i}") for i in range(n)])
-    report, _, _, _ = validate_dataset(
-        data, smol_tokenizer, 512, batch_size=batch_size, grad_accum=grad_accum
-    )
+    report, _, _, _ = validate_dataset(data, smol_tokenizer, 512, batch_size=batch_size, grad_accum=grad_accum)
     assert report.steps_per_epoch == steps
 
 

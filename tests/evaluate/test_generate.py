@@ -23,9 +23,7 @@ def test_left_padded_batches_give_the_unbatched_greedy_output(tiny, batch_size):
 @pytest.mark.parametrize("max_new_tokens", [1, 5])
 def test_generation_stops_at_the_end_of_turn_token(tiny, prefer_tokens, max_new_tokens):
     prefer_tokens([tiny.tokenizer.eos_token_id])
-    out = generate(
-        tiny.model, tiny.tokenizer, _ids(tiny.tokenizer, TEXTS), max_new_tokens=max_new_tokens, batch_size=3
-    )
+    out = generate(tiny.model, tiny.tokenizer, _ids(tiny.tokenizer, TEXTS), max_new_tokens=max_new_tokens, batch_size=3)
     # The end-of-turn token is counted as produced but not decoded into the text.
     assert out.new_tokens == [1, 1, 1]
     assert out.texts == ["", "", ""]
@@ -34,9 +32,7 @@ def test_generation_stops_at_the_end_of_turn_token(tiny, prefer_tokens, max_new_
 def test_sampling_is_seeded(tiny):
     prompts = _ids(tiny.tokenizer, TEXTS)
     runs = [
-        generate(
-            tiny.model, tiny.tokenizer, prompts, max_new_tokens=5, batch_size=3, temperature=1.5, seed=s
-        ).texts
+        generate(tiny.model, tiny.tokenizer, prompts, max_new_tokens=5, batch_size=3, temperature=1.5, seed=s).texts
         for s in (7, 7, 8)
     ]
     assert runs[0] == runs[1] != runs[2]

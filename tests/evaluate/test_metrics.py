@@ -41,9 +41,7 @@ def test_bleu_matches_hand_computation(hyps, refs, expected):
 )
 def test_chrf(hyps, refs, expected):
     if expected is None:  # multi-reference: must agree with sacrebleu's own corpus chrF
-        expected = sacrebleu.corpus_chrf(
-            hyps, [[r[0] for r in refs], [r[1] if len(r) > 1 else None for r in refs]]
-        )
+        expected = sacrebleu.corpus_chrf(hyps, [[r[0] for r in refs], [r[1] if len(r) > 1 else None for r in refs]])
         expected = expected.score
     assert metrics.chrf_stats(hyps, refs).score() == pytest.approx(expected, abs=1e-6)
 
@@ -115,9 +113,7 @@ def _coin_accuracy(n: int):
     "stats",
     [
         _coin_accuracy(60),
-        metrics.bleu_stats(
-            ["a b c d e", "a b c x y", "q r s t"] * 5, [["a b c d e"], ["a b c d e"], ["q r s t"]] * 5
-        ),
+        metrics.bleu_stats(["a b c d e", "a b c x y", "q r s t"] * 5, [["a b c d e"], ["a b c d e"], ["q r s t"]] * 5),
         metrics.perplexity_stats([2.0, 8.0, 3.0, 1.0], [2, 3, 2, 1]),
     ],
 )

@@ -161,9 +161,7 @@ def _mismatched_model(tmp_path):
     from transformers import LlamaConfig
 
     folder = tmp_path / "other"
-    LlamaConfig(vocab_size=49152, hidden_size=32, num_hidden_layers=1, num_attention_heads=2).save_pretrained(
-        folder
-    )
+    LlamaConfig(vocab_size=49152, hidden_size=32, num_hidden_layers=1, num_attention_heads=2).save_pretrained(folder)
     return str(folder)
 
 

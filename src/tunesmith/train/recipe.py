@@ -86,7 +86,8 @@ def _micro_batches(
     per_step = cfg.train.batch_size * cfg.train.grad_accum
     epoch, index = divmod(step, steps_per_epoch)
     lengths = [len(e.input_ids) for e in examples]
-    order = epoch_order(lengths, cfg.train.batch_size, cfg.train.seed, epoch, group_by_length=True)
+    # Grouped by whole steps, so which examples share a step does not depend on grad_accum.
+    order = epoch_order(lengths, per_step, cfg.train.seed, epoch, group_by_length=True)
     chosen = order[index * per_step : (index + 1) * per_step]
     return [
         make_batch(

@@ -1,0 +1,860 @@
+"""OpenAI-compatible HTTP API: files, fine-tuning jobs, models, chat and text completions.
+
+Every route needs ``Authorization: Bearer KEY``; every file, job and model belongs to the key's
+organisation, and another organisation's id answers exactly like a missing one (404). Every
+error, FastAPI's own request-validation errors included, has OpenAI's shape and a 4xx status for
+bad input: malformed input is a 400, never a 422 or 500.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+import re
+import time
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Annotated, Any
+
+from fastapi import Depends, FastAPI, Query, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import FileResponse, JSONResponse, StreamingResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from tunesmith.serve.auth import current_org
+from tunesmith.serve.errors import APIError, error_response, not_found
+from tunesmith.serve.store import TERMINAL, Store, new_id, now
+
+log = logging.getLogger("tunesmith.serve")
+
+DEFAULT_MAX_UPLOAD_BYTES = 512 * 1024 * 1024
+BASE_MODEL_CREATED = 1730419200  # 2024-11-01, when SmolLM2 was released
+SUFFIX_RE = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
+HYPERPARAMETERS = {
+    "n_epochs": (int, 1, 50),
+    "batch_size": (int, 1, 256),
+    "learning_rate_multiplier": (float, 0, 10),
+}
+
+
+@dataclass
+class ServeSettings:
+    home: Path
+    trainer_command: list[str] | None = None  # argv before "CONFIG --overwrite|--resume"
+    max_running: int = 1
+    max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES
+    train_overrides: list[str] = field(default_factory=list)  # dotted config overrides for every job
+    max_adapters: int = 4
+    poll_seconds: float = 0.5
+
+
+def create_app(settings: ServeSettings) -> FastAPI:
+    from tunesmith.serve.inference import InferenceEngine
+    from tunesmith.serve.worker import Worker
+
+    store = Store(settings.home)
+    worker = Worker(
+        store, settings.trainer_command, settings.max_running, settings.poll_seconds, settings.train_overrides
+    )
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        worker.start()
+        try:
+            yield
+        finally:
+            worker.stop()
+
+    app = FastAPI(title="tunesmith", lifespan=lifespan)
+    app.state.store, app.state.worker, app.state.settings = store, worker, settings
+    app.state.engine = InferenceEngine(max_adapters=settings.max_adapters)
+    _install_error_handlers(app)
+    _files_routes(app)
+    _job_routes(app)
+    _model_routes(app)
+    _inference_routes(app)
+    return app
+
+
+# --- errors ---------------------------------------------------------------------------------------
+
+
+def _validation_message(errors) -> tuple[str, str | None]:
+    parts, param = [], None
+    for item in errors:
+        loc = [str(p) for p in item.get("loc", ()) if p not in ("body", "query", "path")]
+        where = ".".join(loc)
+        param = param or where or None
+        if item.get("type") == "missing":
+            parts.append(f"missing required parameter {where!r}")
+        elif item.get("type") == "json_invalid":
+            parts.append("the request body is not valid JSON")
+        elif item.get("type") == "extra_forbidden":
+            parts.append(f"unknown parameter {where!r}")
+        else:
+            got = item.get("input")
+            shown = (
+                json.dumps(got)[:100]
+                if isinstance(got, (str, int, float, bool, type(None)))
+                else type(got).__name__
+            )
+            parts.append(f"{where or 'body'}: {item.get('msg')} (got {shown})")
+    return "; ".join(dict.fromkeys(parts)) or "invalid request", param
+
+
+def _install_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(APIError)
+    async def api_error(_: Request, error: APIError):
+        return error_response(error)
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(_: Request, error: RequestValidationError):
+        message, param = _validation_message(error.errors())
+        return error_response(APIError(400, message, param=param, code="invalid_request"))
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(_: Request, error: StarletteHTTPException):
+        status = error.status_code
+        code = {404: "not_found", 405: "method_not_allowed"}.get(status)
+        message = "Unknown URL" if status == 404 else str(error.detail)
+        return error_response(APIError(status, message, code=code))
+
+    @app.exception_handler(Exception)
+    async def server_error(_: Request, error: Exception):
+        log.exception("unhandled error")
+        return error_response(
+            APIError(500, f"internal server error: {type(error).__name__}", code="server_error")
+        )
+
+
+async def _json_body(request: Request) -> dict:
+    try:
+        body = await request.json()
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise APIError(400, "the request body is not valid JSON", code="invalid_json") from None
+    if not isinstance(body, dict):
+        raise APIError(400, "the request body must be a JSON object", code="invalid_request")
+    return body
+
+
+def _page(rows: list[dict], limit: int, render) -> dict:
+    return {"object": "list", "data": [render(r) for r in rows[:limit]], "has_more": len(rows) > limit}
+
+
+Limit = Annotated[int, Query(ge=1, le=100)]
+Org = Annotated[dict, Depends(current_org)]
+
+
+# --- files ----------------------------------------------------------------------------------------
+
+
+def file_object(row: dict) -> dict:
+    return {
+        "id": row["id"],
+        "object": "file",
+        "bytes": row["bytes"],
+        "created_at": row["created_at"],
+        "filename": row["filename"],
+        "purpose": row["purpose"],
+        "status": row["status"],
+        "status_details": None,
+        "expires_at": None,
+    }
+
+
+def check_jsonl(path: Path) -> None:
+    """Every non-blank line must be a JSON object (the data validator checks the fields later)."""
+    bad, count = [], 0
+    with open(path, "rb") as fh:
+        for number, raw in enumerate(fh, 1):
+            if not raw.strip():
+                continue
+            count += 1
+            try:
+                value = json.loads(raw.decode("utf-8-sig" if number == 1 else "utf-8"))
+                if not isinstance(value, dict):
+                    bad.append(f"line {number}: a JSON {type(value).__name__}, not an object")
+            except UnicodeDecodeError:
+                bad.append(f"line {number}: not valid UTF-8")
+            except json.JSONDecodeError as error:
+                bad.append(f"line {number}: not valid JSON ({error.msg})")
+    if bad:
+        more = f" (and {len(bad) - 5} more)" if len(bad) > 5 else ""
+        raise APIError(
+            400,
+            "Invalid file format for fine-tune: the file must be JSONL, one JSON object per line; "
+            + "; ".join(bad[:5])
+            + more,
+            param="file",
+            code="invalid_file_format",
+        )
+    if count == 0:
+        raise APIError(
+            400,
+            "Invalid file: the file has no examples (it is empty)",
+            param="file",
+            code="invalid_file_format",
+        )
+
+
+def _files_routes(app: FastAPI) -> None:
+    store: Store = app.state.store
+    settings: ServeSettings = app.state.settings
+
+    @app.post("/v1/files")
+    async def upload_file(request: Request, org: Org):
+        limit = settings.max_upload_bytes
+        length = request.headers.get("content-length")
+        if length and length.isdigit() and int(length) > limit + 64 * 1024:
+            raise APIError(
+                413,
+                f"the file is larger than the upload limit of {limit} bytes",
+                param="file",
+                code="file_too_large",
+            )
+        if "multipart/form-data" not in request.headers.get("content-type", ""):
+            raise APIError(400, "upload the file as multipart/form-data with fields 'file' and 'purpose'")
+        form = await request.form()
+        purpose, upload = form.get("purpose"), form.get("file")
+        if not isinstance(purpose, str) or not purpose:
+            raise APIError(400, "missing required parameter 'purpose'", param="purpose")
+        if purpose != "fine-tune":
+            raise APIError(400, f"purpose {purpose!r} is not supported; use 'fine-tune'", param="purpose")
+        if upload is None or isinstance(upload, str):
+            raise APIError(400, "missing required parameter 'file' (a file part)", param="file")
+        file_id = new_id("file-")
+        path = store.files_dir / f"{file_id}.jsonl"  # the client's file name is never part of a path
+        size = 0
+        try:
+            with open(path, "wb") as out:
+                while chunk := await upload.read(1 << 20):
+                    size += len(chunk)
+                    if size > limit:
+                        raise APIError(
+                            413,
+                            f"the file is larger than the upload limit of {limit} bytes",
+                            param="file",
+                            code="file_too_large",
+                        )
+                    out.write(chunk)
+            check_jsonl(path)
+        except BaseException:
+            path.unlink(missing_ok=True)
+            raise
+        filename = (upload.filename or "upload.jsonl").replace("\\", "/").rsplit("/", 1)[-1][
+            :255
+        ] or "upload.jsonl"
+        return file_object(store.add_file(file_id, org["id"], filename, purpose, size, str(path)))
+
+    @app.get("/v1/files")
+    def list_files(
+        org: Org,
+        purpose: str | None = None,
+        after: str | None = None,
+        limit: Annotated[int, Query(ge=1, le=10000)] = 10000,
+        order: Annotated[str, Query(pattern="^(asc|desc)$")] = "desc",
+    ):
+        return _page(store.list_files(org["id"], purpose, after, limit + 1, order), limit, file_object)
+
+    def get_file(org: dict, file_id: str) -> dict:
+        row = store.file(org["id"], file_id)
+        if row is None:
+            raise not_found("file", file_id, param="file_id")
+        return row
+
+    @app.get("/v1/files/{file_id}")
+    def retrieve_file(file_id: str, org: Org):
+        return file_object(get_file(org, file_id))
+
+    @app.get("/v1/files/{file_id}/content")
+    def file_content(file_id: str, org: Org):
+        row = get_file(org, file_id)
+        return FileResponse(row["path"], media_type="application/octet-stream", filename=row["filename"])
+
+    @app.delete("/v1/files/{file_id}")
+    def delete_file(file_id: str, org: Org):
+        row = get_file(org, file_id)
+        store.delete_file(org["id"], file_id)
+        Path(row["path"]).unlink(missing_ok=True)
+        return {"id": file_id, "object": "file", "deleted": True}
+
+
+# --- fine-tuning jobs -----------------------------------------------------------------------------
+
+
+def _hyperparameters(raw: Any, where: str) -> dict:
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict):
+        raise APIError(400, f"{where} must be an object", param=where)
+    out = {}
+    for key, value in raw.items():
+        if key not in HYPERPARAMETERS:
+            raise APIError(
+                400,
+                f"unknown hyperparameter {where}.{key} (expected one of {', '.join(HYPERPARAMETERS)})",
+                param=f"{where}.{key}",
+            )
+        kind, low, high = HYPERPARAMETERS[key]
+        if value is None or value == "auto":
+            out[key] = "auto"
+            continue
+        ok_type = isinstance(value, (int, float)) and not isinstance(value, bool)
+        if kind is int and ok_type and float(value).is_integer():
+            value = int(value)
+        elif kind is int or not ok_type:
+            expect = "an integer" if kind is int else "a number"
+            raise APIError(
+                400,
+                f"{where}.{key} must be 'auto' or {expect}, got {json.dumps(value)}",
+                param=f"{where}.{key}",
+            )
+        if not (low < value <= high if kind is float else low <= value <= high):
+            rule = f"> {low} and <= {high}" if kind is float else f"between {low} and {high}"
+            raise APIError(400, f"{where}.{key} must be {rule}, got {value}", param=f"{where}.{key}")
+        out[key] = value
+    return out
+
+
+def job_object(row: dict) -> dict:
+    hyper = {k: row["hyperparameters"].get(k, "auto") for k in HYPERPARAMETERS}
+    return {
+        "id": row["id"],
+        "object": "fine_tuning.job",
+        "created_at": row["created_at"],
+        "error": row["error"],
+        "fine_tuned_model": row["fine_tuned_model"],
+        "finished_at": row["finished_at"],
+        "hyperparameters": hyper,
+        "model": row["model"],
+        "organization_id": row["org_id"],
+        "result_files": row["result_files"],
+        "seed": row["seed"],
+        "status": row["status"],
+        "trained_tokens": row["trained_tokens"],
+        "training_file": row["training_file"],
+        "validation_file": row["validation_file"],
+        "estimated_finish": row["estimated_finish"],
+        "integrations": [],
+        "metadata": row["metadata"],
+        "user_provided_suffix": row["suffix"],
+        "method": {"type": "supervised", "supervised": {"hyperparameters": hyper}},
+    }
+
+
+def event_object(row: dict) -> dict:
+    return {
+        "id": row["id"],
+        "object": "fine_tuning.job.event",
+        "created_at": row["created_at"],
+        "level": row["level"],
+        "message": row["message"],
+        "type": row["type"],
+        "data": row["data"],
+    }
+
+
+def checkpoint_object(row: dict) -> dict:
+    return {
+        "id": row["id"],
+        "object": "fine_tuning.job.checkpoint",
+        "created_at": row["created_at"],
+        "fine_tuned_model_checkpoint": row["model_name"],
+        "fine_tuning_job_id": row["job_id"],
+        "metrics": row["metrics"],
+        "step_number": row["step"],
+    }
+
+
+_JOB_KEYS = {
+    "model",
+    "training_file",
+    "validation_file",
+    "suffix",
+    "seed",
+    "metadata",
+    "hyperparameters",
+    "method",
+    "integrations",
+}
+
+
+def _job_request(body: dict, store: Store, org: dict) -> dict:
+    from tunesmith.models import BUILTIN_MODELS
+
+    unknown = sorted(set(body) - _JOB_KEYS)
+    if unknown:
+        raise APIError(400, f"unknown parameter {unknown[0]!r}", param=unknown[0])
+    for key in ("model", "training_file"):
+        if key not in body or body[key] in (None, ""):
+            raise APIError(400, f"missing required parameter {key!r}", param=key)
+    for key in ("model", "training_file", "validation_file", "suffix"):
+        if body.get(key) is not None and not isinstance(body[key], str):
+            raise APIError(400, f"{key} must be a string, got {json.dumps(body[key])}", param=key)
+    model = body["model"]
+    if model not in BUILTIN_MODELS:
+        raise APIError(
+            400,
+            f"model {model!r} cannot be fine-tuned here; available: {', '.join(BUILTIN_MODELS)}",
+            param="model",
+            code="model_not_available",
+        )
+    files = {}
+    for key in ("training_file", "validation_file"):
+        file_id = body.get(key)
+        if file_id is None:
+            continue
+        row = store.file(org["id"], file_id)
+        if row is None:
+            raise APIError(400, f"invalid {key}: no such file: {file_id}", param=key, code="invalid_file")
+        if row["purpose"] != "fine-tune":
+            raise APIError(
+                400,
+                f"invalid {key}: {file_id} has purpose {row['purpose']!r}, not 'fine-tune'",
+                param=key,
+                code="invalid_file",
+            )
+        files[key] = row
+    suffix = body.get("suffix")
+    if suffix is not None and not SUFFIX_RE.match(suffix):
+        raise APIError(400, "suffix must be 1 to 64 letters, digits, '.', '_' or '-'", param="suffix")
+    seed = body.get("seed")
+    if seed is None:
+        seed = random.randint(0, 2**31 - 1)
+    elif not isinstance(seed, int) or isinstance(seed, bool) or not 0 <= seed <= 2**31 - 1:
+        raise APIError(
+            400, f"seed must be an integer between 0 and 2147483647, got {json.dumps(seed)}", param="seed"
+        )
+    metadata = body.get("metadata")
+    if metadata is not None:
+        if (
+            not isinstance(metadata, dict)
+            or len(metadata) > 16
+            or not all(
+                isinstance(k, str) and len(k) <= 64 and isinstance(v, str) and len(v) <= 512
+                for k, v in metadata.items()
+            )
+        ):
+            raise APIError(
+                400,
+                "metadata must be at most 16 string keys (<= 64 chars) with string values (<= 512 chars)",
+                param="metadata",
+            )
+    if body.get("integrations"):
+        raise APIError(400, "integrations are not supported", param="integrations")
+    hyper = _hyperparameters(body.get("hyperparameters"), "hyperparameters")
+    method = body.get("method")
+    if method is not None:
+        if not isinstance(method, dict) or method.get("type") != "supervised":
+            got = method.get("type") if isinstance(method, dict) else method
+            raise APIError(
+                400, f"method.type must be 'supervised' (got {json.dumps(got)})", param="method.type"
+            )
+        supervised = method.get("supervised") or {}
+        if not isinstance(supervised, dict):
+            raise APIError(400, "method.supervised must be an object", param="method.supervised")
+        from_method = _hyperparameters(supervised.get("hyperparameters"), "method.supervised.hyperparameters")
+        if hyper and from_method:
+            raise APIError(
+                400,
+                "give hyperparameters either at the top level or in method.supervised, not both",
+                param="hyperparameters",
+            )
+        hyper = hyper or from_method
+    return {
+        "model": model,
+        "files": files,
+        "suffix": suffix,
+        "seed": seed,
+        "metadata": metadata,
+        "hyper": hyper,
+    }
+
+
+def _job_routes(app: FastAPI) -> None:
+    store: Store = app.state.store
+    worker = app.state.worker
+
+    @app.post("/v1/fine_tuning/jobs")
+    async def create_job(request: Request, org: Org):
+        spec = _job_request(await _json_body(request), store, org)
+        job_id = new_id("ftjob-")
+        row = store.add_job(
+            {
+                "id": job_id,
+                "org_id": org["id"],
+                "model": spec["model"],
+                "training_file": spec["files"]["training_file"]["id"],
+                "validation_file": spec["files"]["validation_file"]["id"]
+                if "validation_file" in spec["files"]
+                else None,
+                "suffix": spec["suffix"],
+                "seed": spec["seed"],
+                "metadata": spec["metadata"],
+                "hyperparameters": spec["hyper"],
+                "status": "validating_files",
+                "created_at": now(),
+                "run_dir": str(store.runs_dir / job_id),
+            }
+        )
+        store.add_event(job_id, f"Created fine-tuning job: {job_id}")
+        worker.wake()
+        return job_object(row)
+
+    @app.get("/v1/fine_tuning/jobs")
+    def list_jobs(org: Org, after: str | None = None, limit: Limit = 20):
+        return _page(store.list_jobs(org["id"], after, limit + 1), limit, job_object)
+
+    def get_job(org: dict, job_id: str) -> dict:
+        row = store.job(org["id"], job_id)
+        if row is None:
+            raise not_found("fine-tuning job", job_id, param="fine_tuning_job_id")
+        return row
+
+    @app.get("/v1/fine_tuning/jobs/{job_id}")
+    def retrieve_job(job_id: str, org: Org):
+        return job_object(get_job(org, job_id))
+
+    @app.post("/v1/fine_tuning/jobs/{job_id}/cancel")
+    def cancel_job(job_id: str, org: Org):
+        row = get_job(org, job_id)
+        if row["status"] in TERMINAL:
+            raise APIError(
+                400,
+                f"the job is already {row['status']}",
+                param="fine_tuning_job_id",
+                code="job_not_cancellable",
+            )
+        if store.update_job(
+            job_id,
+            only_if_status=("validating_files", "queued", "running"),
+            status="cancelled",
+            finished_at=now(),
+            estimated_finish=None,
+        ):
+            store.add_event(job_id, "Fine-tuning job cancelled")
+            worker.cancel(job_id)
+        return job_object(get_job(org, job_id))
+
+    @app.get("/v1/fine_tuning/jobs/{job_id}/events")
+    def list_events(
+        job_id: str,
+        org: Org,
+        after: str | None = None,
+        limit: Annotated[int, Query(ge=1, le=1000)] = 20,
+    ):
+        get_job(org, job_id)
+        return _page(store.list_events(job_id, after, limit + 1), limit, event_object)
+
+    @app.get("/v1/fine_tuning/jobs/{job_id}/checkpoints")
+    def list_checkpoints(
+        job_id: str,
+        org: Org,
+        after: str | None = None,
+        limit: Annotated[int, Query(ge=1, le=100)] = 10,
+    ):
+        get_job(org, job_id)
+        return _page(store.list_checkpoints(job_id, after, limit + 1), limit, checkpoint_object)
+
+
+# --- models ---------------------------------------------------------------------------------------
+
+
+def _model_routes(app: FastAPI) -> None:
+    from tunesmith.models import BUILTIN_MODELS
+
+    store: Store = app.state.store
+
+    def base_object(name: str) -> dict:
+        return {"id": name, "object": "model", "created": BASE_MODEL_CREATED, "owned_by": "tunesmith"}
+
+    def ft_object(row: dict) -> dict:
+        return {"id": row["id"], "object": "model", "created": row["created"], "owned_by": row["org_id"]}
+
+    @app.get("/v1/models")
+    def list_models(org: Org):
+        data = [base_object(n) for n in BUILTIN_MODELS] + [ft_object(r) for r in store.list_models(org["id"])]
+        return {"object": "list", "data": data}
+
+    @app.get("/v1/models/{model_id:path}")
+    def retrieve_model(model_id: str, org: Org):
+        if model_id in BUILTIN_MODELS:
+            return base_object(model_id)
+        row = store.model(org["id"], model_id)
+        if row is None:
+            raise APIError(
+                404, f"The model {model_id!r} does not exist", param="model", code="model_not_found"
+            )
+        return ft_object(row)
+
+    @app.delete("/v1/models/{model_id:path}")
+    def delete_model(model_id: str, org: Org):
+        if model_id in BUILTIN_MODELS:
+            raise APIError(
+                400,
+                f"{model_id!r} is a base model; only fine-tuned models can be deleted",
+                param="model",
+                code="model_not_deletable",
+            )
+        row = store.model(org["id"], model_id)
+        if row is None:
+            raise APIError(
+                404, f"The model {model_id!r} does not exist", param="model", code="model_not_found"
+            )
+        store.delete_model(org["id"], model_id)
+        app.state.engine.forget(row["job_id"])
+        return {"id": model_id, "object": "model", "deleted": True}
+
+
+# --- inference ------------------------------------------------------------------------------------
+
+
+def _number(body: dict, key: str, default, low: float, high: float, integer: bool = False):
+    value = body.get(key)
+    if value is None:
+        return default
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, (int, float))
+        or (integer and not float(value).is_integer())
+    ):
+        raise APIError(
+            400,
+            f"{key} must be {'an integer' if integer else 'a number'}, got {json.dumps(value)}",
+            param=key,
+        )
+    if not low <= value <= high:
+        raise APIError(400, f"{key} must be between {low} and {high}, got {value}", param=key)
+    return int(value) if integer else float(value)
+
+
+def _generation_params(body: dict, default_max: int):
+    from tunesmith.serve.inference import GenerationParams
+
+    n = _number(body, "n", 1, 1, 128, integer=True)
+    if n != 1:
+        raise APIError(400, "only n=1 is supported", param="n")
+    max_tokens = body.get("max_completion_tokens", body.get("max_tokens"))
+    key = "max_completion_tokens" if "max_completion_tokens" in body else "max_tokens"
+    max_tokens = _number({key: max_tokens}, key, default_max, 1, 1_000_000, integer=True)
+    stop = body.get("stop")
+    if stop is None:
+        stop = []
+    elif isinstance(stop, str):
+        stop = [stop]
+    elif not (isinstance(stop, list) and len(stop) <= 4 and all(isinstance(s, str) and s for s in stop)):
+        raise APIError(400, "stop must be a string or a list of up to 4 non-empty strings", param="stop")
+    seed = body.get("seed")
+    if seed is not None and (not isinstance(seed, int) or isinstance(seed, bool)):
+        raise APIError(400, f"seed must be an integer, got {json.dumps(seed)}", param="seed")
+    temperature = _number(body, "temperature", 1.0, 0, 2)
+    top_p = _number(body, "top_p", 1.0, 0, 1)
+    if top_p == 0:
+        temperature = 0.0
+    return GenerationParams(max_tokens=max_tokens, temperature=temperature, top_p=top_p, stop=stop, seed=seed)
+
+
+def _messages(raw: Any) -> list[dict]:
+    if not isinstance(raw, list) or not raw:
+        raise APIError(400, "messages must be a non-empty list of {role, content} objects", param="messages")
+    out = []
+    for i, message in enumerate(raw):
+        where = f"messages[{i}]"
+        if not isinstance(message, dict):
+            raise APIError(400, f"{where} must be an object", param=where)
+        role = message.get("role")
+        if role not in ("system", "developer", "user", "assistant"):
+            raise APIError(
+                400,
+                f"{where}.role must be system, developer, user or assistant, got {json.dumps(role)}",
+                param=f"{where}.role",
+            )
+        content = message.get("content")
+        if isinstance(content, list):
+            texts = []
+            for part in content:
+                if (
+                    not isinstance(part, dict)
+                    or part.get("type") != "text"
+                    or not isinstance(part.get("text"), str)
+                ):
+                    raise APIError(
+                        400, f"{where}.content: only text parts are supported", param=f"{where}.content"
+                    )
+                texts.append(part["text"])
+            content = "".join(texts)
+        if not isinstance(content, str):
+            raise APIError(
+                400, f"{where}.content must be a string or a list of text parts", param=f"{where}.content"
+            )
+        out.append({"role": "system" if role == "developer" else role, "content": content})
+    return out
+
+
+def _inference_routes(app: FastAPI) -> None:
+    from tunesmith.models import BUILTIN_MODELS
+
+    store: Store = app.state.store
+    engine = app.state.engine
+
+    def resolve(org: dict, body: dict) -> tuple[str, str | None, str | None, str]:
+        name = body.get("model")
+        if not isinstance(name, str) or not name:
+            raise APIError(400, "missing required parameter 'model'", param="model")
+        if name in BUILTIN_MODELS:
+            return name, None, None, name
+        row = store.model(org["id"], name)
+        if row is None:
+            raise APIError(
+                404,
+                f"The model {name!r} does not exist or you do not have access to it",
+                param="model",
+                code="model_not_found",
+            )
+        return row["base"], row["job_id"], row["adapter_path"], name
+
+    def prepare(base: str, key: str | None, path: str | None) -> None:
+        try:
+            engine.prepare(base, key, path)
+        except Exception as error:
+            log.exception("loading %s", base)
+            raise APIError(500, f"could not load the model: {error}", code="model_load_failed") from None
+
+    def respond(body: dict, base, key, path, name, prompt_ids, params, chat: bool):
+        kind = "chat.completion" if chat else "text_completion"
+        ident = new_id("chatcmpl-" if chat else "cmpl-")
+        created = int(time.time())
+        pieces = engine.generate(base, key, path, prompt_ids, params)
+
+        def usage(last) -> dict:
+            return {
+                "prompt_tokens": last.prompt_tokens,
+                "completion_tokens": last.completion_tokens,
+                "total_tokens": last.prompt_tokens + last.completion_tokens,
+            }
+
+        if not body.get("stream"):
+            text, last = "", None
+            for piece in pieces:
+                text += piece.text
+                last = piece
+            choice = {"index": 0, "finish_reason": last.finish_reason, "logprobs": None}
+            choice.update(
+                {"message": {"role": "assistant", "content": text, "refusal": None}}
+                if chat
+                else {"text": text}
+            )
+            return JSONResponse(
+                {
+                    "id": ident,
+                    "object": kind,
+                    "created": created,
+                    "model": name,
+                    "choices": [choice],
+                    "usage": usage(last),
+                    "system_fingerprint": None,
+                }
+            )
+        options = body.get("stream_options") or {}
+        include_usage = isinstance(options, dict) and options.get("include_usage") is True
+
+        def chunk(delta_or_text, finish=None) -> bytes:
+            choice = {"index": 0, "finish_reason": finish, "logprobs": None}
+            choice.update({"delta": delta_or_text} if chat else {"text": delta_or_text})
+            obj = {
+                "id": ident,
+                "object": "chat.completion.chunk" if chat else "text_completion",
+                "created": created,
+                "model": name,
+                "choices": [choice],
+                "system_fingerprint": None,
+            }
+            return f"data: {json.dumps(obj)}\n\n".encode()
+
+        def events():
+            try:
+                if chat:
+                    yield chunk({"role": "assistant", "content": ""})
+                last = None
+                for piece in pieces:
+                    last = piece
+                    if piece.text:
+                        yield chunk({"content": piece.text} if chat else piece.text)
+                yield chunk({} if chat else "", last.finish_reason)
+                if include_usage:
+                    obj = {
+                        "id": ident,
+                        "object": "chat.completion.chunk" if chat else "text_completion",
+                        "created": created,
+                        "model": name,
+                        "choices": [],
+                        "usage": usage(last),
+                    }
+                    yield f"data: {json.dumps(obj)}\n\n".encode()
+            except Exception as error:
+                log.exception("generation failed")
+                err = {
+                    "error": {
+                        "message": f"generation failed: {error}",
+                        "type": "server_error",
+                        "param": None,
+                        "code": "server_error",
+                    }
+                }
+                yield f"data: {json.dumps(err)}\n\n".encode()
+            finally:
+                pieces.close()
+            yield b"data: [DONE]\n\n"
+
+        return StreamingResponse(
+            events(),
+            media_type="text/event-stream",
+            headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+        )
+
+    @app.post("/v1/chat/completions")
+    async def chat_completions(request: Request, org: Org):
+        body = await _json_body(request)
+        messages = _messages(body.get("messages"))
+        params = _generation_params(body, 256)
+        base, key, path, name = resolve(org, body)
+        return await _in_thread(lambda: _chat(base, key, path, name, body, messages, params))
+
+    def _chat(base, key, path, name, body, messages, params):
+        prepare(base, key, path)
+        try:
+            prompt_ids = engine.chat_prompt(base, messages)
+        except Exception as error:
+            raise APIError(
+                400, f"messages cannot be rendered with the model's chat template: {error}", param="messages"
+            ) from None
+        return respond(body, base, key, path, name, prompt_ids, params, chat=True)
+
+    @app.post("/v1/completions")
+    async def completions(request: Request, org: Org):
+        body = await _json_body(request)
+        prompt = body.get("prompt")
+        if isinstance(prompt, list) and len(prompt) == 1 and isinstance(prompt[0], str):
+            prompt = prompt[0]
+        if not isinstance(prompt, str):
+            raise APIError(400, "prompt must be a string (one prompt per request)", param="prompt")
+        params = _generation_params(body, 16)
+        base, key, path, name = resolve(org, body)
+
+        def run():
+            prepare(base, key, path)
+            prompt_ids = engine.text_prompt(base, prompt)
+            if not prompt_ids:
+                raise APIError(400, "prompt must not be empty", param="prompt")
+            return respond(body, base, key, path, name, prompt_ids, params, chat=False)
+
+        return await _in_thread(run)
+
+
+async def _in_thread(fn):
+    """Model loading and non-streamed generation block: keep them off the event loop."""
+    from starlette.concurrency import run_in_threadpool
+
+    return await run_in_threadpool(fn)

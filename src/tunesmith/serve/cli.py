@@ -1,0 +1,98 @@
+"""``tunesmith serve`` and ``tunesmith keys create``: the service's command-line front.
+
+The main CLI calls :func:`add_serve_commands` with its subparsers; each registered parser has a
+``func`` default (as in tunesmith.cli) taking the parsed namespace and returning an exit code. ``python -m
+tunesmith.serve.cli ...`` runs the same commands on their own (the tests use that).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+
+def default_home() -> Path:
+    from tunesmith.models import tunesmith_home
+
+    return tunesmith_home() / "serve"
+
+
+def _serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from tunesmith.serve.api import ServeSettings, create_app
+    from tunesmith.serve.worker import parse_trainer_command
+
+    settings = ServeSettings(
+        home=Path(args.home or default_home()),
+        trainer_command=parse_trainer_command(args.trainer_command),
+        max_running=args.max_running,
+        max_upload_bytes=int(args.max_upload_mb * 1024 * 1024),
+        train_overrides=list(args.train_override or []),
+        max_adapters=args.max_adapters,
+    )
+    app = create_app(settings)
+    print(f"tunesmith serve: http://{args.host}:{args.port}/v1 (state in {settings.home})", file=sys.stderr)
+    uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level)
+    return 0
+
+
+def _keys_create(args: argparse.Namespace) -> int:
+    from tunesmith.serve.store import Store
+
+    if not args.org.strip():
+        print("error: --org must not be empty", file=sys.stderr)
+        return 2
+    key = Store(Path(args.home or default_home())).create_key(args.org.strip())
+    print(key)
+    return 0
+
+
+def add_serve_commands(subparsers) -> None:
+    """Register ``serve`` and ``keys create`` on the main CLI's subparsers (handler in ``func``)."""
+    serve = subparsers.add_parser("serve", help="Run the OpenAI-compatible fine-tuning and inference API.")
+    serve.add_argument("--host", default="127.0.0.1", help="Interface to listen on.")
+    serve.add_argument("--port", type=int, default=8000, help="Port to listen on.")
+    serve.add_argument(
+        "--home", default=None, help="State folder (database, files, runs); default $TUNESMITH_HOME/serve."
+    )
+    serve.add_argument("--max-running", type=int, default=1, help="Training jobs run at the same time.")
+    serve.add_argument("--max-upload-mb", type=float, default=512, help="Largest accepted upload, in MB.")
+    serve.add_argument(
+        "--max-adapters", type=int, default=4, help="Fine-tuned adapters kept in memory per base."
+    )
+    serve.add_argument(
+        "--train-override",
+        action="append",
+        metavar="KEY=VALUE",
+        help="Dotted config override applied to every job, e.g. train.save_every=10 (repeatable).",
+    )
+    serve.add_argument(
+        "--trainer-command",
+        default=None,
+        help="Command that trains (CONFIG and --overwrite/--resume are appended); "
+        "default: python -m tunesmith train.",
+    )
+    serve.add_argument("--log-level", default="warning", help="uvicorn log level.")
+    serve.set_defaults(func=_serve)
+
+    keys = subparsers.add_parser("keys", help="Manage API keys of the service.")
+    key_commands = keys.add_subparsers(dest="keys_command", required=True)
+    create = key_commands.add_parser("create", help="Create an API key for an organisation and print it.")
+    create.add_argument("--org", required=True, help="Organisation name (created if new).")
+    create.add_argument(
+        "--home", default=None, help="State folder of the service; default $TUNESMITH_HOME/serve."
+    )
+    create.set_defaults(func=_keys_create)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="tunesmith")
+    add_serve_commands(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

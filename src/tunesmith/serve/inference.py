@@ -1,0 +1,208 @@
+"""Generation for the API: one loaded copy of each base model, LoRA adapters swapped in.
+
+Fine-tuned LoRA models of the same base share that base: the first adapter wraps it in a
+``PeftModel``, later ones are added with ``load_adapter`` and chosen with ``set_adapter``; the
+base itself answers inside ``disable_adapter()``. At most ``max_adapters`` adapters per base stay
+in memory (least recently used is deleted first) and at most ``max_bases`` bases.
+
+Generation is a plain loop with a KV cache so that every token can be streamed as it comes and
+counted exactly: ``prompt_tokens`` is the length of the templated prompt, ``completion_tokens``
+the number of tokens generated (the end-of-turn token included when the model produced it, as
+it was generated and billed). One lock per base serialises requests on that base: on a CPU
+running two generations at once is no faster, and it keeps the active adapter stable.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict
+from collections.abc import Iterator
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+
+
+@dataclass
+class GenerationParams:
+    max_tokens: int = 256
+    temperature: float = 1.0
+    top_p: float = 1.0
+    stop: list[str] = field(default_factory=list)
+    seed: int | None = None
+
+
+@dataclass
+class Piece:
+    """One step of a generation: new text, and on the last piece the finish reason and counts."""
+
+    text: str
+    finish_reason: str | None = None
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+
+
+class _Base:
+    def __init__(self, loaded):
+        self.loaded = loaded
+        self.peft = None  # PeftModel once the first adapter is loaded
+        self.adapters: OrderedDict[str, str] = OrderedDict()  # adapter name -> path, LRU order
+        self.lock = threading.Lock()
+
+
+def _adapter_name(key: str) -> str:
+    return "a_" + "".join(c if c.isalnum() else "_" for c in key)
+
+
+class InferenceEngine:
+    def __init__(self, max_adapters: int = 4, max_bases: int = 1):
+        self.max_adapters = max(1, max_adapters)
+        self.max_bases = max(1, max_bases)
+        self._bases: OrderedDict[str, _Base] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def _base(self, name: str) -> _Base:
+        with self._lock:
+            base = self._bases.get(name)
+            if base is not None:
+                self._bases.move_to_end(name)
+                return base
+        from tunesmith.models import load_model
+
+        loaded = load_model(name)
+        loaded.model.eval()
+        with self._lock:
+            base = self._bases.setdefault(name, _Base(loaded))
+            self._bases.move_to_end(name)
+            while len(self._bases) > self.max_bases:
+                self._bases.popitem(last=False)
+            return base
+
+    def prepare(self, base_name: str, adapter_key: str | None, adapter_path: str | None) -> _Base:
+        """Load the base (and make sure the adapter is loadable) before a response starts."""
+        base = self._base(base_name)
+        if adapter_key is not None:
+            with base.lock:
+                self._ensure_adapter(base, adapter_key, adapter_path)
+        return base
+
+    def _ensure_adapter(self, base: _Base, key: str, path: str) -> str:
+        name = _adapter_name(key)
+        if name in base.adapters:
+            base.adapters.move_to_end(name)
+            return name
+        if base.peft is None:
+            from peft import PeftModel
+
+            base.peft = PeftModel.from_pretrained(base.loaded.model, path, adapter_name=name)
+            base.peft.eval()
+        else:
+            base.peft.load_adapter(path, adapter_name=name)
+        base.adapters[name] = path
+        while len(base.adapters) > self.max_adapters:
+            old, _ = base.adapters.popitem(last=False)
+            base.peft.set_adapter(name)
+            base.peft.delete_adapter(old)
+        return name
+
+    def forget(self, adapter_key: str) -> None:
+        """Drop a deleted model's adapter; a base left without adapters is reloaded clean later."""
+        name = _adapter_name(adapter_key)
+        with self._lock:
+            bases = list(self._bases.items())
+        for base_name, base in bases:
+            with base.lock:
+                if name not in base.adapters:
+                    continue
+                if len(base.adapters) == 1:
+                    with self._lock:
+                        self._bases.pop(base_name, None)
+                else:
+                    del base.adapters[name]
+                    other = next(iter(base.adapters))
+                    base.peft.set_adapter(other)
+                    base.peft.delete_adapter(name)
+
+    def tokenizer(self, base_name: str):
+        return self._base(base_name).loaded.tokenizer
+
+    def chat_prompt(self, base_name: str, messages: list[dict]) -> list[int]:
+        tokenizer = self.tokenizer(base_name)
+        text = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+        return tokenizer(text, add_special_tokens=False)["input_ids"]
+
+    def text_prompt(self, base_name: str, prompt: str) -> list[int]:
+        return self.tokenizer(base_name)(prompt, add_special_tokens=False)["input_ids"]
+
+    def generate(
+        self,
+        base_name: str,
+        adapter_key: str | None,
+        adapter_path: str | None,
+        prompt_ids: list[int],
+        params: GenerationParams,
+    ) -> Iterator[Piece]:
+        """Yield text pieces as tokens come; the last piece carries finish_reason and token counts."""
+        import torch
+
+        base = self._base(base_name)
+        tokenizer = base.loaded.tokenizer
+        eos = {tokenizer.eos_token_id} - {None}
+        with base.lock, torch.inference_mode():
+            if adapter_key is not None:
+                base.peft.set_adapter(self._ensure_adapter(base, adapter_key, adapter_path))
+                model, context = base.peft, nullcontext()
+            elif base.peft is not None:
+                model, context = base.peft, base.peft.disable_adapter()
+            else:
+                model, context = base.loaded.model, nullcontext()
+            generator = torch.Generator().manual_seed(params.seed) if params.seed is not None else None
+            with context:
+                yield from self._loop(model, tokenizer, eos, prompt_ids, params, generator)
+
+    @staticmethod
+    def _loop(model, tokenizer, eos, prompt_ids, params, generator) -> Iterator[Piece]:
+        import torch
+
+        limit = getattr(model.config, "max_position_embeddings", None) or 2048
+        max_new = max(0, min(params.max_tokens, limit - len(prompt_ids)))
+        generated: list[int] = []
+        sent = ""  # text already yielded
+        finish = "length"
+        input_ids = torch.tensor([prompt_ids])
+        past = None
+        for _ in range(max_new):
+            out = model(input_ids=input_ids, past_key_values=past, use_cache=True)
+            past = out.past_key_values
+            logits = out.logits[0, -1].float()
+            token = _sample(logits, params, generator)
+            generated.append(token)
+            if token in eos:
+                finish = "stop"
+                break
+            text = tokenizer.decode(generated, skip_special_tokens=True)
+            cut = min((i for s in params.stop if (i := text.find(s)) >= 0), default=-1)
+            if cut >= 0:
+                text, finish = text[:cut], "stop"
+            if text.endswith("\ufffd") and cut < 0:  # half of a multi-byte character: wait for the rest
+                input_ids = torch.tensor([[token]])
+                continue
+            if len(text) > len(sent) and text.startswith(sent):
+                yield Piece(text[len(sent) :])
+                sent = text
+            if cut >= 0:
+                break
+            input_ids = torch.tensor([[token]])
+        yield Piece("", finish, len(prompt_ids), len(generated))
+
+
+def _sample(logits, params: GenerationParams, generator) -> int:
+    import torch
+
+    if params.temperature <= 0:
+        return int(torch.argmax(logits))
+    probs = torch.softmax(logits / params.temperature, dim=-1)
+    if params.top_p < 1.0:
+        sorted_probs, order = torch.sort(probs, descending=True)
+        keep = torch.cumsum(sorted_probs, dim=-1) - sorted_probs < params.top_p
+        sorted_probs = sorted_probs * keep
+        probs = torch.zeros_like(probs).scatter(0, order, sorted_probs)
+    return int(torch.multinomial(probs / probs.sum(), 1, generator=generator))

@@ -1,0 +1,266 @@
+"""The service's state: one SQLite database (WAL) with organisations, API keys, files, jobs,
+job events, checkpoints and fine-tuned models.
+
+Every function opens its own short connection: SQLite connections are cheap, WAL lets the API
+threads read while the worker thread writes, and nothing is shared between threads. Rows come
+back as plain dicts (JSON columns decoded); the API turns them into OpenAI-shaped objects.
+Lookups take the organisation id, so another organisation's id reads exactly like a missing one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import secrets
+import sqlite3
+import string
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS orgs (
+    id TEXT PRIMARY KEY, name TEXT UNIQUE NOT NULL, created_at INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS api_keys (
+    key_hash TEXT PRIMARY KEY, org_id TEXT NOT NULL REFERENCES orgs(id), created_at INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS files (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT, id TEXT UNIQUE NOT NULL, org_id TEXT NOT NULL,
+    filename TEXT NOT NULL, purpose TEXT NOT NULL, bytes INTEGER NOT NULL, created_at INTEGER NOT NULL,
+    path TEXT NOT NULL, status TEXT NOT NULL DEFAULT 'processed');
+CREATE TABLE IF NOT EXISTS jobs (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT, id TEXT UNIQUE NOT NULL, org_id TEXT NOT NULL,
+    model TEXT NOT NULL, training_file TEXT NOT NULL, validation_file TEXT, suffix TEXT,
+    seed INTEGER NOT NULL, metadata TEXT, hyperparameters TEXT NOT NULL, status TEXT NOT NULL,
+    error TEXT, fine_tuned_model TEXT, trained_tokens INTEGER, result_files TEXT NOT NULL DEFAULT '[]',
+    created_at INTEGER NOT NULL, started_at INTEGER, finished_at INTEGER, estimated_finish INTEGER,
+    run_dir TEXT NOT NULL, total_steps INTEGER, pid INTEGER, attempts INTEGER NOT NULL DEFAULT 0,
+    metrics_offset INTEGER NOT NULL DEFAULT 0, last_metrics_step INTEGER NOT NULL DEFAULT 0);
+CREATE INDEX IF NOT EXISTS jobs_status ON jobs(status);
+CREATE TABLE IF NOT EXISTS events (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT, id TEXT UNIQUE NOT NULL, job_id TEXT NOT NULL,
+    created_at INTEGER NOT NULL, level TEXT NOT NULL, message TEXT NOT NULL, type TEXT NOT NULL,
+    data TEXT);
+CREATE INDEX IF NOT EXISTS events_job ON events(job_id, seq);
+CREATE TABLE IF NOT EXISTS checkpoints (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT, id TEXT UNIQUE NOT NULL, job_id TEXT NOT NULL,
+    step INTEGER NOT NULL, created_at INTEGER NOT NULL, metrics TEXT NOT NULL, path TEXT NOT NULL,
+    model_name TEXT NOT NULL, UNIQUE(job_id, step));
+CREATE TABLE IF NOT EXISTS models (
+    id TEXT PRIMARY KEY, org_id TEXT NOT NULL, job_id TEXT NOT NULL, base TEXT NOT NULL,
+    adapter_path TEXT NOT NULL, created INTEGER NOT NULL);
+"""
+
+_JSON_COLUMNS = {"metadata", "hyperparameters", "error", "result_files", "data", "metrics"}
+TERMINAL = ("succeeded", "failed", "cancelled")
+_ALPHABET = string.ascii_letters + string.digits
+
+
+def new_id(prefix: str, length: int = 24) -> str:
+    return prefix + "".join(secrets.choice(_ALPHABET) for _ in range(length))
+
+
+def now() -> int:
+    return int(time.time())
+
+
+def hash_key(key: str) -> str:
+    return hashlib.sha256(key.encode("utf-8")).hexdigest()
+
+
+class Store:
+    """The database at ``home/tunesmith.db``; uploaded files live in ``home/files``, runs in ``home/runs``."""
+
+    def __init__(self, home: str | Path):
+        self.home = Path(home)
+        self.files_dir = self.home / "files"
+        self.runs_dir = self.home / "runs"
+        for folder in (self.home, self.files_dir, self.runs_dir):
+            folder.mkdir(parents=True, exist_ok=True)
+        self.path = self.home / "tunesmith.db"
+        with self._connect() as db:
+            db.execute("PRAGMA journal_mode=WAL")
+            db.executescript(SCHEMA)
+
+    @contextmanager
+    def _connect(self):
+        db = sqlite3.connect(self.path, timeout=30, isolation_level=None)
+        db.row_factory = sqlite3.Row
+        db.execute("PRAGMA busy_timeout=30000")
+        db.execute("PRAGMA synchronous=NORMAL")
+        try:
+            yield db
+        finally:
+            db.close()
+
+    @staticmethod
+    def _row(row) -> dict | None:
+        if row is None:
+            return None
+        out = dict(row)
+        for key in _JSON_COLUMNS & out.keys():
+            if out[key] is not None:
+                out[key] = json.loads(out[key])
+        return out
+
+    def _one(self, sql: str, args=()) -> dict | None:
+        with self._connect() as db:
+            return self._row(db.execute(sql, args).fetchone())
+
+    def _all(self, sql: str, args=()) -> list[dict]:
+        with self._connect() as db:
+            return [self._row(r) for r in db.execute(sql, args).fetchall()]
+
+    def _write(self, sql: str, args=()) -> int:
+        with self._connect() as db:
+            return db.execute(sql, args).rowcount
+
+    # --- organisations and keys ---------------------------------------------------------------
+
+    def create_key(self, org_name: str) -> str:
+        """Create the organisation if new and return a fresh API key; only its sha256 is stored."""
+        key = "sk-ts-" + secrets.token_urlsafe(32)
+        with self._connect() as db:
+            db.execute("BEGIN IMMEDIATE")
+            row = db.execute("SELECT id FROM orgs WHERE name = ?", (org_name,)).fetchone()
+            org_id = row["id"] if row else new_id("org-")
+            if row is None:
+                db.execute("INSERT INTO orgs VALUES (?, ?, ?)", (org_id, org_name, now()))
+            db.execute("INSERT INTO api_keys VALUES (?, ?, ?)", (hash_key(key), org_id, now()))
+            db.execute("COMMIT")
+        return key
+
+    def org_for_key(self, key: str) -> dict | None:
+        return self._one(
+            "SELECT orgs.* FROM api_keys JOIN orgs ON orgs.id = api_keys.org_id WHERE key_hash = ?",
+            (hash_key(key),),
+        )
+
+    def org(self, org_id: str) -> dict | None:
+        return self._one("SELECT * FROM orgs WHERE id = ?", (org_id,))
+
+    # --- files ----------------------------------------------------------------------------------
+
+    def add_file(self, file_id: str, org_id: str, filename: str, purpose: str, size: int, path: str) -> dict:
+        self._write(
+            "INSERT INTO files (id, org_id, filename, purpose, bytes, created_at, path) "
+            "VALUES (?,?,?,?,?,?,?)",
+            (file_id, org_id, filename, purpose, size, now(), path),
+        )
+        return self.file(org_id, file_id)
+
+    def file(self, org_id: str, file_id: str) -> dict | None:
+        return self._one("SELECT * FROM files WHERE id = ? AND org_id = ?", (file_id, org_id))
+
+    def list_files(
+        self, org_id: str, purpose: str | None, after: str | None, limit: int, order: str
+    ) -> list[dict]:
+        sql, args = "SELECT * FROM files WHERE org_id = ?", [org_id]
+        if purpose:
+            sql, args = sql + " AND purpose = ?", [*args, purpose]
+        cmp, direction = ("<", "DESC") if order == "desc" else (">", "ASC")
+        if after:
+            sql += f" AND seq {cmp} COALESCE((SELECT seq FROM files WHERE id = ? AND org_id = ?), -1)"
+            args += [after, org_id]
+        return self._all(sql + f" ORDER BY seq {direction} LIMIT ?", [*args, limit])
+
+    def delete_file(self, org_id: str, file_id: str) -> bool:
+        return self._write("DELETE FROM files WHERE id = ? AND org_id = ?", (file_id, org_id)) > 0
+
+    # --- jobs -----------------------------------------------------------------------------------
+
+    def add_job(self, job: dict) -> dict:
+        row = dict(job)
+        for key in _JSON_COLUMNS & row.keys():
+            row[key] = None if row[key] is None else json.dumps(row[key])
+        names = ", ".join(row)
+        self._write(f"INSERT INTO jobs ({names}) VALUES ({', '.join('?' * len(row))})", tuple(row.values()))
+        return self.job(job["org_id"], job["id"])
+
+    def job(self, org_id: str | None, job_id: str) -> dict | None:
+        if org_id is None:  # the worker's view: any organisation
+            return self._one("SELECT * FROM jobs WHERE id = ?", (job_id,))
+        return self._one("SELECT * FROM jobs WHERE id = ? AND org_id = ?", (job_id, org_id))
+
+    def list_jobs(self, org_id: str, after: str | None, limit: int) -> list[dict]:
+        sql, args = "SELECT * FROM jobs WHERE org_id = ?", [org_id]
+        if after:
+            sql += " AND seq < COALESCE((SELECT seq FROM jobs WHERE id = ? AND org_id = ?), -1)"
+            args += [after, org_id]
+        return self._all(sql + " ORDER BY seq DESC LIMIT ?", [*args, limit])
+
+    def jobs_with_status(self, *statuses: str) -> list[dict]:
+        marks = ", ".join("?" * len(statuses))
+        return self._all(f"SELECT * FROM jobs WHERE status IN ({marks}) ORDER BY seq", statuses)
+
+    def update_job(self, job_id: str, only_if_status: tuple[str, ...] | None = None, **fields) -> bool:
+        """Set fields; with ``only_if_status`` the update happens only from those states (atomic)."""
+        for key in _JSON_COLUMNS & fields.keys():
+            fields[key] = None if fields[key] is None else json.dumps(fields[key])
+        sql = "UPDATE jobs SET " + ", ".join(f"{k} = ?" for k in fields) + " WHERE id = ?"
+        args = [*fields.values(), job_id]
+        if only_if_status:
+            sql += f" AND status IN ({', '.join('?' * len(only_if_status))})"
+            args += list(only_if_status)
+        return self._write(sql, args) > 0
+
+    # --- events ---------------------------------------------------------------------------------
+
+    def add_event(
+        self, job_id: str, message: str, level: str = "info", type: str = "message", data=None
+    ) -> None:
+        self._write(
+            "INSERT INTO events (id, job_id, created_at, level, message, type, data) VALUES (?,?,?,?,?,?,?)",
+            (
+                new_id("ftevent-"),
+                job_id,
+                now(),
+                level,
+                message,
+                type,
+                None if data is None else json.dumps(data),
+            ),
+        )
+
+    def list_events(self, job_id: str, after: str | None, limit: int) -> list[dict]:
+        """Newest first, as OpenAI lists them; ``after`` is the last event id of the previous page."""
+        sql, args = "SELECT * FROM events WHERE job_id = ?", [job_id]
+        if after:
+            sql += " AND seq < COALESCE((SELECT seq FROM events WHERE id = ? AND job_id = ?), -1)"
+            args += [after, job_id]
+        return self._all(sql + " ORDER BY seq DESC LIMIT ?", [*args, limit])
+
+    # --- checkpoints ----------------------------------------------------------------------------
+
+    def add_checkpoint(self, job_id: str, step: int, metrics: dict, path: str, model_name: str) -> bool:
+        return (
+            self._write(
+                "INSERT OR IGNORE INTO checkpoints (id, job_id, step, created_at, metrics, path, model_name) "
+                "VALUES (?,?,?,?,?,?,?)",
+                (new_id("ftckpt-"), job_id, step, now(), json.dumps(metrics), path, model_name),
+            )
+            > 0
+        )
+
+    def list_checkpoints(self, job_id: str, after: str | None, limit: int) -> list[dict]:
+        sql, args = "SELECT * FROM checkpoints WHERE job_id = ?", [job_id]
+        if after:
+            sql += " AND seq < COALESCE((SELECT seq FROM checkpoints WHERE id = ? AND job_id = ?), -1)"
+            args += [after, job_id]
+        return self._all(sql + " ORDER BY seq DESC LIMIT ?", [*args, limit])
+
+    # --- fine-tuned models ----------------------------------------------------------------------
+
+    def add_model(self, model_id: str, org_id: str, job_id: str, base: str, adapter_path: str) -> None:
+        self._write(
+            "INSERT OR REPLACE INTO models VALUES (?,?,?,?,?,?)",
+            (model_id, org_id, job_id, base, adapter_path, now()),
+        )
+
+    def model(self, org_id: str, model_id: str) -> dict | None:
+        return self._one("SELECT * FROM models WHERE id = ? AND org_id = ?", (model_id, org_id))
+
+    def list_models(self, org_id: str) -> list[dict]:
+        return self._all("SELECT * FROM models WHERE org_id = ? ORDER BY created", (org_id,))
+
+    def delete_model(self, org_id: str, model_id: str) -> bool:
+        return self._write("DELETE FROM models WHERE id = ? AND org_id = ?", (model_id, org_id)) > 0

@@ -1,0 +1,668 @@
+"""Runs fine-tuning jobs: validates their files, starts each in its own subprocess, supervises it.
+
+One background thread in the server process owns every trainer subprocess. Each tick it
+1. validates jobs in ``validating_files`` (line errors fail the job before any training; "auto"
+   hyperparameters are resolved from the data size) and moves them to ``queued``;
+2. tails each running job's ``metrics.jsonl`` into ``metrics`` events, turns new
+   ``checkpoints/step-NNNNNN`` folders into checkpoint rows, updates ``estimated_finish``;
+3. reaps finished subprocesses (exit 0: register the model and the metrics CSV; exit 2: a user
+   error, its stderr line becomes the job error; anything else: a crash, reported with its exit
+   code and the last stderr line) and starts queued jobs while fewer than ``max_running`` run.
+
+A trainer runs in its own session (process group) so cancel can stop it and its children in one
+signal, and with PDEATHSIG so it dies with the server. After a restart, jobs still marked
+``running`` are started again with ``--resume`` when a checkpoint exists (any orphan left from the
+old server is killed first), and queued jobs simply run.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import logging
+import math
+import os
+import re
+import shlex
+import signal
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from tunesmith.serve.store import TERMINAL, Store, new_id, now
+
+log = logging.getLogger("tunesmith.serve")
+
+BASE_LORA_LR = 2e-4
+AUTO_EPOCHS = 3
+MIN_EXAMPLES_SEEN = 100
+MAX_EXAMPLES_SEEN = 25_000
+MAX_AUTO_EPOCHS = 25
+MAX_AUTO_BATCH = 32
+VAL_FRACTION = 0.1  # held out of the training file when a job has no validation file (as the trainer does)
+CHECKPOINT_RE = re.compile(r"^step-(\d+)$")
+
+
+def default_trainer_command() -> list[str]:
+    return [sys.executable, "-m", "tunesmith", "train"]
+
+
+def resolve_hyperparameters(requested: dict, n_examples: int) -> dict:
+    """Replace "auto" (or missing) hyperparameters with the values a careful user would pick.
+
+    - ``n_epochs``: 3, unless that shows the model fewer than 100 examples in total (tiny sets:
+      raise it so ``n_epochs * n_examples >= 100``, at most 25 epochs) or more than 25,000 (large
+      sets: lower it so the run stays around 25k examples seen, at least 1 epoch). This follows
+      OpenAI's published rule of thumb.
+    - ``batch_size``: about 0.2% of the training examples, rounded, clipped to [1, 32]: small
+      sets still get many optimizer steps, large ones get less noisy gradients.
+    - ``learning_rate_multiplier``: 1.0, which means the base LoRA learning rate 2e-4.
+    """
+    n = max(1, n_examples)
+    epochs = requested.get("n_epochs", "auto")
+    if epochs in (None, "auto"):
+        epochs = AUTO_EPOCHS
+        if n * epochs < MIN_EXAMPLES_SEEN:
+            epochs = min(MAX_AUTO_EPOCHS, math.ceil(MIN_EXAMPLES_SEEN / n))
+        elif n * epochs > MAX_EXAMPLES_SEEN:
+            epochs = max(1, MAX_EXAMPLES_SEEN // n)
+    batch = requested.get("batch_size", "auto")
+    if batch in (None, "auto"):
+        batch = min(MAX_AUTO_BATCH, max(1, round(0.002 * n)))
+    multiplier = requested.get("learning_rate_multiplier", "auto")
+    if multiplier in (None, "auto"):
+        multiplier = 1.0
+    return {"n_epochs": int(epochs), "batch_size": int(batch), "learning_rate_multiplier": float(multiplier)}
+
+
+# --- data validation ----------------------------------------------------------------------------
+
+
+@dataclass
+class DataCheck:
+    ok: bool
+    n_train: int = 0
+    n_validation: int = 0
+    message: str = ""
+    param: str | None = None
+    warnings: list[str] = field(default_factory=list)
+
+
+def _describe(issues, limit: int = 10) -> str:
+    parts = [f"line {i.line}: {i.field + ': ' if i.field else ''}{i.reason}" for i in issues[:limit]]
+    more = f"; and {len(issues) - limit} more" if len(issues) > limit else ""
+    return "; ".join(parts) + more
+
+
+def check_job_files(train: dict, validation: dict | None, model: str, max_seq_len: int = 512) -> DataCheck:
+    """Read and check the job's files; every error names the file id, line numbers and reasons.
+
+    ``train`` / ``validation`` are file rows (``id``, ``filename``, ``path``). Uses the data
+    package's reader and validator, so the service refuses exactly what ``tunesmith validate``
+    refuses.
+    """
+    from tunesmith.data.formats import read_examples
+    from tunesmith.errors import TunesmithError
+
+    loaded = {}
+    for param, row in (("training_file", train), ("validation_file", validation)):
+        if row is None:
+            continue
+        name = f"{row['id']} ({row['filename']})"
+        if not Path(row["path"]).is_file():
+            return DataCheck(False, message=f"{param} {row['id']} was deleted", param=param)
+        try:
+            data = read_examples(row["path"])
+        except TunesmithError as error:
+            return DataCheck(False, message=str(error).replace(row["path"], name), param=param)
+        loaded[param] = data
+    issues = {param: [i for i in data.errors] for param, data in loaded.items()}
+    try:  # token-level checks (empty completions, lengths) need the model's tokenizer
+        from tunesmith.data.validate import validate_dataset
+        from tunesmith.models import load_tokenizer
+
+        report, val_report, _, _ = validate_dataset(
+            loaded["training_file"], load_tokenizer(model), max_seq_len, loaded.get("validation_file")
+        )
+        issues["training_file"] = report.issues
+        if val_report is not None:
+            issues["validation_file"] = val_report.issues
+    except ImportError:
+        pass
+    warnings = []
+    for param, row in (("training_file", train), ("validation_file", validation)):
+        errors = [i for i in issues.get(param, []) if i.severity == "error"]
+        name = f"{row['id']} ({row['filename']})" if row else ""
+        if errors:
+            lines = ", ".join(str(i.line) for i in errors[:20])
+            return DataCheck(
+                False,
+                message=f"{param} {name} has {len(errors)} invalid line(s) (lines {lines}): "
+                f"{_describe(errors)}",
+                param=param,
+            )
+        warned = [i for i in issues.get(param, []) if i.severity != "error"]
+        if warned:
+            warnings.append(f"{param} {name}: {len(warned)} warning(s): {_describe(warned, 5)}")
+    n_val = len(loaded["validation_file"].examples) if "validation_file" in loaded else 0
+    return DataCheck(True, len(loaded["training_file"].examples), n_val, warnings=warnings)
+
+
+# --- the supervisor -----------------------------------------------------------------------------
+
+
+def _set_pdeathsig() -> None:
+    """In the child before exec: its own session, and SIGKILL when the server thread dies."""
+    os.setsid()
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except OSError:
+        pass
+
+
+def _pid_runs(pid: int | None, marker: str) -> bool:
+    """Whether ``pid`` is alive and is the trainer of this run (its argv names our config)."""
+    if not pid:
+        return False
+    try:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")
+    except OSError:
+        return False
+    return marker in cmdline
+
+
+def _kill_group(pid: int, sig: int) -> None:
+    try:
+        os.killpg(pid, sig)
+    except (ProcessLookupError, PermissionError):
+        try:
+            os.kill(pid, sig)
+        except (ProcessLookupError, PermissionError):
+            pass
+
+
+def checkpoint_steps(out_dir: Path) -> list[int]:
+    folder = out_dir / "checkpoints"
+    if not folder.is_dir():
+        return []
+    return sorted(
+        int(m.group(1)) for p in folder.iterdir() if p.is_dir() and (m := CHECKPOINT_RE.match(p.name))
+    )
+
+
+def read_metrics(out_dir: Path) -> list[dict]:
+    path = out_dir / "metrics.jsonl"
+    rows = []
+    if path.is_file():
+        for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            if isinstance(row, dict) and isinstance(row.get("step"), int):
+                rows.append(row)
+    return rows
+
+
+def openai_metrics(row: dict) -> dict:
+    """A trainer metrics line in the names OpenAI's events and checkpoints use (extra keys kept)."""
+    out = {
+        "step": row.get("step"),
+        "train_loss": row.get("train_loss"),
+        "train_mean_token_accuracy": row.get("train_token_accuracy"),
+    }
+    if row.get("val_loss") is not None:
+        out["valid_loss"] = row["val_loss"]
+        out["valid_mean_token_accuracy"] = row.get("val_token_accuracy")
+    for key in ("epoch", "lr", "tokens_per_second", "grad_norm", "peak_rss_mb"):
+        if key in row:
+            out[key] = row[key]
+    return out
+
+
+def fine_tuned_model_name(job: dict, org_name: str) -> str:
+    """``ft:{base}:{org}:{suffix}:{job-suffix}`` (empty suffix stays empty, as in OpenAI's names)."""
+    org = re.sub(r"[^a-z0-9-]+", "-", org_name.lower()).strip("-") or "org"
+    return f"ft:{job['model']}:{org}:{job['suffix'] or ''}:{job['id'][-8:]}"
+
+
+@dataclass
+class _Running:
+    job_id: str
+    proc: subprocess.Popen
+    out_dir: Path
+    started: float
+    start_step: int
+    seen_checkpoints: set[int]
+    stderr_path: Path
+
+
+class Worker:
+    def __init__(
+        self,
+        store: Store,
+        trainer_command: list[str] | None = None,
+        max_running: int = 1,
+        poll_seconds: float = 0.5,
+        train_overrides: list[str] | None = None,
+    ):
+        self.store = store
+        self.trainer_command = trainer_command or default_trainer_command()
+        self.max_running = max_running
+        self.poll_seconds = poll_seconds
+        self.train_overrides = list(train_overrides or [])
+        self._running: dict[str, _Running] = {}
+        self._lock = threading.Lock()
+        self._wake = threading.Event()
+        self._stopping = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    # --- lifecycle ----------------------------------------------------------------------------
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._loop, name="tunesmith-worker", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        """Stop supervising; kill our trainers but leave their jobs ``running`` so a restart resumes."""
+        self._stopping.set()
+        self._wake.set()
+        if self._thread:
+            self._thread.join(timeout=10)
+        with self._lock:
+            for run in self._running.values():
+                _kill_group(run.proc.pid, signal.SIGKILL)
+                run.proc.wait(timeout=10)
+            self._running.clear()
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    def cancel(self, job_id: str) -> None:
+        """Stop the job's trainer (SIGTERM to its group, SIGKILL 3 s later); the caller set the status."""
+        with self._lock:
+            run = self._running.get(job_id)
+        if run is None:
+            return
+        _kill_group(run.proc.pid, signal.SIGTERM)
+
+        def force() -> None:
+            try:
+                run.proc.wait(timeout=3)
+            except subprocess.TimeoutExpired:
+                _kill_group(run.proc.pid, signal.SIGKILL)
+
+        threading.Thread(target=force, daemon=True).start()
+        self._wake.set()
+
+    def _loop(self) -> None:
+        try:
+            self._recover()
+        except Exception:
+            log.exception("recovering jobs after restart failed")
+        while not self._stopping.is_set():
+            try:
+                self._tick()
+            except Exception:  # never let one bad job stop the supervisor
+                log.exception("worker tick failed")
+            self._wake.wait(self.poll_seconds)
+            self._wake.clear()
+
+    def _tick(self) -> None:
+        for job in self.store.jobs_with_status("validating_files"):
+            if self._stopping.is_set():
+                return
+            self._validate(job)
+        with self._lock:
+            runs = list(self._running.values())
+        for run in runs:
+            self._supervise(run)
+        for job in self.store.jobs_with_status("queued"):
+            with self._lock:
+                if len(self._running) >= self.max_running or self._stopping.is_set():
+                    break
+            self._launch(job, resume=False)
+
+    def _recover(self) -> None:
+        """After a restart: resume jobs the old server left ``running``, before any queued job."""
+        for job in self.store.jobs_with_status("running"):
+            config = str(Path(job["run_dir"]) / "config.yaml")
+            if _pid_runs(job["pid"], config):
+                _kill_group(job["pid"], signal.SIGKILL)  # an orphan of the old server
+                for _ in range(50):
+                    if not _pid_runs(job["pid"], config):
+                        break
+                    time.sleep(0.1)
+            steps = checkpoint_steps(Path(job["run_dir"]) / "out")
+            where = (
+                f"from the checkpoint at step {steps[-1]}" if steps else "from the start (no checkpoint yet)"
+            )
+            self.store.add_event(job["id"], f"Server restarted; resuming the job {where}")
+            self._launch(job, resume=True)
+
+    # --- stages -------------------------------------------------------------------------------
+
+    def _fail(self, job_id: str, code: str, message: str, param: str | None = None) -> None:
+        error = {"code": code, "message": message, "param": param}
+        if self.store.update_job(
+            job_id,
+            only_if_status=("validating_files", "queued", "running"),
+            status="failed",
+            error=error,
+            finished_at=now(),
+            estimated_finish=None,
+            pid=None,
+        ):
+            self.store.add_event(job_id, f"Fine-tuning job failed: {message}", level="error")
+
+    def _validate(self, job: dict) -> None:
+        train = self.store.file(job["org_id"], job["training_file"])
+        validation = (
+            self.store.file(job["org_id"], job["validation_file"]) if job["validation_file"] else None
+        )
+        if train is None:
+            return self._fail(
+                job["id"],
+                "invalid_training_file",
+                f"training file {job['training_file']} was deleted",
+                "training_file",
+            )
+        if job["validation_file"] and validation is None:
+            return self._fail(
+                job["id"],
+                "invalid_validation_file",
+                f"validation file {job['validation_file']} was deleted",
+                "validation_file",
+            )
+        try:
+            check = check_job_files(train, validation, job["model"])
+        except Exception as error:  # a bug or an unreadable tokenizer: fail this job only
+            log.exception("validating %s", job["id"])
+            return self._fail(job["id"], "validation_error", f"could not validate the files: {error}")
+        if not check.ok:
+            code = "invalid_training_file" if check.param == "training_file" else "invalid_validation_file"
+            return self._fail(job["id"], code, check.message, check.param)
+        for warning in check.warnings:
+            self.store.add_event(job["id"], warning, level="warn")
+        n_train = check.n_train
+        if validation is None:  # the trainer holds out VAL_FRACTION of the training file for validation
+            if n_train < 2:
+                return self._fail(
+                    job["id"],
+                    "invalid_training_file",
+                    f"training_file {train['id']} ({train['filename']}) has {n_train} example; give "
+                    "a validation_file or at least 2 training examples",
+                    "training_file",
+                )
+            n_train -= max(1, round(VAL_FRACTION * n_train))
+        hyper = resolve_hyperparameters(job["hyperparameters"], check.n_train)
+        total_steps = math.ceil(n_train / hyper["batch_size"]) * hyper["n_epochs"]
+        if self.store.update_job(
+            job["id"],
+            only_if_status=("validating_files",),
+            status="queued",
+            hyperparameters=hyper,
+            total_steps=total_steps,
+        ):
+            self.store.add_event(
+                job["id"],
+                f"Validated training file: {check.n_train} examples"
+                + (f", validation file: {check.n_validation} examples" if validation else "")
+                + f"; hyperparameters: n_epochs={hyper['n_epochs']}, batch_size={hyper['batch_size']}, "
+                f"learning_rate_multiplier={hyper['learning_rate_multiplier']} ({total_steps} steps)",
+            )
+            self._wake.set()
+
+    def _write_config(self, job: dict) -> Path:
+        from tunesmith.config import apply_overrides, config_from_dict, dump_config
+
+        train = self.store.file(job["org_id"], job["training_file"])
+        validation = (
+            self.store.file(job["org_id"], job["validation_file"]) if job["validation_file"] else None
+        )
+        hyper, total = job["hyperparameters"], max(1, job["total_steps"] or 1)
+        raw = {
+            "model": job["model"],
+            "data": {
+                "train": train["path"],
+                "validation": validation["path"] if validation else None,
+                "val_fraction": VAL_FRACTION,
+            },
+            "method": {"name": "lora"},
+            "train": {
+                "epochs": hyper["n_epochs"],
+                "batch_size": hyper["batch_size"],
+                "lr": BASE_LORA_LR * hyper["learning_rate_multiplier"],
+                "seed": job["seed"],
+                # ~100 metrics lines, ~10 evaluations and ~5 checkpoints per run, whatever its length
+                "log_every": math.ceil(total / 100),
+                "eval_every": math.ceil(total / 10),
+                "save_every": math.ceil(total / 5),
+                "warmup_steps": min(10, total // 10),
+            },
+            "eval": {"samples": 0},  # the before/after sample table is for the CLI; the API has events
+            "out_dir": str(Path(job["run_dir"]) / "out"),
+        }
+        config = config_from_dict(apply_overrides(raw, list(self.train_overrides)), "job config")
+        path = Path(job["run_dir"]) / "config.yaml"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(dump_config(config), encoding="utf-8")
+        return path
+
+    def _launch(self, job: dict, resume: bool) -> None:
+        run_dir = Path(job["run_dir"])
+        out_dir = run_dir / "out"
+        try:
+            config = self._write_config(job)
+        except Exception as error:
+            return self._fail(job["id"], "invalid_request", f"could not build the training config: {error}")
+        steps = checkpoint_steps(out_dir)
+        flag = "--resume" if resume and steps else "--overwrite"
+        stderr_path = run_dir / "stderr.log"
+        with open(run_dir / "train.log", "ab") as stdout, open(stderr_path, "ab") as stderr:
+            stderr.write(f"\n=== {time.strftime('%Y-%m-%d %H:%M:%S')} {flag}\n".encode())
+            stderr.flush()
+            try:
+                proc = subprocess.Popen(
+                    [*self.trainer_command, str(config), flag],
+                    cwd=run_dir,
+                    stdin=subprocess.DEVNULL,
+                    stdout=stdout,
+                    stderr=stderr,
+                    env={**os.environ, "PYTHONUNBUFFERED": "1"},
+                    preexec_fn=_set_pdeathsig,
+                )
+            except OSError as error:
+                return self._fail(job["id"], "server_error", f"could not start the trainer: {error}")
+        fields = {"status": "running", "pid": proc.pid, "attempts": job["attempts"] + 1}
+        if not job["started_at"]:
+            fields["started_at"] = now()
+        if not self.store.update_job(job["id"], only_if_status=("queued", "running"), **fields):
+            _kill_group(proc.pid, signal.SIGKILL)  # cancelled meanwhile
+            proc.wait()
+            return
+        seen = {c["step"] for c in self.store.list_checkpoints(job["id"], None, 10_000)}
+        with self._lock:
+            self._running[job["id"]] = _Running(
+                job["id"],
+                proc,
+                out_dir,
+                time.monotonic(),
+                steps[-1] if (resume and steps) else 0,
+                seen,
+                stderr_path,
+            )
+        if not resume:
+            self.store.add_event(job["id"], "Fine-tuning job started")
+
+    def _tail_metrics(self, run: _Running, job: dict) -> None:
+        path = run.out_dir / "metrics.jsonl"
+        if not path.is_file():
+            return
+        offset = job["metrics_offset"]
+        size = path.stat().st_size
+        if size < offset:  # the trainer rewrote the file on resume: reread, skipping known steps
+            offset = 0
+        if size == offset:
+            return
+        with open(path, "rb") as fh:
+            fh.seek(offset)
+            chunk = fh.read()
+        end = chunk.rfind(b"\n") + 1  # only whole lines; a half-written one waits for the next tick
+        last_step = job["last_metrics_step"]
+        total = job["total_steps"]
+        for line in chunk[:end].decode("utf-8", errors="replace").splitlines():
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            step = row.get("step") if isinstance(row, dict) else None
+            if not isinstance(step, int) or step <= last_step:
+                continue
+            last_step = step
+            data = openai_metrics(row)
+            text = f"Step {step}" + (f"/{total}" if total else "")
+            if isinstance(data.get("train_loss"), (int, float)):
+                text += f": training loss={data['train_loss']:.4f}"
+            if isinstance(data.get("valid_loss"), (int, float)):
+                text += f", validation loss={data['valid_loss']:.4f}"
+            self.store.add_event(job["id"], text, type="metrics", data=data)
+        fields = {"metrics_offset": offset + end, "last_metrics_step": last_step}
+        done = last_step - run.start_step
+        if total and done > 0:
+            per_step = (time.monotonic() - run.started) / done
+            fields["estimated_finish"] = now() + int(per_step * max(0, total - last_step))
+        self.store.update_job(job["id"], **fields)
+
+    def _watch_checkpoints(self, run: _Running, job: dict, org_name: str) -> None:
+        new = [s for s in checkpoint_steps(run.out_dir) if s not in run.seen_checkpoints]
+        if not new:
+            return
+        metrics = read_metrics(run.out_dir)
+        model = fine_tuned_model_name(job, org_name)
+        for step in new:
+            run.seen_checkpoints.add(step)
+            before = [m for m in metrics if m["step"] <= step]
+            data = openai_metrics(before[-1]) if before else {"step": step}
+            data["step"] = step
+            path = run.out_dir / "checkpoints" / f"step-{step:06d}"
+            if self.store.add_checkpoint(job["id"], step, data, str(path), f"{model}:ckpt-step-{step}"):
+                self.store.add_event(job["id"], f"Checkpoint created at step {step}")
+
+    def _supervise(self, run: _Running) -> None:
+        job = self.store.job(None, run.job_id)
+        code = run.proc.poll()
+        if job is None or job["status"] in TERMINAL:  # cancelled (or deleted) while running
+            if code is None:
+                return  # cancel() is stopping it
+            with self._lock:
+                self._running.pop(run.job_id, None)
+            self.store.update_job(run.job_id, pid=None)
+            return
+        org = self.store.org(job["org_id"])
+        self._tail_metrics(run, job)
+        self._watch_checkpoints(run, job, org["name"])
+        if code is None:
+            return
+        with self._lock:
+            self._running.pop(run.job_id, None)
+        job = self.store.job(None, run.job_id)
+        if code == 0:
+            self._finish(job, run, org["name"])
+        elif code == 2:
+            message = self._stderr_tail(run, job)
+            param = None
+            if self.store.file(job["org_id"], job["training_file"]) and job["training_file"] in message:
+                param = "training_file"
+            elif job["validation_file"] and job["validation_file"] in message:
+                param = "validation_file"
+            self._fail(job["id"], "invalid_request", message or "the trainer refused the job", param)
+        else:
+            how = f"was killed by signal {-code}" if code < 0 else f"exited with code {code}"
+            tail = self._stderr_tail(run, job)
+            self._fail(
+                job["id"], "training_crashed", f"the training process {how}" + (f": {tail}" if tail else "")
+            )
+        self._wake.set()
+
+    def _stderr_tail(self, run: _Running, job: dict) -> str:
+        """The last non-empty stderr line of this attempt, with stored file paths replaced by ids."""
+        try:
+            text = run.stderr_path.read_text(encoding="utf-8", errors="replace")
+        except OSError:
+            return ""
+        lines = [ln.strip() for ln in text.split("\n=== ")[-1].splitlines()[1:] if ln.strip()]
+        message = lines[-1] if lines else ""
+        for file_id in (job["training_file"], job["validation_file"]):
+            row = self.store.file(job["org_id"], file_id) if file_id else None
+            if row:
+                message = message.replace(row["path"], f"{file_id} ({row['filename']})")
+        return message[:2000]
+
+    def _finish(self, job: dict, run: _Running, org_name: str) -> None:
+        adapter = run.out_dir / "adapter"
+        if not (adapter / "adapter_config.json").is_file():
+            return self._fail(job["id"], "training_crashed", "the trainer exited without writing an adapter")
+        summary = {}
+        try:
+            summary = json.loads((run.out_dir / "summary.json").read_text())
+        except (OSError, json.JSONDecodeError):
+            pass
+        csv_path = self.store.files_dir / f"{new_id('file-')}.csv"
+        file_id = csv_path.stem
+        buffer = io.StringIO()
+        writer = csv.writer(buffer)
+        writer.writerow(["step", "train_loss", "train_accuracy", "valid_loss", "valid_mean_token_accuracy"])
+        for row in read_metrics(run.out_dir):
+            writer.writerow(
+                [
+                    row.get("step"),
+                    row.get("train_loss"),
+                    row.get("train_token_accuracy"),
+                    row.get("val_loss", ""),
+                    row.get("val_token_accuracy", ""),
+                ]
+            )
+        csv_path.write_text(buffer.getvalue(), encoding="utf-8")
+        self.store.add_file(
+            file_id,
+            job["org_id"],
+            "step_metrics.csv",
+            "fine-tune-results",
+            csv_path.stat().st_size,
+            str(csv_path),
+        )
+        model = fine_tuned_model_name(job, org_name)
+        final_step = summary.get("steps") or job["last_metrics_step"]
+        if final_step and final_step not in run.seen_checkpoints:  # the final model is a checkpoint too
+            rows = [m for m in read_metrics(run.out_dir) if m["step"] <= final_step]
+            data = {**(openai_metrics(rows[-1]) if rows else {}), "step": final_step}
+            self.store.add_checkpoint(
+                job["id"], final_step, data, str(adapter), f"{model}:ckpt-step-{final_step}"
+            )
+        self.store.add_model(model, job["org_id"], job["id"], job["model"], str(adapter))
+        if self.store.update_job(
+            job["id"],
+            only_if_status=("running",),
+            status="succeeded",
+            fine_tuned_model=model,
+            trained_tokens=summary.get("trained_tokens"),
+            result_files=[file_id],
+            finished_at=now(),
+            estimated_finish=None,
+            pid=None,
+        ):
+            self.store.add_event(job["id"], f"New fine-tuned model created: {model}")
+            self.store.add_event(job["id"], "The job has successfully completed")
+        else:
+            self.store.delete_model(job["org_id"], model)
+
+
+def parse_trainer_command(text: str | None) -> list[str] | None:
+    return shlex.split(text) if text else None

@@ -1,0 +1,76 @@
+"""A stand-in for `python -m tunesmith train CONFIG --overwrite|--resume` with the same outputs.
+
+Writes metrics.jsonl lines, atomically renamed checkpoints/step-NNNNNN folders, adapter/ and
+summary.json, at FAKE_STEP_SECONDS per step. FAKE_TRAINER_MODE=crash dies half-way, =usererror
+exits 2 with one stderr line.
+"""
+
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import yaml
+
+config_path, flag = sys.argv[1], sys.argv[2]
+config = yaml.safe_load(Path(config_path).read_text())
+out = Path(config["out_dir"])
+train = config["train"]
+n = sum(1 for line in open(config["data"]["train"]) if line.strip())
+total = -(-n // train["batch_size"]) * int(train["epochs"])
+mode = os.environ.get("FAKE_TRAINER_MODE", "")
+delay = float(os.environ.get("FAKE_STEP_SECONDS", "0.05"))
+
+start = 0
+if flag == "--resume":
+    steps = sorted(int(p.name.split("-")[1]) for p in (out / "checkpoints").glob("step-*"))
+    start = steps[-1] if steps else 0
+    (out / "resumed_from").write_text(str(start))
+else:
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "metrics.jsonl").unlink(missing_ok=True)
+
+if mode == "usererror":
+    print(f"{config['data']['train']}: lines 2, 5: messages: missing", file=sys.stderr)
+    sys.exit(2)
+
+for step in range(start + 1, total + 1):
+    time.sleep(delay)
+    if mode == "crash" and step > total // 2:
+        print("RuntimeError: fake out of memory", file=sys.stderr)
+        os.abort()
+    row = {
+        "step": step,
+        "epoch": step / total,
+        "train_loss": 2.0 / step,
+        "train_token_accuracy": 0.5,
+        "lr": 1e-4,
+        "tokens_per_second": 100.0,
+        "grad_norm": 1.0,
+        "peak_rss_mb": 10.0,
+    }
+    if step % train["eval_every"] == 0:
+        row.update(val_loss=2.5 / step, val_token_accuracy=0.4)
+    if step % train["log_every"] == 0:
+        with open(out / "metrics.jsonl", "a") as fh:
+            fh.write(json.dumps(row) + "\n")
+    if step % train["save_every"] == 0:
+        tmp = out / "checkpoints" / f".tmp-{step}"
+        tmp.mkdir(parents=True, exist_ok=True)
+        (tmp / "state.json").write_text(json.dumps({"step": step}))
+        tmp.rename(out / "checkpoints" / f"step-{step:06d}")
+
+(out / "adapter").mkdir(exist_ok=True)
+(out / "adapter" / "adapter_config.json").write_text("{}")
+(out / "summary.json").write_text(
+    json.dumps(
+        {
+            "steps": total,
+            "trained_tokens": 1000 * total,
+            "best_step": total,
+            "best_val_loss": 0.1,
+            "wall_seconds": 1.0,
+        }
+    )
+)

@@ -1,0 +1,66 @@
+import json
+
+import pytest
+import torch
+from peft import LoraConfig, get_peft_model
+
+from tunesmith.models import load_model
+from tunesmith.train import flops
+from tunesmith.train.flops import flops_per_token, mean_attended_keys, measured_peak_flops
+
+# tiny-llama-test: hidden 64, 4 heads of 16, 2 kv heads, mlp 128, 2 layers, vocab 49152 (tied).
+LAYER = 64 * 64 + 2 * (64 * 32) + 64 * 64 + 3 * (64 * 128)
+BODY, HEAD, LAYERS, ATTN_WIDTH = 2 * LAYER, 49152 * 64, 2, 64
+LORA_R = 4
+# Per layer: r * (in + out) for q, k, v, o, gate, up, down.
+ADAPTERS = 2 * LORA_R * (2 * (64 + 64) + 2 * (64 + 32) + 2 * (64 + 128) + (128 + 64))
+
+
+@pytest.fixture(scope="module")
+def tiny(tiny_model_name):
+    return load_model(tiny_model_name).model
+
+
+@pytest.mark.parametrize(
+    "method, label_share, keys, expected",
+    [
+        ("full", 1.0, 0.0, 6 * (BODY + HEAD)),
+        ("full", 0.25, 0.0, 6 * (BODY + 0.25 * HEAD)),
+        ("full", 1.0, 50.0, 6 * (BODY + HEAD) + 12 * LAYERS * ATTN_WIDTH * 50),
+        ("lora", 1.0, 0.0, 4 * (BODY + HEAD) + 6 * ADAPTERS),
+        ("lora", 0.5, 10.0, 4 * (BODY + 0.5 * HEAD) + 6 * ADAPTERS + 12 * LAYERS * ATTN_WIDTH * 10),
+        ("frozen", 1.0, 0.0, 4 * (BODY + HEAD)),
+    ],
+)
+def test_flops_per_token(tiny, method, label_share, keys, expected):
+    model = tiny
+    if method == "lora":
+        model = get_peft_model(tiny, LoraConfig(r=LORA_R, target_modules="all-linear"))
+    else:
+        tiny.requires_grad_(method == "full")
+    assert flops_per_token(model, label_share, keys) == pytest.approx(expected)
+    if method == "lora":
+        model.unload()
+
+
+@pytest.mark.parametrize("lengths, expected", [([1], 1.0), ([3], 2.0), ([1, 3], 7 / 4), ([], 0.0)])
+def test_mean_attended_keys(lengths, expected):
+    assert mean_attended_keys(lengths) == pytest.approx(expected)
+
+
+def test_peak_is_measured_once_and_cached(tmp_path, monkeypatch):
+    monkeypatch.setenv("TUNESMITH_HOME", str(tmp_path))
+    peak = measured_peak_flops("cpu", torch.float32, seconds=0.05)
+    assert 1e8 < peak < 1e15
+    cached = json.loads((tmp_path / "peak_flops.json").read_text())
+    assert list(cached.values()) == [peak]
+
+    def must_not_time(*args):
+        raise AssertionError("timed again instead of reading the cache")
+
+    monkeypatch.setattr(flops, "_time_matmul", must_not_time)
+    assert measured_peak_flops("cpu", torch.float32) == peak
+    # Another dtype is another entry, measured on its own.
+    monkeypatch.setattr(flops, "_time_matmul", lambda device, dtype, seconds: 123.0)
+    assert measured_peak_flops("cpu", torch.bfloat16) == 123.0
+    assert len(json.loads((tmp_path / "peak_flops.json").read_text())) == 2

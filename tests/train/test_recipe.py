@@ -1,0 +1,174 @@
+"""End-to-end runs of the training recipe on the tiny model."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from peft import PeftModel
+from safetensors.torch import load_file
+from transformers import AutoModelForCausalLM
+
+from tunesmith.config import config_from_dict, dump_config
+from tunesmith.errors import TunesmithError
+from tunesmith.models import load_model
+from tunesmith.train.checkpoint import load_best
+from tunesmith.train.recipe import _attach_method, train
+
+
+def _metrics(out_dir):
+    return [json.loads(line) for line in (out_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+@pytest.fixture(scope="module")
+def lora_run(tiny_model_name, small_e2e, tmp_path_factory):
+    out = tmp_path_factory.mktemp("lora") / "run"
+    raw = {
+        "model": tiny_model_name,
+        "data": {
+            "train": str(small_e2e / "train.jsonl"),
+            "validation": str(small_e2e / "validation.jsonl"),
+            "max_seq_len": 128,
+        },
+        "method": {"name": "lora", "r": 8, "alpha": 16, "dropout": 0.0},
+        "train": {
+            "max_steps": 20,
+            "batch_size": 4,
+            "lr": 5e-3,
+            "warmup_steps": 2,
+            "eval_every": 5,
+            "save_every": 10,
+            "seed": 3,
+            "dtype": "float32",
+        },
+        "eval": {"samples": 2, "max_new_tokens": 4},
+        "out_dir": str(out),
+    }
+    cfg = config_from_dict(raw)
+    return cfg, train(cfg), out
+
+
+def test_lora_run_lowers_validation_loss_and_writes_every_output(lora_run):
+    cfg, summary, out = lora_run
+    metrics = _metrics(out)
+    # before training, every eval_every=5 steps, and at the epoch end (64 examples / 4 = 16 steps)
+    assert [m["step"] for m in metrics if "val_loss" in m] == [0, 5, 10, 15, 16, 20]
+    assert summary.best_val_loss < summary.initial_val_loss - 0.05
+    train_lines = [m for m in metrics if "train_loss" in m]
+    assert {"lr", "tokens_per_second", "grad_norm", "peak_rss_mb", "epoch"} <= set(train_lines[0])
+    for name in (
+        "adapter/adapter_config.json",
+        "adapter/adapter_model.safetensors",
+        "merged/config.json",
+        "merged/tokenizer.json",
+        "config.yaml",
+        "loss.png",
+        "summary.json",
+        "samples.json",
+    ):
+        assert (out / name).is_file(), name
+    assert "quantization_config" not in json.loads((out / "merged/config.json").read_text())
+    assert summary.trained_tokens == train_lines[-1]["trained_tokens"]
+
+
+def _logits(model, ids):
+    with torch.no_grad():
+        return model(input_ids=ids).logits
+
+
+def test_adapter_and_merged_model_give_tunesmiths_logits(lora_run, tiny_model_name):
+    cfg, summary, out = lora_run
+    ids = torch.tensor([[1, 4093, 198, 1780, 314, 260, 3575, 282, 2]])
+    ours = _attach_method(load_model(tiny_model_name).model, cfg).eval()
+    load_best(out / "checkpoints/best.safetensors", ours)
+    peft = PeftModel.from_pretrained(load_model(tiny_model_name).model, out / "adapter").eval()
+    merged = AutoModelForCausalLM.from_pretrained(out / "merged").eval()
+    base = load_model(tiny_model_name).model.eval()
+    expected = _logits(ours, ids)
+    assert (_logits(peft, ids) - expected).abs().max() < 1e-5
+    assert (_logits(merged, ids) - expected).abs().max() < 1e-4
+    assert (_logits(base, ids) - expected).abs().max() > 1e-3  # training changed something
+
+
+KILL_AFTER_CHECKPOINT = """
+import os, signal, sys
+import tunesmith.train.recipe as recipe
+from tunesmith.config import load_config
+saved = recipe.save_checkpoint
+def save_then_die(*args, **kwargs):
+    saved(*args, **kwargs)
+    os.kill(os.getpid(), signal.SIGKILL)
+recipe.save_checkpoint = save_then_die
+recipe.train(load_config(sys.argv[1]))
+"""
+
+
+def _without_timings(rows):
+    return [{k: v for k, v in r.items() if k not in ("tokens_per_second", "peak_rss_mb")} for r in rows]
+
+
+def test_killed_and_resumed_run_ends_with_the_same_weights(tiny_config, tmp_path):
+    straight = tiny_config(out_dir=str(tmp_path / "straight"))
+    train(straight)
+
+    resumed = tiny_config(out_dir=str(tmp_path / "resumed"))
+    config_file = tmp_path / "resumed.yaml"
+    config_file.write_text(dump_config(resumed))
+    killed = subprocess.run([sys.executable, "-c", KILL_AFTER_CHECKPOINT, str(config_file)], capture_output=True)
+    assert killed.returncode == -9
+    assert [p.name for p in (tmp_path / "resumed/checkpoints").iterdir() if p.name.startswith("step-")] == [
+        "step-000010"
+    ]
+    assert not (tmp_path / "resumed/merged").exists()
+    train(resumed, resume=True)
+
+    a = load_file(tmp_path / "straight/merged/model.safetensors")
+    b = load_file(tmp_path / "resumed/merged/model.safetensors")
+    assert a.keys() == b.keys()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert _without_timings(_metrics(tmp_path / "straight")) == _without_timings(_metrics(tmp_path / "resumed"))
+
+
+def test_early_stopping_exports_the_best_checkpoint(tiny_config):
+    # min_delta larger than any possible gain: the first evaluation stays the best.
+    cfg = tiny_config(train={"early_stopping": {"patience": 2, "min_delta": 100.0}})
+    summary = train(cfg)
+    assert summary.stopped_early and summary.steps == 15 and summary.best_step == 5
+    best = load_file(f"{cfg.out_dir}/checkpoints/best.safetensors")
+    ours = _attach_method(load_model(cfg.model).model, cfg)
+    load_best(f"{cfg.out_dir}/checkpoints/best.safetensors", ours)
+    merged = load_file(f"{cfg.out_dir}/merged/model.safetensors")
+    folded = ours.merge_and_unload().state_dict()
+    assert len(best) > 0
+    assert all(torch.allclose(merged[k], folded[k], atol=1e-6) for k in merged)
+
+
+def test_full_fine_tuning_writes_only_a_merged_model(tiny_config):
+    cfg = tiny_config(method={"name": "full"}, train={"max_steps": 6, "lr": 1e-3, "eval_every": 3})
+    summary = train(cfg)
+    out = Path(cfg.out_dir)
+    assert summary.best_val_loss < summary.initial_val_loss
+    assert {"config.json", "model.safetensors", "tokenizer.json"} <= {p.name for p in (out / "merged").iterdir()}
+    assert not (out / "adapter").exists()
+
+
+def test_packed_and_padded_runs_follow_the_same_trajectory(tiny_config, tmp_path):
+    padded = train(tiny_config(out_dir=str(tmp_path / "padded"), train={"max_steps": 6}))
+    packed = train(tiny_config(out_dir=str(tmp_path / "packed"), data={"packing": True}, train={"max_steps": 6}))
+    assert packed.trained_tokens == padded.trained_tokens
+    assert abs(packed.best_val_loss - padded.best_val_loss) < 1e-4
+
+
+def test_a_second_run_in_the_same_folder_is_refused(lora_run):
+    cfg, _, out = lora_run
+    before = sorted(p.name for p in out.iterdir())
+    with pytest.raises(TunesmithError, match="already holds a run; pass --overwrite"):
+        train(cfg)
+    assert sorted(p.name for p in out.iterdir()) == before
+
+
+def test_resume_without_a_checkpoint_is_refused(tiny_config):
+    with pytest.raises(TunesmithError, match="no checkpoint to resume from"):
+        train(tiny_config(), resume=True)
