@@ -2,6 +2,7 @@ from pathlib import Path
 
 import pytest
 
+from tunesmith.config import config_from_dict
 from tunesmith.models import DEFAULT_MODEL, TINY_TEST_MODEL, load_model, load_tokenizer
 
 REPO = Path(__file__).resolve().parents[1]
@@ -27,3 +28,42 @@ def small_e2e(tmp_path_factory):
     (folder / "train.jsonl").write_text("\n".join(lines[:64]) + "\n")
     (folder / "validation.jsonl").write_text("\n".join(lines[64:80]) + "\n")
     return folder
+
+
+@pytest.fixture(scope="session")
+def make_tiny_config(tiny_model_name, small_e2e):
+    """A fast LoRA run on the tiny model and the small E2E set; tests override what they need."""
+
+    def make(out_dir, **sections):
+        raw = {
+            "model": tiny_model_name,
+            "data": {
+                "train": str(small_e2e / "train.jsonl"),
+                "validation": str(small_e2e / "validation.jsonl"),
+                "max_seq_len": 128,
+            },
+            "method": {"name": "lora", "r": 8, "alpha": 16, "dropout": 0.1},
+            "train": {
+                "max_steps": 20,
+                "batch_size": 4,
+                "lr": 5e-3,
+                "warmup_steps": 2,
+                "eval_every": 5,
+                "save_every": 10,
+                "log_every": 5,
+                "seed": 3,
+                "dtype": "float32",
+            },
+            "eval": {"samples": 2, "max_new_tokens": 4},
+            "out_dir": str(out_dir),
+        }
+        for section, values in sections.items():
+            raw[section] = {**raw[section], **values} if isinstance(values, dict) else values
+        return config_from_dict(raw)
+
+    return make
+
+
+@pytest.fixture
+def tiny_config(make_tiny_config, tmp_path):
+    return lambda out_dir=tmp_path / "run", **sections: make_tiny_config(out_dir, **sections)

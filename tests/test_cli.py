@@ -1,52 +1,37 @@
 """The CLI's contract: one line and exit 2 on bad input, nothing half-written."""
 
-import json
-
 import pytest
 
 from tunesmith.cli import main
+from tunesmith.config import dump_config
 
 
-def _config(tmp_path, small_e2e, tiny_model_name, **changes):
-    train = {"max_steps": 4, "batch_size": 4, "eval_every": 2, "save_every": 2, "dtype": "float32"}
-    raw = {
-        "model": tiny_model_name,
-        "data": {
-            "train": str(small_e2e / "train.jsonl"),
-            "validation": str(small_e2e / "validation.jsonl"),
-            "max_seq_len": 128,
-        },
-        "train": train,
-        "eval": {"samples": 1, "max_new_tokens": 4},
-        "out_dir": str(tmp_path / "run"),
-    }
-    for key, value in changes.items():
-        section, _, name = key.partition("__")
-        if name:
-            raw[section][name] = value
-        else:
-            raw[section] = value
+@pytest.fixture
+def config(make_tiny_config, tmp_path):
+    """A 4-step run written as YAML; bad values come in as command-line overrides."""
+    cfg = make_tiny_config(
+        tmp_path / "run",
+        train={"max_steps": 4, "eval_every": 2, "save_every": 2},
+        eval={"samples": 1},
+    )
     path = tmp_path / "config.yaml"
-    path.write_text(json.dumps(raw))  # JSON is YAML
+    path.write_text(dump_config(cfg))
     return path
 
 
 @pytest.mark.parametrize(
-    "changes, overrides, message",
+    "overrides, message",
     [
-        ({}, ["train.lerning_rate=0.1"], "unknown key 'train.lerning_rate' (did you mean 'train.lr'?)"),
-        ({"train__lr": -1}, [], "train.lr: Input should be greater than 0"),
-        ({}, ["method.r=0"], "method.r: Input should be greater than or equal to 1"),
-        ({}, ["train.batch_size=0"], "train.batch_size: Input should be greater than or equal to 1"),
-        ({"model": "no-such-model"}, [], "model not found: 'no-such-model'"),
-        ({"data__train": "/nowhere/train.jsonl"}, [], "data file not found: /nowhere/train.jsonl"),
-        ({}, ["data.format=parquet"], "data.format: Input should be"),
+        (["train.lerning_rate=0.1"], "unknown key 'train.lerning_rate' (did you mean 'train.lr'?)"),
+        (["train.lr=-1"], "train.lr: Input should be greater than 0"),
+        (["method.r=0"], "method.r: Input should be greater than or equal to 1"),
+        (["train.batch_size=0"], "train.batch_size: Input should be greater than or equal to 1"),
+        (["model=no-such-model"], "model not found: 'no-such-model'"),
+        (["data.train=/nowhere/train.jsonl"], "data file not found: /nowhere/train.jsonl"),
+        (["data.format=parquet"], "data.format: Input should be"),
     ],
 )
-def test_bad_input_is_one_line_exit_2_and_writes_nothing(
-    tmp_path, small_e2e, tiny_model_name, capsys, changes, overrides, message
-):
-    config = _config(tmp_path, small_e2e, tiny_model_name, **changes)
+def test_bad_input_is_one_line_exit_2_and_writes_nothing(tmp_path, config, capsys, overrides, message):
     assert main(["train", str(config), *overrides]) == 2
     err = capsys.readouterr().err.strip()
     assert message in err
@@ -54,12 +39,11 @@ def test_bad_input_is_one_line_exit_2_and_writes_nothing(
     assert not (tmp_path / "run").exists()
 
 
-def test_bad_data_lines_stop_training_before_anything_is_written(tmp_path, small_e2e, tiny_model_name, capsys):
+def test_bad_data_lines_stop_training_before_anything_is_written(tmp_path, small_e2e, config, capsys):
     bad = tmp_path / "bad.jsonl"
     good = (small_e2e / "train.jsonl").read_text()
     bad.write_text(good + '{"prompt": "hi"}\n{"prompt": "x", "completion": ""}\nnot json\n')
-    config = _config(tmp_path, small_e2e, tiny_model_name, data__train=str(bad))
-    assert main(["train", str(config)]) == 2
+    assert main(["train", str(config), f"data.train={bad}"]) == 2
     err = capsys.readouterr().err
     assert "3 error(s)" in err and "bad.jsonl:65" in err and "bad.jsonl:66" in err and "bad.jsonl:67" in err
     assert not (tmp_path / "run").exists()
@@ -92,8 +76,7 @@ def test_validate_clean_file_exits_0(small_e2e, tiny_model_name, capsys):
     assert "64 examples" in out and "0 errors" in out and "label tokens per sequence" in out
 
 
-def test_train_then_generate_from_the_run_folder(tmp_path, small_e2e, tiny_model_name, capsys):
-    config = _config(tmp_path, small_e2e, tiny_model_name)
+def test_train_then_generate_from_the_run_folder(tmp_path, config, capsys):
     assert main(["train", str(config)]) == 0
     out = capsys.readouterr().out
     assert "validation loss:" in out and "before ->" in out

@@ -11,7 +11,7 @@ from peft import PeftModel
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM
 
-from tunesmith.config import config_from_dict, dump_config
+from tunesmith.config import dump_config
 from tunesmith.errors import TunesmithError
 from tunesmith.models import load_model
 from tunesmith.train.checkpoint import load_best
@@ -23,30 +23,9 @@ def _metrics(out_dir):
 
 
 @pytest.fixture(scope="module")
-def lora_run(tiny_model_name, small_e2e, tmp_path_factory):
+def lora_run(make_tiny_config, tmp_path_factory):
     out = tmp_path_factory.mktemp("lora") / "run"
-    raw = {
-        "model": tiny_model_name,
-        "data": {
-            "train": str(small_e2e / "train.jsonl"),
-            "validation": str(small_e2e / "validation.jsonl"),
-            "max_seq_len": 128,
-        },
-        "method": {"name": "lora", "r": 8, "alpha": 16, "dropout": 0.0},
-        "train": {
-            "max_steps": 20,
-            "batch_size": 4,
-            "lr": 5e-3,
-            "warmup_steps": 2,
-            "eval_every": 5,
-            "save_every": 10,
-            "seed": 3,
-            "dtype": "float32",
-        },
-        "eval": {"samples": 2, "max_new_tokens": 4},
-        "out_dir": str(out),
-    }
-    cfg = config_from_dict(raw)
+    cfg = make_tiny_config(out, method={"dropout": 0.0})
     return cfg, train(cfg), out
 
 

@@ -40,6 +40,8 @@ from tunesmith.evaluate.baselines import (
 )
 from tunesmith.evaluate.generate import continuation_logprobs, generate
 from tunesmith.models import load_model, load_tokenizer, resolve_model_path
+from tunesmith.precision import autocast, default_device
+from tunesmith.train.checkpoint import write_text_atomic
 
 VARIANTS = ("zero_shot", "few_shot", "finetuned")
 SIDE_BY_SIDE = 10
@@ -374,7 +376,9 @@ def run_evaluation(config: Config, finetuned: str | None, out_dir: str) -> dict:
         "loss_curve": None,
         "notes": [],
     }
-    _base_variants(config, items, result)
+    # Same precision policy as training: bf16 matmuls where the hardware has them.
+    with autocast(config.train.dtype, default_device()):
+        _base_variants(config, items, result)
 
     if run_dir is None:
         result["notes"].append(f"no fine-tuned model in {config.out_dir}: base variants only")
@@ -382,11 +386,12 @@ def run_evaluation(config: Config, finetuned: str | None, out_dir: str) -> dict:
         loaded = load_model(_model_folder(run_dir))
         model, tokenizer = _prepare(loaded), loaded.tokenizer
         prompts = [_prompt_ids(tokenizer, item, config.data.system) for item in items]
-        result["variants"]["finetuned"] = _evaluate_variant(model, tokenizer, prompts, items, settings)
-        if settings.general_text:
-            result["forgetting"]["finetuned"] = _general_text_perplexity(
-                model, tokenizer, settings.general_text, config.data.max_seq_len, settings
-            )
+        with autocast(config.train.dtype, default_device()):
+            result["variants"]["finetuned"] = _evaluate_variant(model, tokenizer, prompts, items, settings)
+            if settings.general_text:
+                result["forgetting"]["finetuned"] = _general_text_perplexity(
+                    model, tokenizer, settings.general_text, config.data.max_seq_len, settings
+                )
         result["training"] = read_training_summary(run_dir)
         result["loss_curve"] = read_loss_curve(run_dir)
 
@@ -395,7 +400,7 @@ def run_evaluation(config: Config, finetuned: str | None, out_dir: str) -> dict:
         del variant["outputs"]
     target = Path(out_dir)
     target.mkdir(parents=True, exist_ok=True)
-    (target / "eval.json").write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+    write_text_atomic(target / "eval.json", json.dumps(result, indent=2) + "\n")
     write_reports(result, target)
     return result
 

@@ -21,6 +21,7 @@ from tunesmith.data.tokenize import TokenizedExample
 from tunesmith.errors import TunesmithError
 from tunesmith.export import plot_losses, save_adapter, save_merged
 from tunesmith.models import load_model
+from tunesmith.precision import autocast, default_device
 from tunesmith.train.checkpoint import (
     TrainerState,
     list_checkpoints,
@@ -123,19 +124,8 @@ def evaluate_loss(
     return total / max(count, 1), correct / max(count, 1)
 
 
-def bf16_supported(device) -> bool:
-    if device.type == "cuda":
-        return torch.cuda.is_bf16_supported()
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags
-
-
 def _autocast(cfg: Config, device):
-    use_bf16 = cfg.train.dtype == "bfloat16" or (cfg.train.dtype == "auto" and bf16_supported(device))
-    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16)
+    return autocast(cfg.train.dtype, device)
 
 
 def _to(batch, device):
@@ -163,7 +153,7 @@ def train(cfg: Config, resume: bool = False, overwrite: bool = False) -> RunSumm
     steps_per_epoch = math.ceil(len(data.train) / (cfg.train.batch_size * cfg.train.grad_accum))
     total_steps = cfg.train.max_steps or max(1, math.ceil(cfg.train.epochs * steps_per_epoch))
 
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = default_device()
     torch.manual_seed(cfg.train.seed)
     model = _attach_method(loaded.model, cfg).to(device)
     if cfg.train.gradient_checkpointing:

@@ -1,0 +1,31 @@
+"""Compute precision: bfloat16 autocast where the hardware runs it fast, float32 elsewhere.
+
+Weights and optimizer state stay float32 either way; only matmuls run in bfloat16. On a CPU with
+avx512_bf16 (or AMX) that is ~2.5x faster for SmolLM2-135M; without it bf16 is emulated and slower.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+
+def bf16_supported(device: torch.device) -> bool:
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def autocast(setting: str, device: torch.device):
+    """`setting` is a config dtype: auto, float32 or bfloat16."""
+    use_bf16 = setting == "bfloat16" or (setting == "auto" and bf16_supported(device))
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16)
+
+
+def default_device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
