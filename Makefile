@@ -20,7 +20,7 @@ $(STAMP): pyproject.toml
 venv: $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/tunesmith train configs/e2e_lora.yaml --overwrite
+	$(BIN)/tunesmith train configs/e2e_lora.yaml --overwrite data.test=null  # evaluation: see README
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q

@@ -52,7 +52,9 @@ RUNS = [
         "trl-lora-padding-free",
         "trl",
         "lora",
-        {"padding_free": True, "gradient_checkpointing": False, "completion_only_loss": True},
+        # TRL refuses padding_free without packing unless max_length is None; E2E examples are
+        # all far shorter than 256 tokens, so nothing is truncated either way.
+        {"padding_free": True, "max_length": None, "gradient_checkpointing": False, "completion_only_loss": True},
         "SFTTrainer padding_free, no checkpointing, completion-only",
     ),
     Run(
@@ -230,7 +232,7 @@ def run_trl(run: Run, args) -> dict:
     from trl import SFTConfig, SFTTrainer
 
     from tunesmith.models import load_tokenizer, resolve_model_path
-    from tunesmith.train.recipe import bf16_supported
+    from tunesmith.precision import bf16_supported
 
     device = _device()
     path = resolve_model_path(args.model)
@@ -254,7 +256,6 @@ def run_trl(run: Run, args) -> dict:
         warmup_steps=min(3, args.steps),
         max_grad_norm=1.0,
         weight_decay=0.0,
-        max_length=args.max_len,
         bf16=bf16_supported(device),
         use_cpu=device.type == "cpu",
         report_to="none",
@@ -263,7 +264,7 @@ def run_trl(run: Run, args) -> dict:
         logging_steps=args.steps,
         disable_tqdm=True,
         seed=0,
-        **options,
+        **{"max_length": args.max_len, **options},
     )
     peft_config = None
     if run.method == "lora":
@@ -480,8 +481,8 @@ def main() -> None:
 
     import torch
 
+    from tunesmith.precision import bf16_supported
     from tunesmith.train.flops import measured_peak_flops
-    from tunesmith.train.recipe import bf16_supported
 
     chosen = [runs[n] for n in args.only] if args.only else RUNS
     shape = data_shape(args.model, args.max_len)

@@ -1,5 +1,7 @@
 """The CLI's contract: one line and exit 2 on bad input, nothing half-written."""
 
+import json
+
 import pytest
 
 from tunesmith.cli import main
@@ -84,3 +86,12 @@ def test_train_then_generate_from_the_run_folder(tmp_path, config, capsys):
     assert "already holds a run" in capsys.readouterr().err
     assert main(["generate", "--model", str(tmp_path / "run"), "--prompt", "hi", "--max-new-tokens", "3"]) == 0
     assert main(["train", str(config), "--overwrite"]) == 0
+
+
+def test_train_with_a_test_file_evaluates_against_the_base_model(tmp_path, small_e2e, config, capsys):
+    test_file = f"data.test={small_e2e / 'validation.jsonl'}"
+    assert main(["train", str(config), test_file, "eval.max_items=2", "eval.few_shot_k=1"]) == 0
+    eval_json = json.loads((tmp_path / "run/eval.json").read_text())
+    assert set(eval_json["variants"]) == {"zero_shot", "few_shot", "finetuned"}
+    assert (tmp_path / "run/report.html").is_file()
+    assert "finetuned" in capsys.readouterr().out

@@ -21,6 +21,11 @@ def _train(args) -> int:
     cfg = load_config(args.config, args.overrides)
     summary = train(cfg, resume=args.resume, overwrite=args.overwrite)
     _print_train_summary(summary)
+    if cfg.data.test:
+        # The question that matters: does the fine-tune beat the base model prompted well?
+        from tunesmith.evaluate.run import format_summary, run_evaluation
+
+        print(format_summary(run_evaluation(cfg, cfg.out_dir, cfg.out_dir)))
     return 0
 
 

@@ -38,18 +38,13 @@ def test_epoch_order_is_a_deterministic_permutation(n, batch_size, group_by_leng
         assert order != epoch_order(lengths, batch_size, seed=2, epoch=2, group_by_length=group_by_length)
 
 
-# epoch_order shuffles a short batch into the middle of the epoch, so every slice the recipe cuts
-# after it straddles two length groups; strict, so these rows fail loudly once batching.py is fixed.
-SHORT_BATCH_MISPLACED = pytest.mark.xfail(strict=True, reason="short batch shuffled mid-epoch")
-
-
 @pytest.mark.parametrize(
     "n, batch_size",
     [
         (1000, 8),
         (4488, 8),  # the shipped E2E train set: no short batch
-        pytest.param(100, 8, marks=SHORT_BATCH_MISPLACED),
-        pytest.param(1000, 32, marks=SHORT_BATCH_MISPLACED),
+        (100, 8),  # a short last batch: it must stay last
+        (1000, 32),
     ],
 )
 def test_length_grouping_cuts_padding(n, batch_size):

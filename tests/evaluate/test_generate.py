@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from tunesmith.evaluate.generate import continuation_logprobs, generate
+from tunesmith.evaluate.generate import continuation_logprobs, generate, label_logprobs
 
 TEXTS = ["Hello there, how are you doing today my friend?", "Hi", "The quick brown fox jumps"]
 
@@ -51,6 +51,32 @@ def test_continuation_logprobs_match_a_full_forward_pass(tiny):
         assert total == pytest.approx(expected, abs=1e-4)
 
 
-def test_continuation_logprobs_need_a_prompt(tiny):
+@pytest.mark.parametrize("scorer", [continuation_logprobs, label_logprobs])
+def test_scoring_needs_a_prompt(tiny, scorer):
     with pytest.raises(ValueError, match="at least one token"):
-        continuation_logprobs(tiny.model, 0, [[]], [[1]], batch_size=1)
+        scorer(tiny.model, 0, [[]], [[1]], batch_size=1)
+
+
+def test_label_logprobs_need_label_tokens(tiny):
+    with pytest.raises(ValueError, match="every label"):
+        label_logprobs(tiny.model, 0, [[1]], [[2], []], batch_size=1)
+
+
+@pytest.mark.parametrize(
+    ("labels", "batch_size"),
+    [
+        ([[5, 6, 7, 2], [8, 2], [9, 10, 2]], 3),  # different lengths, one batch with left padding
+        ([[5, 6, 7, 2], [8, 2], [9, 10, 2]], 2),  # a batch of two and a batch of one
+        ([[5], [8], [11]], 3),  # single-token labels: scored from the prompt alone
+        ([[12, 13]], 1),  # one label
+    ],
+)
+def test_label_logprobs_match_scoring_each_pair_separately(tiny, labels, batch_size):
+    prompts = _ids(tiny.tokenizer, TEXTS)
+    pad = tiny.tokenizer.pad_token_id
+    got = label_logprobs(tiny.model, pad, prompts, labels, batch_size=batch_size)
+    pairs = continuation_logprobs(
+        tiny.model, pad, [p for p in prompts for _ in labels], [ids for _ in prompts for ids in labels], batch_size=1
+    )
+    assert [count for row in got for _, count in row] == [count for _, count in pairs]
+    assert [total for row in got for total, _ in row] == pytest.approx([total for total, _ in pairs], abs=1e-4)

@@ -19,7 +19,7 @@ from tunesmith.train.loss import labelled_loss
 @pytest.fixture(scope="module")
 def examples(small_e2e, smol_tokenizer):
     loaded = read_examples(small_e2e / "train.jsonl")
-    return tokenize_examples(smol_tokenizer, loaded.examples[:6], max_seq_len=128)
+    return tokenize_examples(smol_tokenizer, loaded.examples[:4], max_seq_len=128)
 
 
 @pytest.fixture(scope="module")

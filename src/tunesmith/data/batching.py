@@ -47,8 +47,11 @@ def epoch_order(
     for start in range(0, len(order), window):
         chunk = sorted(order[start : start + window], key=lambda i: lengths[i], reverse=True)
         batches.extend(chunk[i : i + batch_size] for i in range(0, len(chunk), batch_size))
-    rng.shuffle(batches)
-    return [i for batch in batches for i in batch]
+    # Only full batches are shuffled: a short one mid-epoch would shift every later slice of the
+    # order across two length groups, so it goes last.
+    full = [b for b in batches if len(b) == batch_size]
+    rng.shuffle(full)
+    return [i for batch in full + [b for b in batches if len(b) < batch_size] for i in batch]
 
 
 def pad_batch(examples: list[TokenizedExample], pad_id: int) -> Batch:

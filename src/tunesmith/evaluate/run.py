@@ -38,7 +38,7 @@ from tunesmith.evaluate.baselines import (
     split_prompt,
     with_system,
 )
-from tunesmith.evaluate.generate import continuation_logprobs, generate
+from tunesmith.evaluate.generate import continuation_logprobs, generate, label_logprobs
 from tunesmith.models import load_model, load_tokenizer, resolve_model_path
 from tunesmith.precision import autocast, default_device
 from tunesmith.train.checkpoint import write_text_atomic
@@ -149,16 +149,10 @@ def _score_generation(model, tokenizer, prompts, items, settings: EvalConfig) ->
 def _score_classification(model, tokenizer, prompts, items, settings: EvalConfig) -> dict:
     labels = settings.labels
     label_ids = [_answer_ids(tokenizer, label) for label in labels]
-    scored = continuation_logprobs(
-        model,
-        tokenizer.pad_token_id,
-        [p for p in prompts for _ in labels],
-        [ids for _ in prompts for ids in label_ids],
-        settings.batch_size,
-    )
+    scored = label_logprobs(model, tokenizer.pad_token_id, prompts, label_ids, settings.batch_size)
     predictions = []
-    for i in range(len(prompts)):
-        means = [total / count for total, count in scored[i * len(labels) : (i + 1) * len(labels)]]
+    for per_label in scored:
+        means = [total / count for total, count in per_label]
         predictions.append(labels[max(range(len(labels)), key=means.__getitem__)])
     longest = max(len(ids) for ids in label_ids) + LABEL_SLACK_TOKENS
     out = _generate(model, tokenizer, prompts, settings, min(settings.max_new_tokens, longest))
