@@ -47,6 +47,13 @@ class Run:
 RUNS = [
     Run("tunesmith-lora", "tunesmith", "lora", {}, "tunesmith defaults (padded, length-grouped)"),
     Run("tunesmith-lora-packed", "tunesmith", "lora", {"packing": True}, "tunesmith, data.packing=true"),
+    Run(
+        "tunesmith-lora-lean",
+        "tunesmith",
+        "lora",
+        {"gradient_checkpointing": True},
+        "tunesmith, train.gradient_checkpointing=true (memory-lean, like TRL's default)",
+    ),
     Run("trl-lora-defaults", "trl", "lora", {}, "SFTTrainer defaults (grad. checkpointing on)"),
     Run(
         "trl-lora-padding-free",
@@ -166,6 +173,7 @@ def run_tunesmith(run: Run, args) -> dict:
         "eval_every": 10 * args.steps,  # only the initial and the final evaluation
         "save_every": 10 * args.steps,
         "seed": 0,
+        **({"gradient_checkpointing": True} if run.options.get("gradient_checkpointing") else {}),
     }
     cfg = config_from_dict(
         {

@@ -85,7 +85,9 @@ def test_train_then_generate_from_the_run_folder(tmp_path, config, capsys):
     assert main(["train", str(config)]) == 2  # the folder now holds a run
     assert "already holds a run" in capsys.readouterr().err
     assert main(["generate", "--model", str(tmp_path / "run"), "--prompt", "hi", "--max-new-tokens", "3"]) == 0
-    assert main(["train", str(config), "--overwrite"]) == 0
+    # overrides may also follow the flags
+    assert main(["train", str(config), "--overwrite", "train.max_steps=2"]) == 0
+    assert json.loads((tmp_path / "run/summary.json").read_text())["steps"] == 2
 
 
 def test_train_with_a_test_file_evaluates_against_the_base_model(tmp_path, small_e2e, config, capsys):

@@ -30,9 +30,7 @@ class DataConfig(_Strict):
     format: Literal["auto", "messages", "prompt_completion", "alpaca", "csv", "text"] = Field(
         "auto", description="Data format; `auto` detects it from the file and says which it chose."
     )
-    columns: dict[str, str] | None = Field(
-        None, description="CSV column mapping, e.g. {prompt: mr, completion: ref}."
-    )
+    columns: dict[str, str] | None = Field(None, description="CSV column mapping, e.g. {prompt: mr, completion: ref}.")
     system: str | None = Field(
         None, description="System prompt added to every example that has none (also used by eval)."
     )
@@ -67,9 +65,7 @@ class TrainConfig(_Strict):
     lr: float = Field(2e-4, gt=0, le=1.0, description="Peak learning rate.")
     optimizer: Literal["adamw", "sgd"] = Field("adamw", description="Optimizer.")
     weight_decay: float = Field(0.0, ge=0.0, description="Decoupled weight decay (AdamW) / L2 (SGD).")
-    scheduler: Literal["cosine", "linear", "constant"] = Field(
-        "cosine", description="LR decay after warm-up."
-    )
+    scheduler: Literal["cosine", "linear", "constant"] = Field("cosine", description="LR decay after warm-up.")
     warmup_steps: int = Field(10, ge=0, description="Linear warm-up steps from 0 to lr.")
     max_grad_norm: float | None = Field(1.0, gt=0, description="Clip the global grad norm; null disables.")
     eval_every: int = Field(50, ge=1, description="Evaluate validation loss every N optimizer steps.")
@@ -84,9 +80,7 @@ class TrainConfig(_Strict):
         description="Compute dtype (weights and optimizer stay float32); auto = bfloat16 autocast where the "
         "CPU has avx512_bf16/AMX or the GPU supports it (~2.5x faster on such a CPU), else float32.",
     )
-    gradient_checkpointing: bool = Field(
-        False, description="Recompute activations: less memory, ~30% slower."
-    )
+    gradient_checkpointing: bool = Field(False, description="Recompute activations: less memory, ~30% slower.")
     compile: bool = Field(False, description="torch.compile the model (slow first steps).")
     loss_chunk_size: int = Field(1024, ge=1, description="Label positions projected through lm_head at once.")
 
@@ -110,9 +104,7 @@ class EvalConfig(_Strict):
     max_new_tokens: int = Field(64, ge=1, description="Generation length limit.")
     batch_size: int = Field(16, ge=1, description="Generation batch size.")
     temperature: float = Field(0.0, ge=0.0, description="Sampling temperature; 0 = greedy decoding.")
-    top_p: float = Field(
-        1.0, gt=0.0, le=1.0, description="Nucleus sampling mass (only when temperature > 0)."
-    )
+    top_p: float = Field(1.0, gt=0.0, le=1.0, description="Nucleus sampling mass (only when temperature > 0).")
     seed: int = Field(0, description="Seed for few-shot draws, sampling and bootstrap resampling.")
     bootstrap_resamples: int = Field(1000, ge=10, description="Resamples for the 95% confidence intervals.")
     general_text: str | None = Field(None, description="General-text file for the forgetting monitor.")
@@ -125,9 +117,7 @@ class Config(_Strict):
     method: MethodConfig = Field(default_factory=MethodConfig, description="LoRA or full fine-tuning.")
     train: TrainConfig = Field(default_factory=TrainConfig, description="Optimisation settings.")
     eval: EvalConfig = Field(default_factory=EvalConfig, description="Held-out evaluation settings.")
-    out_dir: str = Field(
-        "runs/default", description="Run folder: adapter, merged model, metrics, checkpoints."
-    )
+    out_dir: str = Field("runs/default", description="Run folder: adapter, merged model, metrics, checkpoints.")
 
 
 def _field_names(model: type[BaseModel], prefix: str = "") -> list[str]:

@@ -21,10 +21,15 @@ def bf16_supported(device: torch.device) -> bool:
     return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
-def autocast(setting: str, device: torch.device):
+def compute_dtype(setting: str, device: torch.device) -> torch.dtype:
     """`setting` is a config dtype: auto, float32 or bfloat16."""
     use_bf16 = setting == "bfloat16" or (setting == "auto" and bf16_supported(device))
-    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16)
+    return torch.bfloat16 if use_bf16 else torch.float32
+
+
+def autocast(setting: str, device: torch.device):
+    dtype = compute_dtype(setting, device)
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=dtype == torch.bfloat16)
 
 
 def default_device() -> torch.device:

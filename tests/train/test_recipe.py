@@ -36,7 +36,8 @@ def test_lora_run_lowers_validation_loss_and_writes_every_output(lora_run):
     assert [m["step"] for m in metrics if "val_loss" in m] == [0, 5, 10, 15, 16, 20]
     assert summary.best_val_loss < summary.initial_val_loss - 0.05
     train_lines = [m for m in metrics if "train_loss" in m]
-    assert {"lr", "tokens_per_second", "grad_norm", "peak_rss_mb", "epoch"} <= set(train_lines[0])
+    assert {"lr", "tokens_per_second", "mfu", "grad_norm", "peak_rss_mb", "epoch"} <= set(train_lines[0])
+    assert 0 < train_lines[-1]["mfu"] < 1
     for name in (
         "adapter/adapter_config.json",
         "adapter/adapter_model.safetensors",
@@ -85,7 +86,7 @@ recipe.train(load_config(sys.argv[1]))
 
 
 def _without_timings(rows):
-    return [{k: v for k, v in r.items() if k not in ("tokens_per_second", "peak_rss_mb")} for r in rows]
+    return [{k: v for k, v in r.items() if k not in ("tokens_per_second", "mfu", "peak_rss_mb")} for r in rows]
 
 
 def test_killed_and_resumed_run_ends_with_the_same_weights(tiny_config, tmp_path):

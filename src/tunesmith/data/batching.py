@@ -33,9 +33,7 @@ def shifted_targets(labels: list[int]) -> list[int]:
     return labels[1:] + [IGNORE_INDEX]
 
 
-def epoch_order(
-    lengths: list[int], batch_size: int, seed: int, epoch: int, group_by_length: bool
-) -> list[int]:
+def epoch_order(lengths: list[int], batch_size: int, seed: int, epoch: int, group_by_length: bool) -> list[int]:
     """The example order of one epoch: a pure function of (seed, epoch), so resume is exact."""
     rng = random.Random(seed * 1_000_003 + epoch)
     order = list(range(len(lengths)))

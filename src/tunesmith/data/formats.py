@@ -361,7 +361,5 @@ def _csv_mapping(path: str, header: list[str], columns: dict[str, str] | None) -
         )
     for role, column in columns.items():
         if column not in header:
-            raise TunesmithError(
-                f"{path}:1: column {column!r} (for {role}) is not in the header: {', '.join(header)}"
-            )
+            raise TunesmithError(f"{path}:1: column {column!r} (for {role}) is not in the header: {', '.join(header)}")
     return dict(columns)

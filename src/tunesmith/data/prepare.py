@@ -7,6 +7,7 @@ import random
 from dataclasses import dataclass, replace
 
 from tunesmith.config import DataConfig
+from tunesmith.data.cache import cache_key, load_or_build
 from tunesmith.data.formats import Example, LoadedData, Message, read_examples
 from tunesmith.data.tokenize import TokenizedExample
 from tunesmith.data.validate import ValidationReport, validate_dataset
@@ -22,8 +23,13 @@ class PreparedData:
     validation_report: ValidationReport | None
 
     @property
+    def errors(self) -> list:
+        reports = (self.train_report, self.validation_report)
+        return [i for r in reports if r is not None for i in r.issues if i.severity == "error"]
+
+    @property
     def ok(self) -> bool:
-        return self.train_report.ok and (self.validation_report is None or self.validation_report.ok)
+        return not self.errors
 
     def render(self) -> str:
         parts = [self.train_report.render()]
@@ -49,9 +55,7 @@ def read_data(path: str, cfg: DataConfig) -> LoadedData:
     return loaded
 
 
-def split_off_validation(
-    loaded: LoadedData, fraction: float, seed: int
-) -> tuple[LoadedData, LoadedData | None]:
+def split_off_validation(loaded: LoadedData, fraction: float, seed: int) -> tuple[LoadedData, LoadedData | None]:
     if fraction <= 0 or len(loaded.examples) < 2:
         return loaded, None
     order = list(range(len(loaded.examples)))
@@ -69,18 +73,23 @@ def split_off_validation(
 def prepare_data(
     cfg: DataConfig, tokenizer, seed: int = 0, batch_size: int = 1, grad_accum: int = 1, strict: bool = True
 ) -> PreparedData:
-    """Read, validate and tokenize; with strict, any error-level problem raises TunesmithError."""
-    train = read_data(cfg.train, cfg)
-    if cfg.validation:
-        validation = read_data(cfg.validation, cfg)
-    else:
-        train, validation = split_off_validation(train, cfg.val_fraction, seed)
-    report, val_report, train_tok, val_tok = validate_dataset(
-        train, tokenizer, cfg.max_seq_len, validation, batch_size=batch_size, grad_accum=grad_accum
-    )
-    prepared = PreparedData(train_tok, val_tok, validation.examples if validation else [], report, val_report)
+    """Read, validate and tokenize (once: see data/cache.py); with strict, any error-level problem
+    raises TunesmithError."""
+
+    def build() -> PreparedData:
+        train = read_data(cfg.train, cfg)
+        if cfg.validation:
+            validation = read_data(cfg.validation, cfg)
+        else:
+            train, validation = split_off_validation(train, cfg.val_fraction, seed)
+        report, val_report, train_tok, val_tok = validate_dataset(
+            train, tokenizer, cfg.max_seq_len, validation, batch_size=batch_size, grad_accum=grad_accum
+        )
+        return PreparedData(train_tok, val_tok, validation.examples if validation else [], report, val_report)
+
+    prepared = load_or_build(cache_key(cfg, tokenizer, (seed, batch_size, grad_accum)), build)
     if strict and not prepared.ok:
-        errors = [i for r in (report, val_report) if r for i in r.issues if i.severity == "error"]
+        errors = prepared.errors
         shown = "; ".join(str(e) for e in errors[:20])
         more = f" (and {len(errors) - 20} more)" if len(errors) > 20 else ""
         raise TunesmithError(f"data has {len(errors)} error(s), fix them first: {shown}{more}")

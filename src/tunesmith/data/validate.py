@@ -41,9 +41,7 @@ class ValidationReport:
                 ("label tokens", self.stats.label_tokens),
             ):
                 lines.append(f"{name} per sequence: min {low}, mean {mean:.1f}, p95 {p95}, max {high}")
-            lines.append(
-                f"total: {self.stats.total_tokens} tokens, {self.stats.total_label_tokens} label tokens"
-            )
+            lines.append(f"total: {self.stats.total_tokens} tokens, {self.stats.total_label_tokens} label tokens")
         if self.steps_per_epoch is not None:
             lines.append(f"steps per epoch: {self.steps_per_epoch}")
         errors = sum(issue.severity == "error" for issue in self.issues)
@@ -117,9 +115,7 @@ def _duplicates(data: LoadedData) -> list[LineError]:
         seen = first.setdefault(_content(example), example.line)
         if seen != example.line:
             issues.append(
-                LineError(
-                    data.path, example.line, None, f"exact duplicate of line {seen}", severity="warning"
-                )
+                LineError(data.path, example.line, None, f"exact duplicate of line {seen}", severity="warning")
             )
     return issues
 

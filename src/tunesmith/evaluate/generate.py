@@ -90,9 +90,7 @@ def generate(
     with torch.inference_mode():
         for batch in _batches_by_length([len(p) for p in prompts], batch_size):
             ids, mask = _left_padded([prompts[i] for i in batch], pad_id)
-            out = model.generate(
-                input_ids=ids.to(device), attention_mask=mask.to(device), generation_config=config
-            )
+            out = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device), generation_config=config)
             for i, row in zip(batch, out[:, ids.shape[1] :].tolist(), strict=True):
                 produced = row[: row.index(eos_id) + 1] if eos_id in row else row
                 counts[i] = len(produced)

@@ -115,10 +115,7 @@ def rouge_l_stats(hypotheses: Sequence[str], references: Sequence[Sequence[str]]
 def exact_match_stats(hypotheses: Sequence[str], references: Sequence[Sequence[str]]) -> ItemStats:
     """Share of items whose output equals one of its references after stripping whitespace."""
     return _share_stats(
-        [
-            hyp.strip() in {ref.strip() for ref in refs}
-            for hyp, refs in zip(hypotheses, references, strict=True)
-        ]
+        [hyp.strip() in {ref.strip() for ref in refs} for hyp, refs in zip(hypotheses, references, strict=True)]
     )
 
 
@@ -162,7 +159,5 @@ def macro_f1_stats(predictions: Sequence[str], gold: Sequence[str], labels: Sequ
 
 def perplexity_stats(nll_sums: Sequence[float], token_counts: Sequence[int]) -> ItemStats:
     """exp(total negative log-likelihood / total tokens): per token over the corpus, not per item."""
-    rows = np.array([[s, n] for s, n in zip(nll_sums, token_counts, strict=True)], dtype=np.float64).reshape(
-        -1, 2
-    )
+    rows = np.array([[s, n] for s, n in zip(nll_sums, token_counts, strict=True)], dtype=np.float64).reshape(-1, 2)
     return ItemStats(rows, lambda sums: math.exp(sums[0] / sums[1]) if sums[1] else math.nan)

@@ -44,10 +44,7 @@ def _quality(result: dict) -> Section:
     variants = result["variants"]
     names = list(next(iter(variants.values()))["metrics"]) if variants else []
     digits = 2 if result["task"] == "text" else 1
-    rows = [
-        [VARIANT_TITLES[v], *(_with_ci(data["metrics"][n], digits) for n in names)]
-        for v, data in variants.items()
-    ]
+    rows = [[VARIANT_TITLES[v], *(_with_ci(data["metrics"][n], digits) for n in names)] for v, data in variants.items()]
     conf = result["confidence"]
     notes = [
         f"{result['items']} test items ({result['references']} references). Brackets: "
@@ -57,8 +54,7 @@ def _quality(result: dict) -> Section:
     if result.get("few_shot"):
         few = result["few_shot"]
         notes.append(
-            f"few-shot: {few['mean_shots']:.1f} examples per prompt on average "
-            f"(budget {few['budget']} tokens)."
+            f"few-shot: {few['mean_shots']:.1f} examples per prompt on average (budget {few['budget']} tokens)."
         )
     if result["task"] == "classification":
         notes.append(
@@ -133,9 +129,7 @@ def _loss_plot(curve: dict | None) -> bytes | None:
 
 def _html_table(section: Section) -> str:
     head = "".join(f"<th>{html.escape(h)}</th>" for h in section.headers)
-    body = "".join(
-        "<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>" for row in section.rows
-    )
+    body = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>" for row in section.rows)
     notes = "".join(f"<p>{html.escape(n)}</p>" for n in section.notes)
     table = f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>" if section.rows else ""
     return f'<section id="{section.id}"><h2>{html.escape(section.title)}</h2>{table}{notes}</section>'

@@ -215,9 +215,7 @@ def _general_text_perplexity(model, tokenizer, path: str, window: int, settings:
         raise TunesmithError(f"eval.general_text {path} has too little text to measure perplexity")
     windows = [ids[start : start + window] for start in range(0, len(ids) - 1, window)]
     windows = [w for w in windows if len(w) > 1]
-    stats = _perplexity(
-        model, tokenizer, [w[:1] for w in windows], [w[1:] for w in windows], settings.batch_size
-    )
+    stats = _perplexity(model, tokenizer, [w[:1] for w in windows], [w[1:] for w in windows], settings.batch_size)
     return _ci(stats, settings)
 
 
@@ -230,9 +228,7 @@ def _base_variants(config: Config, items: list[TestItem], result: dict) -> None:
 
     if all(item.prompt for item in items):
         selector = FewShotSelector(
-            demonstrations(
-                read_examples(config.data.train, config.data.format, config.data.columns).examples
-            ),
+            demonstrations(read_examples(config.data.train, config.data.format, config.data.columns).examples),
             tokenizer,
             settings.few_shot_selection,
             settings.seed,
@@ -240,9 +236,7 @@ def _base_variants(config: Config, items: list[TestItem], result: dict) -> None:
         budget = context_budget(model, settings.max_new_tokens, settings.context_tokens)
         wanted = MAX_AUTO_SHOTS if settings.few_shot_k is None else settings.few_shot_k
         built = [
-            few_shot_prompt(
-                tokenizer, item.prompt, selector.ranked(item.prompt, i, wanted), config.data.system, budget
-            )
+            few_shot_prompt(tokenizer, item.prompt, selector.ranked(item.prompt, i, wanted), config.data.system, budget)
             for i, item in enumerate(items)
         ]
         few = _evaluate_variant(model, tokenizer, [b.ids for b in built], items, settings)
@@ -264,9 +258,7 @@ def _check_same_base(base_name: str, tuned_folder: str) -> None:
     """Refuse a fine-tuned model of another architecture or vocabulary before any evaluation runs."""
     from transformers import AutoConfig
 
-    base_cfg, tuned_cfg = (
-        AutoConfig.from_pretrained(resolve_model_path(n)) for n in (base_name, tuned_folder)
-    )
+    base_cfg, tuned_cfg = (AutoConfig.from_pretrained(resolve_model_path(n)) for n in (base_name, tuned_folder))
     for key in ("model_type", "hidden_size", "num_hidden_layers", "vocab_size"):
         ours, theirs = getattr(base_cfg, key, None), getattr(tuned_cfg, key, None)
         if ours != theirs:
@@ -427,8 +419,6 @@ def format_summary(result: dict) -> str:
         )
     if result.get("training"):
         t = result["training"]
-        extra.append(
-            f"fine-tune: {t['trained_tokens']} tokens, {t['steps']} steps, {_number(t['wall_seconds'])} s"
-        )
+        extra.append(f"fine-tune: {t['trained_tokens']} tokens, {t['steps']} steps, {_number(t['wall_seconds'])} s")
     extra += result.get("notes", [])
     return "\n".join(lines + extra)

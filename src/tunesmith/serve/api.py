@@ -96,9 +96,7 @@ def _validation_message(errors) -> tuple[str, str | None]:
         else:
             got = item.get("input")
             shown = (
-                json.dumps(got)[:100]
-                if isinstance(got, (str, int, float, bool, type(None)))
-                else type(got).__name__
+                json.dumps(got)[:100] if isinstance(got, (str, int, float, bool, type(None))) else type(got).__name__
             )
             parts.append(f"{where or 'body'}: {item.get('msg')} (got {shown})")
     return "; ".join(dict.fromkeys(parts)) or "invalid request", param
@@ -124,9 +122,7 @@ def _install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(Exception)
     async def server_error(_: Request, error: Exception):
         log.exception("unhandled error")
-        return error_response(
-            APIError(500, f"internal server error: {type(error).__name__}", code="server_error")
-        )
+        return error_response(APIError(500, f"internal server error: {type(error).__name__}", code="server_error"))
 
 
 async def _json_body(request: Request) -> dict:
@@ -243,9 +239,7 @@ def _files_routes(app: FastAPI) -> None:
         except BaseException:
             path.unlink(missing_ok=True)
             raise
-        filename = (upload.filename or "upload.jsonl").replace("\\", "/").rsplit("/", 1)[-1][
-            :255
-        ] or "upload.jsonl"
+        filename = (upload.filename or "upload.jsonl").replace("\\", "/").rsplit("/", 1)[-1][:255] or "upload.jsonl"
         return file_object(store.add_file(file_id, org["id"], filename, purpose, size, str(path)))
 
     @app.get("/v1/files")
@@ -424,9 +418,7 @@ def _job_request(body: dict, store: Store, org: dict) -> dict:
     if seed is None:
         seed = random.randint(0, 2**31 - 1)
     elif not isinstance(seed, int) or isinstance(seed, bool) or not 0 <= seed <= 2**31 - 1:
-        raise APIError(
-            400, f"seed must be an integer between 0 and 2147483647, got {json.dumps(seed)}", param="seed"
-        )
+        raise APIError(400, f"seed must be an integer between 0 and 2147483647, got {json.dumps(seed)}", param="seed")
     metadata = body.get("metadata")
     if metadata is not None:
         if (
@@ -449,9 +441,7 @@ def _job_request(body: dict, store: Store, org: dict) -> dict:
     if method is not None:
         if not isinstance(method, dict) or method.get("type") != "supervised":
             got = method.get("type") if isinstance(method, dict) else method
-            raise APIError(
-                400, f"method.type must be 'supervised' (got {json.dumps(got)})", param="method.type"
-            )
+            raise APIError(400, f"method.type must be 'supervised' (got {json.dumps(got)})", param="method.type")
         supervised = method.get("supervised") or {}
         if not isinstance(supervised, dict):
             raise APIError(400, "method.supervised must be an object", param="method.supervised")
@@ -584,9 +574,7 @@ def _model_routes(app: FastAPI) -> None:
             return base_object(model_id)
         row = store.model(org["id"], model_id)
         if row is None:
-            raise APIError(
-                404, f"The model {model_id!r} does not exist", param="model", code="model_not_found"
-            )
+            raise APIError(404, f"The model {model_id!r} does not exist", param="model", code="model_not_found")
         return ft_object(row)
 
     @app.delete("/v1/models/{model_id:path}")
@@ -600,9 +588,7 @@ def _model_routes(app: FastAPI) -> None:
             )
         row = store.model(org["id"], model_id)
         if row is None:
-            raise APIError(
-                404, f"The model {model_id!r} does not exist", param="model", code="model_not_found"
-            )
+            raise APIError(404, f"The model {model_id!r} does not exist", param="model", code="model_not_found")
         store.delete_model(org["id"], model_id)
         app.state.engine.forget(row["job_id"])
         return {"id": model_id, "object": "model", "deleted": True}
@@ -615,11 +601,7 @@ def _number(body: dict, key: str, default, low: float, high: float, integer: boo
     value = body.get(key)
     if value is None:
         return default
-    if (
-        isinstance(value, bool)
-        or not isinstance(value, (int, float))
-        or (integer and not float(value).is_integer())
-    ):
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or (integer and not float(value).is_integer()):
         raise APIError(
             400,
             f"{key} must be {'an integer' if integer else 'a number'}, got {json.dumps(value)}",
@@ -675,20 +657,12 @@ def _messages(raw: Any) -> list[dict]:
         if isinstance(content, list):
             texts = []
             for part in content:
-                if (
-                    not isinstance(part, dict)
-                    or part.get("type") != "text"
-                    or not isinstance(part.get("text"), str)
-                ):
-                    raise APIError(
-                        400, f"{where}.content: only text parts are supported", param=f"{where}.content"
-                    )
+                if not isinstance(part, dict) or part.get("type") != "text" or not isinstance(part.get("text"), str):
+                    raise APIError(400, f"{where}.content: only text parts are supported", param=f"{where}.content")
                 texts.append(part["text"])
             content = "".join(texts)
         if not isinstance(content, str):
-            raise APIError(
-                400, f"{where}.content must be a string or a list of text parts", param=f"{where}.content"
-            )
+            raise APIError(400, f"{where}.content must be a string or a list of text parts", param=f"{where}.content")
         out.append({"role": "system" if role == "developer" else role, "content": content})
     return out
 
@@ -742,9 +716,7 @@ def _inference_routes(app: FastAPI) -> None:
                 last = piece
             choice = {"index": 0, "finish_reason": last.finish_reason, "logprobs": None}
             choice.update(
-                {"message": {"role": "assistant", "content": text, "refusal": None}}
-                if chat
-                else {"text": text}
+                {"message": {"role": "assistant", "content": text, "refusal": None}} if chat else {"text": text}
             )
             return JSONResponse(
                 {

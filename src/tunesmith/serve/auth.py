@@ -20,7 +20,5 @@ def current_org(request: Request) -> dict:
         )
     org = request.app.state.store.org_for_key(key.strip())
     if org is None:
-        raise APIError(
-            401, "Incorrect API key provided", type="invalid_request_error", code="invalid_api_key"
-        )
+        raise APIError(401, "Incorrect API key provided", type="invalid_request_error", code="invalid_api_key")
     return org

@@ -59,9 +59,7 @@ def add_serve_commands(subparsers) -> None:
     )
     serve.add_argument("--max-running", type=int, default=1, help="Training jobs run at the same time.")
     serve.add_argument("--max-upload-mb", type=float, default=512, help="Largest accepted upload, in MB.")
-    serve.add_argument(
-        "--max-adapters", type=int, default=4, help="Fine-tuned adapters kept in memory per base."
-    )
+    serve.add_argument("--max-adapters", type=int, default=4, help="Fine-tuned adapters kept in memory per base.")
     serve.add_argument(
         "--train-override",
         action="append",
@@ -71,8 +69,7 @@ def add_serve_commands(subparsers) -> None:
     serve.add_argument(
         "--trainer-command",
         default=None,
-        help="Command that trains (CONFIG and --overwrite/--resume are appended); "
-        "default: python -m tunesmith train.",
+        help="Command that trains (CONFIG and --overwrite/--resume are appended); default: python -m tunesmith train.",
     )
     serve.add_argument("--log-level", default="warning", help="uvicorn log level.")
     serve.set_defaults(func=_serve)
@@ -81,9 +78,7 @@ def add_serve_commands(subparsers) -> None:
     key_commands = keys.add_subparsers(dest="keys_command", required=True)
     create = key_commands.add_parser("create", help="Create an API key for an organisation and print it.")
     create.add_argument("--org", required=True, help="Organisation name (created if new).")
-    create.add_argument(
-        "--home", default=None, help="State folder of the service; default $TUNESMITH_HOME/serve."
-    )
+    create.add_argument("--home", default=None, help="State folder of the service; default $TUNESMITH_HOME/serve.")
     create.set_defaults(func=_keys_create)
 
 

@@ -142,8 +142,7 @@ class Store:
 
     def add_file(self, file_id: str, org_id: str, filename: str, purpose: str, size: int, path: str) -> dict:
         self._write(
-            "INSERT INTO files (id, org_id, filename, purpose, bytes, created_at, path) "
-            "VALUES (?,?,?,?,?,?,?)",
+            "INSERT INTO files (id, org_id, filename, purpose, bytes, created_at, path) VALUES (?,?,?,?,?,?,?)",
             (file_id, org_id, filename, purpose, size, now(), path),
         )
         return self.file(org_id, file_id)
@@ -151,9 +150,7 @@ class Store:
     def file(self, org_id: str, file_id: str) -> dict | None:
         return self._one("SELECT * FROM files WHERE id = ? AND org_id = ?", (file_id, org_id))
 
-    def list_files(
-        self, org_id: str, purpose: str | None, after: str | None, limit: int, order: str
-    ) -> list[dict]:
+    def list_files(self, org_id: str, purpose: str | None, after: str | None, limit: int, order: str) -> list[dict]:
         sql, args = "SELECT * FROM files WHERE org_id = ?", [org_id]
         if purpose:
             sql, args = sql + " AND purpose = ?", [*args, purpose]
@@ -205,9 +202,7 @@ class Store:
 
     # --- events ---------------------------------------------------------------------------------
 
-    def add_event(
-        self, job_id: str, message: str, level: str = "info", type: str = "message", data=None
-    ) -> None:
+    def add_event(self, job_id: str, message: str, level: str = "info", type: str = "message", data=None) -> None:
         self._write(
             "INSERT INTO events (id, job_id, created_at, level, message, type, data) VALUES (?,?,?,?,?,?,?)",
             (

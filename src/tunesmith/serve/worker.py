@@ -141,8 +141,7 @@ def check_job_files(train: dict, validation: dict | None, model: str, max_seq_le
             lines = ", ".join(str(i.line) for i in errors[:20])
             return DataCheck(
                 False,
-                message=f"{param} {name} has {len(errors)} invalid line(s) (lines {lines}): "
-                f"{_describe(errors)}",
+                message=f"{param} {name} has {len(errors)} invalid line(s) (lines {lines}): {_describe(errors)}",
                 param=param,
             )
         warned = [i for i in issues.get(param, []) if i.severity != "error"]
@@ -191,9 +190,7 @@ def checkpoint_steps(out_dir: Path) -> list[int]:
     folder = out_dir / "checkpoints"
     if not folder.is_dir():
         return []
-    return sorted(
-        int(m.group(1)) for p in folder.iterdir() if p.is_dir() and (m := CHECKPOINT_RE.match(p.name))
-    )
+    return sorted(int(m.group(1)) for p in folder.iterdir() if p.is_dir() and (m := CHECKPOINT_RE.match(p.name)))
 
 
 def read_metrics(out_dir: Path) -> list[dict]:
@@ -340,9 +337,7 @@ class Worker:
                         break
                     time.sleep(0.1)
             steps = checkpoint_steps(Path(job["run_dir"]) / "out")
-            where = (
-                f"from the checkpoint at step {steps[-1]}" if steps else "from the start (no checkpoint yet)"
-            )
+            where = f"from the checkpoint at step {steps[-1]}" if steps else "from the start (no checkpoint yet)"
             self.store.add_event(job["id"], f"Server restarted; resuming the job {where}")
             self._launch(job, resume=True)
 
@@ -363,9 +358,7 @@ class Worker:
 
     def _validate(self, job: dict) -> None:
         train = self.store.file(job["org_id"], job["training_file"])
-        validation = (
-            self.store.file(job["org_id"], job["validation_file"]) if job["validation_file"] else None
-        )
+        validation = self.store.file(job["org_id"], job["validation_file"]) if job["validation_file"] else None
         if train is None:
             return self._fail(
                 job["id"],
@@ -423,9 +416,7 @@ class Worker:
         from tunesmith.config import apply_overrides, config_from_dict, dump_config
 
         train = self.store.file(job["org_id"], job["training_file"])
-        validation = (
-            self.store.file(job["org_id"], job["validation_file"]) if job["validation_file"] else None
-        )
+        validation = self.store.file(job["org_id"], job["validation_file"]) if job["validation_file"] else None
         hyper, total = job["hyperparameters"], max(1, job["total_steps"] or 1)
         raw = {
             "model": job["model"],
@@ -586,9 +577,7 @@ class Worker:
         else:
             how = f"was killed by signal {-code}" if code < 0 else f"exited with code {code}"
             tail = self._stderr_tail(run, job)
-            self._fail(
-                job["id"], "training_crashed", f"the training process {how}" + (f": {tail}" if tail else "")
-            )
+            self._fail(job["id"], "training_crashed", f"the training process {how}" + (f": {tail}" if tail else ""))
         self._wake.set()
 
     def _stderr_tail(self, run: _Running, job: dict) -> str:
@@ -643,9 +632,7 @@ class Worker:
         if final_step and final_step not in run.seen_checkpoints:  # the final model is a checkpoint too
             rows = [m for m in read_metrics(run.out_dir) if m["step"] <= final_step]
             data = {**(openai_metrics(rows[-1]) if rows else {}), "step": final_step}
-            self.store.add_checkpoint(
-                job["id"], final_step, data, str(adapter), f"{model}:ckpt-step-{final_step}"
-            )
+            self.store.add_checkpoint(job["id"], final_step, data, str(adapter), f"{model}:ckpt-step-{final_step}")
         self.store.add_model(model, job["org_id"], job["id"], job["model"], str(adapter))
         if self.store.update_job(
             job["id"],

@@ -60,9 +60,7 @@ def labelled_loss(model, batch: Batch, chunk_size: int) -> LossParts:
     for start in range(0, targets.numel(), chunk_size):
         piece = slice(start, start + chunk_size)
         if torch.is_grad_enabled():
-            loss, hits = checkpoint(
-                _chunk_loss, selected[piece], head.weight, targets[piece], use_reentrant=False
-            )
+            loss, hits = checkpoint(_chunk_loss, selected[piece], head.weight, targets[piece], use_reentrant=False)
         else:
             loss, hits = _chunk_loss(selected[piece], head.weight, targets[piece])
         loss_sum = loss_sum + loss

@@ -40,9 +40,7 @@ class TrainProgress:
     def __exit__(self, *exc):
         self.bar.stop()
 
-    def advance(
-        self, step: int, loss: float | None = None, lr: float | None = None, rate: float | None = None
-    ):
+    def advance(self, step: int, loss: float | None = None, lr: float | None = None, rate: float | None = None):
         fields = {}
         if loss is not None:
             fields = {"loss": f"{loss:.4f}", "lr": f"{lr:.2e}", "rate": f"{rate:,.0f}"}

@@ -21,7 +21,7 @@ from tunesmith.data.tokenize import TokenizedExample
 from tunesmith.errors import TunesmithError
 from tunesmith.export import plot_losses, save_adapter, save_merged
 from tunesmith.models import load_model
-from tunesmith.precision import autocast, default_device
+from tunesmith.precision import autocast, compute_dtype, default_device
 from tunesmith.train.checkpoint import (
     TrainerState,
     list_checkpoints,
@@ -31,6 +31,7 @@ from tunesmith.train.checkpoint import (
     save_checkpoint,
     write_text_atomic,
 )
+from tunesmith.train.flops import flops_per_token, mean_attended_keys, measured_peak_flops
 from tunesmith.train.loss import labelled_loss, output_layer
 from tunesmith.train.optim import build_optimizer, build_scheduler
 from tunesmith.train.progress import MetricsLog, TrainProgress, peak_rss_mb, read_metrics
@@ -80,9 +81,7 @@ def _attach_method(model, cfg: Config):
     return get_peft_model(model, lora)
 
 
-def _micro_batches(
-    examples: list[TokenizedExample], cfg: Config, pad_id: int, step: int, steps_per_epoch: int
-):
+def _micro_batches(examples: list[TokenizedExample], cfg: Config, pad_id: int, step: int, steps_per_epoch: int):
     """The micro-batches of optimizer step `step`: a pure function of the step, so resume is exact."""
     per_step = cfg.train.batch_size * cfg.train.grad_accum
     epoch, index = divmod(step, steps_per_epoch)
@@ -102,9 +101,7 @@ def _micro_batches(
 
 
 @torch.no_grad()
-def evaluate_loss(
-    model, examples: list[TokenizedExample], cfg: Config, pad_id: int, device
-) -> tuple[float, float]:
+def evaluate_loss(model, examples: list[TokenizedExample], cfg: Config, pad_id: int, device) -> tuple[float, float]:
     """Validation loss (per label token) and token accuracy."""
     was_training = model.training
     model.eval()
@@ -145,9 +142,7 @@ def train(cfg: Config, resume: bool = False, overwrite: bool = False) -> RunSumm
     # ---- setup: everything that can fail on bad input happens before out_dir is touched ----
     loaded = load_model(cfg.model)
     tokenizer, pad_id = loaded.tokenizer, loaded.tokenizer.pad_token_id
-    data: PreparedData = prepare_data(
-        cfg.data, tokenizer, cfg.train.seed, cfg.train.batch_size, cfg.train.grad_accum
-    )
+    data: PreparedData = prepare_data(cfg.data, tokenizer, cfg.train.seed, cfg.train.batch_size, cfg.train.grad_accum)
     if not data.validation:
         raise TunesmithError("no validation data: give data.validation or a data.val_fraction > 0")
     steps_per_epoch = math.ceil(len(data.train) / (cfg.train.batch_size * cfg.train.grad_accum))
@@ -157,12 +152,13 @@ def train(cfg: Config, resume: bool = False, overwrite: bool = False) -> RunSumm
     torch.manual_seed(cfg.train.seed)
     model = _attach_method(loaded.model, cfg).to(device)
     if cfg.train.gradient_checkpointing:
-        output_layer(model)[0].gradient_checkpointing_enable(
-            gradient_checkpointing_kwargs={"use_reentrant": False}
-        )
+        output_layer(model)[0].gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     if cfg.train.compile:
         output_layer(model)[0].compile()
     model.train()
+    # MFU = achieved model FLOPs / this machine's measured matmul peak (timed once, then cached).
+    peak_flops = measured_peak_flops(device, compute_dtype(cfg.train.dtype, device))
+    attended_keys = mean_attended_keys([len(e.input_ids) for e in data.train])
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = build_optimizer(params, cfg.train)
     scheduler = build_scheduler(optimizer, cfg.train, total_steps)
@@ -243,6 +239,9 @@ def train(cfg: Config, resume: bool = False, overwrite: bool = False) -> RunSumm
                     "train_token_accuracy": window_correct / max(window_labels, 1),
                     "lr": lr,
                     "tokens_per_second": rate,
+                    "mfu": rate
+                    * flops_per_token(model, window_labels / max(window_tokens, 1), attended_keys)
+                    / peak_flops,
                     "grad_norm": float(grad_norm),
                     "peak_rss_mb": round(peak_rss_mb(), 1),
                     "trained_tokens": state.trained_tokens,
@@ -279,8 +278,7 @@ def train(cfg: Config, resume: bool = False, overwrite: bool = False) -> RunSumm
                 progress.say(f"step {step}: checkpoint saved")
             if stopped_early:
                 progress.say(
-                    f"early stopping at step {step}: no improvement in "
-                    f"{stopper.evals_without_improvement} evaluations"
+                    f"early stopping at step {step}: no improvement in {stopper.evals_without_improvement} evaluations"
                 )
                 break
 
