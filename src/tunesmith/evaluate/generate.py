@@ -16,6 +16,8 @@ from dataclasses import dataclass
 
 import torch
 
+from tunesmith.progress import tracked
+
 # Label positions projected through lm_head at once: bounds memory at chunk x vocab floats
 # instead of batch x seq x vocab.
 LOGIT_CHUNK = 1024
@@ -32,11 +34,11 @@ class Generations:
         return sum(self.new_tokens) / self.seconds if self.seconds > 0 else 0.0
 
 
-def _batches_by_length(lengths: Sequence[int], batch_size: int) -> Iterator[list[int]]:
+def _batches_by_length(lengths: Sequence[int], batch_size: int, description: str) -> Iterator[list[int]]:
     # Longest first: an out-of-memory batch fails at the start, not after minutes of work.
     order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
-    for start in range(0, len(order), batch_size):
-        yield order[start : start + batch_size]
+    batches = [order[start : start + batch_size] for start in range(0, len(order), batch_size)]
+    yield from tracked(batches, f"{description} {len(lengths)} prompts")
 
 
 def _left_padded(rows: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -88,7 +90,7 @@ def generate(
     torch.manual_seed(seed)
     start = time.perf_counter()
     with torch.inference_mode():
-        for batch in _batches_by_length([len(p) for p in prompts], batch_size):
+        for batch in _batches_by_length([len(p) for p in prompts], batch_size, "generating"):
             ids, mask = _left_padded([prompts[i] for i in batch], pad_id)
             out = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device), generation_config=config)
             for i, row in zip(batch, out[:, ids.shape[1] :].tolist(), strict=True):
@@ -117,7 +119,7 @@ def continuation_logprobs(
     results: list[tuple[float, int]] = [(0.0, 0)] * len(prompts)
     with torch.inference_mode():
         lengths = [len(p) + len(c) for p, c in zip(prompts, continuations, strict=True)]
-        for batch in _batches_by_length(lengths, batch_size):
+        for batch in _batches_by_length(lengths, batch_size, "scoring"):
             ids, mask = _left_padded([list(prompts[i]) + list(continuations[i]) for i in batch], pad_id)
             ids, mask = ids.to(device), mask.to(device)
             positions = (mask.cumsum(-1) - 1).clamp(min=0)
@@ -172,7 +174,7 @@ def label_logprobs(
     later_targets = torch.tensor([t for ids in label_ids for t in ids[1:]], dtype=torch.long, device=device)
     results: list[list[tuple[float, int]]] = [[] for _ in prompts]
     with torch.inference_mode():
-        for batch in _batches_by_length([len(p) for p in prompts], batch_size):
+        for batch in _batches_by_length([len(p) for p in prompts], batch_size, "scoring labels"):
             ids, mask = _left_padded([prompts[i] for i in batch], pad_id)
             ids, mask = ids.to(device), mask.to(device)
             rows = len(batch)

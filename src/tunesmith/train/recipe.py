@@ -22,6 +22,7 @@ from tunesmith.errors import TunesmithError
 from tunesmith.export import plot_losses, save_adapter, save_merged
 from tunesmith.models import load_model
 from tunesmith.precision import autocast, compute_dtype, default_device
+from tunesmith.progress import MetricsLog, TrainProgress, peak_rss_mb, read_metrics
 from tunesmith.train.checkpoint import (
     TrainerState,
     list_checkpoints,
@@ -34,7 +35,6 @@ from tunesmith.train.checkpoint import (
 from tunesmith.train.flops import flops_per_token, mean_attended_keys, measured_peak_flops
 from tunesmith.train.loss import labelled_loss, output_layer
 from tunesmith.train.optim import build_optimizer, build_scheduler
-from tunesmith.train.progress import MetricsLog, TrainProgress, peak_rss_mb, read_metrics
 from tunesmith.train.samples import SampleSet
 from tunesmith.train.stopping import EarlyStopping
 

@@ -5,10 +5,12 @@ from __future__ import annotations
 import json
 import resource
 import sys
+import time
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn, track
 
 from tunesmith.train.checkpoint import write_text_atomic
 
@@ -72,3 +74,14 @@ def read_metrics(path: Path) -> list[dict]:
     if not path.exists():
         return []
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def tracked(items: Sequence, description: str) -> Iterator:
+    """A progress bar with ETA over batches of work; off a terminal, a start and an end line."""
+    if sys.stderr.isatty():
+        yield from track(items, description=description, console=Console(stderr=True), transient=True)
+        return
+    start = time.perf_counter()
+    print(f"{description}: {len(items)} batches", file=sys.stderr, flush=True)
+    yield from items
+    print(f"{description}: done in {time.perf_counter() - start:.0f} s", file=sys.stderr, flush=True)
