@@ -31,6 +31,16 @@ class PreparedData:
     def ok(self) -> bool:
         return not self.errors
 
+    def summary(self) -> str:
+        """One line per file: the detected format, the size, and how many warnings to look at."""
+        lines = []
+        for report in (self.train_report, self.validation_report):
+            if report is not None:
+                warnings = sum(i.severity == "warning" for i in report.issues)
+                hint = " (`tunesmith validate` lists them)" if warnings else ""
+                lines.append(f"{report.path}: {report.format}, {report.n_examples} examples, {warnings} warnings{hint}")
+        return "\n".join(lines)
+
     def render(self) -> str:
         parts = [self.train_report.render()]
         if self.validation_report is not None:

@@ -193,10 +193,13 @@ def train(cfg: Config, resume: bool = False, overwrite: bool = False) -> RunSumm
     started = time.perf_counter() - state.wall_seconds
     # Throughput counts training compute only, not evaluations or checkpoint writes.
     window_tokens, window_seconds = 0, 0.0
-    window_loss = torch.zeros(())
-    window_correct, window_labels = 0, 0
+    # Running sums stay on the device; reading them (.item()) is a sync point, done at log steps only.
+    window_loss = torch.zeros((), device=device)
+    window_correct = torch.zeros((), dtype=torch.long, device=device)
+    window_labels = 0
     stopped_early = False
     with TrainProgress(total_steps, state.step) as progress:
+        progress.say(data.summary())
         progress.say(
             f"training {cfg.model} ({cfg.method.name}) for {total_steps} steps, "
             f"{len(data.train)} examples, {steps_per_epoch} steps/epoch"
@@ -211,8 +214,8 @@ def train(cfg: Config, resume: bool = False, overwrite: bool = False) -> RunSumm
                 with _autocast(cfg, device):
                     parts = labelled_loss(model, _to(batch, device), cfg.train.loss_chunk_size)
                 (parts.loss_sum / max(step_labels, 1)).backward()
-                window_loss += parts.loss_sum.detach().float().cpu()
-                window_correct += int(parts.n_correct)
+                window_loss += parts.loss_sum.detach().float()
+                window_correct += parts.n_correct
                 window_tokens += batch.n_tokens
             window_labels += step_labels
             state.trained_tokens += sum(b.n_tokens for b in batches)
@@ -230,13 +233,12 @@ def train(cfg: Config, resume: bool = False, overwrite: bool = False) -> RunSumm
 
             record = None
             if step % cfg.train.log_every == 0 or step == total_steps:
-                # .item() is a device sync point: only at log steps.
                 rate = window_tokens / max(window_seconds, 1e-9)
                 record = {
                     "step": step,
                     "epoch": round(step / steps_per_epoch, 4),
                     "train_loss": window_loss.item() / max(window_labels, 1),
-                    "train_token_accuracy": window_correct / max(window_labels, 1),
+                    "train_token_accuracy": window_correct.item() / max(window_labels, 1),
                     "lr": lr,
                     "tokens_per_second": rate,
                     "mfu": rate
@@ -247,8 +249,9 @@ def train(cfg: Config, resume: bool = False, overwrite: bool = False) -> RunSumm
                     "trained_tokens": state.trained_tokens,
                 }
                 progress.advance(step, record["train_loss"], lr, rate)
-                window_tokens, window_seconds, window_correct, window_labels = 0, 0.0, 0, 0
-                window_loss = torch.zeros(())
+                window_tokens, window_seconds, window_labels = 0, 0.0, 0
+                window_loss.zero_()
+                window_correct.zero_()
             else:
                 progress.advance(step)
 
