@@ -107,7 +107,7 @@ def evaluate_loss(model, examples: list[TokenizedExample], cfg: Config, pad_id: 
     model.eval()
     total, correct, count = 0.0, 0, 0
     order = sorted(range(len(examples)), key=lambda i: len(examples[i].input_ids))
-    size = cfg.train.batch_size * 2
+    size = cfg.train.batch_size
     for start in range(0, len(order), size):
         batch = make_batch(
             [examples[i] for i in order[start : start + size]], pad_id, cfg.data.packing, cfg.data.max_seq_len
