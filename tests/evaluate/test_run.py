@@ -92,13 +92,18 @@ def test_classification_run_end_to_end(tmp_path, run_folder):
     assert len(result["loss_curve"]["train"]) == 20 and result["loss_curve"]["val"] == [[10, 2.5], [20, 1.5]]
     assert result["forgetting"]["base"] == result["forgetting"]["finetuned"]
     assert result["forgetting"]["base"]["value"] > 1
+    # Same weights as the base: no gain over zero-shot; over a better few-shot, a loss.
+    for name, gain in result["gain"].items():
+        base = result["variants"][gain["baseline"]]["metrics"][name]["value"]
+        assert gain["value"] == pytest.approx(result["variants"]["finetuned"]["metrics"][name]["value"] - base)
+        assert gain["value"] <= 1e-9 and gain["low"] <= gain["value"] <= gain["high"]
 
     out = tmp_path / "out"
     assert json.loads((out / "eval.json").read_text()) == result
     page = _Sections()
     page.feed((out / "report.html").read_text())
     # One header row + one row per variant / per side-by-side item.
-    assert page.rows == {"quality": 4, "loss": 0, "cost": 4, "forgetting": 3, "samples": 1 + len(TEST)}
+    assert page.rows == {"quality": 4, "loss": 0, "gain": 4, "cost": 4, "forgetting": 3, "samples": 1 + len(TEST)}
     assert len(page.images) == 1 and page.images[0].startswith("data:image/png;base64,iVBOR")
     markdown = (out / "report.md").read_text()
     for heading in (

@@ -44,25 +44,45 @@ class ItemStats:
         return self.aggregate(self.rows.sum(axis=0))
 
 
+def _resampled_scores(stats: ItemStats, picks: np.ndarray) -> np.ndarray:
+    n = len(stats.rows)
+    # How often each item was drawn per resample; a [resamples, n] int matrix instead of
+    # materialising [resamples, n, stats] rows keeps memory flat for wide chrF statistics.
+    counts = np.zeros((len(picks), n), dtype=np.float64)
+    np.add.at(counts, (np.arange(len(picks))[:, None], picks), 1.0)
+    sums = counts @ stats.rows.astype(np.float64)
+    return np.array([stats.aggregate(row) for row in sums])
+
+
+def _interval(value: float, scores: np.ndarray, level: float) -> MetricValue:
+    tail = (1.0 - level) / 2 * 100
+    low, high = np.nanpercentile(scores, [tail, 100 - tail])
+    return MetricValue(float(value), float(low), float(high))
+
+
 def bootstrap(
     stats: ItemStats, resamples: int = BOOTSTRAP_RESAMPLES, seed: int = 0, level: float = CONFIDENCE
 ) -> MetricValue:
     """Point estimate plus a percentile-bootstrap interval from resampling items with replacement."""
     n = len(stats.rows)
-    value = stats.score()
     if n == 0:
         return MetricValue(math.nan, math.nan, math.nan)
-    rng = np.random.default_rng(seed)
-    picks = rng.integers(0, n, size=(resamples, n))
-    # How often each item was drawn per resample; a [resamples, n] int matrix instead of
-    # materialising [resamples, n, stats] rows keeps memory flat for wide chrF statistics.
-    counts = np.zeros((resamples, n), dtype=np.float64)
-    np.add.at(counts, (np.arange(resamples)[:, None], picks), 1.0)
-    sums = counts @ stats.rows.astype(np.float64)
-    scores = np.array([stats.aggregate(row) for row in sums])
-    tail = (1.0 - level) / 2 * 100
-    low, high = np.nanpercentile(scores, [tail, 100 - tail])
-    return MetricValue(float(value), float(low), float(high))
+    picks = np.random.default_rng(seed).integers(0, n, size=(resamples, n))
+    return _interval(stats.score(), _resampled_scores(stats, picks), level)
+
+
+def paired_difference(
+    a: ItemStats, b: ItemStats, resamples: int = BOOTSTRAP_RESAMPLES, seed: int = 0, level: float = CONFIDENCE
+) -> MetricValue:
+    """score(a) - score(b) on the same items, with a paired bootstrap interval: both systems are
+    rescored on the same resampled items, so item difficulty cancels and the interval is the one
+    that says whether the gain is real (it excludes 0) or noise."""
+    n = len(a.rows)
+    if n == 0 or len(b.rows) != n:
+        raise ValueError("a paired difference needs both systems scored on the same items")
+    picks = np.random.default_rng(seed).integers(0, n, size=(resamples, n))
+    scores = _resampled_scores(a, picks) - _resampled_scores(b, picks)
+    return _interval(a.score() - b.score(), scores, level)
 
 
 def _share(sums: np.ndarray) -> float:

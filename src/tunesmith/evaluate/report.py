@@ -15,6 +15,8 @@ import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from tunesmith.train.checkpoint import write_text_atomic
+
 VARIANT_TITLES = {"zero_shot": "base, zero-shot", "few_shot": "base, few-shot", "finetuned": "fine-tuned"}
 PLOT_FILE = "loss_curve.png"
 
@@ -63,6 +65,22 @@ def _quality(result: dict) -> Section:
             "that are a label."
         )
     return Section("quality", "Quality", ["variant", *names], rows, notes)
+
+
+def _gain(result: dict) -> Section:
+    rows = [
+        [name, VARIANT_TITLES[g["baseline"]], _with_ci(g, 2), "yes" if g["low"] > 0 or g["high"] < 0 else "no"]
+        for name, g in result.get("gain", {}).items()
+    ]
+    notes = (
+        [
+            "Fine-tuned minus the better base variant on the same items; paired bootstrap interval. "
+            "A gain is real when its interval excludes 0 (for perplexity, lower is better: a gain is negative)."
+        ]
+        if rows
+        else ["no fine-tuned model evaluated."]
+    )
+    return Section("gain", "Did fine-tuning help?", ["metric", "vs", "difference", "interval excludes 0"], rows, notes)
 
 
 def _cost(result: dict) -> Section:
@@ -158,7 +176,7 @@ STYLE = (
 
 
 def write_reports(result: dict, folder: Path) -> None:
-    sections = [_quality(result), _cost(result), _forgetting(result), _samples(result)]
+    sections = [_quality(result), _gain(result), _cost(result), _forgetting(result), _samples(result)]
     title = f"tunesmith eval: {result['model']} on {result['test_file']} ({result['task']})"
     plot = _loss_plot(result.get("loss_curve"))
     missing = "not available: the run folder has no metrics.jsonl."
@@ -179,8 +197,8 @@ def write_reports(result: dict, folder: Path) -> None:
         + "".join(parts)
         + "</body></html>\n"
     )
-    (folder / "report.html").write_text(page, encoding="utf-8")
+    write_text_atomic(folder / "report.html", page)
     markdown = [f"# {title}", "", *(f"- {n}" for n in result.get("notes", [])), ""]
     markdown += [_md_table(sections[0]), "## Loss curves", "", md_plot, ""]
     markdown += [_md_table(s) for s in sections[1:]]
-    (folder / "report.md").write_text("\n".join(markdown), encoding="utf-8")
+    write_text_atomic(folder / "report.md", "\n".join(markdown))

@@ -202,7 +202,28 @@ def _evaluate_variant(model, tokenizer, prompts, items, settings: EvalConfig) ->
         "metrics": {name: _ci(stats, settings) for name, stats in scored["metrics"].items()},
         "cost": cost,
         "outputs": scored["outputs"],
+        "stats": scored["metrics"],  # per-item statistics, for the paired gain; not written out
     }
+
+
+LOWER_IS_BETTER = {"perplexity"}
+
+
+def gains(variants: dict, settings: EvalConfig) -> dict:
+    """Fine-tuned minus the better base variant, per metric, with a paired bootstrap interval."""
+    if "finetuned" not in variants:
+        return {}
+    tuned = variants["finetuned"]["stats"]
+    out = {}
+    for name, stats in tuned.items():
+        sign = -1.0 if name in LOWER_IS_BETTER else 1.0
+        bases = [v for v in ("zero_shot", "few_shot") if v in variants]
+        best = max(bases, key=lambda v: sign * variants[v]["metrics"][name]["value"])
+        diff = metrics.paired_difference(
+            stats, variants[best]["stats"][name], settings.bootstrap_resamples, settings.seed
+        ).as_dict()
+        out[name] = {"baseline": best, **diff}
+    return out
 
 
 def _general_text_perplexity(model, tokenizer, path: str, window: int, settings: EvalConfig) -> dict:
@@ -382,8 +403,9 @@ def run_evaluation(config: Config, finetuned: str | None, out_dir: str) -> dict:
         result["loss_curve"] = read_loss_curve(run_dir)
 
     result["samples"] = _side_by_side(items, result["variants"])
+    result["gain"] = gains(result["variants"], settings)
     for variant in result["variants"].values():
-        del variant["outputs"]
+        del variant["outputs"], variant["stats"]
     target = Path(out_dir)
     target.mkdir(parents=True, exist_ok=True)
     write_text_atomic(target / "eval.json", json.dumps(result, indent=2) + "\n")
@@ -411,7 +433,10 @@ def format_summary(result: dict) -> str:
     widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
     lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip() for row in rows]
     lines.insert(1, "  ".join("-" * w for w in widths))
-    extra = []
+    extra = [
+        f"fine-tuned vs {g['baseline']}: {name} {g['value']:+.2f} [{g['low']:+.2f}, {g['high']:+.2f}]"
+        for name, g in result.get("gain", {}).items()
+    ]
     if result.get("forgetting"):
         extra.append(
             "general-text perplexity: "
