@@ -87,7 +87,7 @@ def _micro_batches(examples: list[TokenizedExample], cfg: Config, pad_id: int, s
     epoch, index = divmod(step, steps_per_epoch)
     lengths = [len(e.input_ids) for e in examples]
     # Grouped by whole steps, so which examples share a step does not depend on grad_accum.
-    order = epoch_order(lengths, per_step, cfg.train.seed, epoch, group_by_length=True)
+    order = epoch_order(lengths, per_step, cfg.train.seed, epoch, cfg.data.group_by_length)
     chosen = order[index * per_step : (index + 1) * per_step]
     return [
         make_batch(
