@@ -135,10 +135,12 @@ def test_full_fine_tuning_writes_only_a_merged_model(tiny_config):
 
 
 def test_packed_and_padded_runs_follow_the_same_trajectory(tiny_config, tmp_path):
-    padded = train(tiny_config(out_dir=str(tmp_path / "padded"), data={"packing": False}, train={"max_steps": 6}))
-    packed = train(tiny_config(out_dir=str(tmp_path / "packed"), data={"packing": True}, train={"max_steps": 6}))
+    # No dropout: its masks depend on the tensor layout, which is exactly what differs here.
+    same = {"method": {"dropout": 0.0}, "train": {"max_steps": 6}}
+    padded = train(tiny_config(out_dir=str(tmp_path / "padded"), data={"packing": False}, **same))
+    packed = train(tiny_config(out_dir=str(tmp_path / "packed"), data={"packing": True}, **same))
     assert packed.trained_tokens == padded.trained_tokens
-    assert abs(packed.best_val_loss - padded.best_val_loss) < 1e-4
+    assert abs(packed.best_val_loss - padded.best_val_loss) < 1e-5 * padded.best_val_loss
 
 
 def test_a_second_run_in_the_same_folder_is_refused(lora_run):
