@@ -415,9 +415,7 @@ def render(results: dict[str, dict], args, shape: dict, peak: float, peak_dtype:
     import torch
 
     device = _device()
-    machine = (
-        torch.cuda.get_device_name() if device.type == "cuda" else f"{platform.processor() or 'CPU'}"
-    )
+    machine = torch.cuda.get_device_name() if device.type == "cuda" else f"{platform.processor() or 'CPU'}"
     lines = [
         "# Training throughput: tunesmith vs TRL SFTTrainer",
         "",

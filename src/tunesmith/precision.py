@@ -34,4 +34,3 @@ def autocast(setting: str, device: torch.device):
 
 def default_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-
