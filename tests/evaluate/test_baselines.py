@@ -1,13 +1,12 @@
 import pytest
 
-from tunesmith.data.formats import Example, Message
+from tunesmith.data.formats import Example, Message, with_system
 from tunesmith.evaluate.baselines import (
     FewShotSelector,
     demonstrations,
     encode_chat,
     few_shot_prompt,
     split_prompt,
-    with_system,
 )
 
 

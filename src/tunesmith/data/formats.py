@@ -363,3 +363,10 @@ def _csv_mapping(path: str, header: list[str], columns: dict[str, str] | None) -
         if column not in header:
             raise TunesmithError(f"{path}:1: column {column!r} (for {role}) is not in the header: {', '.join(header)}")
     return dict(columns)
+
+
+def with_system(messages: tuple[Message, ...] | list[Message], system: str | None) -> tuple[Message, ...]:
+    """The conversation with `system` as its system prompt, unless it already has one."""
+    if system and not any(m.role == "system" for m in messages):
+        return (Message("system", system), *messages)
+    return tuple(messages)

@@ -8,7 +8,7 @@ from dataclasses import dataclass, replace
 
 from tunesmith.config import DataConfig
 from tunesmith.data.cache import cache_key, load_or_build
-from tunesmith.data.formats import Example, LoadedData, Message, read_examples
+from tunesmith.data.formats import Example, LoadedData, read_examples, with_system
 from tunesmith.data.tokenize import TokenizedExample
 from tunesmith.data.validate import ValidationReport, validate_dataset
 from tunesmith.errors import TunesmithError
@@ -48,20 +48,13 @@ class PreparedData:
         return "\n\n".join(parts)
 
 
-def with_system(examples: list[Example], system: str | None) -> list[Example]:
-    if system is None:
-        return examples
-    return [
-        e
-        if e.text is not None or (e.messages and e.messages[0].role == "system")
-        else replace(e, messages=(Message("system", system), *e.messages))
-        for e in examples
-    ]
+def with_default_system(examples: list[Example], system: str | None) -> list[Example]:
+    return [e if e.text is not None else replace(e, messages=with_system(e.messages, system)) for e in examples]
 
 
 def read_data(path: str, cfg: DataConfig) -> LoadedData:
     loaded = read_examples(path, cfg.format, cfg.columns)
-    loaded.examples = with_system(loaded.examples, cfg.system)
+    loaded.examples = with_default_system(loaded.examples, cfg.system)
     return loaded
 
 

@@ -14,7 +14,7 @@ import random
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from tunesmith.data.formats import Example, Message
+from tunesmith.data.formats import Example, Message, with_system
 
 # With no k configured, use as many demonstrations as fit the budget, up to this many: beyond
 # ~8, in-context gains flatten while every request pays for the extra prompt tokens.
@@ -33,12 +33,6 @@ def split_prompt(messages: Sequence[Message]) -> tuple[tuple[Message, ...], str]
         if messages[i].role == "assistant":
             return tuple(messages[:i]), messages[i].content
     return None
-
-
-def with_system(messages: Sequence[Message], system: str | None) -> tuple[Message, ...]:
-    if system and not any(m.role == "system" for m in messages):
-        return (Message("system", system), *messages)
-    return tuple(messages)
 
 
 def encode_chat(tokenizer, messages: Sequence[Message]) -> list[int]:

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from tunesmith.config import Config, EvalConfig
-from tunesmith.data.formats import Message, read_examples
+from tunesmith.data.formats import Message, read_examples, with_system
 from tunesmith.errors import TunesmithError
 from tunesmith.evaluate import metrics
 from tunesmith.evaluate.baselines import (
@@ -36,7 +36,6 @@ from tunesmith.evaluate.baselines import (
     encode_chat,
     few_shot_prompt,
     split_prompt,
-    with_system,
 )
 from tunesmith.evaluate.generate import continuation_logprobs, generate, label_logprobs
 from tunesmith.models import load_model, load_tokenizer, resolve_model_path
