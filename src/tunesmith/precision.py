@@ -6,12 +6,15 @@ avx512_bf16 (or AMX) that is ~2.5x faster for SmolLM2-135M; without it bf16 is e
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 
 import torch
 
 
+@functools.cache
 def bf16_supported(device: torch.device) -> bool:
+    # Cached: autocast() asks on every micro-batch, and the answer is a file read.
     if device.type == "cuda":
         return torch.cuda.is_bf16_supported()
     try:

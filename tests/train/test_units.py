@@ -8,7 +8,7 @@ from tunesmith.models import load_model
 from tunesmith.train.checkpoint import atomic_file, write_dir_atomic
 from tunesmith.train.loss import labelled_loss
 from tunesmith.train.optim import lr_factor
-from tunesmith.train.recipe import _attach_method, _micro_batches
+from tunesmith.train.recipe import StepBatches, _attach_method
 from tunesmith.train.stopping import EarlyStopping
 
 
@@ -77,7 +77,7 @@ def test_atomic_folder_is_all_or_nothing(tmp_path):
 
 def _step_gradients(cfg, model, data, pad_id):
     model.zero_grad()
-    batches = _micro_batches(data.train, cfg, pad_id, step=0, steps_per_epoch=1)
+    batches = StepBatches(data.train, cfg, pad_id, steps_per_epoch=1)(0)
     total = sum(b.n_label_tokens for b in batches)
     for batch in batches:
         (labelled_loss(model, batch, 64).loss_sum / total).backward()

@@ -81,23 +81,42 @@ def _attach_method(model, cfg: Config):
     return get_peft_model(model, lora)
 
 
-def _micro_batches(examples: list[TokenizedExample], cfg: Config, pad_id: int, step: int, steps_per_epoch: int):
-    """The micro-batches of optimizer step `step`: a pure function of the step, so resume is exact."""
-    per_step = cfg.train.batch_size * cfg.train.grad_accum
-    epoch, index = divmod(step, steps_per_epoch)
-    lengths = [len(e.input_ids) for e in examples]
-    # Grouped by whole steps, so which examples share a step does not depend on grad_accum.
-    order = epoch_order(lengths, per_step, cfg.train.seed, epoch, cfg.data.group_by_length)
-    chosen = order[index * per_step : (index + 1) * per_step]
-    return [
-        make_batch(
-            [examples[i] for i in chosen[j : j + cfg.train.batch_size]],
-            pad_id,
-            cfg.data.packing,
-            cfg.data.max_seq_len,
-        )
-        for j in range(0, len(chosen), cfg.train.batch_size)
-    ]
+class StepBatches:
+    """The micro-batches of each optimizer step: a pure function of the step, so resume is exact.
+
+    The epoch's order is computed once per epoch, not once per step.
+    """
+
+    def __init__(self, examples: list[TokenizedExample], cfg: Config, pad_id: int, steps_per_epoch: int):
+        self.examples, self.cfg, self.pad_id, self.steps_per_epoch = examples, cfg, pad_id, steps_per_epoch
+        self.per_step = cfg.train.batch_size * cfg.train.grad_accum
+        self.lengths = [len(e.input_ids) for e in examples]
+        self._epoch: int | None = None
+        self._epoch_order: list[int] = []
+
+    def _order(self, epoch: int) -> list[int]:
+        if self._epoch != epoch:
+            # Grouped by whole steps, so which examples share a step does not depend on grad_accum.
+            cfg = self.cfg
+            self._epoch = epoch
+            self._epoch_order = epoch_order(
+                self.lengths, self.per_step, cfg.train.seed, epoch, cfg.data.group_by_length
+            )
+        return self._epoch_order
+
+    def __call__(self, step: int):
+        epoch, index = divmod(step, self.steps_per_epoch)
+        chosen = self._order(epoch)[index * self.per_step : (index + 1) * self.per_step]
+        size = self.cfg.train.batch_size
+        return [
+            make_batch(
+                [self.examples[i] for i in chosen[j : j + size]],
+                self.pad_id,
+                self.cfg.data.packing,
+                self.cfg.data.max_seq_len,
+            )
+            for j in range(0, len(chosen), size)
+        ]
 
 
 @torch.no_grad()
@@ -112,17 +131,13 @@ def evaluate_loss(model, examples: list[TokenizedExample], cfg: Config, pad_id: 
         batch = make_batch(
             [examples[i] for i in order[start : start + size]], pad_id, cfg.data.packing, cfg.data.max_seq_len
         )
-        with _autocast(cfg, device):
+        with autocast(cfg.train.dtype, device):
             parts = labelled_loss(model, _to(batch, device), cfg.train.loss_chunk_size)
         total += parts.loss_sum.item()
         correct += int(parts.n_correct)
         count += parts.n_label_tokens
     model.train(was_training)
     return total / max(count, 1), correct / max(count, 1)
-
-
-def _autocast(cfg: Config, device):
-    return autocast(cfg.train.dtype, device)
 
 
 def _to(batch, device):
@@ -166,6 +181,7 @@ def train(cfg: Config, resume: bool = False, overwrite: bool = False) -> RunSumm
         cfg.train.early_stopping.patience if cfg.train.early_stopping else None,
         cfg.train.early_stopping.min_delta if cfg.train.early_stopping else 0.0,
     )
+    step_batches = StepBatches(data.train, cfg, pad_id, steps_per_epoch)
     samples = SampleSet(data.validation_examples, cfg.eval.samples, cfg.eval.max_new_tokens)
     ckpt_dir, best_path = out_dir / "checkpoints", out_dir / "checkpoints" / "best.safetensors"
 
@@ -206,12 +222,12 @@ def train(cfg: Config, resume: bool = False, overwrite: bool = False) -> RunSumm
         )
         for step in range(state.step + 1, total_steps + 1):
             step_start = time.perf_counter()
-            batches = _micro_batches(data.train, cfg, pad_id, step - 1, steps_per_epoch)
+            batches = step_batches(step - 1)
             # Normalise by the label tokens of the whole accumulated step, so every label token
             # weighs the same however the examples fall into micro-batches.
             step_labels = sum(b.n_label_tokens for b in batches)
             for batch in batches:
-                with _autocast(cfg, device):
+                with autocast(cfg.train.dtype, device):
                     parts = labelled_loss(model, _to(batch, device), cfg.train.loss_chunk_size)
                 (parts.loss_sum / max(step_labels, 1)).backward()
                 window_loss += parts.loss_sum.detach().float()
