@@ -59,7 +59,7 @@ def _plain_loss(model, batch) -> torch.Tensor:
 )
 def test_gradients_match_the_plain_implementation(tiny_model_name, examples, method, packing, chunk_size):
     model = _model(tiny_model_name, method)
-    batch = make_batch(examples, 2, packing, 400)
+    batch = make_batch(examples, 2, packing)
 
     plain = _plain_loss(model, batch)
     plain.backward()
@@ -85,7 +85,7 @@ def test_gradients_match_the_plain_implementation(tiny_model_name, examples, met
 @torch.no_grad()
 def test_token_accuracy_counts_argmax_hits(tiny_model_name, examples):
     model = _model(tiny_model_name, "full").eval()
-    batch = make_batch(examples, 2, False, 400)
+    batch = make_batch(examples, 2, False)
     logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, use_cache=False).logits
     keep = batch.targets != IGNORE_INDEX
     hits = int((logits.argmax(-1)[keep] == batch.targets[keep]).sum())

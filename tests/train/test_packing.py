@@ -1,19 +1,20 @@
 """A packed row must compute exactly what its examples compute one by one.
 
-transformers 5 reads example boundaries from position_ids that restart at 0 (no attention mask is
-passed) and blocks attention across them; if it ever stopped doing so, the packed losses would
-pick up context from neighbouring examples and these tests would fail.
+The packed row is all examples back to back; tunesmith's attention (attention.py) keeps each
+example attending only to itself. If it ever let context leak across examples, the per-example
+losses would move and these tests would fail.
 """
 
 import pytest
 import torch
 import torch.nn.functional as F
 
+from tunesmith import attention
 from tunesmith.data.batching import make_batch
 from tunesmith.data.formats import read_examples
 from tunesmith.data.tokenize import IGNORE_INDEX, tokenize_examples
 from tunesmith.models import load_model
-from tunesmith.train.loss import labelled_loss
+from tunesmith.train.loss import hidden_states, labelled_loss, output_layer
 
 
 @pytest.fixture(scope="module")
@@ -34,64 +35,64 @@ def tiny(tiny_model_name):
     return model
 
 
-def _per_token_loss(model, batch, use_cache: bool = False) -> torch.Tensor:
-    """The plain path: full logits, cross-entropy at every position (0 where there is no label)."""
-    logits = model(
-        input_ids=batch.input_ids,
-        attention_mask=batch.attention_mask,
-        position_ids=batch.position_ids,
-        use_cache=use_cache,
-    ).logits
+def _per_token_loss(model, batch, hidden: torch.Tensor | None = None) -> torch.Tensor:
+    hidden = hidden_states(model, batch) if hidden is None else hidden
+    logits = output_layer(model)[1](hidden)
     return F.cross_entropy(logits.transpose(1, 2).float(), batch.targets, reduction="none")
 
 
-def _loss_by_example(model, batch, use_cache: bool = False) -> dict[tuple[int, ...], float]:
-    """Mean loss per label token of each example of a packed batch, keyed by its token ids."""
-    losses = _per_token_loss(model, batch, use_cache)
-    found = {}
-    for row in range(batch.input_ids.shape[0]):
-        starts = (batch.position_ids[row] == 0).nonzero().flatten().tolist() + [batch.input_ids.shape[1]]
-        for a, b in zip(starts, starts[1:], strict=False):
-            n_labels = int((batch.targets[row, a:b] != IGNORE_INDEX).sum())
-            if n_labels:  # the padding tail has none
-                found[tuple(batch.input_ids[row, a:b].tolist())] = losses[row, a:b].sum().item() / n_labels
+def _loss_by_example(batch, losses: torch.Tensor) -> list[float]:
+    """Mean loss per label token of each example of a packed row, in row order."""
+    found, at = [], 0
+    for n in batch.lengths:
+        n_labels = int((batch.targets[0, at : at + n] != IGNORE_INDEX).sum())
+        found.append(losses[0, at : at + n].sum().item() / n_labels)
+        at += n
     return found
 
 
-@pytest.mark.parametrize("attention", ["sdpa", "eager"])
-@pytest.mark.parametrize("row_len", [128, 400])  # one example per row / several per row
 @torch.no_grad()
-def test_packed_losses_equal_one_by_one(tiny, examples, pad_id, attention, row_len):
-    tiny.set_attn_implementation(attention)
-    packed = make_batch(examples, pad_id, packing=True, row_len=row_len)
-    if row_len == 400:
-        assert packed.input_ids.shape[0] < len(examples), "the test must put several examples in a row"
-    by_example = _loss_by_example(tiny, packed)
-    assert len(by_example) == len(examples)
-    for e in examples:
-        alone = _loss_by_example(tiny, make_batch([e], pad_id, packing=True, row_len=len(e.input_ids)))
-        assert by_example[tuple(e.input_ids)] == pytest.approx(alone[tuple(e.input_ids)], abs=1e-4)
+def test_packed_losses_equal_one_by_one(tiny, examples, pad_id):
+    packed = make_batch(examples, pad_id, packing=True)
+    assert packed.input_ids.shape[0] == 1 and len(packed.lengths) == len(examples)
+    together = _loss_by_example(packed, _per_token_loss(tiny, packed))
+    for e, loss in zip(examples, together, strict=True):
+        alone = make_batch([e], pad_id, packing=False)
+        expected = _per_token_loss(tiny, alone).sum().item() / int((alone.targets != IGNORE_INDEX).sum())
+        assert loss == pytest.approx(expected, abs=1e-4)
 
 
 @torch.no_grad()
 def test_the_check_sees_cross_example_attention(tiny, examples, pad_id):
-    """A KV cache switches off transformers' packed-sequence detection, so attention then crosses
-    examples: the per-example losses must move by far more than the tolerance above. (This is why
-    the loss calls the decoder with use_cache=False.)"""
-    tiny.set_attn_implementation("sdpa")
-    packed = make_batch(examples, pad_id, packing=True, row_len=400)
-    isolated = _loss_by_example(tiny, packed)
-    leaked = _loss_by_example(tiny, packed, use_cache=True)
-    moved = [abs(leaked[ids] - loss) for ids, loss in isolated.items()]
-    assert max(moved) > 1e-3
+    """Run the same packed row as one causal sequence (an all-ones mask, no segments): attention
+    then crosses examples, and the per-example losses move by far more than the tolerance above."""
+    packed = make_batch(examples, pad_id, packing=True)
+    isolated = _loss_by_example(packed, _per_token_loss(tiny, packed))
+    decoder = output_layer(tiny)[0]
+    leaking = decoder(
+        input_ids=packed.input_ids,
+        attention_mask=torch.ones_like(packed.input_ids),
+        position_ids=packed.position_ids,
+        use_cache=False,
+    )
+    leaked = _loss_by_example(packed, _per_token_loss(tiny, packed, leaking.last_hidden_state))
+    assert max(abs(a - b) for a, b in zip(leaked[1:], isolated[1:], strict=True)) > 1e-3
 
 
 @pytest.mark.parametrize("chunk_size", [7, 1024])
 @torch.no_grad()
 def test_labelled_loss_of_packed_and_padded_batches_agree(tiny, examples, pad_id, chunk_size):
-    tiny.set_attn_implementation("sdpa")
-    packed = labelled_loss(tiny, make_batch(examples, pad_id, True, 400), chunk_size)
-    padded = labelled_loss(tiny, make_batch(examples, pad_id, False, 400), chunk_size)
+    packed = labelled_loss(tiny, make_batch(examples, pad_id, True), chunk_size)
+    padded = labelled_loss(tiny, make_batch(examples, pad_id, False), chunk_size)
     assert packed.n_label_tokens == padded.n_label_tokens
     assert packed.loss_sum.item() == pytest.approx(padded.loss_sum.item(), rel=1e-5)
     assert int(packed.n_correct) == int(padded.n_correct)
+
+
+def test_a_packed_batch_refuses_a_model_without_packed_attention(tiny, examples, pad_id):
+    tiny.set_attn_implementation("sdpa")
+    try:
+        with pytest.raises(ValueError, match=attention.NAME):
+            labelled_loss(tiny, make_batch(examples, pad_id, True), 1024)
+    finally:
+        tiny.set_attn_implementation(attention.NAME)

@@ -1,4 +1,4 @@
-"""Example order and micro-batch layout: padded rows or packed rows.
+"""Example order and micro-batch layout: padded rows or one packed row.
 
 A micro-batch is always the same *examples* whichever layout is used, so packing changes the
 compute, never the optimisation: a packed run and a padded run see the same batches.
@@ -26,6 +26,7 @@ class Batch:
     position_ids: torch.Tensor | None  # packed layout only: restarts at 0 for every example
     n_tokens: int  # real tokens, padding excluded
     n_label_tokens: int
+    lengths: list[int] | None = None  # packed layout only: the examples' lengths, in row order
 
 
 def shifted_targets(labels: list[int]) -> list[int]:
@@ -65,46 +66,18 @@ def pad_batch(examples: list[TokenizedExample], pad_id: int) -> Batch:
     return Batch(ids, targets, mask, None, int(mask.sum()), int((targets != IGNORE_INDEX).sum()))
 
 
-def _first_fit_rows(examples: list[TokenizedExample], row_len: int) -> list[list[TokenizedExample]]:
-    rows: list[list[TokenizedExample]] = []
-    room: list[int] = []
-    for e in sorted(examples, key=lambda e: len(e.input_ids), reverse=True):
-        n = len(e.input_ids)
-        slot = next((i for i, free in enumerate(room) if free >= n), None)
-        if slot is None:
-            rows.append([e])
-            room.append(row_len - n)
-        else:
-            rows[slot].append(e)
-            room[slot] -= n
-    return rows
+def pack_batch(examples: list[TokenizedExample]) -> Batch:
+    """All examples back to back in one row: no padding anywhere.
 
-
-def pack_batch(examples: list[TokenizedExample], pad_id: int, row_len: int) -> Batch:
-    """Pack examples into as few rows of at most row_len tokens as first-fit allows.
-
-    No attention mask is passed: transformers reads example boundaries from position_ids that
-    restart at 0 and blocks attention across them. Row tails are filled with a padding "example"
-    of its own positions, so it is also walled off and carries no labels.
+    Example boundaries travel as `lengths`, which tunesmith's packed attention uses to keep each
+    example attending only to itself; positions restart at 0 for every example.
     """
-    rows = _first_fit_rows(examples, row_len)
-    width = max(sum(len(e.input_ids) for e in row) for row in rows)
-    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
-    targets = torch.full((len(rows), width), IGNORE_INDEX, dtype=torch.long)
-    positions = torch.zeros((len(rows), width), dtype=torch.long)
-    n_tokens = 0
-    for r, row in enumerate(rows):
-        at = 0
-        for e in row:
-            n = len(e.input_ids)
-            ids[r, at : at + n] = torch.tensor(e.input_ids)
-            targets[r, at : at + n] = torch.tensor(shifted_targets(e.labels))
-            positions[r, at : at + n] = torch.arange(n)
-            at += n
-        positions[r, at:] = torch.arange(width - at)
-        n_tokens += at
-    return Batch(ids, targets, None, positions, n_tokens, int((targets != IGNORE_INDEX).sum()))
+    ids = torch.tensor([t for e in examples for t in e.input_ids])[None]
+    targets = torch.tensor([t for e in examples for t in shifted_targets(e.labels)])[None]
+    positions = torch.cat([torch.arange(len(e.input_ids)) for e in examples])[None]
+    lengths = [len(e.input_ids) for e in examples]
+    return Batch(ids, targets, None, positions, ids.shape[1], int((targets != IGNORE_INDEX).sum()), lengths)
 
 
-def make_batch(examples: list[TokenizedExample], pad_id: int, packing: bool, row_len: int) -> Batch:
-    return pack_batch(examples, pad_id, row_len) if packing else pad_batch(examples, pad_id)
+def make_batch(examples: list[TokenizedExample], pad_id: int, packing: bool) -> Batch:
+    return pack_batch(examples) if packing else pad_batch(examples, pad_id)

@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
+from tunesmith import attention
 from tunesmith.data.batching import Batch
 from tunesmith.data.tokenize import IGNORE_INDEX
 
@@ -40,13 +41,17 @@ def output_layer(model):
 
 def hidden_states(model, batch: Batch) -> torch.Tensor:
     decoder, _ = output_layer(model)
-    out = decoder(
-        input_ids=batch.input_ids,
-        attention_mask=batch.attention_mask,
-        position_ids=batch.position_ids,
-        use_cache=False,
-    )
-    return out.last_hidden_state
+    inputs = {"input_ids": batch.input_ids, "position_ids": batch.position_ids, "use_cache": False}
+    if batch.lengths is None:
+        inputs["attention_mask"] = batch.attention_mask
+    else:
+        if decoder.config._attn_implementation != attention.NAME:
+            raise ValueError(f"a packed batch needs the model's attention set to {attention.NAME!r}")
+        # An all-ones mask tells transformers there is nothing to mask, so it builds no block mask
+        # from the restarting positions; the packed attention walls the examples off itself.
+        inputs["attention_mask"] = torch.ones_like(batch.input_ids)
+        inputs["segments"] = attention.segments(batch.lengths, batch.input_ids.device)
+    return decoder(**inputs).last_hidden_state
 
 
 def labelled_loss(model, batch: Batch, chunk_size: int) -> LossParts:

@@ -33,6 +33,7 @@ from tunesmith.train.checkpoint import (
     write_text_atomic,
 )
 from tunesmith.train.flops import flops_per_token, mean_attended_keys, measured_peak_flops
+from tunesmith.train.lean import LeanStorage
 from tunesmith.train.loss import labelled_loss, output_layer
 from tunesmith.train.optim import build_optimizer, build_scheduler
 from tunesmith.train.samples import SampleSet
@@ -109,12 +110,7 @@ class StepBatches:
         chosen = self._order(epoch)[index * self.per_step : (index + 1) * self.per_step]
         size = self.cfg.train.batch_size
         return [
-            make_batch(
-                [self.examples[i] for i in chosen[j : j + size]],
-                self.pad_id,
-                self.cfg.data.packing,
-                self.cfg.data.max_seq_len,
-            )
+            make_batch([self.examples[i] for i in chosen[j : j + size]], self.pad_id, self.cfg.data.packing)
             for j in range(0, len(chosen), size)
         ]
 
@@ -128,9 +124,7 @@ def evaluate_loss(model, examples: list[TokenizedExample], cfg: Config, pad_id: 
     order = sorted(range(len(examples)), key=lambda i: len(examples[i].input_ids))
     size = cfg.train.batch_size
     for start in range(0, len(order), size):
-        batch = make_batch(
-            [examples[i] for i in order[start : start + size]], pad_id, cfg.data.packing, cfg.data.max_seq_len
-        )
+        batch = make_batch([examples[i] for i in order[start : start + size]], pad_id, cfg.data.packing)
         with autocast(cfg.train.dtype, device):
             parts = labelled_loss(model, _to(batch, device), cfg.train.loss_chunk_size)
         total += parts.loss_sum.item()
@@ -166,13 +160,15 @@ def train(cfg: Config, resume: bool = False, overwrite: bool = False) -> RunSumm
     device = default_device()
     torch.manual_seed(cfg.train.seed)
     model = _attach_method(loaded.model, cfg).to(device)
+    dtype = compute_dtype(cfg.train.dtype, device)
+    lean = LeanStorage(model, dtype) if cfg.method.name == "lora" and dtype != torch.float32 else None
     if cfg.train.gradient_checkpointing:
         output_layer(model)[0].gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     if cfg.train.compile:
         output_layer(model)[0].compile()
     model.train()
     # MFU = achieved model FLOPs / this machine's measured matmul peak (timed once, then cached).
-    peak_flops = measured_peak_flops(device, compute_dtype(cfg.train.dtype, device))
+    peak_flops = measured_peak_flops(device, dtype)
     attended_keys = mean_attended_keys([len(e.input_ids) for e in data.train])
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = build_optimizer(params, cfg.train)
@@ -202,7 +198,8 @@ def train(cfg: Config, resume: bool = False, overwrite: bool = False) -> RunSumm
         metrics = MetricsLog(out_dir / "metrics.jsonl", resume_step=None)
         val_loss, val_acc = evaluate_loss(model, data.validation, cfg, pad_id, device)
         metrics.write({"step": 0, "epoch": 0.0, "val_loss": val_loss, "val_token_accuracy": val_acc})
-        samples.generate("base", model, tokenizer)
+        with autocast(cfg.train.dtype, device):
+            samples.generate("base", model, tokenizer)
         samples.save(out_dir / "samples.json")
 
     # ---- the loop ----
@@ -302,6 +299,8 @@ def train(cfg: Config, resume: bool = False, overwrite: bool = False) -> RunSumm
                 break
 
     # ---- save: the best weights, not the last ----
+    if lean is not None:
+        lean.restore(loaded.path)
     if best_path.exists():
         load_best(best_path, model)
     samples.generate("finetuned", model, tokenizer)

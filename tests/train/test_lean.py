@@ -1,0 +1,72 @@
+"""Lean storage must change where tensors live, never what a LoRA step computes."""
+
+import pytest
+import torch
+from peft import LoraConfig, get_peft_model
+from safetensors.torch import load_file
+
+from tunesmith.data.batching import make_batch
+from tunesmith.data.formats import read_examples
+from tunesmith.data.tokenize import tokenize_examples
+from tunesmith.models import load_model, resolve_model_path
+from tunesmith.train.lean import LeanStorage
+from tunesmith.train.loss import labelled_loss
+
+
+@pytest.fixture(scope="module")
+def examples(small_e2e, smol_tokenizer):
+    return tokenize_examples(smol_tokenizer, read_examples(small_e2e / "train.jsonl").examples[:4], 128)
+
+
+def _lora(name: str):
+    torch.manual_seed(0)
+    lora = LoraConfig(r=4, lora_alpha=8, lora_dropout=0.0, target_modules="all-linear", init_lora_weights=False)
+    return get_peft_model(load_model(name).model, lora).train()
+
+
+def _step(model, batch, dtype=torch.bfloat16):
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=dtype == torch.bfloat16):
+        parts = labelled_loss(model, batch, 1024)
+    (parts.loss_sum / parts.n_label_tokens).backward()
+    grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}
+    model.zero_grad(set_to_none=True)
+    return parts.loss_sum.item(), grads
+
+
+def _error(grads, reference) -> float:
+    return max(((grads[n] - g).norm() / g.norm()).item() for n, g in reference.items())
+
+
+@pytest.mark.parametrize("packing", [False, True])
+def test_a_lean_step_is_as_accurate_as_plain_autocast(tiny_model_name, examples, packing):
+    """Same loss; gradients as close to float32's as autocast's own are. (They are not bit-equal:
+    the gradients of a bf16 activation read by several layers are summed in bf16.)"""
+    batch = make_batch(examples, 2, packing)
+    _, exact = _step(_lora(tiny_model_name), batch, torch.float32)
+    plain_loss, plain_grads = _step(_lora(tiny_model_name), batch)
+    model = _lora(tiny_model_name)
+    LeanStorage(model, torch.bfloat16)
+    lean_loss, lean_grads = _step(model, batch)
+    assert lean_loss == pytest.approx(plain_loss, rel=1e-6)
+    assert lean_grads.keys() == plain_grads.keys()
+    assert _error(lean_grads, exact) <= 1.5 * _error(plain_grads, exact)
+
+
+def test_frozen_weights_are_bfloat16_while_training_and_the_originals_after_restore(tiny_model_name):
+    model = _lora(tiny_model_name)
+    lean = LeanStorage(model, torch.bfloat16)
+    dtypes = {n: p.dtype for n, p in model.named_parameters()}
+    assert dtypes["base_model.model.model.layers.0.mlp.up_proj.base_layer.weight"] == torch.bfloat16
+    assert dtypes["base_model.model.model.layers.0.mlp.up_proj.lora_A.default.weight"] == torch.float32
+    assert dtypes["base_model.model.model.embed_tokens.weight"] == torch.float32
+    assert dtypes["base_model.model.model.layers.0.input_layernorm.weight"] == torch.float32
+
+    path = resolve_model_path(tiny_model_name)
+    lean.restore(path)
+    on_disk = load_file(f"{path}/model.safetensors")
+    restored = model.get_base_model().model.layers[0].mlp.up_proj.base_layer.weight
+    assert restored.dtype == torch.float32
+    assert torch.equal(restored, on_disk["model.layers.0.mlp.up_proj.weight"])
+    norm = model.get_base_model().model.layers[0].input_layernorm
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert norm(torch.randn(2, 64)).dtype == torch.float32  # the cast-once hook is gone
