@@ -31,7 +31,8 @@ class Segments:
 
 
 def segments(lengths: list[int], device: torch.device) -> Segments:
-    longest = max(lengths)
+    # Rounded up, as batch rows are (batching.ROW_MULTIPLE): fewer distinct shapes to build kernels for.
+    longest = -(-max(lengths) // 16) * 16
     offsets = torch.arange(longest)
     real = offsets < torch.tensor(lengths)[:, None]
     scatter = (torch.arange(len(lengths))[:, None] * longest + offsets)[real]

@@ -3,7 +3,7 @@ import random
 import pytest
 import torch
 
-from tunesmith.data.batching import epoch_order, make_batch, pack_batch, pad_batch
+from tunesmith.data.batching import ROW_MULTIPLE, epoch_order, make_batch, pack_batch, pad_batch
 from tunesmith.data.tokenize import IGNORE_INDEX, TokenizedExample
 
 PAD = 0
@@ -66,9 +66,13 @@ def test_length_grouping_keeps_the_order_of_batches_random():
 @pytest.mark.parametrize("n", [1, 3, 8, 16])
 def test_packed_row_holds_every_example_once_with_positions_restarting(n):
     examples = _examples(n, seed=n)
-    packed = pack_batch(examples)
-    assert packed.attention_mask is None and packed.input_ids.shape == (1, sum(len(e.input_ids) for e in examples))
-    assert packed.lengths == [len(e.input_ids) for e in examples]
+    packed = pack_batch(examples, PAD)
+    real = sum(len(e.input_ids) for e in examples)
+    width = packed.input_ids.shape[1]
+    assert packed.attention_mask is None and packed.input_ids.shape[0] == 1
+    assert width % ROW_MULTIPLE == 0 and real <= width < real + ROW_MULTIPLE
+    assert packed.n_tokens == real
+    assert packed.lengths[:n] == [len(e.input_ids) for e in examples] and sum(packed.lengths) == width
     at = 0
     for e in examples:
         n_tokens = len(e.input_ids)
@@ -77,6 +81,9 @@ def test_packed_row_holds_every_example_once_with_positions_restarting(n):
         # The last position of an example predicts nothing: never the next example's first token.
         assert packed.targets[0, at : at + n_tokens].tolist() == e.labels[1:] + [IGNORE_INDEX]
         at += n_tokens
+    # The padding tail is a segment of its own with no labels.
+    assert packed.input_ids[0, at:].eq(PAD).all() and packed.targets[0, at:].eq(IGNORE_INDEX).all()
+    assert packed.position_ids[0, at:].tolist() == list(range(width - at))
 
 
 @pytest.mark.parametrize("packing", [False, True])

@@ -46,7 +46,8 @@ def _loss_by_example(batch, losses: torch.Tensor) -> list[float]:
     found, at = [], 0
     for n in batch.lengths:
         n_labels = int((batch.targets[0, at : at + n] != IGNORE_INDEX).sum())
-        found.append(losses[0, at : at + n].sum().item() / n_labels)
+        if n_labels:  # the padding tail has none
+            found.append(losses[0, at : at + n].sum().item() / n_labels)
         at += n
     return found
 
@@ -54,7 +55,7 @@ def _loss_by_example(batch, losses: torch.Tensor) -> list[float]:
 @torch.no_grad()
 def test_packed_losses_equal_one_by_one(tiny, examples, pad_id):
     packed = make_batch(examples, pad_id, packing=True)
-    assert packed.input_ids.shape[0] == 1 and len(packed.lengths) == len(examples)
+    assert packed.input_ids.shape[0] == 1 and len(packed.lengths) >= len(examples)
     together = _loss_by_example(packed, _per_token_loss(tiny, packed))
     for e, loss in zip(examples, together, strict=True):
         alone = make_batch([e], pad_id, packing=False)
