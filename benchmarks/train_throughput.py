@@ -51,7 +51,7 @@ RUNS = [
         "tunesmith",
         "lora",
         {"packing": False, "group_by_length": True},
-        "tunesmith padded, length-grouped batches (fastest; higher val loss early)",
+        "tunesmith padded, length-grouped batches (higher val loss early)",
     ),
     Run(
         "tunesmith-lora-lean",
@@ -452,15 +452,15 @@ def render(results: dict[str, dict], args, shape: dict, peak: float, peak_dtype:
             f"{_ratio(r['peak_rss_mb'], ours and ours['peak_rss_mb'])} |"
         )
     lines += ["", "Targets (tunesmith / TRL):", ""]
-    for method in ("lora", "full"):
-        ours = results.get(f"tunesmith-{method}")
-        defaults = results.get(f"trl-{method}-defaults")
-        others = [results[r.name] for r in RUNS if r.trainer == "trl" and r.method == method and r.name in results]
+    for run in RUNS:
+        ours = results.get(run.name) if run.trainer == "tunesmith" else None
+        defaults = results.get(f"trl-{run.method}-defaults")
+        others = [results[r.name] for r in RUNS if r.trainer == "trl" and r.method == run.method and r.name in results]
         if not (ours and defaults and others):
             continue
         best = max(others, key=lambda r: r["tokens_per_second"])
         lines += [
-            f"- {method}: tokens/s {_ratio(ours['tokens_per_second'], defaults['tokens_per_second'])} TRL "
+            f"- {run.name}: tokens/s {_ratio(ours['tokens_per_second'], defaults['tokens_per_second'])} TRL "
             f"defaults (target >= 2.5x), {_ratio(ours['tokens_per_second'], best['tokens_per_second'])} "
             f"TRL fastest ({best['name']}, target >= 1.5x); peak RSS "
             f"{_ratio(ours['peak_rss_mb'], defaults['peak_rss_mb'])} of TRL defaults, "
@@ -482,6 +482,7 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--only", nargs="*", help="run only these configurations")
     parser.add_argument("--out", type=Path, default=RESULTS, help="markdown table written here")
+    parser.add_argument("--render", type=Path, help="only rewrite the table from this results .json")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     parser.add_argument("--mean-example-tokens", type=float, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -498,10 +499,14 @@ def main() -> None:
     from tunesmith.train.flops import measured_peak_flops
 
     chosen = [runs[n] for n in args.only] if args.only else RUNS
-    shape = data_shape(args.model, args.max_len)
     device = _device()
     dtype = torch.bfloat16 if bf16_supported(device) else torch.float32
     peak = measured_peak_flops(device, dtype)
+    if args.render:
+        saved = json.loads(args.render.read_text())
+        args.out.write_text(render(saved["results"], args, saved["shape"], peak, str(dtype).removeprefix("torch.")))
+        return
+    shape = data_shape(args.model, args.max_len)
     flops = {m: model_flops(args.model, m, shape) for m in {r.method for r in chosen}}
     results: dict[str, dict] = {}
     for run in chosen:

@@ -31,9 +31,12 @@ def _one_by_one(q, k, v, lengths):
     return torch.cat(outs, 1)
 
 
+@pytest.mark.parametrize("fused", [False, True])  # the CPU kernel / the SDPA kernel CUDA takes
 @pytest.mark.parametrize("heads, kv_heads", [(4, 4), (9, 3), (4, 1)])
 @pytest.mark.parametrize("lengths", [[5], [7, 1, 12, 3], [30, 2, 30]])
-def test_outputs_and_gradients_equal_each_example_alone(heads, kv_heads, lengths):
+def test_outputs_and_gradients_equal_each_example_alone(heads, kv_heads, lengths, fused, monkeypatch):
+    kernel = attention.causal_attention
+    monkeypatch.setattr(attention, "causal_attention", lambda *a: kernel(*a, fused=fused))
     q, k, v = _inputs(lengths, heads, kv_heads)
     segments = attention.segments(lengths, torch.device("cpu"))
     packed, _ = attention.packed_attention(_Layer(heads, kv_heads), q, k, v, None, segments=segments)
