@@ -42,9 +42,9 @@ class DataConfig(_Strict):
     )
     packing: bool = Field(
         True,
-        description="Pack a micro-batch's examples into shared rows (positions restart, attention blocked "
-        "between examples) instead of padding them: no compute on padding, so random batches run ~1.5x "
-        "faster than padded ones on E2E (2 CPU cores) with the same loss.",
+        description="Put a micro-batch's examples back to back in one row (positions restart, each example "
+        "attends only to itself) instead of padding them: no compute on padding. E2E LoRA, 2 CPU cores: "
+        "686 tokens/s against 600 for padded length-grouped batches, and lower validation loss.",
     )
 
 
@@ -89,10 +89,15 @@ class TrainConfig(_Strict):
     log_every: int = Field(5, ge=1, description="Write a metrics line every N steps.")
     dtype: Literal["auto", "float32", "bfloat16"] = Field(
         "auto",
-        description="Compute dtype (weights and optimizer stay float32); auto = bfloat16 autocast where the "
-        "CPU has avx512_bf16/AMX or the GPU supports it (~2.5x faster on such a CPU), else float32.",
+        description="Compute dtype (trained weights and optimizer stay float32; a LoRA run holds its frozen "
+        "base in bfloat16 while training); auto = bfloat16 autocast where the CPU has avx512_bf16/AMX or the "
+        "GPU supports it (~2.5x faster on such a CPU), else float32.",
     )
-    gradient_checkpointing: bool = Field(False, description="Recompute activations: less memory, ~30% slower.")
+    gradient_checkpointing: bool = Field(
+        False,
+        description="Recompute each layer's activations in backward. E2E LoRA, 2 CPU cores: "
+        "peak RSS 2379 -> 1612 MB (-32%) for 29% fewer tokens/s.",
+    )
     compile: bool = Field(False, description="torch.compile the model (slow first steps).")
     loss_chunk_size: int = Field(1024, ge=1, description="Label positions projected through lm_head at once.")
 

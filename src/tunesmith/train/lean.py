@@ -15,7 +15,10 @@ before anything is merged or exported, so the saved model is the original base p
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
+from safetensors import safe_open
 
 from tunesmith.train.loss import output_layer
 
@@ -58,12 +61,26 @@ class LeanStorage:
 
     def restore(self, model_path: str) -> None:
         """Put the original float32 frozen weights back and undo the casts."""
-        from transformers import AutoModelForCausalLM
-
-        original = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32).state_dict()
+        original = _read_weights(Path(model_path), set(self.frozen))
         for key, module in self.frozen.items():
-            module.weight.data = original[key]
+            module.weight.data = original.pop(key)
         for hook in self.hooks:
             hook.remove()
         for module in self.peft_layers:
             module.cast_input_dtype_enabled = True
+
+
+def _read_weights(folder: Path, keys: set[str]) -> dict[str, torch.Tensor]:
+    """Just these tensors, as float32, from the folder's safetensors files (memory-mapped: the rest of
+    the checkpoint is never read); a folder in another format is loaded whole by transformers."""
+    found: dict[str, torch.Tensor] = {}
+    for file in sorted(folder.glob("*.safetensors")):
+        with safe_open(file, framework="pt") as weights:
+            for key in keys & set(weights.keys()):
+                found[key] = weights.get_tensor(key).to(torch.float32, copy=True)
+    if found.keys() == keys:
+        return found
+    from transformers import AutoModelForCausalLM
+
+    state = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).state_dict()
+    return {key: state[key] for key in keys}
