@@ -85,7 +85,9 @@ class _CausalAttention(torch.autograd.Function):
 def causal_attention(query, key, value, scaling: float, fused: bool | None = None) -> torch.Tensor:
     """Shapes as in _CausalAttention. `fused` (default: on CUDA) takes SDPA's flash kernels, which
     on this project's CPU were ~2x slower than the matmul version for fine-tuning lengths."""
-    if fused if fused is not None else query.device.type == "cuda":
+    if fused is None:
+        fused = query.device.type == "cuda"
+    if fused:
         examples, kv_heads, rows, dim = query.shape
         longest = key.shape[2]
         # The stacked rows are the query heads in transformers' order (head h reads kv head h // groups).
