@@ -31,7 +31,7 @@ class Batch:
     position_ids: torch.Tensor | None  # packed layout only: restarts at 0 for every example
     n_tokens: int  # real tokens, padding excluded
     n_label_tokens: int
-    lengths: list[int] | None = None  # packed layout only: the examples' lengths, in row order
+    lengths: list[int] | None = None  # packed layout only: segment lengths in row order (examples, padding tail)
 
 
 def shifted_targets(labels: list[int]) -> list[int]:
