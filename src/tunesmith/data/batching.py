@@ -17,10 +17,11 @@ from tunesmith.data.tokenize import IGNORE_INDEX, TokenizedExample
 # the batches themselves stays random.
 LENGTH_GROUP_WINDOW = 64
 
-# Packed rows are padded to a multiple of this many tokens (padded rows to a multiple of 8). Every
-# new shape makes oneDNN (bf16 matmuls on CPU) build and cache new kernels: with a different
+# Packed rows are padded to a multiple of ROW_MULTIPLE tokens, padded rows to one of WIDTH_MULTIPLE.
+# Every new shape makes oneDNN (bf16 matmuls on CPU) build and cache new kernels: with a different
 # length every step, memory grew by ~18 MB a step for SmolLM2-135M, and each step paid the builds.
 ROW_MULTIPLE = 64
+WIDTH_MULTIPLE = 8
 
 
 @dataclass
@@ -58,9 +59,9 @@ def epoch_order(lengths: list[int], batch_size: int, seed: int, epoch: int, grou
     return [i for batch in full + [b for b in batches if len(b) < batch_size] for i in batch]
 
 
-def pad_batch(examples: list[TokenizedExample], pad_id: int, multiple: int = 8) -> Batch:
+def pad_batch(examples: list[TokenizedExample], pad_id: int) -> Batch:
     longest = max(len(e.input_ids) for e in examples)
-    width = -(-longest // multiple) * multiple
+    width = -(-longest // WIDTH_MULTIPLE) * WIDTH_MULTIPLE
     ids = torch.full((len(examples), width), pad_id, dtype=torch.long)
     targets = torch.full((len(examples), width), IGNORE_INDEX, dtype=torch.long)
     mask = torch.zeros((len(examples), width), dtype=torch.long)
@@ -72,8 +73,8 @@ def pad_batch(examples: list[TokenizedExample], pad_id: int, multiple: int = 8) 
     return Batch(ids, targets, mask, None, int(mask.sum()), int((targets != IGNORE_INDEX).sum()))
 
 
-def pack_batch(examples: list[TokenizedExample], pad_id: int, multiple: int = ROW_MULTIPLE) -> Batch:
-    """All examples back to back in one row, padded to a multiple of `multiple` tokens.
+def pack_batch(examples: list[TokenizedExample], pad_id: int) -> Batch:
+    """All examples back to back in one row, padded to a multiple of ROW_MULTIPLE tokens.
 
     Example boundaries travel as `lengths`, which tunesmith's packed attention uses to keep each
     example attending only to itself; positions restart at 0 for every example. The padding tail
@@ -81,7 +82,7 @@ def pack_batch(examples: list[TokenizedExample], pad_id: int, multiple: int = RO
     """
     lengths = [len(e.input_ids) for e in examples]
     n_tokens = sum(lengths)
-    tail = -n_tokens % multiple
+    tail = -n_tokens % ROW_MULTIPLE
     ids = torch.tensor([t for e in examples for t in e.input_ids] + [pad_id] * tail)[None]
     targets = torch.tensor([t for e in examples for t in shifted_targets(e.labels)] + [IGNORE_INDEX] * tail)[None]
     positions = torch.cat([torch.arange(n) for n in lengths + [tail]])[None]
