@@ -303,7 +303,9 @@ def train(cfg: Config, resume: bool = False, overwrite: bool = False) -> RunSumm
         lean.restore(loaded.path)
     if best_path.exists():
         load_best(best_path, model)
-    samples.generate("finetuned", model, tokenizer)
+    # Same precision as the base samples (which LeanStorage's bf16 weights require) and as eval.
+    with autocast(cfg.train.dtype, device):
+        samples.generate("finetuned", model, tokenizer)
     samples.save(out_dir / "samples.json")
     if cfg.method.name == "lora":
         save_adapter(model, out_dir)
