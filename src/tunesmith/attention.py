@@ -30,6 +30,7 @@ class Segments:
     """Where each example of a packed row lives."""
 
     scatter: torch.Tensor  # [tokens]: where each row token goes in the flattened [examples, longest]
+    gather: torch.Tensor  # [examples * longest]: the row token each slot holds (padding: any token)
     shape: tuple[int, int]  # (examples, longest)
 
 
@@ -39,62 +40,101 @@ def segments(lengths: list[int], device: torch.device) -> Segments:
     offsets = torch.arange(longest)
     real = offsets < torch.tensor(lengths)[:, None]
     scatter = (torch.arange(len(lengths))[:, None] * longest + offsets)[real]
-    return Segments(scatter.to(device), (len(lengths), longest))
+    gather = torch.zeros(len(lengths) * longest, dtype=torch.long)
+    gather[scatter] = torch.arange(len(scatter))
+    return Segments(scatter.to(device), gather.to(device), (len(lengths), longest))
+
+
+def _by_example(rows: torch.Tensor, segments: Segments, kv_heads: int) -> torch.Tensor:
+    """[tokens, h, dim] -> [examples, kv_heads, h // kv_heads * longest, dim].
+
+    The padding slots after each example hold copies of some real token: causal attention never
+    lets a real position see them, and their outputs are dropped."""
+    return _stack_groups(rows.index_select(0, segments.gather), segments, kv_heads)
+
+
+def _stack_groups(slots: torch.Tensor, segments: Segments, kv_heads: int) -> torch.Tensor:
+    """[examples * longest, h, dim] -> [examples, kv_heads, h // kv_heads * longest, dim]."""
+    examples, longest = segments.shape
+    _, h, dim = slots.shape
+    stacked = slots.view(examples, longest, kv_heads, h // kv_heads, dim).permute(0, 2, 3, 1, 4)
+    return stacked.reshape(examples, kv_heads, h // kv_heads * longest, dim)
+
+
+def _to_rows(padded: torch.Tensor, segments: Segments) -> torch.Tensor:
+    """The inverse of `_by_example` for the real tokens: [tokens, h, dim]."""
+    examples, longest = segments.shape
+    _, kv_heads, rows, dim = padded.shape
+    groups = rows // longest
+    out = padded.view(examples, kv_heads, groups, longest, dim).permute(0, 3, 1, 2, 4)
+    return out.reshape(examples * longest, kv_heads * groups, dim).index_select(0, segments.scatter)
+
+
+def _probs(query, key, scaling: float) -> torch.Tensor:
+    """softmax(scaling * q k^T + causal mask) in float32, queries as in `_by_example`."""
+    examples, kv_heads, rows, dim = query.shape
+    longest = key.shape[2]
+    future = torch.full((longest, longest), float("-inf"), dtype=query.dtype, device=query.device).triu(1)
+    # One fused kernel for scaling * q k^T + mask, over [examples * kv_heads] matrices.
+    scores = torch.baddbmm(
+        future.repeat(rows // longest, 1),
+        query.reshape(-1, rows, dim),
+        key.reshape(-1, longest, dim).transpose(1, 2),
+        alpha=scaling,
+    )
+    return scores.softmax(-1, dtype=torch.float32).view(examples, kv_heads, rows, longest)
 
 
 class _CausalAttention(torch.autograd.Function):
-    """softmax(scaling * q k^T + causal mask) v per example, saving no probabilities.
+    """Per-example causal attention of packed rows ([tokens, heads, dim] each), saving only them.
 
-    Shapes: query [examples, kv_heads, groups * longest, dim], key and value [examples, kv_heads,
-    longest, dim]. The query heads that share a key/value head are stacked along the rows, so keys
-    and values are never repeated. Backward recomputes the probabilities, as flash attention does:
-    keeping them would cost every layer [examples, heads, longest, longest] floats.
+    The query heads that share a key/value head are stacked along the rows, so keys and values are
+    never repeated. Backward rebuilds the per-example layout and recomputes the probabilities, as
+    flash attention does: keeping them would cost every layer [examples, heads, longest, longest]
+    floats, and keeping the padded layout would cost the padding too.
     """
 
     @staticmethod
-    def _probs(query, key, scaling: float) -> torch.Tensor:
-        examples, kv_heads, rows, dim = query.shape
-        longest = key.shape[2]
-        future = torch.full((longest, longest), float("-inf"), dtype=query.dtype, device=query.device).triu(1)
-        # One fused kernel for scaling * q k^T + mask, over [examples * kv_heads] matrices.
-        scores = torch.baddbmm(
-            future.repeat(rows // longest, 1),
-            query.reshape(-1, rows, dim),
-            key.reshape(-1, longest, dim).transpose(1, 2),
-            alpha=scaling,
-        )
-        return scores.softmax(-1, dtype=torch.float32).view(examples, kv_heads, rows, longest)
-
-    @staticmethod
-    def forward(ctx, query, key, value, scaling: float):
+    def forward(ctx, query, key, value, segments: Segments, scaling: float):
         ctx.save_for_backward(query, key, value)
-        ctx.scaling = scaling
-        return _CausalAttention._probs(query, key, scaling).to(value.dtype) @ value
+        ctx.segments, ctx.scaling = segments, scaling
+        kv_heads = key.shape[1]
+        q, k, v = (_by_example(t, segments, kv_heads) for t in (query, key, value))
+        return _to_rows(_probs(q, k, scaling).to(v.dtype) @ v, segments)
 
     @staticmethod
-    def backward(ctx, grad_out):
-        query, key, value = ctx.saved_tensors
-        probs = _CausalAttention._probs(query, key, ctx.scaling)
+    def backward(ctx, grad_rows):
+        segments, scaling = ctx.segments, ctx.scaling
+        kv_heads = ctx.saved_tensors[1].shape[1]
+        query, key, value = (_by_example(t, segments, kv_heads) for t in ctx.saved_tensors)
+        # Zero (not copied) at the padding: the dropped outputs have no gradient.
+        grad_slots = grad_rows.new_zeros(segments.gather.numel(), *grad_rows.shape[1:])
+        grad_out = _stack_groups(grad_slots.index_copy_(0, segments.scatter, grad_rows), segments, kv_heads)
+        del grad_slots
+        probs = _probs(query, key, scaling)
         grad_value = probs.to(value.dtype).transpose(-1, -2) @ grad_out
         grad_scores = (grad_out @ value.transpose(-1, -2)).float()
         row_dot = (grad_scores * probs).sum(-1, keepdim=True)
-        grad_scores = grad_scores.sub_(row_dot).mul_(probs).mul_(ctx.scaling).to(query.dtype)
-        return grad_scores @ key, grad_scores.transpose(-1, -2) @ query, grad_value, None
+        grad_scores = grad_scores.sub_(row_dot).mul_(probs).mul_(scaling).to(query.dtype)
+        grads = (grad_scores @ key, grad_scores.transpose(-1, -2) @ query, grad_value)
+        return (*(_to_rows(g, segments) for g in grads), None, None)
 
 
-def causal_attention(query, key, value, scaling: float, fused: bool | None = None) -> torch.Tensor:
-    """Shapes as in _CausalAttention. `fused` (default: on CUDA) takes SDPA's flash kernels, which
-    on this project's CPU were ~2x slower than the matmul version for fine-tuning lengths."""
+def causal_attention(query, key, value, segments: Segments, scaling: float, fused: bool | None = None):
+    """Packed rows [tokens, heads, dim] in, [tokens, heads, dim] out. `fused` (default: on CUDA) takes
+    SDPA's flash kernels, which on this project's CPU were ~2x slower than the matmul version for
+    fine-tuning lengths."""
     if fused is None:
         fused = query.device.type == "cuda"
-    if fused:
-        examples, kv_heads, rows, dim = query.shape
-        longest = key.shape[2]
-        # The stacked rows are the query heads in transformers' order (head h reads kv head h // groups).
-        heads = query.view(examples, kv_heads * (rows // longest), longest, dim)
-        out = F.scaled_dot_product_attention(heads, key, value, is_causal=True, scale=scaling, enable_gqa=True)
-        return out.view(examples, kv_heads, rows, dim)
-    return _CausalAttention.apply(query, key, value, scaling)
+    if not fused:
+        return _CausalAttention.apply(query, key, value, segments, scaling)
+    examples, longest = segments.shape
+    kv_heads, dim = key.shape[1], key.shape[2]
+    # The stacked rows are the query heads in transformers' order (head h reads kv head h // groups).
+    heads = _by_example(query, segments, kv_heads).view(examples, query.shape[1], longest, dim)
+    k, v = (_by_example(t, segments, kv_heads) for t in (key, value))
+    out = F.scaled_dot_product_attention(heads, k, v, is_causal=True, scale=scaling, enable_gqa=True)
+    return _to_rows(out.view(examples, kv_heads, -1, dim), segments)
 
 
 def packed_attention(
@@ -114,27 +154,14 @@ def packed_attention(
         )
     if query.shape[0] != 1 or dropout:
         raise ValueError("packed attention takes one row of examples and no attention dropout")
-    examples, longest = segments.shape
-    heads, kv_heads, dim = query.shape[1], key.shape[1], query.shape[3]
-    groups = heads // kv_heads
-
     # Under autocast the rotary embedding hands back float32 queries and keys (its cos/sin are
     # float32); attention runs in the autocast dtype like the projections around it.
     device = query.device.type
     dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else query.dtype
-
-    def by_example(states: torch.Tensor) -> torch.Tensor:
-        """[1, h, tokens, dim] -> [examples, kv_heads, h // kv_heads * longest, dim], zero-padded."""
-        h = states.shape[1]
-        rows = states[0].transpose(0, 1).to(dtype)  # [tokens, h, dim]: the layout the projections wrote
-        padded = rows.new_zeros(examples * longest, h, dim).index_copy(0, segments.scatter, rows)
-        padded = padded.view(examples, longest, kv_heads, h // kv_heads, dim).permute(0, 2, 3, 1, 4)
-        return padded.reshape(examples, kv_heads, h // kv_heads * longest, dim)
-
-    scaling = scaling if scaling is not None else dim**-0.5
-    out = causal_attention(by_example(query), by_example(key), by_example(value), scaling)
-    out = out.view(examples, kv_heads, groups, longest, dim).permute(0, 3, 1, 2, 4)
-    return out.reshape(examples * longest, heads, dim).index_select(0, segments.scatter).unsqueeze(0), None
+    # [1, h, tokens, dim] -> [tokens, h, dim]: the layout the projections wrote and o_proj reads.
+    rows = [t[0].transpose(0, 1).to(dtype).contiguous() for t in (query, key, value)]
+    scaling = scaling if scaling is not None else query.shape[-1] ** -0.5
+    return causal_attention(*rows, segments, scaling).unsqueeze(0), None
 
 
 AttentionInterface.register(NAME, packed_attention)
