@@ -70,3 +70,27 @@ def test_frozen_weights_are_bfloat16_while_training_and_the_originals_after_rest
     norm = model.get_base_model().model.layers[0].input_layernorm
     with torch.autocast("cpu", dtype=torch.bfloat16):
         assert norm(torch.randn(2, 64)).dtype == torch.float32  # the cast-once hook is gone
+
+
+@pytest.mark.parametrize("zero_weight", [False, True])
+def test_the_cast_norm_has_float32_gradients_to_bf16_precision(zero_weight):
+    """Its backward divides its output by the weight, unless a weight is zero."""
+    from transformers.models.llama.modeling_llama import LlamaRMSNorm
+
+    from tunesmith.train.lean import _lean_norm_forward
+
+    torch.manual_seed(0)
+    norm = LlamaRMSNorm(64)
+    with torch.no_grad():
+        norm.weight.uniform_(0.5, 2.0)
+        if zero_weight:
+            norm.weight[::7] = 0
+    x = torch.randn(3, 10, 64, requires_grad=True)
+    upstream = torch.randn(3, 10, 64)
+    (expected,) = torch.autograd.grad((norm(x) * upstream).sum(), x)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = _lean_norm_forward(norm, x)
+    assert out.dtype == torch.bfloat16
+    (got,) = torch.autograd.grad((out.float() * upstream).sum(), x)
+    assert torch.isfinite(got).all()
+    assert ((got - expected).norm() / expected.norm()).item() < 1e-2

@@ -7,24 +7,70 @@ normalised hidden state that feeds q, k, v (and their LoRA A matrices) is copied
 and PEFT casts the bf16 input of o_proj and down_proj up to float32 before autocast casts it back.
 
 `LeanStorage` stores the frozen decoder weights in bf16 (the matmuls see exactly the values
-autocast would have made), casts each norm's output to bf16 once, and lets PEFT pass bf16 inputs
-through. The computation is unchanged; the copies are gone. Embeddings, the output layer and the
+autocast would have made), casts each norm's output to bf16 once (for Llama-style norms, in one
+autograd node that keeps no float32 input for backward), and lets
+PEFT pass bf16 inputs through. The computation is unchanged; the copies are gone. Embeddings, the output layer and the
 norm weights stay float32. `restore` reads the original float32 weights back from the model folder
 before anything is merged or exported, so the saved model is the original base plus the adapter.
 """
 
 from __future__ import annotations
 
+import types
 from pathlib import Path
 
 import torch
 from safetensors import safe_open
+from transformers.models.llama.modeling_llama import LlamaRMSNorm
 
 from tunesmith.train.loss import output_layer
 
 
-def _is_norm(module: torch.nn.Module) -> bool:
-    return type(module).__name__.endswith("RMSNorm")
+def _is_llama_norm(module: torch.nn.Module) -> bool:
+    # Qwen, Mistral and others copy Llama's RMSNorm verbatim; Gemma's (1 + weight) is not one of them.
+    forward = getattr(type(module), "forward", None)
+    return (
+        getattr(forward, "__code__", None) is not None
+        and forward.__code__.co_code == LlamaRMSNorm.forward.__code__.co_code
+    )
+
+
+class _CastNorm(torch.autograd.Function):
+    """Llama's RMSNorm, float32 inside, returned in `dtype`.
+
+    Autograd would keep the float32 input for backward. This keeps its own output, which the
+    projections after it keep anyway (one tensor, stored once), and the per-row 1/rms: backward
+    recovers the normalised input as output / weight, as precise as a bf16 copy of it would be.
+    A weight with a zero in it cannot be divided by; then the normalised input is kept in `dtype`.
+    """
+
+    @staticmethod
+    def forward(ctx, x, weight, eps: float, dtype: torch.dtype):
+        x32 = x.float()
+        inv_rms = torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + eps)
+        normed = x32 * inv_rms
+        out = (weight * normed.to(x.dtype)).to(dtype)
+        ctx.divide = bool((weight != 0).all())
+        ctx.save_for_backward(out if ctx.divide else normed.to(dtype), inv_rms, weight)
+        ctx.input_dtype = x.dtype
+        return out
+
+    @staticmethod
+    def backward(ctx, grad):
+        kept, inv_rms, weight = ctx.saved_tensors
+        normed = kept.float() / weight if ctx.divide else kept.float()
+        grad = grad.float()
+        grad_weight = (grad * normed).flatten(0, -2).sum(0).to(weight.dtype) if ctx.needs_input_grad[1] else None
+        scaled = grad * weight
+        grad_x = (scaled - normed * (scaled * normed).mean(-1, keepdim=True)).mul_(inv_rms)
+        return grad_x.to(ctx.input_dtype), grad_weight, None, None
+
+
+def _lean_norm_forward(norm, hidden: torch.Tensor) -> torch.Tensor:
+    device = hidden.device.type
+    if not torch.is_autocast_enabled(device):
+        return type(norm).forward(norm, hidden)
+    return _CastNorm.apply(hidden, norm.weight, norm.variance_epsilon, torch.get_autocast_dtype(device))
 
 
 class LeanStorage:
@@ -34,6 +80,7 @@ class LeanStorage:
         decoder_prefix = next(n for n, m in base.named_modules() if m is output_layer(model)[0])
         self.frozen: dict[str, torch.nn.Linear] = {}
         self.hooks = []
+        self.norms = []
         self.peft_layers = []
         for name, module in base.named_modules():
             if not name.startswith(decoder_prefix):
@@ -42,7 +89,10 @@ class LeanStorage:
                 # PEFT names the wrapped layer `<name>.base_layer`; the checkpoint knows it as <name>.
                 self.frozen[name.replace(".base_layer", "") + ".weight"] = module
                 module.weight.data = module.weight.data.to(dtype)
-            elif _is_norm(module):
+            elif _is_llama_norm(module):
+                module.forward = types.MethodType(_lean_norm_forward, module)
+                self.norms.append(module)
+            elif type(module).__name__.endswith("RMSNorm"):
                 self.hooks.append(module.register_forward_hook(self._cast_output))
             if hasattr(module, "cast_input_dtype_enabled"):
                 module.cast_input_dtype_enabled = False
@@ -66,6 +116,8 @@ class LeanStorage:
             module.weight.data = original.pop(key)
         for hook in self.hooks:
             hook.remove()
+        for norm in self.norms:
+            del norm.forward
         for module in self.peft_layers:
             module.cast_input_dtype_enabled = True
 
