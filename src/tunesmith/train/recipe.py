@@ -9,6 +9,7 @@ import json
 import math
 import shutil
 import time
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,6 +24,7 @@ from tunesmith.export import plot_losses, save_adapter, save_merged
 from tunesmith.models import load_model
 from tunesmith.precision import autocast, compute_dtype, default_device
 from tunesmith.progress import MetricsLog, TrainProgress, peak_rss_mb, read_metrics
+from tunesmith.train.arena import ActivationArena, fix_mmap_threshold
 from tunesmith.train.checkpoint import (
     TrainerState,
     list_checkpoints,
@@ -33,6 +35,7 @@ from tunesmith.train.checkpoint import (
     write_text_atomic,
 )
 from tunesmith.train.flops import flops_per_token, mean_attended_keys, measured_peak_flops
+from tunesmith.train.fused_lora import fuse_lora
 from tunesmith.train.lean import LeanStorage
 from tunesmith.train.loss import labelled_loss, output_layer
 from tunesmith.train.optim import build_optimizer, build_scheduler
@@ -162,10 +165,13 @@ def train(cfg: Config, resume: bool = False, overwrite: bool = False) -> RunSumm
     model = _attach_method(loaded.model, cfg).to(device)
     dtype = compute_dtype(cfg.train.dtype, device)
     lean = LeanStorage(model, dtype) if cfg.method.name == "lora" and dtype != torch.float32 else None
+    if cfg.method.name == "lora":
+        fuse_lora(model)
     if cfg.train.gradient_checkpointing:
         output_layer(model)[0].gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     if cfg.train.compile:
         output_layer(model)[0].compile()
+    arena = ActivationArena() if device.type == "cpu" and fix_mmap_threshold() else None
     model.train()
     # MFU = achieved model FLOPs / this machine's measured matmul peak (timed once, then cached).
     peak_flops = measured_peak_flops(device, dtype)
@@ -224,7 +230,7 @@ def train(cfg: Config, resume: bool = False, overwrite: bool = False) -> RunSumm
             # weighs the same however the examples fall into micro-batches.
             step_labels = sum(b.n_label_tokens for b in batches)
             for batch in batches:
-                with autocast(cfg.train.dtype, device):
+                with arena.saving() if arena else nullcontext(), autocast(cfg.train.dtype, device):
                     parts = labelled_loss(model, _to(batch, device), cfg.train.loss_chunk_size)
                 (parts.loss_sum / max(step_labels, 1)).backward()
                 window_loss += parts.loss_sum.detach().float()
@@ -240,7 +246,7 @@ def train(cfg: Config, resume: bool = False, overwrite: bool = False) -> RunSumm
             lr = scheduler.get_last_lr()[0]
             optimizer.step()
             scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
+            optimizer.zero_grad(set_to_none=False)
             state.step = step
             window_seconds += time.perf_counter() - step_start
 

@@ -1,0 +1,62 @@
+"""The activation arena moves saved tensors, never changes what backward computes."""
+
+import pytest
+import torch
+from peft import LoraConfig, get_peft_model
+
+from tunesmith.data.batching import make_batch
+from tunesmith.data.formats import read_examples
+from tunesmith.data.tokenize import tokenize_examples
+from tunesmith.models import load_model
+from tunesmith.train.arena import ActivationArena, ArenaReusedError
+from tunesmith.train.fused_lora import fuse_lora
+from tunesmith.train.lean import LeanStorage
+from tunesmith.train.loss import labelled_loss
+
+
+def _step(model, batch, arena=None):
+    with arena.saving() if arena else torch.autograd.graph.saved_tensors_hooks(lambda t: t, lambda t: t):
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            parts = labelled_loss(model, batch, 1024)
+    (parts.loss_sum / parts.n_label_tokens).backward()
+    grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}
+    model.zero_grad(set_to_none=True)
+    return parts.loss_sum.item(), grads
+
+
+def test_a_training_step_is_bit_identical_with_and_without_it(tiny_model_name, small_e2e, smol_tokenizer):
+    examples = tokenize_examples(smol_tokenizer, read_examples(small_e2e / "train.jsonl").examples[:8], 128)
+    torch.manual_seed(0)
+    lora = LoraConfig(r=4, lora_alpha=8, target_modules="all-linear", init_lora_weights=False)
+    model = get_peft_model(load_model(tiny_model_name).model, lora).train()
+    LeanStorage(model, torch.bfloat16)
+    fuse_lora(model)
+    arena = ActivationArena()
+    for batch in (make_batch(examples[:4], 2, True), make_batch(examples[4:], 2, True)):
+        plain_loss, plain = _step(model, batch)
+        arena_loss, got = _step(model, batch, arena)
+        assert arena_loss == plain_loss
+        assert all(torch.equal(got[n], g) for n, g in plain.items())
+        assert arena.stored_bytes > 0 and len(arena.blocks) == 1  # the second pass reused the block
+
+
+def test_a_tensor_saved_twice_is_stored_once():
+    arena = ActivationArena()
+    x = torch.randn(1000, 100, requires_grad=True)
+    with arena.saving():
+        y = x.exp()  # saves its output y
+        out = (y.sin() + y.cos()).sum()  # both save y again
+    assert arena.stored_bytes == y.nbytes  # exp, sin and cos all keep y: one copy
+    out.backward()
+    assert torch.allclose(x.grad, (x.exp() * (x.exp().cos() - x.exp().sin())), atol=1e-5)
+
+
+def test_backward_after_the_arena_was_reused_is_refused():
+    arena = ActivationArena()
+    x = torch.randn(1000, 100, requires_grad=True)
+    with arena.saving():
+        first = x.exp().sum()
+    with arena.saving():
+        x.sin().sum()
+    with pytest.raises(ArenaReusedError, match="reused"):
+        first.backward()
