@@ -105,8 +105,9 @@ class _CausalAttention(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_rows):
         segments, scaling = ctx.segments, ctx.scaling
-        kv_heads = ctx.saved_tensors[1].shape[1]
-        query, key, value = (_by_example(t, segments, kv_heads) for t in ctx.saved_tensors)
+        saved = ctx.saved_tensors  # read once: under non-reentrant checkpointing a second read fails
+        kv_heads = saved[1].shape[1]
+        query, key, value = (_by_example(t, segments, kv_heads) for t in saved)
         # Zero (not copied) at the padding: the dropped outputs have no gradient.
         grad_slots = grad_rows.new_zeros(segments.gather.numel(), *grad_rows.shape[1:])
         grad_out = _stack_groups(grad_slots.index_copy_(0, segments.scatter, grad_rows), segments, kv_heads)

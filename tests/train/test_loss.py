@@ -90,3 +90,27 @@ def test_token_accuracy_counts_argmax_hits(tiny_model_name, examples):
     keep = batch.targets != IGNORE_INDEX
     hits = int((logits.argmax(-1)[keep] == batch.targets[keep]).sum())
     assert int(labelled_loss(model, batch, 3).n_correct) == hits
+
+
+def test_gradient_checkpointing_recomputes_the_same_step(tiny_model_name, examples):
+    """Every custom autograd function (fused LoRA, packed attention, the cast norm, the loss) must
+    survive being recomputed by non-reentrant checkpointing."""
+    from tunesmith.train.fused_lora import fuse_lora
+    from tunesmith.train.lean import LeanStorage
+
+    batch = make_batch(examples, 2, True)
+    results = []
+    for checkpointing in (False, True):
+        torch.manual_seed(0)
+        model = _model(tiny_model_name, "lora")
+        LeanStorage(model, torch.bfloat16)
+        fuse_lora(model)
+        if checkpointing:
+            model.get_base_model().model.gradient_checkpointing_enable({"use_reentrant": False})
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            parts = labelled_loss(model, batch, 1024)
+        parts.loss_sum.backward()
+        results.append((parts.loss_sum.item(), _grads(model)))
+    (loss, grads), (loss_again, grads_again) = results
+    assert loss_again == loss
+    assert all(torch.equal(grads_again[n], g) for n, g in grads.items())
