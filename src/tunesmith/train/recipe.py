@@ -246,7 +246,7 @@ def train(cfg: Config, resume: bool = False, overwrite: bool = False) -> RunSumm
             lr = scheduler.get_last_lr()[0]
             optimizer.step()
             scheduler.step()
-            optimizer.zero_grad(set_to_none=False)
+            optimizer.zero_grad(set_to_none=True)
             state.step = step
             window_seconds += time.perf_counter() - step_start
 
