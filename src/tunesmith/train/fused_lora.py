@@ -9,9 +9,8 @@ a quarter of all activations. `_LoRAMLP` keeps the gate and up projections only 
 the rest in backward, where it costs two elementwise operations.
 
 Same arithmetic, same parameters: the PEFT modules, their weights and their state dicts are
-untouched, only their forward is replaced. A layer that is not plain
-LoRA (dropout, DoRA and other variants, several adapters, merged or disabled adapters, a trained
-bias) keeps PEFT's own forward.
+untouched, only their forward is replaced. A layer that is not plain LoRA (dropout, DoRA and other
+variants, several adapters, merged or disabled adapters, a trained bias) keeps PEFT's own forward.
 """
 
 from __future__ import annotations
