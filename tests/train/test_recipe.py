@@ -154,3 +154,16 @@ def test_a_second_run_in_the_same_folder_is_refused(lora_run):
 def test_resume_without_a_checkpoint_is_refused(tiny_config):
     with pytest.raises(TunesmithError, match="no checkpoint to resume from"):
         train(tiny_config(), resume=True)
+
+
+def test_compiled_run_takes_the_same_steps_as_eager(tiny_config, tmp_path):
+    """torch.compile must trace the fused LoRA, packed attention and loss functions (and the run must
+    not install hooks it cannot trace)."""
+    runs = {}
+    for name, compile_ in (("eager", False), ("compiled", True)):
+        train_section = {"max_steps": 3, "dtype": "auto", "log_every": 1, "eval_every": 3, "compile": compile_}
+        cfg = tiny_config(out_dir=tmp_path / name, method={"dropout": 0.0}, train=train_section, eval={"samples": 0})
+        train(cfg)
+        runs[name] = [m["train_loss"] for m in _metrics(tmp_path / name) if "train_loss" in m]
+    assert len(runs["compiled"]) == 3
+    assert runs["compiled"] == pytest.approx(runs["eager"], rel=1e-2)

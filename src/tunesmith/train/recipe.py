@@ -175,8 +175,9 @@ def train(cfg: Config, resume: bool = False, overwrite: bool = False) -> RunSumm
     # fine-tuning saves autocast's bf16 copy of every trained weight, which autocast's cache holds
     # anyway: an arena would copy 270 MB a micro-batch for nothing (measured 486 -> 573 tokens/s
     # without it), so only a lean LoRA run gets one; every CPU run gets the fixed threshold.
+    # torch.compile cannot trace the arena's hooks (and plans its own buffers).
     heap_fixed = device.type == "cpu" and fix_mmap_threshold()
-    arena = ActivationArena() if heap_fixed and lean is not None else None
+    arena = ActivationArena() if heap_fixed and lean is not None and not cfg.train.compile else None
     model.train()
     # MFU = achieved model FLOPs / this machine's measured matmul peak (timed once, then cached).
     peak_flops = measured_peak_flops(device, dtype)
