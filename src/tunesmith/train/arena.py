@@ -10,8 +10,9 @@ memory on top of ~900 MB in use, and kept growing.
 `ActivationArena` copies each activation autograd saves (through `saved_tensors_hooks`) into
 blocks of 64 MB that every micro-batch reuses, so long-lived tensors no longer pin holes in the heap;
 `fix_mmap_threshold` stops glibc from raising its threshold, so large temporaries are returned to
-the system when freed. Together: peak RSS ~1950 -> ~1560 MB at the same speed (the copies cost
-about what the steadier heap saves). CUDA has its own caching allocator and needs neither.
+the system when freed. Together, in that 16-step loop: peak RSS ~1950 -> ~1560 MB at the same speed
+(the copies cost about what the steadier heap saves); neither alone took off more than ~100 MB.
+CUDA has its own caching allocator and needs neither.
 """
 
 from __future__ import annotations
