@@ -22,6 +22,8 @@ from transformers import AttentionInterface
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
+from tunesmith.precision import active_dtype
+
 NAME = "tunesmith_packed"
 
 
@@ -157,8 +159,7 @@ def packed_attention(
         raise ValueError("packed attention takes one row of examples and no attention dropout")
     # Under autocast the rotary embedding hands back float32 queries and keys (its cos/sin are
     # float32); attention runs in the autocast dtype like the projections around it.
-    device = query.device.type
-    dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else query.dtype
+    dtype = active_dtype(query)
     # [1, h, tokens, dim] -> [tokens, h, dim]: the layout the projections wrote and o_proj reads.
     rows = [t[0].transpose(0, 1).to(dtype).contiguous() for t in (query, key, value)]
     scaling = scaling if scaling is not None else query.shape[-1] ** -0.5

@@ -36,5 +36,11 @@ def autocast(setting: str, device: torch.device):
     return torch.autocast(device.type, dtype=torch.bfloat16, enabled=dtype == torch.bfloat16)
 
 
+def active_dtype(tensor: torch.Tensor) -> torch.dtype:
+    """The dtype autocast would compute in for `tensor`'s device right now, else the tensor's own."""
+    device = tensor.device.type
+    return torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else tensor.dtype
+
+
 def default_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")

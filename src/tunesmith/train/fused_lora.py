@@ -20,10 +20,7 @@ import types
 import torch
 import torch.nn.functional as F
 
-
-def _compute_dtype(x: torch.Tensor) -> torch.dtype:
-    device = x.device.type
-    return torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else x.dtype
+from tunesmith.precision import active_dtype
 
 
 def _plain_lora(layer) -> str | None:
@@ -143,7 +140,7 @@ def _linear_forward(layer, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
     if name is None or args or kwargs:
         return type(layer).forward(layer, x, *args, **kwargs)
     flat = x.reshape(-1, x.shape[-1])
-    out = _LoRALinear.apply(flat, *_operands(layer, name), layer.scaling[name], _compute_dtype(x))
+    out = _LoRALinear.apply(flat, *_operands(layer, name), layer.scaling[name], active_dtype(x))
     return out.view(*x.shape[:-1], out.shape[-1])
 
 
@@ -155,7 +152,7 @@ def _mlp_forward(mlp, x: torch.Tensor) -> torch.Tensor:
     tensors = [t for p, n in zip(projections, names, strict=True) for t in _operands(p, n)]
     scalings = [p.scaling[n] for p, n in zip(projections, names, strict=True)]
     flat = x.reshape(-1, x.shape[-1])
-    out = _LoRAMLP.apply(flat, *tensors, *scalings, _compute_dtype(x))
+    out = _LoRAMLP.apply(flat, *tensors, *scalings, active_dtype(x))
     return out.view(*x.shape[:-1], out.shape[-1])
 
 

@@ -16,6 +16,7 @@ import torch
 from tunesmith import attention
 from tunesmith.data.batching import Batch
 from tunesmith.data.tokenize import IGNORE_INDEX
+from tunesmith.precision import active_dtype
 
 
 @dataclass
@@ -122,8 +123,6 @@ def labelled_loss(model, batch: Batch, chunk_size: int) -> LossParts:
     hidden = hidden_states(model, batch)
     _, head = output_layer(model)
     keep = batch.targets != IGNORE_INDEX
-    device = hidden.device.type
-    dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else hidden.dtype
     targets = batch.targets[keep]
-    loss_sum, correct = _OutputLayerLoss.apply(hidden[keep], head.weight, targets, chunk_size, dtype)
+    loss_sum, correct = _OutputLayerLoss.apply(hidden[keep], head.weight, targets, chunk_size, active_dtype(hidden))
     return LossParts(loss_sum, int(targets.numel()), correct)
