@@ -16,7 +16,7 @@ before anything is merged or exported, so the saved model is the original base p
 
 from __future__ import annotations
 
-import types
+import functools
 from pathlib import Path
 
 import torch
@@ -41,16 +41,17 @@ class _CastNorm(torch.autograd.Function):
     Autograd would keep the float32 input for backward. This keeps its own output, which the
     projections after it keep anyway (one tensor, stored once), and the per-row 1/rms: backward
     recovers the normalised input as output / weight, as precise as a bf16 copy of it would be.
-    A weight with a zero in it cannot be divided by; then the normalised input is kept in `dtype`.
+    A weight that has a zero, or may get one (it is trained), is not divided by; then the
+    normalised input is kept in `dtype`.
     """
 
     @staticmethod
-    def forward(ctx, x, weight, eps: float, dtype: torch.dtype):
+    def forward(ctx, x, weight, eps: float, dtype: torch.dtype, divide: bool):
         x32 = x.float()
         inv_rms = torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + eps)
         normed = x32 * inv_rms
         out = (weight * normed.to(x.dtype)).to(dtype)
-        ctx.divide = bool((weight != 0).all())
+        ctx.divide = divide
         ctx.save_for_backward(out if ctx.divide else normed.to(dtype), inv_rms, weight)
         ctx.input_dtype = x.dtype
         return out
@@ -63,14 +64,14 @@ class _CastNorm(torch.autograd.Function):
         grad_weight = (grad * normed).flatten(0, -2).sum(0).to(weight.dtype) if ctx.needs_input_grad[1] else None
         scaled = grad * weight
         grad_x = (scaled - normed * (scaled * normed).mean(-1, keepdim=True)).mul_(inv_rms)
-        return grad_x.to(ctx.input_dtype), grad_weight, None, None
+        return grad_x.to(ctx.input_dtype), grad_weight, None, None, None
 
 
-def _lean_norm_forward(norm, hidden: torch.Tensor) -> torch.Tensor:
+def _lean_norm_forward(norm, hidden: torch.Tensor, divide: bool) -> torch.Tensor:
     device = hidden.device.type
     if not torch.is_autocast_enabled(device):
         return type(norm).forward(norm, hidden)
-    return _CastNorm.apply(hidden, norm.weight, norm.variance_epsilon, torch.get_autocast_dtype(device))
+    return _CastNorm.apply(hidden, norm.weight, norm.variance_epsilon, torch.get_autocast_dtype(device), divide)
 
 
 class LeanStorage:
@@ -90,7 +91,9 @@ class LeanStorage:
                 self.frozen[name.replace(".base_layer", "") + ".weight"] = module
                 module.weight.data = module.weight.data.to(dtype)
             elif _is_llama_norm(module):
-                module.forward = types.MethodType(_lean_norm_forward, module)
+                # Decided once here, not per call (on CUDA every check would be a host sync).
+                divide = not module.weight.requires_grad and bool((module.weight != 0).all())
+                module.forward = functools.partial(_lean_norm_forward, module, divide=divide)
                 self.norms.append(module)
             elif type(module).__name__.endswith("RMSNorm"):
                 self.hooks.append(module.register_forward_hook(self._cast_output))
