@@ -120,6 +120,14 @@ def _generate(args) -> int:
     return 0
 
 
+def _export(args) -> int:
+    from tunesmith.export import export_run
+
+    path = export_run(args.run_dir, args.to, args.outtype, args.out)
+    print(path)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="tunesmith", description="Fine-tune pre-trained language models.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -159,6 +167,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--finetuned", help="run folder of the fine-tune (default: the config's out_dir)")
     p.add_argument("--out", help="where report.html/report.md/eval.json go (default: the config's out_dir)")
     p.set_defaults(func=_eval)
+
+    p = sub.add_parser("export", help="a run's model as GGUF (llama.cpp, LM Studio), for Ollama, or its LoRA as GGUF")
+    p.add_argument("run_dir")
+    p.add_argument("--to", default="gguf", help="gguf (default), ollama (GGUF + Modelfile) or gguf-lora")
+    p.add_argument("--outtype", default="f16", help="f32, f16 (default), bf16 or q8_0; gguf-lora: f32, f16, bf16")
+    p.add_argument("--out", help="file (gguf, gguf-lora) or folder (ollama); default: inside RUN_DIR")
+    p.set_defaults(func=_export)
 
     from tunesmith.serve.cli import add_serve_commands
 

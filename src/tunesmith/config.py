@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from tunesmith.errors import TunesmithError
 
@@ -102,6 +102,19 @@ class TrainConfig(_Strict):
     loss_chunk_size: int = Field(
         1024, ge=1, description="Label positions projected through lm_head at once (8,192 vocabulary rows at a time)."
     )
+    report_to: list[Literal["tensorboard", "mlflow"]] = Field(
+        [],
+        description="Experiment trackers that also get every metrics line: TensorBoard event files in "
+        "out_dir/tensorboard, MLflow (MLFLOW_TRACKING_URI, else a file store in out_dir/mlruns). Optional "
+        "extras: pip install 'tunesmith[tensorboard]' / 'tunesmith[mlflow]'.",
+    )
+
+    @field_validator("report_to")
+    @classmethod
+    def _trackers_installed(cls, names: list[str]) -> list[str]:
+        from tunesmith.trackers import require_trackers
+
+        return require_trackers(list(dict.fromkeys(names)))
 
 
 class EvalConfig(_Strict):

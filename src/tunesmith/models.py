@@ -7,6 +7,7 @@ base looks like any other Hugging Face folder (no ``quantization_config`` left b
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import os
 import shutil
@@ -149,7 +150,11 @@ def resolve_model_path(name_or_path: str) -> str:
     if path.suffix == ".gguf":
         if not path.is_file():
             raise TunesmithError(f"model file not found: {path}")
-        return str(_cache_gguf(path.resolve(), f"gguf-{path.stem}"))
+        # Keyed by where the file is and its size and time too: a file exported again under the
+        # same name must not load the earlier file's cached weights.
+        stat = path.stat()
+        key = hashlib.sha256(f"{path.resolve()}:{stat.st_size}:{stat.st_mtime_ns}".encode()).hexdigest()[:12]
+        return str(_cache_gguf(path.resolve(), f"gguf-{path.stem}-{key}"))
     if path.is_dir():
         if (path / "merged" / "config.json").is_file():
             return str(path / "merged")

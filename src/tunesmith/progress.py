@@ -57,17 +57,30 @@ class TrainProgress:
 
 
 class MetricsLog:
-    """Append-only JSONL; on resume, lines from after the checkpoint are dropped first."""
+    """Append-only JSONL; on resume, lines from after the checkpoint are dropped first.
 
-    def __init__(self, path: Path, resume_step: int | None):
+    `report_to` trackers (tunesmith.trackers: TensorBoard, MLflow) get every line too; `close()`
+    after the run's last file is written lets them finish (MLflow uploads the run folder then).
+    """
+
+    def __init__(self, path: Path, resume_step: int | None, report_to: list[str] = ()):
         self.path = path
         if resume_step is not None and path.exists():
             kept = [line for line in path.read_text().splitlines() if json.loads(line)["step"] <= resume_step]
             write_text_atomic(path, "".join(line + "\n" for line in kept))
+        from tunesmith.trackers import open_trackers
+
+        self.trackers = open_trackers(list(report_to), path.parent, resume_step)
 
     def write(self, record: dict) -> None:
         with open(self.path, "a") as fh:
             fh.write(json.dumps(record) + "\n")
+        for tracker in self.trackers:
+            tracker.log(record)
+
+    def close(self) -> None:
+        for tracker in self.trackers:
+            tracker.close(self.path.parent)
 
 
 def read_metrics(path: Path) -> list[dict]:

@@ -73,6 +73,7 @@ def create_app(settings: ServeSettings) -> FastAPI:
     _install_error_handlers(app)
     _files_routes(app)
     _job_routes(app)
+    _export_routes(app)  # before the model routes: their {model_id:path} would take ".../content" too
     _model_routes(app)
     _inference_routes(app)
     return app
@@ -550,6 +551,34 @@ def _job_routes(app: FastAPI) -> None:
 
 
 # --- models ---------------------------------------------------------------------------------------
+
+
+def _export_routes(app: FastAPI) -> None:
+    from tunesmith.errors import TunesmithError
+    from tunesmith.export import export_run
+    from tunesmith.export.gguf import OUTTYPES
+
+    store: Store = app.state.store
+
+    @app.get("/v1/models/{model_id:path}/content")
+    async def model_content(model_id: str, org: Org, format: str = "gguf", outtype: str = "f16"):
+        """The fine-tuned model as one GGUF file (llama.cpp, Ollama, LM Studio), written on first request."""
+        if format != "gguf":
+            raise APIError(400, f"format {format!r} is not supported; use format=gguf", param="format")
+        if outtype not in OUTTYPES:
+            raise APIError(400, f"outtype {outtype!r}: choose one of {', '.join(OUTTYPES)}", param="outtype")
+        row = store.model(org["id"], model_id)
+        if row is None:
+            raise APIError(404, f"The model {model_id!r} does not exist", param="model", code="model_not_found")
+        run = Path(row["adapter_path"]).parent
+        path = run / "export" / f"model-{outtype}.gguf"
+        if not path.is_file():
+            try:
+                await _in_thread(lambda: export_run(run, "gguf", outtype, path))
+            except TunesmithError as error:
+                raise APIError(400, str(error), param="model", code="model_not_exportable") from None
+        filename = re.sub(r"[^A-Za-z0-9._-]", "_", model_id) + f"-{outtype}.gguf"
+        return FileResponse(path, media_type="application/octet-stream", filename=filename)
 
 
 def _model_routes(app: FastAPI) -> None:

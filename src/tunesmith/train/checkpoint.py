@@ -33,21 +33,29 @@ def _fsync_dir(path: Path) -> None:
 
 
 @contextmanager
-def atomic_file(path: str | Path, mode: str = "wb"):
-    """Open a temp file beside `path`; on success fsync it and rename it over `path`."""
+def atomic_path(path: str | Path):
+    """A temp path beside `path` for a writer that opens files itself; on success it is fsynced and
+    renamed over `path`, on failure removed."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    os.close(fd)
     try:
-        with os.fdopen(fd, mode) as fh:
-            yield fh
-            fh.flush()
+        yield Path(tmp)
+        with open(tmp, "rb") as fh:
             os.fsync(fh.fileno())
         os.replace(tmp, path)
         _fsync_dir(path.parent)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+@contextmanager
+def atomic_file(path: str | Path, mode: str = "wb"):
+    """Open a temp file beside `path`; on success fsync it and rename it over `path`."""
+    with atomic_path(path) as tmp, open(tmp, mode) as fh:
+        yield fh
 
 
 def write_text_atomic(path: str | Path, text: str) -> None:

@@ -1,0 +1,277 @@
+"""GGUF files for llama.cpp, Ollama and LM Studio, written with the `gguf` package: no llama.cpp build.
+
+The Llama family only (SmolLM, Llama 2/3, TinyLlama, Mistral): the one layout whose round trip through
+transformers' GGUF loader is tested. llama.cpp's Llama graph rotates interleaved pairs of each head's
+dimensions, Hugging Face rotates the two halves, so the Q and K rows of every head are reordered
+(`_interleave_rope_rows`) the way llama.cpp's own converter does; every other tensor keeps its values
+under llama.cpp's name. The vocabulary and chat template go in as metadata (export/gguf_vocab.py).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from tunesmith.errors import TunesmithError
+from tunesmith.progress import tracked
+from tunesmith.train.checkpoint import atomic_path
+
+GGUF_ARCH = "llama"
+SUPPORTED_MODEL_TYPES = ("llama", "mistral")
+SUPPORTED_TEXT = "the Llama family (model_type llama or mistral: SmolLM, Llama 2/3, TinyLlama, Mistral)"
+ROPE_TYPES = ("default", "linear", "llama3")
+
+
+@dataclass(frozen=True)
+class OutType:
+    matrices: str  # GGMLQuantizationType name for 2-D weights; vectors (norms) always stay F32
+    file_type: str  # LlamaFileType name, what llama.cpp reports as the file's type
+
+
+OUTTYPES = {
+    "f32": OutType("F32", "ALL_F32"),
+    "f16": OutType("F16", "MOSTLY_F16"),
+    "bf16": OutType("BF16", "MOSTLY_BF16"),
+    "q8_0": OutType("Q8_0", "MOSTLY_Q8_0"),
+}
+
+
+@dataclass(frozen=True)
+class LlamaShape:
+    layers: int
+    heads: int
+    kv_heads: int
+    head_dim: int
+
+    @classmethod
+    def of(cls, config) -> LlamaShape:
+        heads = config.num_attention_heads
+        head_dim = getattr(config, "head_dim", None) or config.hidden_size // heads
+        return cls(config.num_hidden_layers, heads, config.num_key_value_heads or heads, head_dim)
+
+
+def _rope(config) -> dict:
+    # transformers 5 keeps rope settings in rope_parameters; older configs in rope_theta/rope_scaling.
+    params = dict(getattr(config, "rope_parameters", None) or getattr(config, "rope_scaling", None) or {})
+    params.setdefault("rope_theta", getattr(config, "rope_theta", 10000.0))
+    params["rope_type"] = params.get("rope_type") or params.get("type") or "default"
+    return params
+
+
+def check_supported(config, source: str) -> None:
+    """Refuse, naming what is supported, anything whose GGUF layout we have not tested."""
+    model_type = getattr(config, "model_type", None)
+    if model_type not in SUPPORTED_MODEL_TYPES:
+        raise TunesmithError(
+            f"{source}: GGUF export supports {SUPPORTED_TEXT}; this model is {model_type!r} "
+            f"({', '.join(getattr(config, 'architectures', None) or ['unknown architecture'])})"
+        )
+    if getattr(config, "attention_bias", False) or getattr(config, "mlp_bias", False):
+        raise TunesmithError(f"{source}: GGUF export of Llama models with attention or MLP biases is not supported")
+    rope_type = _rope(config)["rope_type"]
+    if rope_type not in ROPE_TYPES:
+        raise TunesmithError(
+            f"{source}: GGUF export supports rope types {', '.join(ROPE_TYPES)}; this model uses {rope_type!r}"
+        )
+
+
+def _interleave_rope_rows(weight: np.ndarray, heads: int) -> np.ndarray:
+    """Per head, rows (first half, second half) -> (pair 0, pair 1, ...), llama.cpp's rotary order."""
+    return (
+        weight.reshape(heads, 2, weight.shape[0] // heads // 2, *weight.shape[1:]).swapaxes(1, 2).reshape(weight.shape)
+    )
+
+
+def llama3_rope_factors(rope: dict, head_dim: int) -> np.ndarray:
+    """Llama 3.1's frequency-dependent rope scaling as the per-frequency divisors llama.cpp reads
+    from `rope_freqs.weight` (it has no other way to express it)."""
+    base, factor = rope["rope_theta"], rope["factor"]
+    low, high = rope.get("low_freq_factor", 1.0), rope.get("high_freq_factor", 4.0)
+    old_context = rope.get("original_max_position_embeddings", 8192)
+    factors = []
+    for i in range(0, head_dim, 2):
+        wavelength = 2 * math.pi * base ** (i / head_dim)
+        if wavelength < old_context / high:
+            factors.append(1.0)
+        elif wavelength > old_context / low:
+            factors.append(factor)
+        else:
+            smooth = (old_context / wavelength - low) / (high - low)
+            factors.append(1 / ((1 - smooth) / factor + smooth))
+    return np.array(factors, dtype=np.float32)
+
+
+def _writer(name: str):
+    import gguf
+
+    # use_temp_file: tensors go to a spooled file as they are added, so memory holds one at a time.
+    writer = gguf.GGUFWriter(path=None, arch=GGUF_ARCH, use_temp_file=True)
+    writer.add_name(name)
+    return writer
+
+
+def _add_tensor(writer, name: str, array: np.ndarray, outtype: str) -> None:
+    """Vectors stay F32 (as llama.cpp keeps norms); matrices take the requested type. A row length
+    Q8_0's 32-value blocks cannot tile falls back to F16, llama.cpp's own fallback."""
+    from gguf import GGMLQuantizationType, quants
+
+    array = np.ascontiguousarray(array, dtype=np.float32)
+    qtype = GGMLQuantizationType[OUTTYPES[outtype].matrices] if array.ndim > 1 else GGMLQuantizationType.F32
+    if qtype == GGMLQuantizationType.Q8_0 and array.shape[-1] % 32:
+        qtype = GGMLQuantizationType.F16
+    if qtype == GGMLQuantizationType.F32:
+        writer.add_tensor(name, array)
+    elif qtype == GGMLQuantizationType.F16:
+        writer.add_tensor(name, array.astype(np.float16))
+    else:
+        writer.add_tensor(name, quants.quantize(array, qtype), raw_dtype=qtype)
+
+
+def _save(writer, out: Path) -> Path:
+    with atomic_path(out) as tmp:
+        writer.write_header_to_file(path=tmp)
+        writer.write_kv_data_to_file()
+        writer.write_tensors_to_file()
+        writer.close()
+    return out
+
+
+def _safetensors(folder: Path) -> list[Path]:
+    files = sorted(folder.glob("*.safetensors"))
+    if not files:
+        raise TunesmithError(f"{folder}: no .safetensors weights to export")
+    return files
+
+
+def _gguf_name(name_map, hf_name: str) -> str:
+    name = name_map.get_name(hf_name, try_suffixes=(".weight", ".bias"))
+    if name is None:
+        raise TunesmithError(f"GGUF export: no llama.cpp name for tensor {hf_name!r}")
+    return name
+
+
+def _tensor_name_map(layers: int):
+    import gguf
+
+    return gguf.get_tensor_name_map(gguf.MODEL_ARCH.LLAMA, layers)
+
+
+def _to_gguf_layout(hf_name: str, array: np.ndarray, shape: LlamaShape) -> np.ndarray:
+    if hf_name.endswith("q_proj.weight"):
+        return _interleave_rope_rows(array, shape.heads)
+    if hf_name.endswith("k_proj.weight"):
+        return _interleave_rope_rows(array, shape.kv_heads)
+    return array
+
+
+def _add_hyperparameters(writer, config, shape: LlamaShape, outtype: str) -> None:
+    import gguf
+
+    rope = _rope(config)
+    writer.add_type(gguf.GGUFType.MODEL)
+    writer.add_context_length(config.max_position_embeddings)
+    writer.add_embedding_length(config.hidden_size)
+    writer.add_block_count(shape.layers)
+    writer.add_feed_forward_length(config.intermediate_size)
+    writer.add_head_count(shape.heads)
+    writer.add_head_count_kv(shape.kv_heads)
+    writer.add_rope_freq_base(float(rope["rope_theta"]))
+    writer.add_layer_norm_rms_eps(float(config.rms_norm_eps))
+    writer.add_rope_dimension_count(shape.head_dim)
+    writer.add_vocab_size(config.vocab_size)
+    if shape.head_dim != config.hidden_size // shape.heads:
+        writer.add_key_length(shape.head_dim)
+        writer.add_value_length(shape.head_dim)
+    if rope["rope_type"] == "linear":
+        writer.add_rope_scaling_type(gguf.RopeScalingType.LINEAR)
+        writer.add_rope_scaling_factor(float(rope["factor"]))
+    writer.add_file_type(gguf.LlamaFileType[OUTTYPES[outtype].file_type])
+
+
+def _check_outtype(outtype: str, allowed) -> None:
+    if outtype not in allowed:
+        raise TunesmithError(f"--outtype {outtype!r}: choose one of {', '.join(allowed)}")
+
+
+def write_model_gguf(folder: Path, out: Path, outtype: str, name: str) -> Path:
+    """The HF model in `folder` (weights, config, tokenizer) as one GGUF file at `out`."""
+    from safetensors import safe_open
+    from transformers import AutoConfig, AutoTokenizer
+
+    from tunesmith.export.gguf_vocab import add_tokenizer
+
+    _check_outtype(outtype, OUTTYPES)
+    config = AutoConfig.from_pretrained(folder)
+    check_supported(config, str(folder))
+    shape = LlamaShape.of(config)
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    writer = _writer(name)
+    _add_hyperparameters(writer, config, shape, outtype)
+    add_tokenizer(writer, folder, tokenizer, config.vocab_size)
+
+    name_map = _tensor_name_map(shape.layers)
+    rope = _rope(config)
+    if rope["rope_type"] == "llama3":
+        writer.add_tensor("rope_freqs.weight", llama3_rope_factors(rope, shape.head_dim))
+    for path in _safetensors(folder):
+        with safe_open(path, "pt") as weights:
+            names = [n for n in weights.keys() if not (config.tie_word_embeddings and n == "lm_head.weight")]
+            for hf_name in tracked(names, f"gguf {outtype}: {path.name}"):
+                array = weights.get_tensor(hf_name).float().numpy()
+                _add_tensor(writer, _gguf_name(name_map, hf_name), _to_gguf_layout(hf_name, array, shape), outtype)
+    return _save(writer, out)
+
+
+LORA_OUTTYPES = ("f32", "f16", "bf16")
+
+
+def write_lora_gguf(adapter: Path, config_folder: Path, out: Path, outtype: str, name: str) -> Path:
+    """A PEFT LoRA adapter as llama.cpp's GGUF LoRA (`llama-cli -m base.gguf --lora this.gguf`).
+
+    Each adapted weight W gets `<name>.lora_a` (rank x in) and `<name>.lora_b` (out x rank), and the
+    runtime adds (alpha / rank) * B @ A. Q and K's B take the same row order as their base weights,
+    since the update adds to those rows.
+    """
+    from safetensors.torch import load_file
+    from transformers import AutoConfig
+
+    _check_outtype(outtype, LORA_OUTTYPES)
+    config = AutoConfig.from_pretrained(config_folder)
+    check_supported(config, str(config_folder))
+    shape = LlamaShape.of(config)
+    settings = json.loads((adapter / "adapter_config.json").read_text())
+    if settings.get("use_dora"):
+        raise TunesmithError(f"{adapter}: a DoRA adapter has no GGUF LoRA form; export the merged model instead")
+    if settings.get("alpha_pattern") or settings.get("modules_to_save"):
+        raise TunesmithError(
+            f"{adapter}: per-module alphas or fully trained modules do not fit a GGUF LoRA; export the merged model"
+        )
+    rank, alpha = settings["r"], float(settings["lora_alpha"])
+    # llama.cpp scales by alpha / rank; rsLoRA's alpha / sqrt(rank) is the same with a larger alpha.
+    if settings.get("use_rslora"):
+        alpha *= math.sqrt(rank)
+
+    import gguf
+
+    writer = _writer(name)
+    writer.add_type(gguf.GGUFType.ADAPTER)
+    writer.add_string(gguf.Keys.Adapter.TYPE, "lora")
+    writer.add_float32(gguf.Keys.Adapter.LORA_ALPHA, alpha)
+    name_map = _tensor_name_map(shape.layers)
+    state = load_file(adapter / "adapter_model.safetensors")
+    pairs = sorted({key.rsplit(".lora_", 1)[0] for key in state if ".lora_" in key})
+    if not pairs:
+        raise TunesmithError(f"{adapter}: no LoRA weights in adapter_model.safetensors")
+    for module in pairs:
+        # PEFT's keys: base_model.model.<module path>.lora_A.weight
+        hf_name = module.removeprefix("base_model.model.") + ".weight"
+        target = _gguf_name(name_map, hf_name)
+        lora_a = state[f"{module}.lora_A.weight"].float().numpy()
+        lora_b = _to_gguf_layout(hf_name, state[f"{module}.lora_B.weight"].float().numpy(), shape)
+        _add_tensor(writer, f"{target}.lora_a", lora_a, outtype)
+        _add_tensor(writer, f"{target}.lora_b", lora_b, outtype)
+    return _save(writer, out)
