@@ -12,6 +12,7 @@ import os
 import shutil
 import time
 from pathlib import Path
+from urllib.parse import urlparse
 
 import yaml
 
@@ -84,13 +85,13 @@ class MLflowTracker:
     RUN/mlruns."""
 
     def __init__(self, run: Path, config_text: str, resume_step: int | None):
-        if not os.environ.get("MLFLOW_TRACKING_URI"):
+        uri = os.environ.get("MLFLOW_TRACKING_URI") or (run / "mlruns").resolve().as_uri()
+        if urlparse(uri).scheme in ("", "file"):
             # MLflow 3 keeps its file store for those who opt in; a local, server-less store is the point here.
             os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")
         from mlflow import MlflowClient
         from mlflow.entities import Param
 
-        uri = os.environ.get("MLFLOW_TRACKING_URI") or (run / "mlruns").resolve().as_uri()
         self.client = MlflowClient(tracking_uri=uri)
         id_file = run / MLFLOW_RUN_ID_FILE
         if resume_step is not None and id_file.is_file():

@@ -1,0 +1,46 @@
+"""The real SmolLM2-135M-Instruct after a short LoRA run, exported and read back by transformers."""
+
+import pytest
+from gguf_checks import greedy, load_gguf, logit_ids, max_logit_difference
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from tunesmith.config import config_from_dict
+from tunesmith.export import export_run
+from tunesmith.train.recipe import train
+
+
+@pytest.fixture(scope="module")
+def smol_run(tmp_path_factory, small_e2e):
+    out = tmp_path_factory.mktemp("smol") / "run"
+    cfg = config_from_dict(
+        {
+            "model": "smollm2-135m-instruct",
+            "data": {
+                "train": str(small_e2e / "train.jsonl"),
+                "validation": str(small_e2e / "validation.jsonl"),
+                "max_seq_len": 128,
+            },
+            "method": {"name": "lora", "r": 8, "alpha": 16},
+            "train": {"max_steps": 3, "batch_size": 4, "lr": 1e-3, "warmup_steps": 1, "eval_every": 3},
+            "eval": {"samples": 0},
+            "out_dir": str(out),
+        }
+    )
+    train(cfg)
+    model = AutoModelForCausalLM.from_pretrained(out / "merged").eval()
+    tokenizer = AutoTokenizer.from_pretrained(out / "merged")
+    return out, model, tokenizer, greedy(model, tokenizer)
+
+
+# outtype, max |logit difference| on 64 tokens (None: not compared), greedy answers that must match
+ROUND_TRIP = [("f32", 1e-4, 5), ("f16", 5e-2, 5), ("q8_0", None, 4)]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("outtype", "tolerance", "same_answers"), ROUND_TRIP)
+def test_smollm2_round_trip(smol_run, tmp_path, outtype, tolerance, same_answers):
+    run, reference, tokenizer, answers = smol_run
+    model = load_gguf(export_run(run, "gguf", outtype, tmp_path / f"smol-{outtype}.gguf"))
+    if tolerance is not None:
+        assert max_logit_difference(model, reference, logit_ids(tokenizer)) <= tolerance
+    assert sum(a == b for a, b in zip(greedy(model, tokenizer), answers, strict=True)) >= same_answers
