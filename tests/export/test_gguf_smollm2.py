@@ -4,27 +4,19 @@ import pytest
 from gguf_checks import greedy, load_gguf, logit_ids, max_logit_difference
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from tunesmith.config import config_from_dict
 from tunesmith.export import export_run
 from tunesmith.train.recipe import train
 
 
 @pytest.fixture(scope="module")
-def smol_run(tmp_path_factory, small_e2e):
+def smol_run(tmp_path_factory, make_tiny_config):
     out = tmp_path_factory.mktemp("smol") / "run"
-    cfg = config_from_dict(
-        {
-            "model": "smollm2-135m-instruct",
-            "data": {
-                "train": str(small_e2e / "train.jsonl"),
-                "validation": str(small_e2e / "validation.jsonl"),
-                "max_seq_len": 128,
-            },
-            "method": {"name": "lora", "r": 8, "alpha": 16},
-            "train": {"max_steps": 3, "batch_size": 4, "lr": 1e-3, "warmup_steps": 1, "eval_every": 3},
-            "eval": {"samples": 0},
-            "out_dir": str(out),
-        }
+    cfg = make_tiny_config(
+        out,
+        model="smollm2-135m-instruct",
+        method={"dropout": 0.0},
+        train={"max_steps": 3, "lr": 1e-3, "eval_every": 3, "save_every": 100},
+        eval={"samples": 0},
     )
     train(cfg)
     model = AutoModelForCausalLM.from_pretrained(out / "merged").eval()

@@ -1,0 +1,77 @@
+"""What GGUF export costs in fidelity: a run's merged model against its GGUF files read back by
+transformers' GGUF loader (no llama.cpp here to compare with; the reader is the one tunesmith uses
+for .gguf models).
+
+    python benchmarks/gguf_roundtrip.py RUN_DIR [--prompts 20] [--max-new-tokens 32]
+
+Per --outtype: file size, write time, the largest logit difference on 64 tokens of held-out E2E
+prompts, and how many greedy answers to the first N E2E test prompts are identical to the merged
+model's.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from tunesmith.data.formats import Message
+from tunesmith.evaluate.baselines import encode_chat
+from tunesmith.evaluate.generate import generate
+from tunesmith.export import export_run
+from tunesmith.export.gguf import OUTTYPES
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def cpu_flags() -> str:
+    flags = Path("/proc/cpuinfo").read_text().split() if Path("/proc/cpuinfo").exists() else []
+    wanted = sorted({f for f in flags if f.startswith(("avx512f", "avx512_bf16", "amx"))})
+    return " ".join(wanted) or "no AVX-512"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("run_dir")
+    parser.add_argument("--prompts", type=int, default=20)
+    parser.add_argument("--max-new-tokens", type=int, default=32)
+    args = parser.parse_args()
+    run = Path(args.run_dir)
+    rows = [json.loads(line) for line in (REPO / "data/e2e_nlg/test.jsonl").read_text().splitlines()]
+    prompts = [r["prompt"] for r in rows[: args.prompts]]
+
+    tokenizer = AutoTokenizer.from_pretrained(run / "merged")
+    ids = torch.tensor([tokenizer(" ".join(prompts), add_special_tokens=False).input_ids[:64]])
+    chats = [encode_chat(tokenizer, [Message("user", p)]) for p in prompts]
+
+    def measure(model) -> tuple[torch.Tensor, list[str]]:
+        with torch.no_grad():
+            logits = model(input_ids=ids).logits
+        texts = generate(model, tokenizer, chats, max_new_tokens=args.max_new_tokens, batch_size=8).texts
+        return logits, texts
+
+    reference_logits, reference_texts = measure(AutoModelForCausalLM.from_pretrained(run / "merged").eval())
+    merged_mb = sum(f.stat().st_size for f in (run / "merged").glob("*.safetensors")) / 1e6
+    print(f"run {run}: merged safetensors {merged_mb:.0f} MB; CPU flags {cpu_flags()}; compute float32")
+    print("| outtype | size (MB) | write (s) | max abs logit diff (64 tokens) | same greedy answers |")
+    print("|---|---|---|---|---|")
+    with tempfile.TemporaryDirectory() as folder:
+        for outtype in OUTTYPES:
+            start = time.perf_counter()
+            path = export_run(run, "gguf", outtype, Path(folder) / f"model-{outtype}.gguf")
+            seconds = time.perf_counter() - start
+            model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=path.name, dtype=torch.float32).eval()
+            logits, texts = measure(model)
+            diff = (logits - reference_logits).abs().max().item()
+            same = sum(a == b for a, b in zip(texts, reference_texts, strict=True))
+            print(f"| {outtype} | {path.stat().st_size / 1e6:.0f} | {seconds:.1f} | {diff:.2g} | {same}/{len(texts)} |")
+            path.unlink()
+
+
+if __name__ == "__main__":
+    main()
