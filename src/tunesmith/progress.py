@@ -12,6 +12,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn, track
 
+from tunesmith.trackers import open_trackers
 from tunesmith.train.checkpoint import write_text_atomic
 
 
@@ -63,13 +64,11 @@ class MetricsLog:
     after the run's last file is written lets them finish (MLflow uploads the run folder then).
     """
 
-    def __init__(self, path: Path, resume_step: int | None, report_to: list[str] = ()):
+    def __init__(self, path: Path, resume_step: int | None, report_to: Sequence[str] = ()):
         self.path = path
         if resume_step is not None and path.exists():
             kept = [line for line in path.read_text().splitlines() if json.loads(line)["step"] <= resume_step]
             write_text_atomic(path, "".join(line + "\n" for line in kept))
-        from tunesmith.trackers import open_trackers
-
         self.trackers = open_trackers(list(report_to), path.parent, resume_step)
 
     def write(self, record: dict) -> None:
