@@ -137,6 +137,8 @@ def _save(writer, out: Path) -> Path:
         writer.write_kv_data_to_file()
         writer.write_tensors_to_file()
         writer.close()
+        # A file to hand to other programs (an ollama daemon, a web server): readable, unlike a temp file.
+        tmp.chmod(0o644)
     return out
 
 
