@@ -22,7 +22,7 @@ def _run_system_prompt(run: Path) -> str | None:
     return (raw.get("data") or {}).get("system")
 
 
-def default_output(run: Path, to: str, outtype: str) -> Path:
+def _default_output(run: Path, to: str, outtype: str) -> Path:
     name = run.resolve().name
     return {
         "gguf": run / f"{name}-{outtype}.gguf",
@@ -44,7 +44,7 @@ def export_run(
     merged = run / "merged"
     if not (merged / "config.json").is_file():
         raise TunesmithError(f"{run} is not a finished run folder: it has no merged/config.json")
-    target = Path(out) if out else default_output(run, to, outtype)
+    target = Path(out) if out else _default_output(run, to, outtype)
     name = run.resolve().name
     if to == "gguf":
         return write_model_gguf(merged, target, outtype, name)
