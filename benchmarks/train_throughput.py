@@ -134,11 +134,13 @@ def validation_loss(model, tokenizer, model_name: str, max_len: int) -> float:
     end-of-turn token closing them) of the validation file, tokenized with the chat template."""
     from tunesmith.data.formats import read_examples
     from tunesmith.data.tokenize import tokenize_examples
+    from tunesmith.train.distributed import LossModule
     from tunesmith.train.recipe import evaluate_loss
 
     examples = tokenize_examples(tokenizer, read_examples(VALIDATION).examples, max_len)
     cfg = _eval_config(model_name, max_len)
-    loss, _ = evaluate_loss(model, examples, cfg, tokenizer.pad_token_id, _device())
+    module = LossModule(model, cfg.train.loss_chunk_size)
+    loss, _ = evaluate_loss(module, examples, cfg, tokenizer.pad_token_id, _device())
     return loss
 
 

@@ -143,12 +143,31 @@ class EvalConfig(_Strict):
     samples: int = Field(5, ge=0, description="Held-out items printed side by side after training.")
 
 
+class DistributedConfig(_Strict):
+    strategy: Literal["auto", "ddp", "fsdp"] = Field(
+        "auto",
+        description="How several processes share a run (`tunesmith train --nproc-per-node N`): ddp copies the "
+        "model to every process and averages gradients; fsdp (FSDP2 `fully_shard` per decoder layer) shards "
+        "weights, gradients and AdamW state, so memory per process falls with their number; auto = ddp for "
+        "LoRA, fsdp for full fine-tuning. One process ignores it.",
+    )
+    timeout_s: int = Field(
+        60,
+        ge=5,
+        description="Seconds a process waits for the others in a collective before the run fails: a dead "
+        "process stops the rest within this time instead of hanging them.",
+    )
+
+
 class Config(_Strict):
     model: str = Field("smollm2-135m-instruct", description="Built-in name, HF folder or .gguf path.")
     data: DataConfig = Field(description="Where the data is and how to read it.")
     method: MethodConfig = Field(default_factory=MethodConfig, description="LoRA or full fine-tuning.")
     train: TrainConfig = Field(default_factory=TrainConfig, description="Optimisation settings.")
     eval: EvalConfig = Field(default_factory=EvalConfig, description="Held-out evaluation settings.")
+    distributed: DistributedConfig = Field(
+        default_factory=DistributedConfig, description="Training on several processes and machines."
+    )
     out_dir: str = Field("runs/default", description="Run folder: adapter, merged model, metrics, checkpoints.")
 
 

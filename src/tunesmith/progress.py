@@ -22,7 +22,9 @@ def peak_rss_mb() -> float:
 
 
 class TrainProgress:
-    def __init__(self, total_steps: int, done: int):
+    def __init__(self, total_steps: int, done: int, show: bool = True):
+        """`show=False`: silent (the processes of a distributed run other than rank 0)."""
+        self.show = show
         self.console = Console(stderr=True)
         self.bar = Progress(
             TextColumn("[bold]train"),
@@ -32,7 +34,7 @@ class TrainProgress:
             TextColumn("ETA"),
             TimeRemainingColumn(),
             console=self.console,
-            disable=not sys.stderr.isatty(),
+            disable=not (show and sys.stderr.isatty()),
         )
         self.task = self.bar.add_task("train", total=total_steps, completed=done, loss="-", lr="-", rate="-")
 
@@ -51,6 +53,8 @@ class TrainProgress:
 
     def say(self, text: str) -> None:
         """A line that stays (evaluations, checkpoints); plain stderr when not on a terminal."""
+        if not self.show:
+            return
         if self.bar.disable:
             print(text, file=sys.stderr, flush=True)
         else:

@@ -6,6 +6,7 @@ import torch
 from tunesmith.data.prepare import prepare_data
 from tunesmith.models import load_model
 from tunesmith.train.checkpoint import atomic_file, write_dir_atomic
+from tunesmith.train.distributed import Dist
 from tunesmith.train.loss import labelled_loss
 from tunesmith.train.optim import lr_factor
 from tunesmith.train.recipe import StepBatches, _attach_method
@@ -77,8 +78,8 @@ def test_atomic_folder_is_all_or_nothing(tmp_path):
 
 def _step_gradients(cfg, model, data, pad_id):
     model.zero_grad()
-    batches = StepBatches(data.train, cfg, pad_id, steps_per_epoch=1)(0)
-    total = sum(b.n_label_tokens for b in batches)
+    batches, total, _ = StepBatches(data.train, cfg, pad_id, steps_per_epoch=1, dist=Dist())(0)
+    assert total == sum(b.n_label_tokens for b in batches)
     for batch in batches:
         (labelled_loss(model, batch, 64).loss_sum / total).backward()
     return {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}

@@ -1,7 +1,10 @@
 """Atomic files and resumable checkpoints.
 
 Everything is written to a temporary name, fsynced, then renamed: a reader (or a resumed run)
-sees a complete checkpoint or none, never half of one, even after SIGKILL or power loss.
+sees a complete checkpoint or none, never half of one, even after SIGKILL or power loss. A
+checkpoint is a torch.distributed.checkpoint folder (`.metadata` and one file per writing process)
+plus the schedule, the trainer state and each process's RNG: the same format at every world size,
+loadable at any other. Several machines need an out_dir they all see (a shared file system).
 """
 
 from __future__ import annotations
@@ -18,7 +21,16 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from safetensors.torch import load_file, save, save_file
+import torch.distributed.checkpoint as dcp
+from torch.distributed.checkpoint.state_dict import (
+    StateDictOptions,
+    get_model_state_dict,
+    get_state_dict,
+    set_model_state_dict,
+    set_optimizer_state_dict,
+)
+
+from tunesmith.train.distributed import ONE_PROCESS, Dist, LossModule, unwrapped
 
 CHECKPOINT_PREFIX = "step-"
 KEEP_CHECKPOINTS = 2
@@ -63,6 +75,23 @@ def write_text_atomic(path: str | Path, text: str) -> None:
         fh.write(text)
 
 
+def publish_dir(tmp: Path, target: Path) -> Path:
+    """fsync the files of a filled folder, then rename it to `target` (replacing an old one)."""
+    for f in tmp.rglob("*"):
+        if f.is_file():
+            with open(f, "rb") as fh:
+                os.fsync(fh.fileno())
+    if target.exists():
+        old = target.with_name(f".{target.name}.old-{os.getpid()}")
+        target.rename(old)
+        tmp.rename(target)
+        shutil.rmtree(old)
+    else:
+        tmp.rename(target)
+    _fsync_dir(target.parent)
+    return target
+
+
 def write_dir_atomic(target: str | Path, fill: Callable[[Path], None]) -> Path:
     """Fill a temp folder, fsync its files, then rename it to `target` (replacing an old one)."""
     target = Path(target)
@@ -70,47 +99,69 @@ def write_dir_atomic(target: str | Path, fill: Callable[[Path], None]) -> Path:
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
     try:
         fill(tmp)
-        for f in tmp.rglob("*"):
-            if f.is_file():
-                with open(f, "rb") as fh:
-                    os.fsync(fh.fileno())
-        if target.exists():
-            old = target.with_name(f".{target.name}.old-{os.getpid()}")
-            target.rename(old)
-            tmp.rename(target)
-            shutil.rmtree(old)
-        else:
-            tmp.rename(target)
-        _fsync_dir(target.parent)
+        publish_dir(tmp, target)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
     return target
 
 
-def trainable_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
-    return {n: p.detach().clone().contiguous() for n, p in model.named_parameters() if p.requires_grad}
+# torch.distributed.checkpoint from here on: every process writes its own shard (under DDP, the
+# replicated tensors once), and a checkpoint written by N processes loads on M, resharded.
+# Not strict: the frozen base weights are neither saved nor loaded. The dict to load into is always
+# built from the module itself, and dcp.load fails on any tensor the checkpoint lacks.
+_OPTIONS = StateDictOptions(ignore_frozen_params=True, strict=False)
+_LOSS_PREFIX = "model."
 
 
-def load_trainable_state(model: torch.nn.Module, state: dict[str, torch.Tensor]) -> None:
-    params = dict(model.named_parameters())
-    missing = [n for n, p in params.items() if p.requires_grad and n not in state]
-    if missing or any(n not in params for n in state):
-        raise ValueError(f"checkpoint does not fit this model ({len(missing)} trainable tensors missing)")
-    with torch.no_grad():
-        for name, tensor in state.items():
-            params[name].copy_(tensor)
+def _one_process() -> bool:
+    return not (torch.distributed.is_available() and torch.distributed.is_initialized())
 
 
-def save_best(path: Path, model: torch.nn.Module, step: int, val_loss: float) -> None:
-    """The lowest-validation-loss weights so far, as one atomically replaced file."""
-    state = trainable_state(model)
-    with atomic_file(path) as fh:
-        fh.write(save(state, metadata={"step": str(step), "val_loss": repr(val_loss)}))
+def _loss_module(module: torch.nn.Module) -> torch.nn.Module:
+    """What state dicts are taken from: the trained (possibly wrapped) LossModule, or one made for a bare model."""
+    return module if isinstance(unwrapped(module), LossModule) else LossModule(module, 1)
 
 
-def load_best(path: Path, model: torch.nn.Module) -> None:
-    load_trainable_state(model, load_file(path))
+def _model_state(module: torch.nn.Module) -> dict:
+    """Trained tensors under the base checkpoint's own names (the LossModule's prefix dropped)."""
+    state = get_model_state_dict(_loss_module(module), options=_OPTIONS)
+    return {name.removeprefix(_LOSS_PREFIX): tensor for name, tensor in state.items()}
+
+
+def _set_model_state(module: torch.nn.Module, state: dict) -> None:
+    named = {_LOSS_PREFIX + name: tensor for name, tensor in state.items()}
+    set_model_state_dict(_loss_module(module), named, options=_OPTIONS)
+
+
+def _save_sharded(target: Path, dist: Dist, state: dict, write_main: Callable[[Path], None]) -> Path:
+    """Atomic across processes: all write into one temporary folder, then rank 0 renames it."""
+    tmp = target.with_name(f".{target.name}.tmp")
+    if dist.is_main:
+        shutil.rmtree(tmp, ignore_errors=True)  # left by a run killed while saving
+        tmp.mkdir(parents=True)
+    dist.barrier()
+    dcp.save(state, checkpoint_id=tmp, no_dist=_one_process())
+    torch.save(rng_state(), tmp / f"rng-{dist.rank}.pt")
+    if dist.is_main:
+        write_main(tmp)
+    dist.barrier()
+    if dist.is_main:
+        publish_dir(tmp, target)
+    return target
+
+
+def save_best(path: Path, module: torch.nn.Module, step: int, val_loss: float, dist: Dist = ONE_PROCESS) -> None:
+    """The lowest-validation-loss weights so far, as one atomically replaced folder."""
+    meta = json.dumps({"step": step, "val_loss": val_loss})
+    _save_sharded(path, dist, {"model": _model_state(module)}, lambda folder: (folder / "best.json").write_text(meta))
+
+
+def load_best(path: str | Path, module: torch.nn.Module) -> None:
+    """Into a trained LossModule (any world size) or a bare model built the same way."""
+    state = _model_state(module)
+    dcp.load({"model": state}, checkpoint_id=Path(path), no_dist=_one_process())
+    _set_model_state(module, state)
 
 
 def rng_state() -> dict:
@@ -133,20 +184,24 @@ class TrainerState:
     best_step: int | None
     evals_without_improvement: int
     wall_seconds: float
+    examples_per_step: int = 0  # all processes together: a resumed run must keep it
+    world_size: int = 1
 
 
-def save_checkpoint(ckpt_dir: Path, model, optimizer, scheduler, state: TrainerState) -> Path:
-    def fill(folder: Path) -> None:
-        save_file(trainable_state(model), folder / "trainable.safetensors")
-        torch.save(
-            {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "rng": rng_state()},
-            folder / "optimizer.pt",
-        )
+def save_checkpoint(
+    ckpt_dir: Path, module, optimizer, scheduler, state: TrainerState, dist: Dist = ONE_PROCESS
+) -> Path:
+    _, optim_state = get_state_dict(_loss_module(module), optimizer, options=_OPTIONS)
+
+    def write_main(folder: Path) -> None:
+        torch.save(scheduler.state_dict(), folder / "scheduler.pt")
         (folder / "state.json").write_text(json.dumps(state.__dict__, indent=1))
 
-    path = write_dir_atomic(ckpt_dir / f"{CHECKPOINT_PREFIX}{state.step:06d}", fill)
-    for old in list_checkpoints(ckpt_dir)[:-KEEP_CHECKPOINTS]:
-        shutil.rmtree(old)
+    target = ckpt_dir / f"{CHECKPOINT_PREFIX}{state.step:06d}"
+    path = _save_sharded(target, dist, {"model": _model_state(module), "optim": optim_state}, write_main)
+    if dist.is_main:
+        for old in list_checkpoints(ckpt_dir)[:-KEEP_CHECKPOINTS]:
+            shutil.rmtree(old)
     return path
 
 
@@ -156,10 +211,20 @@ def list_checkpoints(ckpt_dir: Path) -> list[Path]:
     return sorted(p for p in ckpt_dir.iterdir() if p.is_dir() and p.name.startswith(CHECKPOINT_PREFIX))
 
 
-def load_checkpoint(path: Path, model, optimizer, scheduler) -> TrainerState:
-    load_trainable_state(model, load_file(path / "trainable.safetensors"))
-    extra = torch.load(path / "optimizer.pt", weights_only=False)
-    optimizer.load_state_dict(extra["optimizer"])
-    scheduler.load_state_dict(extra["scheduler"])
-    set_rng_state(extra["rng"])
+def read_trainer_state(path: Path) -> TrainerState:
     return TrainerState(**json.loads((path / "state.json").read_text()))
+
+
+def load_checkpoint(path: Path, module, optimizer, scheduler, dist: Dist = ONE_PROCESS) -> TrainerState:
+    """Weights, optimizer and schedule, resharded to this world size; this rank's RNG where it had one."""
+    loss_module = _loss_module(module)
+    _, optim_state = get_state_dict(loss_module, optimizer, options=_OPTIONS)  # allocates the state to load into
+    state = {"model": _model_state(module), "optim": optim_state}
+    dcp.load(state, checkpoint_id=path, no_dist=_one_process())
+    _set_model_state(module, state["model"])
+    set_optimizer_state_dict(loss_module, optimizer, state["optim"], options=_OPTIONS)
+    scheduler.load_state_dict(torch.load(path / "scheduler.pt", weights_only=False))
+    rng = path / f"rng-{dist.rank}.pt"
+    if rng.is_file():
+        set_rng_state(torch.load(rng, weights_only=False))
+    return read_trainer_state(path)
