@@ -19,7 +19,13 @@ def _train(args) -> int:
     from tunesmith.train.recipe import train
 
     cfg = load_config(args.config, args.overrides)
+    if args.nproc_per_node < 1 or args.nnodes < 1:
+        raise TunesmithError("--nproc-per-node and --nnodes must be at least 1")
+    if args.nproc_per_node > 1 or args.nnodes > 1:
+        return _launch_train(args, cfg)
     summary = train(cfg, resume=args.resume, overwrite=args.overwrite)
+    if int(os.environ.get("RANK", "0")) != 0:
+        return 0  # a process of a distributed run: rank 0 reports
     _print_train_summary(summary)
     if cfg.data.test:
         # The question that matters: does the fine-tune beat the base model prompted well?
@@ -27,6 +33,21 @@ def _train(args) -> int:
 
         print(format_summary(run_evaluation(cfg, cfg.out_dir, cfg.out_dir)))
     return 0
+
+
+def _launch_train(args, cfg) -> int:
+    """This node's processes, each running `tunesmith train` (what `torchrun -m tunesmith train` does)."""
+    from pathlib import Path
+
+    from tunesmith.train.distributed import launch
+    from tunesmith.train.recipe import check_out_dir
+
+    if "TORCHELASTIC_RUN_ID" in os.environ:
+        raise TunesmithError("--nproc-per-node inside a process that torchrun started: give it to one of them")
+    check_out_dir(Path(cfg.out_dir), args.resume, args.overwrite)  # once, before any process starts
+    worker = ["train", args.config, *args.overrides]
+    worker += ["--resume"] if args.resume else ["--overwrite"] if args.overwrite else []
+    return launch(worker, args.nproc_per_node, args.nnodes, args.node_rank, args.rdzv_endpoint)
 
 
 def _print_train_summary(summary) -> None:
@@ -138,6 +159,12 @@ def build_parser() -> argparse.ArgumentParser:
     mode = p.add_mutually_exclusive_group()
     mode.add_argument("--resume", action="store_true", help="continue from the last checkpoint in out_dir")
     mode.add_argument("--overwrite", action="store_true", help="replace a run already in out_dir")
+    p.add_argument(
+        "--nproc-per-node", type=int, default=1, help="processes on this machine (one per GPU; 1: no process group)"
+    )
+    p.add_argument("--nnodes", type=int, default=1, help="machines taking part (each runs this command)")
+    p.add_argument("--node-rank", type=int, default=0, help="this machine's number, 0 to nnodes - 1")
+    p.add_argument("--rdzv-endpoint", help="HOST:PORT on machine 0 where the machines meet (several machines)")
     p.set_defaults(func=_train)
 
     p = sub.add_parser("validate", help="check a data file before any compute")
@@ -194,7 +221,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.func(args)
     except TunesmithError as error:
-        print(f"tunesmith: error: {error}", file=sys.stderr)
+        # In a distributed run every process may say it: each says which it is.
+        rank = f"rank {os.environ['RANK']}: " if int(os.environ.get("WORLD_SIZE", "1")) > 1 else ""
+        print(f"tunesmith: error: {rank}{error}", file=sys.stderr)
         return EXIT_USER_ERROR
     except KeyboardInterrupt:
         print("tunesmith: interrupted", file=sys.stderr)

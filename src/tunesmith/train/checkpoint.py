@@ -148,6 +148,7 @@ def _save_sharded(target: Path, dist: Dist, state: dict, write_main: Callable[[P
     dist.barrier()
     if dist.is_main:
         publish_dir(tmp, target)
+    dist.barrier()  # nobody goes on (or reads it) before it is there
     return target
 
 

@@ -170,7 +170,7 @@ def wrap(module: LossModule, strategy: str, dist: Dist) -> nn.Module:
 
         # No buffer broadcast before every forward: the model's buffers (rotary frequencies) are constants.
         device_ids = [dist.device] if dist.device.type == "cuda" else None
-        return DistributedDataParallel(module, device_ids=device_ids, broadcast_buffers=False)
+        return DistributedDataParallel(module, device_ids=device_ids, forward_sync_buffers=False)
     from torch.distributed.device_mesh import init_device_mesh
     from torch.distributed.fsdp import fully_shard
 

@@ -364,7 +364,7 @@ def train(cfg: Config, resume: bool = False, overwrite: bool = False) -> RunSumm
     # ---- save: the best weights, not the last ----
     if lean is not None:
         lean.restore(loaded.path)
-    if best_path.exists():
+    if stopper.best_step is not None:  # the same answer on every process, unlike a look at the disk
         load_best(best_path, module)
     # Same precision as the base samples (which LeanStorage's bf16 weights require) and as eval.
     with distributed.whole_weights(module), autocast(cfg.train.dtype, device):
