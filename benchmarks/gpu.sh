@@ -4,6 +4,7 @@
 # 1. SmolLM2-135M-Instruct (the real weights), the main configurations, 20 steps, bf16 autocast.
 # 2. A ~1B model of the same family (SmolLM2 shape, 16 layers of width 2048, random weights, so its
 #    validation loss means nothing) for MFU: the 135M model is too small to keep an H100-class GPU busy.
+# 3. With more than one GPU: the ~1B model's full fine-tuning on all of them (FSDP2) against one.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PY:-.venv/bin/python}
@@ -47,3 +48,11 @@ PY
 "$PY" benchmarks/train_throughput.py --model "$BIG" --steps 15 \
   --only tunesmith-lora trl-lora-defaults tunesmith-full trl-full-defaults \
   --out "$OUT/train_throughput_gpu_1b.md"
+
+# 3. Several GPUs: full fine-tuning of the ~1B model on every GPU (FSDP2, NCCL) against one GPU,
+#    the same global batch. Skipped on a single-GPU machine.
+GPUS=$(nvidia-smi --list-gpus | wc -l)
+if [ "$GPUS" -gt 1 ]; then
+  "$PY" benchmarks/distributed.py --model "$BIG" --procs "$GPUS" --steps 15 --warmup 5 --batch-size 8 \
+    --out "$OUT/distributed_gpu.md"
+fi

@@ -22,6 +22,9 @@ total = -(-n // train["batch_size"]) * int(train["epochs"])
 mode = os.environ.get("FAKE_TRAINER_MODE", "")
 delay = float(os.environ.get("FAKE_STEP_SECONDS", "0.05"))
 
+out.mkdir(parents=True, exist_ok=True)
+(out / "argv.json").write_text(json.dumps(sys.argv[1:]))  # what the server asked for
+
 start = 0
 if flag == "--resume":
     steps = sorted(int(p.name.split("-")[1]) for p in (out / "checkpoints").glob("step-*"))

@@ -48,6 +48,7 @@ class ServeSettings:
     train_overrides: list[str] = field(default_factory=list)  # dotted config overrides for every job
     max_adapters: int = 4
     poll_seconds: float = 0.5
+    procs_per_job: int = 1  # training processes per job (tunesmith train --nproc-per-node)
 
 
 def create_app(settings: ServeSettings) -> FastAPI:
@@ -56,7 +57,12 @@ def create_app(settings: ServeSettings) -> FastAPI:
 
     store = Store(settings.home)
     worker = Worker(
-        store, settings.trainer_command, settings.max_running, settings.poll_seconds, settings.train_overrides
+        store,
+        settings.trainer_command,
+        settings.max_running,
+        settings.poll_seconds,
+        settings.train_overrides,
+        settings.procs_per_job,
     )
 
     @asynccontextmanager

@@ -31,6 +31,7 @@ def _serve(args: argparse.Namespace) -> int:
         max_upload_bytes=int(args.max_upload_mb * 1024 * 1024),
         train_overrides=list(args.train_override or []),
         max_adapters=args.max_adapters,
+        procs_per_job=args.procs_per_job,
     )
     app = create_app(settings)
     print(f"tunesmith serve: http://{args.host}:{args.port}/v1 (state in {settings.home})", file=sys.stderr)
@@ -59,6 +60,9 @@ def add_serve_commands(subparsers) -> None:
     )
     serve.add_argument("--max-running", type=int, default=1, help="Training jobs run at the same time.")
     serve.add_argument("--max-upload-mb", type=float, default=512, help="Largest accepted upload, in MB.")
+    serve.add_argument(
+        "--procs-per-job", type=int, default=1, help="Processes that train each job (one per GPU; torch.distributed)."
+    )
     serve.add_argument("--max-adapters", type=int, default=4, help="Fine-tuned adapters kept in memory per base.")
     serve.add_argument(
         "--train-override",

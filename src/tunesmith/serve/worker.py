@@ -248,8 +248,10 @@ class Worker:
         max_running: int = 1,
         poll_seconds: float = 0.5,
         train_overrides: list[str] | None = None,
+        procs_per_job: int = 1,
     ):
         self.store = store
+        self.procs_per_job = procs_per_job
         self.trainer_command = trainer_command or default_trainer_command()
         self.max_running = max_running
         self.poll_seconds = poll_seconds
@@ -461,7 +463,7 @@ class Worker:
             stderr.flush()
             try:
                 proc = subprocess.Popen(
-                    [*self.trainer_command, str(config), flag],
+                    [*self.trainer_command, str(config), flag, *self._procs_flag()],
                     cwd=run_dir,
                     stdin=subprocess.DEVNULL,
                     stdout=stdout,
@@ -490,7 +492,11 @@ class Worker:
                 stderr_path,
             )
         if not resume:
-            self.store.add_event(job["id"], "Fine-tuning job started")
+            on = f" on {self.procs_per_job} processes" if self.procs_per_job > 1 else ""
+            self.store.add_event(job["id"], f"Fine-tuning job started{on}", data={"procs": self.procs_per_job})
+
+    def _procs_flag(self) -> list[str]:
+        return [f"--nproc-per-node={self.procs_per_job}"] if self.procs_per_job > 1 else []
 
     def _tail_metrics(self, run: _Running, job: dict) -> None:
         path = run.out_dir / "metrics.jsonl"
