@@ -9,8 +9,8 @@ same: 1 process x batch_size x N micro-batches, N processes x batch_size x 1. Re
 the configurations, so a change in the machine's load hits both. Per run, from metrics.jsonl:
 
 - global tokens/s: tokens of all processes over the summed step times after --warmup steps;
-- peak RSS per process (max and mean over processes) and the trained weights + gradients + AdamW
-  state each process holds (`state_mb`, the part FSDP2 shards);
+- peak RSS per process (max and mean over processes) and the trained weights + AdamW state each
+  process holds between steps (`state_mb`, the part FSDP2 shards, with the gradients in a step);
 - the final validation loss (all 100 E2E validation examples, shared between the processes).
 
 There is no reference-tool row: a TRL run under Accelerate's FSDP on CPU/gloo is not set up here.
@@ -128,7 +128,7 @@ def render(results: list[dict], args) -> str:
         ("tokens_per_second", "global tokens/s"),
         ("peak_rss_mb", "peak RSS per process, max (MB)"),
         ("peak_rss_mb_mean", "peak RSS per process, mean (MB)"),
-        ("state_mb", "weights + grads + AdamW per process (MB)"),
+        ("state_mb", "trained weights + AdamW state per process (MiB)"),
         ("val_loss", "final validation loss"),
         ("wall_seconds", "wall time of the command (s)"),
     ):

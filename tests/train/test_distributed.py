@@ -109,6 +109,20 @@ def test_lora_on_two_processes_takes_the_same_steps_as_one_process_accumulating_
         assert sorted(p.name for p in (two / folder).iterdir()) == sorted(p.name for p in (one / folder).iterdir())
 
 
+def test_bf16_lora_keeps_lean_storage_and_the_arena_under_ddp(make_tiny_config, tmp_path):
+    """A bf16 LoRA run stores its frozen base in bf16 (LeanStorage) and, on CPU, its activations in
+    the arena: under DDP too, with the steps of one process (bf16 rounding differs with the split)."""
+    bf16 = {**STEPS, "max_steps": 2, "save_every": 100, "dtype": "bfloat16"}
+
+    def config(name, grad_accum):
+        train_section = {**bf16, "grad_accum": grad_accum}
+        return make_tiny_config(tmp_path / name, method={"dropout": 0.0}, train=train_section, eval={"samples": 0})
+
+    _ok(_launch(config("two", 1)))
+    train(config("one", 2))
+    assert _train_losses(tmp_path / "two") == pytest.approx(_train_losses(tmp_path / "one"), rel=1e-2)
+
+
 def test_full_fine_tuning_shards_state_with_fsdp2_and_takes_the_same_steps(make_tiny_config, tmp_path):
     two = _config(make_tiny_config, tmp_path / "two", method="full", grad_accum=1)
     result = _launch(two)
@@ -119,7 +133,7 @@ def test_full_fine_tuning_shards_state_with_fsdp2_and_takes_the_same_steps(make_
     assert _train_losses(tmp_path / "two") == pytest.approx(_train_losses(tmp_path / "one"), rel=1e-4)
     diff = _max_abs_diff(tmp_path / "two/merged/model.safetensors", tmp_path / "one/merged/model.safetensors")
     assert diff <= 1e-4
-    # Weights, gradients and AdamW state held by each process: half of one process's.
+    # Trained weights and AdamW state held by each process between steps: half of one process's.
     held_two, held_one = _metrics(tmp_path / "two")[-1]["state_mb"], _metrics(tmp_path / "one")[-1]["state_mb"]
     assert 0.45 <= held_two / held_one <= 0.55
 

@@ -14,6 +14,7 @@ import os
 import random
 import shutil
 import tempfile
+import warnings
 from collections.abc import Callable
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -114,8 +115,12 @@ _OPTIONS = StateDictOptions(ignore_frozen_params=True, strict=False)
 _LOSS_PREFIX = "model."
 
 
-def _one_process() -> bool:
-    return not (torch.distributed.is_available() and torch.distributed.is_initialized())
+def _dcp_io(operation, state: dict, path: Path) -> None:
+    """dcp.save or dcp.load; without a process group, quietly in this one process."""
+    one_process = not (torch.distributed.is_available() and torch.distributed.is_initialized())
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="torch.distributed is disabled")
+        operation(state, checkpoint_id=path, no_dist=one_process)
 
 
 def _loss_module(module: torch.nn.Module) -> torch.nn.Module:
@@ -141,7 +146,7 @@ def _save_sharded(target: Path, dist: Dist, state: dict, write_main: Callable[[P
         shutil.rmtree(tmp, ignore_errors=True)  # left by a run killed while saving
         tmp.mkdir(parents=True)
     dist.barrier()
-    dcp.save(state, checkpoint_id=tmp, no_dist=_one_process())
+    _dcp_io(dcp.save, state, tmp)
     torch.save(rng_state(), tmp / f"rng-{dist.rank}.pt")
     if dist.is_main:
         write_main(tmp)
@@ -161,7 +166,7 @@ def save_best(path: Path, module: torch.nn.Module, step: int, val_loss: float, d
 def load_best(path: str | Path, module: torch.nn.Module) -> None:
     """Into a trained LossModule (any world size) or a bare model built the same way."""
     state = _model_state(module)
-    dcp.load({"model": state}, checkpoint_id=Path(path), no_dist=_one_process())
+    _dcp_io(dcp.load, {"model": state}, Path(path))
     _set_model_state(module, state)
 
 
@@ -221,7 +226,7 @@ def load_checkpoint(path: Path, module, optimizer, scheduler, dist: Dist = ONE_P
     loss_module = _loss_module(module)
     _, optim_state = get_state_dict(loss_module, optimizer, options=_OPTIONS)  # allocates the state to load into
     state = {"model": _model_state(module), "optim": optim_state}
-    dcp.load(state, checkpoint_id=path, no_dist=_one_process())
+    _dcp_io(dcp.load, state, path)
     _set_model_state(module, state["model"])
     set_optimizer_state_dict(loss_module, optimizer, state["optim"], options=_OPTIONS)
     scheduler.load_state_dict(torch.load(path / "scheduler.pt", weights_only=False))

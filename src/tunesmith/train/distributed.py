@@ -235,7 +235,8 @@ def whole_model(wrapped: nn.Module, fresh_model: Callable[[], nn.Module], dist: 
 
 
 def local_state_bytes(params: list[torch.Tensor], optimizer: torch.optim.Optimizer) -> int:
-    """Bytes of trained weights, their gradients and optimizer state held by this process."""
+    """Bytes of trained weights, gradients (when they exist: between steps they are freed) and
+    optimizer state held by this process: what FSDP2 shards."""
 
     def local(tensor: torch.Tensor) -> torch.Tensor:
         return tensor.to_local() if hasattr(tensor, "to_local") else tensor

@@ -88,6 +88,13 @@ def _attach_method(model, cfg: Config):
     return get_peft_model(model, lora)
 
 
+def _unlabelled(pad_id: int) -> TokenizedExample:
+    """For a process left without examples (a short last step, the last validation batches): it
+    still runs a forward, as FSDP2's collectives need every process, on one padding token without
+    labels, adding nothing to loss or gradient."""
+    return TokenizedExample([pad_id], [IGNORE_INDEX], 0, 1)
+
+
 class StepBatches:
     """This process's micro-batches of each optimizer step: a pure function of the step, so resume is exact.
 
@@ -104,9 +111,6 @@ class StepBatches:
         self.lengths = [len(e.input_ids) for e in examples]
         # As the shifted targets count them (batching.shifted_targets): the first token predicts nothing.
         self.label_counts = [sum(label != IGNORE_INDEX for label in e.labels[1:]) for e in examples]
-        # A process left without examples in a short last step still runs a forward (FSDP2's
-        # collectives need every process): one padding token, no labels, no gradient.
-        self.filler = TokenizedExample([pad_id], [IGNORE_INDEX], 0, 1)
         self._epoch: int | None = None
         self._epoch_order: list[int] = []
 
@@ -128,7 +132,7 @@ class StepBatches:
         share = split_by_tokens([self.lengths[i] for i in chosen], self.dist.world_size)[self.dist.rank]
         mine = [self.examples[chosen[position]] for position in share]
         batches = [
-            make_batch(group or [self.filler], self.pad_id, self.cfg.data.packing)
+            make_batch(group or [_unlabelled(self.pad_id)], self.pad_id, self.cfg.data.packing)
             for group in split_evenly(mine, self.cfg.train.grad_accum)
         ]
         return batches, sum(self.label_counts[i] for i in chosen), sum(self.lengths[i] for i in chosen)
@@ -150,7 +154,7 @@ def evaluate_loss(
     for round_ in range(rounds):
         index = round_ * dist.world_size + dist.rank
         chosen = [examples[i] for i in order[starts[index] : starts[index] + size]] if index < len(starts) else []
-        batch = make_batch(chosen or [TokenizedExample([pad_id], [IGNORE_INDEX], 0, 1)], pad_id, cfg.data.packing)
+        batch = make_batch(chosen or [_unlabelled(pad_id)], pad_id, cfg.data.packing)
         with autocast(cfg.train.dtype, device):
             loss_sum, correct = module(_to(batch, device))
         totals += torch.tensor([loss_sum.item(), int(correct), batch.n_label_tokens], dtype=torch.float64)
@@ -303,7 +307,7 @@ def train(cfg: Config, resume: bool = False, overwrite: bool = False) -> RunSumm
             if step % cfg.train.log_every == 0 or step == total_steps:
                 rate = window_tokens / max(window_seconds, 1e-9)
                 loss_total, correct_total = dist.sum(torch.stack([window_loss, window_correct.float()])).tolist()
-                # Per process: peak RSS, and the trained weights + gradients + optimizer state it holds.
+                # Per process: peak RSS, and the trained weights + optimizer state it holds (gradients are freed by now).
                 memory = dist.gather(
                     torch.tensor([peak_rss_mb(), distributed.local_state_bytes(params, optimizer) / 2**20])
                 )
