@@ -307,7 +307,7 @@ def train(cfg: Config, resume: bool = False, overwrite: bool = False) -> RunSumm
             if step % cfg.train.log_every == 0 or step == total_steps:
                 rate = window_tokens / max(window_seconds, 1e-9)
                 loss_total, correct_total = dist.sum(torch.stack([window_loss, window_correct.float()])).tolist()
-                # Per process: peak RSS, and the trained weights + optimizer state it holds (gradients are freed by now).
+                # Per process: peak RSS, and the trained weights + optimizer state it holds (gradients: freed).
                 memory = dist.gather(
                     torch.tensor([peak_rss_mb(), distributed.local_state_bytes(params, optimizer) / 2**20])
                 )
