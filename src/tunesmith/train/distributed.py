@@ -22,6 +22,7 @@ import logging
 import os
 import socket
 import sys
+import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
@@ -269,6 +270,7 @@ def launch(worker_args: list[str], nproc_per_node: int, nnodes: int, node_rank: 
     1 after one line naming the process that failed. A failure stops every process of the node at
     once (the launcher's own monitoring); on other nodes the collective timeout does.
     """
+    from torch.distributed.elastic.multiprocessing import DefaultLogsSpecs
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.elastic.rendezvous.api import RendezvousError
     from torch.distributed.launcher.api import LaunchConfig, elastic_launch
@@ -283,35 +285,39 @@ def launch(worker_args: list[str], nproc_per_node: int, nnodes: int, node_rank: 
             raise TunesmithError(f"--rdzv-endpoint {rdzv_endpoint}: port {port} is already in use on this machine")
     # Each process gets its share of the cores (torch would give every one of them all the cores).
     os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // nproc_per_node)))
-    config = LaunchConfig(
-        min_nodes=nnodes,
-        max_nodes=nnodes,
-        nproc_per_node=nproc_per_node,
-        run_id="tunesmith",
-        # One node: the rendezvous store takes a free port itself. Several: node 0 hosts it at the
-        # endpoint and every node states its rank (what torchrun --node-rank does).
-        rdzv_backend="static" if rdzv_endpoint else "c10d",
-        rdzv_endpoint=rdzv_endpoint or "localhost:0",
-        rdzv_configs={"rank": node_rank, "timeout": RENDEZVOUS_TIMEOUT_S} if rdzv_endpoint else {},
-        max_restarts=0,
-        monitor_interval=0.5,
-        start_method="spawn",
-    )
     logging.getLogger("torch.distributed.elastic").setLevel(logging.CRITICAL)
-    try:
-        elastic_launch(config, entrypoint=sys.executable)("-m", "tunesmith", *worker_args)
-    except ChildFailedError as error:
-        rank, failure = error.get_first_failure()
-        if failure.exitcode == EXIT_USER_ERROR:
-            return EXIT_USER_ERROR
-        how = f"killed by {failure.signal_name()}" if failure.exitcode < 0 else f"exit status {failure.exitcode}"
-        print(
-            f"tunesmith: error: rank {rank} (pid {failure.pid}) failed ({how}); the other processes were stopped; "
-            "continue from the last checkpoint with --resume",
-            file=sys.stderr,
+    # The launcher's per-run folder (error files of failed processes) goes when the run does.
+    with tempfile.TemporaryDirectory(prefix="tunesmith-launch-") as logs:
+        launch_config = LaunchConfig(
+            min_nodes=nnodes,
+            max_nodes=nnodes,
+            nproc_per_node=nproc_per_node,
+            run_id="tunesmith",
+            # One node: the rendezvous store takes a free port itself. Several: node 0 hosts it at the
+            # endpoint and every node states its rank (what torchrun --node-rank does).
+            rdzv_backend="static" if rdzv_endpoint else "c10d",
+            rdzv_endpoint=rdzv_endpoint or "localhost:0",
+            rdzv_configs={"rank": node_rank, "timeout": RENDEZVOUS_TIMEOUT_S} if rdzv_endpoint else {},
+            max_restarts=0,
+            monitor_interval=0.5,
+            start_method="spawn",
+            logs_specs=DefaultLogsSpecs(log_dir=logs),
         )
-        return 1
-    except (RendezvousError, OSError, RuntimeError) as error:
-        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise TunesmithError(f"could not join the other nodes at {rdzv_endpoint or 'localhost'}: {first}") from None
+        try:
+            elastic_launch(launch_config, entrypoint=sys.executable)("-m", "tunesmith", *worker_args)
+        except ChildFailedError as error:
+            rank, failure = error.get_first_failure()
+            if failure.exitcode == EXIT_USER_ERROR:
+                return EXIT_USER_ERROR
+            how = f"killed by {failure.signal_name()}" if failure.exitcode < 0 else f"exit status {failure.exitcode}"
+            print(
+                f"tunesmith: error: rank {rank} (pid {failure.pid}) failed ({how}); the other processes were "
+                "stopped; continue from the last checkpoint with --resume",
+                file=sys.stderr,
+            )
+            return 1
+        except (RendezvousError, OSError, RuntimeError) as error:
+            first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+            where = rdzv_endpoint or "localhost"
+            raise TunesmithError(f"could not join the other nodes at {where}: {first}") from None
     return 0
