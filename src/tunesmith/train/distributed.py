@@ -247,10 +247,11 @@ def local_state_bytes(params: list[torch.Tensor], optimizer: torch.optim.Optimiz
     return sum(t.numel() * t.element_size() for t in tensors)
 
 
-def _port_taken(host: str, port: int) -> bool:
+def _port_taken(port: int) -> bool:
+    """Whether another program listens on `port` here (on any of this machine's addresses)."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
         try:
-            probe.bind((host if host not in ("localhost", "") else "127.0.0.1", port))
+            probe.bind(("", port))
         except OSError:
             return True
     return False
@@ -280,8 +281,8 @@ def launch(worker_args: list[str], nproc_per_node: int, nnodes: int, node_rank: 
     if not 0 <= node_rank < nnodes:
         raise TunesmithError(f"--node-rank {node_rank} must be between 0 and --nnodes - 1 ({nnodes - 1})")
     if rdzv_endpoint:
-        host, port = _endpoint(rdzv_endpoint)
-        if node_rank == 0 and _port_taken(host, port):
+        _, port = _endpoint(rdzv_endpoint)
+        if node_rank == 0 and _port_taken(port):
             raise TunesmithError(f"--rdzv-endpoint {rdzv_endpoint}: port {port} is already in use on this machine")
     # Each process gets its share of the cores (torch would give every one of them all the cores).
     os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // nproc_per_node)))
