@@ -66,7 +66,7 @@ def test_mlm_run_lowers_masked_token_loss(encoder_config, tmp_path, whole_word):
     assert encoder.encode(["protein folding"]).shape == (1, 32)
 
 
-def test_classification_run_beats_nothing_and_reports_against_a_linear_probe(encoder_config, tmp_path):
+def test_classification_run_reports_against_a_linear_probe(encoder_config, tmp_path):
     rows = [{"text": text, "label": "bio" if i in (0, 4) else "ml"} for i, (_, text) in enumerate(PAPERS)] * 2
     train, test = tmp_path / "train.jsonl", tmp_path / "test.jsonl"
     train.write_text("".join(json.dumps(r) + "\n" for r in rows))
@@ -83,3 +83,22 @@ def test_classification_run_beats_nothing_and_reports_against_a_linear_probe(enc
     assert set(result["variants"]) == {"linear_probe", "finetuned"}
     assert set(result["variants"]["finetuned"]["metrics"]) == {"accuracy", "macro_f1"}
     assert result["gain"]["accuracy"]["baseline"] == "linear_probe"
+
+
+def test_resume_ends_with_the_same_weights(encoder_config, tmp_path):
+    from safetensors.torch import load_file
+
+    cfg = encoder_config(
+        method={"name": "full", "objective": "mlm"},
+        data={"train": str(tmp_path / "corpus.txt"), "validation": None, "val_fraction": 0.25, "test": None},
+        encoder={"whole_word_mask": True},
+        train={"max_steps": 4, "save_every": 2, "batch_size": 2},
+    )
+    (tmp_path / "corpus.txt").write_text("\n\n".join(text for _, text in PAPERS) + "\n")
+    train_encoder(cfg)
+    uninterrupted = load_file(tmp_path / "run" / "merged" / "model.safetensors")
+    # The run folder still holds the step-2 checkpoint: continuing from it must retrace steps 3 and 4
+    # exactly (data order and masking are functions of the step).
+    train_encoder(cfg, resume=True)
+    resumed = load_file(tmp_path / "run" / "merged" / "model.safetensors")
+    assert all(torch.equal(uninterrupted[k], resumed[k]) for k in uninterrupted)
