@@ -123,8 +123,7 @@ def _samples(result: dict) -> Section:
     samples = result.get("samples", [])
     shown = [v for v in VARIANT_TITLES if samples and v in samples[0]]
     rows = [
-        [s["input"], "\n".join(s["references"]), *(s[v] if s[v] is not None else "-" for v in shown)]
-        for s in samples
+        [s["input"], "\n".join(s["references"]), *(s[v] if s[v] is not None else "-" for v in shown)] for s in samples
     ]
     headers = ["input", "reference", *(VARIANT_TITLES[v] for v in shown)]
     return Section("samples", "Test items side by side", headers, rows)
