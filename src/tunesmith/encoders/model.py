@@ -44,8 +44,13 @@ def read_pooling(folder: Path, position_limit: int) -> Pooling:
     for module in modules:
         if module["type"].endswith("Pooling"):
             pooling = json.loads((folder / module["path"] / "config.json").read_text())
-            chosen = [m for m in POOLING_MODES if pooling.get(f"pooling_mode_{m}_token" + ("s" if m != "cls" else ""))]
-            if len(chosen) != 1:
+            # sentence-transformers >= 6 writes {"pooling_mode": "mean"}; older versions one flag per mode.
+            chosen = (
+                [pooling["pooling_mode"]]
+                if "pooling_mode" in pooling
+                else [m for m in POOLING_MODES if pooling.get(f"pooling_mode_{m}_token" + ("s" if m != "cls" else ""))]
+            )
+            if len(chosen) != 1 or chosen[0] not in POOLING_MODES:
                 raise TunesmithError(f"{folder}: pooling {pooling} is not one of {', '.join(POOLING_MODES)}")
             mode = chosen[0]
     return Pooling(mode, normalize, limit)
