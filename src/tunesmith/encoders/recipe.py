@@ -146,7 +146,7 @@ def train_encoder(cfg: Config, resume: bool = False, overwrite: bool = False) ->
         state = load_checkpoint(list_checkpoints(ckpt_dir)[-1], trained, optimizer, scheduler)
         stopper.best_loss, stopper.best_step = state.best_val_loss, state.best_step
         stopper.evals_without_improvement = state.evals_without_improvement
-        metrics = MetricsLog(out_dir / "metrics.jsonl", resume_step=state.step)
+        metrics = MetricsLog(out_dir / "metrics.jsonl", resume_step=state.step, report_to=cfg.train.report_to)
     else:
         if out_dir.exists():
             for marker in (*RUN_MARKERS, "loss.png", "summary.json", HEAD_FILE):
@@ -155,7 +155,7 @@ def train_encoder(cfg: Config, resume: bool = False, overwrite: bool = False) ->
         out_dir.mkdir(parents=True, exist_ok=True)
         write_text_atomic(out_dir / "config.yaml", dump_config(cfg))
         state = TrainerState(0, 0, None, None, 0, 0.0)
-        metrics = MetricsLog(out_dir / "metrics.jsonl", resume_step=None)
+        metrics = MetricsLog(out_dir / "metrics.jsonl", resume_step=None, report_to=cfg.train.report_to)
         val_loss, val_acc = evaluate_loss(task, body, cfg, device)
         metrics.write({"step": 0, "epoch": 0.0, "val_loss": val_loss, "val_accuracy": val_acc})
 
@@ -286,4 +286,5 @@ def train_encoder(cfg: Config, resume: bool = False, overwrite: bool = False) ->
         stopped_early=stopped_early,
     )
     write_text_atomic(out_dir / "summary.json", json.dumps(summary.__dict__, indent=1))
+    metrics.close()
     return summary
