@@ -102,3 +102,16 @@ def test_resume_ends_with_the_same_weights(encoder_config, tmp_path):
     train_encoder(cfg, resume=True)
     resumed = load_file(tmp_path / "run" / "merged" / "model.safetensors")
     assert all(torch.equal(uninterrupted[k], resumed[k]) for k in uninterrupted)
+
+
+def test_mlm_head_is_tied_to_the_word_embeddings(encoder_config, tmp_path):
+    from tunesmith.encoders.recipe import _build_task
+
+    (tmp_path / "corpus.txt").write_text("\n\n".join(text for _, text in PAPERS) + "\n")
+    cfg = encoder_config(
+        method={"name": "full", "objective": "mlm"},
+        data={"train": str(tmp_path / "corpus.txt"), "validation": None, "val_fraction": 0.25, "test": None},
+    )
+    encoder = load_encoder(cfg.model)  # a plain BertModel folder: no MLM head in the checkpoint
+    task = _build_task(cfg, encoder)
+    assert task.head.predictions.decoder.weight is encoder.model.embeddings.word_embeddings.weight
