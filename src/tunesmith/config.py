@@ -62,6 +62,25 @@ class MethodConfig(_Strict):
     target_modules: list[str] | Literal["all-linear"] = Field(
         "all-linear", description="Modules that get adapters; `all-linear` = every linear layer but lm_head."
     )
+    objective: Literal["sft", "mlm", "contrastive", "classification"] = Field(
+        "sft",
+        description="`sft`: a decoder LM on chat data; encoder objectives (tunesmith.encoders): `mlm` continued "
+        "pre-training on raw text, `contrastive` (query, positive[, negative]) pairs, `classification` text/label.",
+    )
+
+
+class EncoderConfig(_Strict):
+    mlm_probability: float = Field(0.15, gt=0.0, lt=1.0, description="`mlm`: share of tokens masked (BERT: 0.15).")
+    whole_word_mask: bool = Field(
+        False, description="`mlm`: mask all pieces of a word together (SciBERT/BioBERT's later recipes)."
+    )
+    temperature: float = Field(
+        0.05, gt=0.0, description="`contrastive`: softmax temperature of the cosine scores (0.05 = scale 20)."
+    )
+    learnable_temperature: bool = Field(False, description="`contrastive`: train the temperature too (CLIP-style).")
+    hard_negatives: int = Field(
+        0, ge=0, description="`contrastive`: add this many BM25-mined hard negatives per pair (pairs without one)."
+    )
 
 
 class EarlyStoppingConfig(_Strict):
@@ -118,9 +137,10 @@ class TrainConfig(_Strict):
 
 
 class EvalConfig(_Strict):
-    task: Literal["generation", "classification", "text"] = Field(
+    task: Literal["generation", "classification", "text", "retrieval"] = Field(
         "generation",
-        description="Metrics: generation (BLEU...), classification (accuracy), text (perplexity).",
+        description="Metrics: generation (BLEU...), classification (accuracy), text (perplexity), "
+        "retrieval (nDCG@10, MRR@10, Recall@100, P@10 of an encoder over a BEIR folder).",
     )
     labels: list[str] | None = Field(None, description="Label set for classification.")
     few_shot_k: int | None = Field(
@@ -168,6 +188,7 @@ class Config(_Strict):
     distributed: DistributedConfig = Field(
         default_factory=DistributedConfig, description="Training on several processes and machines."
     )
+    encoder: EncoderConfig = Field(default_factory=EncoderConfig, description="Encoder objective settings.")
     out_dir: str = Field("runs/default", description="Run folder: adapter, merged model, metrics, checkpoints.")
 
 

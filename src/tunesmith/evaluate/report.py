@@ -17,7 +17,13 @@ from pathlib import Path
 
 from tunesmith.train.checkpoint import write_text_atomic
 
-VARIANT_TITLES = {"zero_shot": "base, zero-shot", "few_shot": "base, few-shot", "finetuned": "fine-tuned"}
+VARIANT_TITLES = {
+    "bm25": "BM25",
+    "linear_probe": "base, linear probe",
+    "zero_shot": "base, zero-shot",
+    "few_shot": "base, few-shot",
+    "finetuned": "fine-tuned",
+}
 PLOT_FILE = "loss_curve.png"
 
 
@@ -114,11 +120,12 @@ def _forgetting(result: dict) -> Section:
 
 
 def _samples(result: dict) -> Section:
+    samples = result.get("samples", [])
+    shown = [v for v in VARIANT_TITLES if samples and v in samples[0]]
     rows = [
-        [s["input"], "\n".join(s["references"]), *(s[v] if s[v] is not None else "-" for v in VARIANT_TITLES)]
-        for s in result.get("samples", [])
+        [s["input"], "\n".join(s["references"]), *(s[v] if s[v] is not None else "-" for v in shown)] for s in samples
     ]
-    headers = ["input", "reference", *VARIANT_TITLES.values()]
+    headers = ["input", "reference", *(VARIANT_TITLES[v] for v in shown)]
     return Section("samples", "Test items side by side", headers, rows)
 
 

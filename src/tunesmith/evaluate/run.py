@@ -208,16 +208,15 @@ def _evaluate_variant(model, tokenizer, prompts, items, settings: EvalConfig) ->
 LOWER_IS_BETTER = {"perplexity"}
 
 
-def gains(variants: dict, settings: EvalConfig) -> dict:
-    """Fine-tuned minus the better base variant, per metric, with a paired bootstrap interval."""
+def gains(variants: dict, settings: EvalConfig, bases: tuple[str, ...] = ("zero_shot", "few_shot")) -> dict:
+    """Fine-tuned minus the better of the `bases` variants, per metric, with a paired bootstrap interval."""
     if "finetuned" not in variants:
         return {}
     tuned = variants["finetuned"]["stats"]
     out = {}
     for name, stats in tuned.items():
         sign = -1.0 if name in LOWER_IS_BETTER else 1.0
-        bases = [v for v in ("zero_shot", "few_shot") if v in variants]
-        best = max(bases, key=lambda v: sign * variants[v]["metrics"][name]["value"])
+        best = max([v for v in bases if v in variants], key=lambda v: sign * variants[v]["metrics"][name]["value"])
         diff = metrics.paired_difference(
             stats, variants[best]["stats"][name], settings.bootstrap_resamples, settings.seed
         ).as_dict()

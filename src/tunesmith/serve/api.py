@@ -82,6 +82,9 @@ def create_app(settings: ServeSettings) -> FastAPI:
     _export_routes(app)  # before the model routes: their {model_id:path} would take ".../content" too
     _model_routes(app)
     _inference_routes(app)
+    from tunesmith.serve.embeddings import embedding_routes
+
+    embedding_routes(app)
     return app
 
 
@@ -588,7 +591,7 @@ def _export_routes(app: FastAPI) -> None:
 
 
 def _model_routes(app: FastAPI) -> None:
-    from tunesmith.models import BUILTIN_MODELS
+    from tunesmith.models import BUILTIN_MODELS, ENCODER_MODELS
 
     store: Store = app.state.store
 
@@ -600,12 +603,13 @@ def _model_routes(app: FastAPI) -> None:
 
     @app.get("/v1/models")
     def list_models(org: Org):
-        data = [base_object(n) for n in BUILTIN_MODELS] + [ft_object(r) for r in store.list_models(org["id"])]
+        bases = [base_object(n) for n in BUILTIN_MODELS + ENCODER_MODELS]
+        data = bases + [ft_object(r) for r in store.list_models(org["id"])]
         return {"object": "list", "data": data}
 
     @app.get("/v1/models/{model_id:path}")
     def retrieve_model(model_id: str, org: Org):
-        if model_id in BUILTIN_MODELS:
+        if model_id in BUILTIN_MODELS + ENCODER_MODELS:
             return base_object(model_id)
         row = store.model(org["id"], model_id)
         if row is None:

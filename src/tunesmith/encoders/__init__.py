@@ -1,0 +1,1 @@
+"""Encoder models (BERT family): masked-LM, contrastive and classification fine-tuning, pooling, export."""

@@ -1,0 +1,232 @@
+"""`tunesmith eval` for encoder runs: retrieval and classification, into the same eval.json and reports.
+
+Retrieval (`eval.task: retrieval`, `data.test` a BEIR folder): every test query ranks the whole
+corpus; variants are BM25, the base encoder zero-shot and the fine-tuned encoder, and the gain is
+the fine-tune minus the better of the two baselines (paired bootstrap over queries), plus its
+difference to each baseline on its own.
+
+Classification (`method.objective: classification`): the base encoder with a linear probe (logistic
+regression on its frozen embeddings, fitted on the training file) against the fine-tuned encoder
+and head.
+
+Embeddings are computed in length-sorted batches, normalised once, and cached under
+`$TUNESMITH_HOME/embeddings` keyed by the model's weights, its pooling and the texts, so the base
+encoder's corpus is embedded once however many runs compare against it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import numpy as np
+
+from tunesmith.config import Config
+from tunesmith.encoders.data import read_beir, read_labelled
+from tunesmith.encoders.model import Encoder, load_encoder
+from tunesmith.errors import TunesmithError
+from tunesmith.evaluate import metrics
+from tunesmith.evaluate.bm25 import BM25
+from tunesmith.evaluate.retrieval_metrics import DEPTH, rank, retrieval_stats
+from tunesmith.evaluate.run import _ci, _model_folder, _run_folder, gains, read_loss_curve, read_training_summary
+from tunesmith.models import tunesmith_home
+from tunesmith.train.checkpoint import atomic_file, write_text_atomic
+
+SIDE_BY_SIDE = 10
+RETRIEVAL_BASES = ("bm25", "zero_shot")
+
+
+def _cache_key(encoder: Encoder, texts: list[str]) -> str:
+    digest = hashlib.sha256()
+    for weights in sorted(Path(encoder.path).glob("*.safetensors")):
+        stat = weights.stat()
+        digest.update(f"{weights.resolve()}:{stat.st_size}:{stat.st_mtime_ns}".encode())
+    digest.update(repr(encoder.pooling).encode())
+    for text in texts:
+        digest.update(hashlib.sha256(text.encode()).digest())
+    return digest.hexdigest()[:32]
+
+
+def embed_cached(encoder: Encoder, texts: list[str], what: str, batch_size: int) -> np.ndarray:
+    """`encoder.encode(texts)`, read from / written to the embedding cache."""
+    path = tunesmith_home() / "embeddings" / f"{_cache_key(encoder, texts)}.npy"
+    if path.is_file():
+        return np.load(path)
+    out = encoder.encode(texts, batch_size, progress=f"embedding {len(texts)} {what}")
+    with atomic_file(path) as fh:
+        np.save(fh, out)
+    return out
+
+
+def _result(config: Config, task: str, run_dir: Path | None, items: int, references: int) -> dict:
+    settings = config.eval
+    return {
+        "task": task,
+        "model": config.model,
+        "finetuned": str(run_dir) if run_dir else None,
+        "test_file": config.data.test,
+        "items": items,
+        "references": references,
+        "confidence": {"level": metrics.CONFIDENCE, "resamples": settings.bootstrap_resamples, "seed": settings.seed},
+        "variants": {},
+        "few_shot": None,
+        "forgetting": {},
+        "training": None,
+        "loss_curve": None,
+        "notes": [],
+    }
+
+
+def _variant(stats: dict, config: Config, outputs: list[str], mean_tokens: float | None) -> dict:
+    return {
+        "metrics": {name: _ci(s, config.eval) for name, s in stats.items()},
+        "cost": {"prompt_tokens": mean_tokens, "generated_tokens": None, "tokens_per_second": None},
+        "outputs": outputs,
+        "stats": stats,
+    }
+
+
+def _finish(result: dict, config: Config, run_dir: Path | None, out_dir: str, bases: tuple[str, ...]) -> dict:
+    from tunesmith.evaluate.report import write_reports
+
+    variants = result["variants"]
+    result["gain"] = gains(variants, config.eval, bases)
+    if "finetuned" in variants:
+        result["gain_vs_each"] = {
+            base: {
+                name: metrics.paired_difference(
+                    stats, variants[base]["stats"][name], config.eval.bootstrap_resamples, config.eval.seed
+                ).as_dict()
+                for name, stats in variants["finetuned"]["stats"].items()
+            }
+            for base in bases
+        }
+        result["training"] = read_training_summary(run_dir)
+        result["loss_curve"] = read_loss_curve(run_dir)
+    else:
+        result["notes"].append(f"no fine-tuned model in {config.out_dir}: base variants only")
+    for variant in variants.values():
+        del variant["outputs"], variant["stats"]
+    target = Path(out_dir)
+    target.mkdir(parents=True, exist_ok=True)
+    write_text_atomic(target / "eval.json", json.dumps(result, indent=2) + "\n")
+    write_reports(result, target)
+    return result
+
+
+def _mean_tokens(encoder: Encoder, texts: list[str]) -> float:
+    return float(np.mean([len(ids) for ids in encoder.tokenizer(texts, truncation=True).input_ids]))
+
+
+def run_retrieval_evaluation(config: Config, finetuned: str | None, out_dir: str) -> dict:
+    if not config.data.test:
+        raise TunesmithError("data.test is not set: retrieval evaluation needs a BEIR folder with qrels/test.tsv")
+    test = read_beir(config.data.test, "test")
+    count = min(len(test.query_ids), config.eval.max_items or len(test.query_ids))
+    query_ids, queries = test.query_ids[:count], test.queries[:count]
+    position = {doc: i for i, doc in enumerate(test.corpus_ids)}
+    relevant = [{position[d]: g for d, g in test.qrels[q].items()} for q in query_ids]
+    run_dir = _run_folder(finetuned, config)
+    result = _result(config, "retrieval", run_dir, count, sum(len(r) for r in relevant))
+    result["corpus"] = len(test.corpus)
+    rankings = {}
+
+    index = BM25(test.corpus)
+    rankings["bm25"] = rank(np.stack([index.scores(q) for q in queries]))
+    names = [("zero_shot", config.model)] + ([("finetuned", _model_folder(run_dir))] if run_dir else [])
+    mean_tokens = None
+    for variant, model in names:
+        encoder = load_encoder(model)
+        corpus = embed_cached(encoder, test.corpus, "documents", config.eval.batch_size)
+        asked = encoder.encode(queries, config.eval.batch_size)
+        rankings[variant] = rank(asked @ corpus.T)
+        mean_tokens = _mean_tokens(encoder, queries)
+    for variant, ranked in rankings.items():
+        outputs = [test.corpus[r[0]][:200] for r in ranked[:SIDE_BY_SIDE]]
+        result["variants"][variant] = _variant(retrieval_stats(ranked, relevant), config, outputs, mean_tokens)
+    result["samples"] = [
+        {
+            "input": queries[i],
+            "references": [test.corpus[d][:200] for d in relevant[i]],
+            **{v: "top 1: " + result["variants"][v]["outputs"][i] for v in rankings},
+        }
+        for i in range(min(SIDE_BY_SIDE, count))
+    ]
+    result["notes"].append(
+        f"{count} queries ranked against all {len(test.corpus)} documents (top {DEPTH} kept); BM25 = Okapi "
+        "(k1 1.5, b 0.75) on lower-cased words; metrics in percent."
+    )
+    return _finish(result, config, run_dir, out_dir, RETRIEVAL_BASES)
+
+
+def _classifier_predictions(run_dir: Path, texts: list[str], batch_size: int) -> tuple[list[str], Encoder]:
+    import torch
+    from safetensors import safe_open
+
+    from tunesmith.encoders.model import pool
+    from tunesmith.encoders.recipe import HEAD_FILE
+
+    path = run_dir / HEAD_FILE
+    if not path.is_file():
+        raise TunesmithError(f"{run_dir} has no {HEAD_FILE}: it is not a classification run")
+    with safe_open(str(path), "pt") as fh:
+        labels = json.loads(fh.metadata()["labels"])
+        weight, bias = fh.get_tensor("weight"), fh.get_tensor("bias")
+    encoder = load_encoder(_model_folder(run_dir))
+    encoder.model.eval()
+    predictions = []
+    with torch.no_grad():
+        for start in range(0, len(texts), batch_size):
+            batch = encoder.tokenize(texts[start : start + batch_size])
+            hidden = encoder.model(**batch).last_hidden_state
+            logits = pool(hidden, batch["attention_mask"], encoder.pooling.mode) @ weight.T + bias
+            predictions += [labels[i] for i in logits.argmax(-1).tolist()]
+    return predictions, encoder
+
+
+def run_encoder_classification(config: Config, finetuned: str | None, out_dir: str) -> dict:
+    from sklearn.linear_model import LogisticRegression
+
+    if not config.data.test:
+        raise TunesmithError("data.test is not set: classification evaluation needs a held-out text/label file")
+    train = read_labelled(config.data.train, config.data.columns)
+    test = read_labelled(config.data.test, config.data.columns)[: config.eval.max_items]
+    labels = sorted({x.label for x in train})
+    gold = [x.label for x in test]
+    texts = [x.text for x in test]
+    run_dir = _run_folder(finetuned, config)
+    result = _result(config, "encoder classification", run_dir, len(test), len(test))
+
+    base = load_encoder(config.model)
+    size = config.eval.batch_size
+    probe = LogisticRegression(max_iter=2000, random_state=config.eval.seed)
+    probe.fit(embed_cached(base, [x.text for x in train], "training texts", size), [x.label for x in train])
+    predicted = {"linear_probe": list(probe.predict(embed_cached(base, texts, "test texts", size)))}
+    if run_dir is not None:
+        predicted["finetuned"], _ = _classifier_predictions(run_dir, texts, size)
+    tokens = _mean_tokens(base, texts)
+    for variant, guesses in predicted.items():
+        stats = {
+            "accuracy": metrics.accuracy_stats(guesses, gold),
+            "macro_f1": metrics.macro_f1_stats(guesses, gold, labels),
+        }
+        result["variants"][variant] = _variant(stats, config, guesses, tokens)
+    result["samples"] = [
+        {"input": texts[i][:300], "references": [gold[i]], **{v: predicted[v][i] for v in predicted}}
+        for i in range(min(SIDE_BY_SIDE, len(test)))
+    ]
+    result["notes"].append(
+        f"linear probe: logistic regression on the base encoder's frozen embeddings of {len(train)} training texts."
+    )
+    return _finish(result, config, run_dir, out_dir, ("linear_probe",))
+
+
+def run_encoder_evaluation(config: Config, finetuned: str | None, out_dir: str) -> dict:
+    if config.method.objective == "classification":
+        return run_encoder_classification(config, finetuned, out_dir)
+    if config.eval.task != "retrieval":
+        raise TunesmithError(
+            f"an encoder run ({config.method.objective}) is evaluated with eval.task=retrieval, not {config.eval.task}"
+        )
+    return run_retrieval_evaluation(config, finetuned, out_dir)

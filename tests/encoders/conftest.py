@@ -1,0 +1,74 @@
+"""A tiny random BERT built on the fly (all-MiniLM-L6-v2's tokenizer, 2 layers of width 32)."""
+
+import json
+
+import pytest
+from encoder_helpers import PAPERS
+
+from tunesmith.config import config_from_dict
+from tunesmith.models import MINILM_L6, resolve_model_path
+
+
+@pytest.fixture(scope="session")
+def tiny_bert(tmp_path_factory):
+    """A plain HF folder: BertModel with random weights from a fixed seed, and a real WordPiece tokenizer."""
+    import torch
+    from transformers import AutoTokenizer, BertConfig, BertModel
+
+    folder = tmp_path_factory.mktemp("tiny-bert")
+    tokenizer = AutoTokenizer.from_pretrained(resolve_model_path(MINILM_L6))
+    config = BertConfig(
+        vocab_size=tokenizer.vocab_size,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=128,
+    )
+    torch.manual_seed(0)
+    BertModel(config).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return str(folder)
+
+
+@pytest.fixture(scope="session")
+def beir_folder(tmp_path_factory):
+    """A BEIR folder of the PAPERS: queries = titles; train/dev/test judgements split 4/2/2."""
+    folder = tmp_path_factory.mktemp("beir")
+    (folder / "qrels").mkdir()
+    corpus = [json.dumps({"_id": f"d{i}", "text": text}) for i, (_, text) in enumerate(PAPERS)]
+    queries = [json.dumps({"_id": f"q{i}", "text": title}) for i, (title, _) in enumerate(PAPERS)]
+    (folder / "corpus.jsonl").write_text("\n".join(corpus) + "\n")
+    (folder / "queries.jsonl").write_text("\n".join(queries) + "\n")
+    for split, chosen in (("train", range(0, 4)), ("dev", range(4, 6)), ("test", range(6, 8))):
+        rows = ["query-id\tcorpus-id\tscore"] + [f"q{i}\td{i}\t1" for i in chosen]
+        (folder / "qrels" / f"{split}.tsv").write_text("\n".join(rows) + "\n")
+    return folder
+
+
+@pytest.fixture
+def encoder_config(tiny_bert, beir_folder, tmp_path):
+    """A few contrastive steps of the tiny BERT on the BEIR folder; tests override what they need."""
+
+    def make(**sections):
+        raw = {
+            "model": tiny_bert,
+            "out_dir": str(tmp_path / "run"),
+            "data": {"train": str(beir_folder), "validation": str(beir_folder), "test": str(beir_folder)},
+            "method": {"name": "full", "objective": "contrastive"},
+            "train": {
+                "max_steps": 4,
+                "batch_size": 2,
+                "lr": 1e-3,
+                "warmup_steps": 0,
+                "eval_every": 2,
+                "log_every": 1,
+                "dtype": "float32",
+            },
+            "eval": {"task": "retrieval", "bootstrap_resamples": 50},
+        }
+        for section, values in sections.items():
+            raw[section] = {**raw.get(section, {}), **values} if isinstance(values, dict) else values
+        return config_from_dict(raw)
+
+    return make
