@@ -247,12 +247,12 @@ def test_ranks_with_very_different_label_counts_give_one_process_gradient(tiny_c
     from tunesmith.data.tokenize import TokenizedExample
     from tunesmith.models import load_model
     from tunesmith.train.distributed import Dist, LossModule
-    from tunesmith.train.recipe import StepBatches, _attach_method
+    from tunesmith.train.recipe import StepBatches, attach_method
 
     cfg = tiny_config(method={"dropout": 0.0}, train={"batch_size": 4, "grad_accum": 1})
     loaded = load_model(cfg.model)
     torch.manual_seed(0)
-    module = LossModule(_attach_method(loaded.model, cfg), 64)
+    module = LossModule(attach_method(loaded.model, cfg), 64)
     for p in module.parameters():  # LoRA B starts at zero; give the adapter a non-trivial state
         if p.requires_grad:
             torch.nn.init.normal_(p, std=0.02)

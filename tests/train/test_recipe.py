@@ -15,7 +15,7 @@ from tunesmith.config import dump_config
 from tunesmith.errors import TunesmithError
 from tunesmith.models import load_model
 from tunesmith.train.checkpoint import load_best
-from tunesmith.train.recipe import _attach_method, train
+from tunesmith.train.recipe import attach_method, train
 
 
 def _metrics(out_dir):
@@ -61,7 +61,7 @@ def _logits(model, ids):
 def test_adapter_and_merged_model_give_tunesmiths_logits(lora_run, tiny_model_name):
     cfg, summary, out = lora_run
     ids = torch.tensor([[1, 4093, 198, 1780, 314, 260, 3575, 282, 2]])
-    ours = _attach_method(load_model(tiny_model_name).model, cfg).eval()
+    ours = attach_method(load_model(tiny_model_name).model, cfg).eval()
     load_best(out / "checkpoints/best", ours)
     peft = PeftModel.from_pretrained(load_model(tiny_model_name).model, out / "adapter").eval()
     merged = AutoModelForCausalLM.from_pretrained(out / "merged").eval()
@@ -117,7 +117,7 @@ def test_early_stopping_exports_the_best_checkpoint(tiny_config):
     summary = train(cfg)
     assert summary.stopped_early and summary.steps == 15 and summary.best_step == 5
     assert json.loads(Path(cfg.out_dir, "checkpoints/best/best.json").read_text())["step"] == 5
-    ours = _attach_method(load_model(cfg.model).model, cfg)
+    ours = attach_method(load_model(cfg.model).model, cfg)
     load_best(f"{cfg.out_dir}/checkpoints/best", ours)
     merged = load_file(f"{cfg.out_dir}/merged/model.safetensors")
     folded = ours.merge_and_unload().state_dict()

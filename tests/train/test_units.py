@@ -9,7 +9,7 @@ from tunesmith.train.checkpoint import atomic_file, write_dir_atomic
 from tunesmith.train.distributed import Dist
 from tunesmith.train.loss import labelled_loss
 from tunesmith.train.optim import lr_factor
-from tunesmith.train.recipe import StepBatches, _attach_method
+from tunesmith.train.recipe import StepBatches, attach_method
 from tunesmith.train.stopping import EarlyStopping
 
 
@@ -92,7 +92,7 @@ def test_loss_is_normalised_over_the_whole_accumulated_step(tiny_config):
     four = tiny_config(train={"batch_size": 1, "grad_accum": 4}, method={"dropout": 0.0})
     loaded = load_model(one.model)
     torch.manual_seed(0)
-    model = _attach_method(loaded.model, one)
+    model = attach_method(loaded.model, one)
     for p in model.parameters():  # LoRA B starts at zero; give the adapter a non-trivial state
         if p.requires_grad:
             torch.nn.init.normal_(p, std=0.02)

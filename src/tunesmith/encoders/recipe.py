@@ -38,7 +38,7 @@ from tunesmith.train.checkpoint import (
     write_text_atomic,
 )
 from tunesmith.train.optim import build_optimizer, build_scheduler
-from tunesmith.train.recipe import RUN_MARKERS, RunSummary, check_out_dir
+from tunesmith.train.recipe import RUN_MARKERS, RunSummary, attach_method, check_out_dir
 from tunesmith.train.stopping import EarlyStopping
 
 ENCODER_OBJECTIVES = ("mlm", "contrastive", "classification")
@@ -61,22 +61,6 @@ def _build_task(cfg: Config, encoder: Encoder):
     mlm_model = AutoModelForMaskedLM.from_pretrained(encoder.path, dtype=torch.float32)
     encoder.model = mlm_model.base_model
     return MaskedLMTask(cfg, encoder, mlm_model)
-
-
-def _attach_method(body, cfg: Config):
-    if cfg.method.name == "full":
-        body.requires_grad_(True)
-        return body
-    from peft import LoraConfig, get_peft_model
-
-    lora = LoraConfig(
-        task_type="FEATURE_EXTRACTION",
-        r=cfg.method.r,
-        lora_alpha=cfg.method.alpha,
-        lora_dropout=cfg.method.dropout,
-        target_modules=cfg.method.target_modules,
-    )
-    return get_peft_model(body, lora)
 
 
 def _train_head(head: torch.nn.Module, body: torch.nn.Module) -> None:
@@ -127,7 +111,7 @@ def train_encoder(cfg: Config, resume: bool = False, overwrite: bool = False) ->
     if device.type == "cpu":
         fix_mmap_threshold()  # glibc's heap fragments around saved activations otherwise (train/arena.py)
     torch.manual_seed(cfg.train.seed)
-    body = _attach_method(encoder.model, cfg).to(device)
+    body = attach_method(encoder.model, cfg, "FEATURE_EXTRACTION").to(device)
     head = task.head.to(device)
     _train_head(head, body)
     # One module holds everything trained, so checkpoints and the best weights cover the head too.

@@ -29,7 +29,15 @@ from tunesmith.errors import TunesmithError
 from tunesmith.evaluate import metrics
 from tunesmith.evaluate.bm25 import BM25
 from tunesmith.evaluate.retrieval_metrics import DEPTH, rank, retrieval_stats
-from tunesmith.evaluate.run import _ci, _model_folder, _run_folder, gains, read_loss_curve, read_training_summary
+from tunesmith.evaluate.run import (
+    _ci,
+    _model_folder,
+    _run_folder,
+    empty_result,
+    gains,
+    read_loss_curve,
+    read_training_summary,
+)
 from tunesmith.models import tunesmith_home
 from tunesmith.train.checkpoint import atomic_file, write_text_atomic
 
@@ -57,25 +65,6 @@ def embed_cached(encoder: Encoder, texts: list[str], what: str, batch_size: int)
     with atomic_file(path) as fh:
         np.save(fh, out)
     return out
-
-
-def _result(config: Config, task: str, run_dir: Path | None, items: int, references: int) -> dict:
-    settings = config.eval
-    return {
-        "task": task,
-        "model": config.model,
-        "finetuned": str(run_dir) if run_dir else None,
-        "test_file": config.data.test,
-        "items": items,
-        "references": references,
-        "confidence": {"level": metrics.CONFIDENCE, "resamples": settings.bootstrap_resamples, "seed": settings.seed},
-        "variants": {},
-        "few_shot": None,
-        "forgetting": {},
-        "training": None,
-        "loss_curve": None,
-        "notes": [],
-    }
 
 
 def _variant(stats: dict, config: Config, outputs: list[str], mean_tokens: float | None) -> dict:
@@ -128,7 +117,7 @@ def run_retrieval_evaluation(config: Config, finetuned: str | None, out_dir: str
     position = {doc: i for i, doc in enumerate(test.corpus_ids)}
     relevant = [{position[d]: g for d, g in test.qrels[q].items()} for q in query_ids]
     run_dir = _run_folder(finetuned, config)
-    result = _result(config, "retrieval", run_dir, count, sum(len(r) for r in relevant))
+    result = empty_result(config, "retrieval", run_dir, count, sum(len(r) for r in relevant))
     result["corpus"] = len(test.corpus)
     rankings = {}
 
@@ -196,7 +185,7 @@ def run_encoder_classification(config: Config, finetuned: str | None, out_dir: s
     gold = [x.label for x in test]
     texts = [x.text for x in test]
     run_dir = _run_folder(finetuned, config)
-    result = _result(config, "encoder classification", run_dir, len(test), len(test))
+    result = empty_result(config, "encoder classification", run_dir, len(test), len(test))
 
     base = load_encoder(config.model)
     size = config.eval.batch_size

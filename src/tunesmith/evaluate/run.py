@@ -353,6 +353,26 @@ def _side_by_side(items: list[TestItem], variants: dict) -> list[dict]:
     return rows
 
 
+def empty_result(config: Config, task: str, run_dir: Path | None, items: int, references: int) -> dict:
+    """eval.json before any variant is scored: what was evaluated, on what, with which intervals."""
+    settings = config.eval
+    return {
+        "task": task,
+        "model": config.model,
+        "finetuned": str(run_dir) if run_dir else None,
+        "test_file": config.data.test,
+        "items": items,
+        "references": references,
+        "confidence": {"level": metrics.CONFIDENCE, "resamples": settings.bootstrap_resamples, "seed": settings.seed},
+        "variants": {},
+        "few_shot": None,
+        "forgetting": {},
+        "training": None,
+        "loss_curve": None,
+        "notes": [],
+    }
+
+
 def run_evaluation(config: Config, finetuned: str | None, out_dir: str) -> dict:
     """Evaluate every variant on the test items; write eval.json, report.html, report.md to out_dir."""
     from tunesmith.evaluate.report import write_reports
@@ -362,25 +382,7 @@ def run_evaluation(config: Config, finetuned: str | None, out_dir: str) -> dict:
     run_dir = _run_folder(finetuned, config)
     if run_dir is not None:
         _check_same_base(config.model, _model_folder(run_dir))
-    result: dict = {
-        "task": settings.task,
-        "model": config.model,
-        "finetuned": str(run_dir) if run_dir else None,
-        "test_file": config.data.test,
-        "items": len(items),
-        "references": sum(len(item.references) for item in items),
-        "confidence": {
-            "level": metrics.CONFIDENCE,
-            "resamples": settings.bootstrap_resamples,
-            "seed": settings.seed,
-        },
-        "variants": {},
-        "few_shot": None,
-        "forgetting": {},
-        "training": None,
-        "loss_curve": None,
-        "notes": [],
-    }
+    result = empty_result(config, settings.task, run_dir, len(items), sum(len(item.references) for item in items))
     # Same precision policy as training: bf16 matmuls where the hardware has them.
     with autocast(config.train.dtype, default_device()):
         _base_variants(config, items, result)

@@ -72,14 +72,15 @@ def check_out_dir(out_dir: Path, resume: bool, overwrite: bool) -> None:
         raise TunesmithError(f"out_dir {out_dir} exists and is not a folder")
 
 
-def _attach_method(model, cfg: Config):
+def attach_method(model, cfg: Config, task_type: str = "CAUSAL_LM"):
+    """The model as the method trains it: all weights (full) or a PEFT LoRA adapter of `task_type`."""
     if cfg.method.name == "full":
         model.requires_grad_(True)
         return model
     from peft import LoraConfig, get_peft_model
 
     lora = LoraConfig(
-        task_type="CAUSAL_LM",
+        task_type=task_type,
         r=cfg.method.r,
         lora_alpha=cfg.method.alpha,
         lora_dropout=cfg.method.dropout,
@@ -197,7 +198,7 @@ def train(cfg: Config, resume: bool = False, overwrite: bool = False) -> RunSumm
 
     device = dist.device
     torch.manual_seed(cfg.train.seed)
-    model = _attach_method(loaded.model, cfg).to(device)
+    model = attach_method(loaded.model, cfg).to(device)
     dtype = compute_dtype(cfg.train.dtype, device)
     lean = LeanStorage(model, dtype) if cfg.method.name == "lora" and dtype != torch.float32 else None
     if cfg.method.name == "lora":
