@@ -10,6 +10,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -320,20 +321,32 @@ def _read_paragraphs(text: str) -> list[Example]:
     return examples
 
 
-def _read_csv(path: str, text: str, columns: dict[str, str] | None) -> tuple[list[Example], list[LineError]]:
+def csv_rows(path: str, text: str, errors: list[LineError]) -> tuple[list[str], Iterator[tuple[int, list[str]]]]:
+    """The header, and (line, cells) of each non-empty row; a row with the wrong field count goes to `errors`."""
     reader = csv.reader(io.StringIO(text, newline=""))
     header = next(reader)
+
+    def rows() -> Iterator[tuple[int, list[str]]]:
+        row_start = reader.line_num + 1
+        for row in reader:
+            line, row_start = row_start, reader.line_num + 1  # a quoted cell may span several lines
+            if not row:
+                continue
+            if len(row) != len(header):
+                errors.append(LineError(path, line, None, f"expected {len(header)} fields, got {len(row)}"))
+                continue
+            yield line, row
+
+    return header, rows()
+
+
+def _read_csv(path: str, text: str, columns: dict[str, str] | None) -> tuple[list[Example], list[LineError]]:
+    errors: list[LineError] = []
+    header, rows = csv_rows(path, text, errors)
     mapping = _csv_mapping(path, header, columns)
     index = {role: header.index(column) for role, column in mapping.items()}
-    examples, errors = [], []
-    row_start = reader.line_num + 1
-    for row in reader:
-        line, row_start = row_start, reader.line_num + 1  # a quoted cell may span several lines
-        if not row:
-            continue
-        if len(row) != len(header):
-            errors.append(LineError(path, line, None, f"expected {len(header)} fields, got {len(row)}"))
-            continue
+    examples = []
+    for line, row in rows:
         problems: list[Problem] = []
         prompt = _content(row[index["prompt"]], mapping["prompt"], problems)
         completion = _content(row[index["completion"]], mapping["completion"], problems)

@@ -6,12 +6,10 @@ the first problem (and how many lines have problems), the way `tunesmith validat
 
 from __future__ import annotations
 
-import csv
-import io
 from dataclasses import dataclass
 from pathlib import Path
 
-from tunesmith.data.formats import LineError, _BadJSON, _json_records, _json_type, _read_text, read_examples
+from tunesmith.data.formats import LineError, _BadJSON, _json_records, _json_type, _read_text, csv_rows, read_examples
 from tunesmith.errors import TunesmithError
 
 PAIR_KEYS = (("query", "positive"), ("negative",))
@@ -190,21 +188,14 @@ def read_labelled(path: str, columns: dict[str, str] | None = None) -> list[Labe
 
 def _read_csv_columns(path: str, columns: dict[str, str]) -> list[tuple[int, dict[str, str]]]:
     """(line, {role: cell}) per CSV row; `columns` maps each role to its header name; empty cells are errors."""
-    reader = csv.reader(io.StringIO(_read_text(path), newline=""))
-    header = next(reader)
+    errors: list[LineError] = []
+    header, csv_lines = csv_rows(path, _read_text(path), errors)
     for role, column in columns.items():
         if column not in header:
             raise TunesmithError(f"{path}:1: column {column!r} (for {role}) is not in the header: {', '.join(header)}")
     index = {role: header.index(column) for role, column in columns.items()}
-    rows, errors = [], []
-    row_start = reader.line_num + 1
-    for row in reader:
-        line, row_start = row_start, reader.line_num + 1  # a quoted cell may span several lines
-        if not row:
-            continue
-        if len(row) != len(header):
-            errors.append(LineError(path, line, None, f"expected {len(header)} fields, got {len(row)}"))
-            continue
+    rows = []
+    for line, row in csv_lines:
         bad = [role for role in columns if not row[index[role]].strip()]
         errors += [LineError(path, line, columns[role], "empty value") for role in bad]
         if not bad:
