@@ -37,9 +37,10 @@ from tunesmith.evaluate.run import (
     gains,
     read_loss_curve,
     read_training_summary,
+    write_result,
 )
 from tunesmith.models import tunesmith_home
-from tunesmith.train.checkpoint import atomic_file, write_text_atomic
+from tunesmith.train.checkpoint import atomic_file
 
 SIDE_BY_SIDE = 10
 RETRIEVAL_BASES = ("bm25", "zero_shot")
@@ -77,8 +78,6 @@ def _variant(stats: dict, config: Config, outputs: list[str], mean_tokens: float
 
 
 def _finish(result: dict, config: Config, run_dir: Path | None, out_dir: str, bases: tuple[str, ...]) -> dict:
-    from tunesmith.evaluate.report import write_reports
-
     variants = result["variants"]
     result["gain"] = gains(variants, config.eval, bases)
     if "finetuned" in variants:
@@ -95,13 +94,7 @@ def _finish(result: dict, config: Config, run_dir: Path | None, out_dir: str, ba
         result["loss_curve"] = read_loss_curve(run_dir)
     else:
         result["notes"].append(f"no fine-tuned model in {config.out_dir}: base variants only")
-    for variant in variants.values():
-        del variant["outputs"], variant["stats"]
-    target = Path(out_dir)
-    target.mkdir(parents=True, exist_ok=True)
-    write_text_atomic(target / "eval.json", json.dumps(result, indent=2) + "\n")
-    write_reports(result, target)
-    return result
+    return write_result(result, out_dir)
 
 
 def _mean_tokens(encoder: Encoder, texts: list[str]) -> float:

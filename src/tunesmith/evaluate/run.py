@@ -373,10 +373,21 @@ def empty_result(config: Config, task: str, run_dir: Path | None, items: int, re
     }
 
 
-def run_evaluation(config: Config, finetuned: str | None, out_dir: str) -> dict:
-    """Evaluate every variant on the test items; write eval.json, report.html, report.md to out_dir."""
+def write_result(result: dict, out_dir: str) -> dict:
+    """eval.json, report.html and report.md, without the per-item outputs and statistics."""
     from tunesmith.evaluate.report import write_reports
 
+    for variant in result["variants"].values():
+        del variant["outputs"], variant["stats"]
+    target = Path(out_dir)
+    target.mkdir(parents=True, exist_ok=True)
+    write_text_atomic(target / "eval.json", json.dumps(result, indent=2) + "\n")
+    write_reports(result, target)
+    return result
+
+
+def run_evaluation(config: Config, finetuned: str | None, out_dir: str) -> dict:
+    """Evaluate every variant on the test items; write eval.json, report.html, report.md to out_dir."""
     settings = config.eval
     items = load_test_items(config)
     run_dir = _run_folder(finetuned, config)
@@ -404,13 +415,7 @@ def run_evaluation(config: Config, finetuned: str | None, out_dir: str) -> dict:
 
     result["samples"] = _side_by_side(items, result["variants"])
     result["gain"] = gains(result["variants"], settings)
-    for variant in result["variants"].values():
-        del variant["outputs"], variant["stats"]
-    target = Path(out_dir)
-    target.mkdir(parents=True, exist_ok=True)
-    write_text_atomic(target / "eval.json", json.dumps(result, indent=2) + "\n")
-    write_reports(result, target)
-    return result
+    return write_result(result, out_dir)
 
 
 def _number(value: float | None, digits: int = 1) -> str:
