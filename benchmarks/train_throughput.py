@@ -8,8 +8,9 @@ Each configuration runs in its own process (a fresh interpreter: no warm caches,
 and prints one JSON line. Throughput is non-padding tokens over the wall-clock time from the end
 of warm-up step W to the end of the last step (W = --warmup, default 3), both trainers timed at the
 same point (the end of each optimizer step). With --repeats R the table shows the median of R runs.
-The validation loss of every run is computed by one function (tunesmith's evaluate_loss, float32,
-mean cross-entropy over completion tokens + end-of-turn) on the final weights. See README.md.
+The validation loss of every run is computed by one function (tunesmith's SFT validation pass,
+train/objective.py, float32, mean cross-entropy over completion tokens + end-of-turn) on the final
+weights. See README.md.
 """
 
 from __future__ import annotations
@@ -134,14 +135,12 @@ def validation_loss(model, tokenizer, model_name: str, max_len: int) -> float:
     end-of-turn token closing them) of the validation file, tokenized with the chat template."""
     from tunesmith.data.formats import read_examples
     from tunesmith.data.tokenize import tokenize_examples
-    from tunesmith.train.distributed import LossModule
-    from tunesmith.train.recipe import evaluate_loss
+    from tunesmith.train.objective import SFTObjective, evaluate_model
 
     examples = tokenize_examples(tokenizer, read_examples(VALIDATION).examples, max_len)
     cfg = _eval_config(model_name, max_len)
-    module = LossModule(model, cfg.train.loss_chunk_size)
-    loss, _ = evaluate_loss(module, examples, cfg, tokenizer.pad_token_id, _device())
-    return loss
+    objective = SFTObjective(cfg, tokenizer.pad_token_id, _device())
+    return evaluate_model(model, objective, examples, cfg)["val_loss"]
 
 
 def _throughput(step_ends: list[float], step_tokens: list[int], warmup: int) -> tuple[float, int, float]:
@@ -435,7 +434,7 @@ def render(results: dict[str, dict], args, shape: dict, peak: float, peak_dtype:
         f"median of {args.repeats} run(s), each in a fresh process. Mean example "
         f"{shape['mean_example_tokens']:.0f} tokens, {shape['label_share']:.0%} of them labelled.",
         "Validation loss: float32 mean CE over completion tokens of data/e2e_nlg/validation.jsonl, by "
-        "tunesmith's evaluate_loss on each run's final weights (one function for all runs).",
+        "tunesmith's SFT validation pass (train/objective.py) on each run's final weights (one function for all runs).",
         "",
         "| run | what | non-padding tokens/s | MFU | peak RSS MB | peak CUDA MB | val loss | "
         "tokens/s vs tunesmith | RSS vs tunesmith |",

@@ -1,3 +1,4 @@
+import json
 from pathlib import Path
 
 import pytest
@@ -28,6 +29,32 @@ def small_e2e(tmp_path_factory):
     (folder / "train.jsonl").write_text("\n".join(lines[:64]) + "\n")
     (folder / "validation.jsonl").write_text("\n".join(lines[64:80]) + "\n")
     return folder
+
+
+@pytest.fixture(scope="session")
+def write_pairs():
+    """write_pairs(path, n, openai): n preference pairs on arithmetic parity, OpenAI's DPO JSONL
+    (openai=True) or {prompt, chosen, rejected}; the preferred answer is always the right one."""
+
+    def write(path, n: int, openai: bool):
+        rows = []
+        for i in range(n):
+            prompt = [{"role": "user", "content": f"Question {i}: is {i} even?"}]
+            good, bad = ("Yes." if i % 2 == 0 else "No."), "I refuse to do maths."
+            if openai:
+                rows.append(
+                    {
+                        "input": {"messages": prompt},
+                        "preferred_output": [{"role": "assistant", "content": good}],
+                        "non_preferred_output": [{"role": "assistant", "content": bad}],
+                    }
+                )
+            else:
+                rows.append({"prompt": prompt, "chosen": good, "rejected": bad})
+        path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+        return path
+
+    return write
 
 
 @pytest.fixture(scope="session")

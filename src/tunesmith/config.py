@@ -11,9 +11,11 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from tunesmith.errors import TunesmithError
+
+PREFERENCE_FORMATS = ("openai_dpo", "chosen_rejected")
 
 
 class _Strict(BaseModel):
@@ -27,8 +29,12 @@ class DataConfig(_Strict):
         0.1, ge=0.0, lt=1.0, description="Share of train held out for validation when no file is given."
     )
     test: str | None = Field(None, description="Held-out test file for `tunesmith eval` (and after train).")
-    format: Literal["auto", "messages", "prompt_completion", "alpaca", "csv", "text"] = Field(
-        "auto", description="Data format; `auto` detects it from the file and says which it chose."
+    format: Literal[
+        "auto", "messages", "prompt_completion", "alpaca", "csv", "text", "openai_dpo", "chosen_rejected"
+    ] = Field(
+        "auto",
+        description="Data format; `auto` detects it from the file and says which it chose "
+        "(`openai_dpo` and `chosen_rejected` are preference pairs, for method.name=dpo).",
     )
     columns: dict[str, str] | None = Field(None, description="CSV column mapping, e.g. {prompt: mr, completion: ref}.")
     system: str | None = Field(
@@ -49,7 +55,9 @@ class DataConfig(_Strict):
 
 
 class MethodConfig(_Strict):
-    name: Literal["lora", "full"] = Field("lora", description="`lora` (PEFT adapter) or `full` fine-tuning.")
+    name: Literal["lora", "full", "dpo"] = Field(
+        "lora", description="`lora` (PEFT adapter), `full` fine-tuning, or `dpo` preference tuning on pairs."
+    )
     r: int = Field(16, ge=1, description="LoRA rank.")
     alpha: float = Field(32.0, gt=0, description="LoRA alpha; the update is scaled by alpha / r.")
     dropout: float = Field(
@@ -67,6 +75,35 @@ class MethodConfig(_Strict):
         description="`sft`: a decoder LM on chat data; encoder objectives (tunesmith.encoders): `mlm` continued "
         "pre-training on raw text, `contrastive` (query, positive[, negative]) pairs, `classification` text/label.",
     )
+    weights: Literal["lora", "full"] = Field(
+        "lora",
+        description="dpo only: what is trained, a LoRA adapter (the reference is the same model with the "
+        "adapter disabled) or all weights (reference log-probs computed once before training).",
+    )
+    beta: float = Field(
+        0.1, gt=0, description="dpo only: strength of the pull towards the reference (higher = stay closer)."
+    )
+    sft_weight: float = Field(
+        0.0, ge=0, description="dpo only: weight of an added NLL loss on the preferred answer (as RPO / OpenAI)."
+    )
+
+    @model_validator(mode="after")
+    def _dpo_fields_need_dpo(self):
+        # Values, not keys: a dumped config (run folder config.yaml) holds every field at its default.
+        fields = type(self).model_fields
+        given = [f for f in ("weights", "beta", "sft_weight") if getattr(self, f) != fields[f].default]
+        if self.name != "dpo" and given:
+            raise ValueError(f"method.{given[0]} only applies to method.name=dpo (got name={self.name})")
+        if self.name == "dpo" and self.objective != "sft":
+            raise ValueError(
+                f"method.name=dpo tunes a decoder on preference pairs, not method.objective={self.objective}"
+            )
+        return self
+
+    @property
+    def lora(self) -> bool:
+        """Whether the trained weights are a LoRA adapter (plain LoRA, or DPO on an adapter)."""
+        return self.name == "lora" or (self.name == "dpo" and self.weights == "lora")
 
 
 class EncoderConfig(_Strict):
@@ -137,10 +174,11 @@ class TrainConfig(_Strict):
 
 
 class EvalConfig(_Strict):
-    task: Literal["generation", "classification", "text", "retrieval"] = Field(
+    task: Literal["generation", "classification", "text", "retrieval", "preference"] = Field(
         "generation",
         description="Metrics: generation (BLEU...), classification (accuracy), text (perplexity), "
-        "retrieval (nDCG@10, MRR@10, Recall@100, P@10 of an encoder over a BEIR folder).",
+        "retrieval (nDCG@10, MRR@10, Recall@100, P@10 of an encoder over a BEIR folder), "
+        "preference (held-out pairs: preference accuracy and log-prob margins).",
     )
     labels: list[str] | None = Field(None, description="Label set for classification.")
     few_shot_k: int | None = Field(
@@ -190,6 +228,15 @@ class Config(_Strict):
     )
     encoder: EncoderConfig = Field(default_factory=EncoderConfig, description="Encoder objective settings.")
     out_dir: str = Field("runs/default", description="Run folder: adapter, merged model, metrics, checkpoints.")
+
+    @model_validator(mode="after")
+    def _pairs_need_dpo(self):
+        pairs = self.data.format in PREFERENCE_FORMATS
+        if pairs and self.method.name != "dpo":
+            raise ValueError(f"data.format={self.data.format} is preference data: it needs method.name=dpo")
+        if self.method.name == "dpo" and self.data.format not in ("auto", *PREFERENCE_FORMATS):
+            raise ValueError(f"method.name=dpo needs preference pairs, not data.format={self.data.format}")
+        return self
 
 
 def _field_names(model: type[BaseModel], prefix: str = "") -> list[str]:

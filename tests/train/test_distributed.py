@@ -138,6 +138,36 @@ def test_full_fine_tuning_shards_state_with_fsdp2_and_takes_the_same_steps(make_
     assert 0.45 <= held_two / held_one <= 0.55
 
 
+def test_dpo_on_all_weights_under_fsdp2_takes_the_same_steps(make_tiny_config, write_pairs, tmp_path):
+    """The reference log-probs are computed before FSDP2 shards the model; the DPO loss is normalised
+    by the pairs of the whole step; validation is shared: the same steps as one process."""
+    data = {
+        "train": str(write_pairs(tmp_path / "train.jsonl", 24, openai=True)),
+        "validation": str(write_pairs(tmp_path / "val.jsonl", 5, openai=False)),
+    }
+
+    def config(name, grad_accum):
+        return make_tiny_config(
+            tmp_path / name,
+            data=data,
+            method={"name": "dpo", "weights": "full", "beta": 0.5},
+            train={**STEPS, "max_steps": 3, "save_every": 100, "grad_accum": grad_accum, "lr": 1e-3},
+            eval={"samples": 0},
+        )
+
+    result = _launch(config("two", 1))
+    _ok(result)
+    train(config("one", 2))
+    assert "2 processes (fsdp)" in result.stderr
+    two, one = _metrics(tmp_path / "two"), _metrics(tmp_path / "one")
+    assert [m["train_loss"] for m in two if "train_loss" in m] == pytest.approx(
+        [m["train_loss"] for m in one if "train_loss" in m], rel=1e-4
+    )
+    assert two[-1]["val_reward_margin"] == pytest.approx(one[-1]["val_reward_margin"], rel=1e-3)
+    diff = _max_abs_diff(tmp_path / "two/merged/model.safetensors", tmp_path / "one/merged/model.safetensors")
+    assert diff <= 1e-4
+
+
 def _processes_mentioning(text: str) -> list[psutil.Process]:
     found = []
     for process in psutil.process_iter(["cmdline"]):
@@ -247,12 +277,14 @@ def test_ranks_with_very_different_label_counts_give_one_process_gradient(tiny_c
     from tunesmith.data.tokenize import TokenizedExample
     from tunesmith.models import load_model
     from tunesmith.train.distributed import Dist, LossModule
+    from tunesmith.train.objective import SFTObjective
     from tunesmith.train.recipe import StepBatches, attach_method
 
     cfg = tiny_config(method={"dropout": 0.0}, train={"batch_size": 4, "grad_accum": 1})
     loaded = load_model(cfg.model)
     torch.manual_seed(0)
-    module = LossModule(attach_method(loaded.model, cfg), 64)
+    objective = SFTObjective(cfg, 0, torch.device("cpu"))
+    module = LossModule(attach_method(loaded.model, cfg), objective)
     for p in module.parameters():  # LoRA B starts at zero; give the adapter a non-trivial state
         if p.requires_grad:
             torch.nn.init.normal_(p, std=0.02)
@@ -268,10 +300,11 @@ def test_ranks_with_very_different_label_counts_give_one_process_gradient(tiny_c
         step_cfg.train.grad_accum = grad_accum
         labels = []
         for rank in range(world_size):
-            batches, step_labels, _ = StepBatches(examples, step_cfg, 0, 1, Dist(rank, world_size))(0)
-            labels.append(sum(b.n_label_tokens for b in batches))
-            for batch in batches:
-                (module(batch)[0] * world_size / step_labels).backward()
+            step = StepBatches(examples, step_cfg, objective, 1, Dist(rank, world_size))(0)
+            labels.append(sum(b.n_label_tokens for b in step.batches))
+            objective.start_step(step.items)
+            for batch in step.batches:
+                (module(batch)[0] * world_size).backward()
         grads = {n: p.grad.clone() / world_size for n, p in module.named_parameters() if p.requires_grad}
         return grads, labels
 

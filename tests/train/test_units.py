@@ -8,6 +8,7 @@ from tunesmith.models import load_model
 from tunesmith.train.checkpoint import atomic_file, write_dir_atomic
 from tunesmith.train.distributed import Dist
 from tunesmith.train.loss import labelled_loss
+from tunesmith.train.objective import SFTObjective
 from tunesmith.train.optim import lr_factor
 from tunesmith.train.recipe import StepBatches, attach_method
 from tunesmith.train.stopping import EarlyStopping
@@ -78,8 +79,10 @@ def test_atomic_folder_is_all_or_nothing(tmp_path):
 
 def _step_gradients(cfg, model, data, pad_id):
     model.zero_grad()
-    batches, total, _ = StepBatches(data.train, cfg, pad_id, steps_per_epoch=1, dist=Dist())(0)
-    assert total == sum(b.n_label_tokens for b in batches)
+    objective = SFTObjective(cfg, pad_id, torch.device("cpu"))
+    step = StepBatches(data.train, cfg, objective, steps_per_epoch=1, dist=Dist())(0)
+    batches, total = step.batches, step.label_tokens
+    assert total == sum(b.n_label_tokens for b in batches) == objective.counts(step.items)[0]
     for batch in batches:
         (labelled_loss(model, batch, 64).loss_sum / total).backward()
     return {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}

@@ -29,6 +29,8 @@ _KEYS = {
     "text": (("text",), ()),
 }
 _MESSAGE_KEYS = (("role", "content"), ("weight",))
+# Keys that only preference data has (data/preference.py reads it).
+PAIR_KEYS = {"preferred_output", "non_preferred_output", "chosen", "rejected"}
 
 Problem = tuple[str | None, str]  # (field, reason) before the line and path are known
 
@@ -130,6 +132,10 @@ def _detect(path: str, text: str) -> str:
         if not isinstance(value, dict):
             continue
         keys = set(value)
+        if keys & PAIR_KEYS:
+            raise TunesmithError(
+                f"{path} holds preference pairs (keys {', '.join(sorted(keys))}): train on them with method.name=dpo"
+            )
         # Loose signatures on purpose: a line missing one key should be reported as that line's
         # error, not make the whole file undetectable.
         for fmt, signature in (
@@ -172,24 +178,34 @@ def _json_records(path: str, text: str):
             yield line, _BadJSON(f"invalid JSON: {e.msg} (column {e.colno})")
 
 
-def _read_json(path: str, text: str, fmt: str) -> tuple[list[Example], list[LineError]]:
-    examples, errors = [], []
+def read_records(path: str, text: str, keys: tuple, convert) -> tuple[list, list[LineError]]:
+    """Every JSON record of `text` with `keys` (required, optional) converted by `convert(line, obj)
+    -> (item, problems)`; every bad record becomes LineErrors instead."""
+    items, errors = [], []
     for line, value in _json_records(path, text):
         if isinstance(value, _BadJSON):
             problems = [(None, str(value))]
         elif not isinstance(value, dict):
             problems = [(None, f"expected a JSON object, got {_json_type(value)}")]
         else:
-            problems = _check_keys(value, *_KEYS[fmt])
+            problems = _check_keys(value, *keys)
             if not problems:
-                content, problems = _CONVERTERS[fmt](value)
+                item, problems = convert(line, value)
         if problems:
             errors += [LineError(path, line, field, reason) for field, reason in problems]
-        elif isinstance(content, str):
-            examples.append(Example(line, text=content))
         else:
-            examples.append(Example(line, messages=content))
-    return examples, errors
+            items.append(item)
+    return items, errors
+
+
+def _read_json(path: str, text: str, fmt: str) -> tuple[list[Example], list[LineError]]:
+    def convert(line: int, obj: dict):
+        content, problems = _CONVERTERS[fmt](obj)
+        if problems:
+            return None, problems
+        return (Example(line, text=content) if isinstance(content, str) else Example(line, messages=content)), []
+
+    return read_records(path, text, _KEYS[fmt], convert)
 
 
 def _check_keys(obj: dict, required: tuple[str, ...], optional: tuple[str, ...]) -> list[Problem]:
@@ -235,8 +251,8 @@ def _from_messages(obj: dict):
     return messages, _conversation_problems(messages)
 
 
-def _message(i: int, raw, problems: list[Problem]) -> Message | None:
-    where = f"messages[{i}]"
+def _message(i: int, raw, problems: list[Problem], field: str = "messages") -> Message | None:
+    where = f"{field}[{i}]"
     if not isinstance(raw, dict):
         problems.append((where, f"expected an object, got {_json_type(raw)}"))
         return None

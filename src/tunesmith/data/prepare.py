@@ -9,6 +9,7 @@ from dataclasses import dataclass, replace
 from tunesmith.config import DataConfig
 from tunesmith.data.cache import cache_key, load_or_build
 from tunesmith.data.formats import Example, LoadedData, read_examples, with_system
+from tunesmith.data.preference import holds_pairs, read_pairs, validate_pairs
 from tunesmith.data.tokenize import TokenizedExample
 from tunesmith.data.validate import ValidationReport, validate_dataset
 from tunesmith.errors import TunesmithError
@@ -16,11 +17,13 @@ from tunesmith.errors import TunesmithError
 
 @dataclass
 class PreparedData:
+    # TokenizedExample items, or TokenizedPair items for preference data (`pairs`).
     train: list[TokenizedExample]
     validation: list[TokenizedExample]
     validation_examples: list[Example]
     train_report: ValidationReport
     validation_report: ValidationReport | None
+    pairs: bool = False
 
     @property
     def errors(self) -> list:
@@ -58,6 +61,12 @@ def read_data(path: str, cfg: DataConfig) -> LoadedData:
     return loaded
 
 
+def read_pair_data(path: str, cfg: DataConfig) -> LoadedData:
+    loaded = read_pairs(path, cfg.format)
+    loaded.examples = [replace(p, prompt=with_system(p.prompt, cfg.system)) for p in loaded.examples]
+    return loaded
+
+
 def split_off_validation(loaded: LoadedData, fraction: float, seed: int) -> tuple[LoadedData, LoadedData | None]:
     if fraction <= 0 or len(loaded.examples) < 2:
         return loaded, None
@@ -80,15 +89,20 @@ def prepare_data(
     raises TunesmithError."""
 
     def build() -> PreparedData:
-        train = read_data(cfg.train, cfg)
+        pairs = holds_pairs(cfg.train, cfg.format)
+        read, check = (read_pair_data, validate_pairs) if pairs else (read_data, validate_dataset)
+        train = read(cfg.train, cfg)
         if cfg.validation:
-            validation = read_data(cfg.validation, cfg)
+            validation = read(cfg.validation, cfg)
         else:
             train, validation = split_off_validation(train, cfg.val_fraction, seed)
-        report, val_report, train_tok, val_tok = validate_dataset(
+        report, val_report, train_tok, val_tok = check(
             train, tokenizer, cfg.max_seq_len, validation, batch_size=batch_size, grad_accum=grad_accum
         )
-        return PreparedData(train_tok, val_tok, validation.examples if validation else [], report, val_report)
+        shown = validation.examples if validation else []
+        if pairs:  # samples (train/samples.py) show the prompt with the preferred answer as reference
+            shown = [pair.side(pair.chosen) for pair in shown]
+        return PreparedData(train_tok, val_tok, shown, report, val_report, pairs)
 
     prepared = load_or_build(cache_key(cfg, tokenizer, (seed, batch_size, grad_accum)), build)
     if strict and not prepared.ok:

@@ -64,15 +64,15 @@ def validate_dataset(
     if validation is None:
         return train_report, None, train_tokens, []
     val_tokens = tokenize_examples(tokenizer, validation.examples, max_seq_len)
-    val_report = _report(validation, tokenizer, val_tokens, max_seq_len, _overlap(train, validation))
+    val_report = _report(validation, tokenizer, val_tokens, max_seq_len, overlap(train, validation))
     return train_report, val_report, train_tokens, val_tokens
 
 
 def _report(data: LoadedData, tokenizer, tokenized, max_seq_len: int, extra=()) -> ValidationReport:
     issues = data.errors + _length_issues(data, tokenizer, tokenized, max_seq_len)
-    issues += _duplicates(data) + list(extra)
+    issues += duplicates(data) + list(extra)
     issues.sort(key=lambda issue: issue.line)
-    return ValidationReport(data.path, data.format, len(data.examples), issues, _stats(tokenized), None)
+    return ValidationReport(data.path, data.format, len(data.examples), issues, token_stats(tokenized), None)
 
 
 def _label_count(tokenized: TokenizedExample) -> int:
@@ -108,11 +108,11 @@ def _content(example: Example):
     return example.messages, example.text
 
 
-def _duplicates(data: LoadedData) -> list[LineError]:
+def duplicates(data: LoadedData, content=_content) -> list[LineError]:
     first: dict = {}
     issues = []
     for example in data.examples:
-        seen = first.setdefault(_content(example), example.line)
+        seen = first.setdefault(content(example), example.line)
         if seen != example.line:
             issues.append(
                 LineError(data.path, example.line, None, f"exact duplicate of line {seen}", severity="warning")
@@ -120,20 +120,20 @@ def _duplicates(data: LoadedData) -> list[LineError]:
     return issues
 
 
-def _overlap(train: LoadedData, validation: LoadedData) -> list[LineError]:
+def overlap(train: LoadedData, validation: LoadedData, content=_content) -> list[LineError]:
     train_lines: dict = {}
     for example in train.examples:
-        train_lines.setdefault(_content(example), example.line)
+        train_lines.setdefault(content(example), example.line)
     return [
         LineError(
             validation.path,
             example.line,
             None,
-            f"identical to train line {train_lines[_content(example)]}",
+            f"identical to train line {train_lines[content(example)]}",
             severity="warning",
         )
         for example in validation.examples
-        if _content(example) in train_lines
+        if content(example) in train_lines
     ]
 
 
@@ -143,7 +143,7 @@ def _summary(values: list[int]) -> tuple[int, float, int, int]:
     return ordered[0], sum(ordered) / len(ordered), p95, ordered[-1]
 
 
-def _stats(tokenized: list[TokenizedExample]) -> TokenStats | None:
+def token_stats(tokenized: list[TokenizedExample]) -> TokenStats | None:
     if not tokenized:
         return None
     lengths = [len(item.input_ids) for item in tokenized]

@@ -389,10 +389,16 @@ def write_result(result: dict, out_dir: str) -> dict:
 def run_evaluation(config: Config, finetuned: str | None, out_dir: str) -> dict:
     """Evaluate every variant on the test items; write eval.json, report.html, report.md to out_dir."""
     settings = config.eval
-    items = load_test_items(config)
+    pairs = settings.task == "preference"  # held-out pairs, not items to answer: evaluate/preference.py
+    items = [] if pairs else load_test_items(config)
     run_dir = _run_folder(finetuned, config)
     if run_dir is not None:
         _check_same_base(config.model, _model_folder(run_dir))
+    if pairs:
+        from tunesmith.evaluate.preference import evaluate_preferences
+
+        tuned, training = (_model_folder(run_dir), read_training_summary(run_dir)) if run_dir else (None, None)
+        return evaluate_preferences(config, tuned, out_dir, training)
     result = empty_result(config, settings.task, run_dir, len(items), sum(len(item.references) for item in items))
     # Same precision policy as training: bf16 matmuls where the hardware has them.
     with autocast(config.train.dtype, default_device()):
@@ -424,6 +430,10 @@ def _number(value: float | None, digits: int = 1) -> str:
 
 def format_summary(result: dict) -> str:
     """A compact terminal table: one row per variant, value [low, high] per metric, then cost."""
+    if result["task"] == "preference":
+        from tunesmith.evaluate.preference import format_preferences
+
+        return format_preferences(result)
     variants = result["variants"]
     names = list(next(iter(variants.values()))["metrics"]) if variants else []
     header = ["variant", *names, "prompt tok", "tok/s"]

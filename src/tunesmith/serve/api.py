@@ -37,6 +37,8 @@ HYPERPARAMETERS = {
     "batch_size": (int, 1, 256),
     "learning_rate_multiplier": (float, 0, 10),
 }
+# OpenAI's fine-tuning methods and the hyperparameters each takes.
+METHOD_HYPERPARAMETERS = {"supervised": HYPERPARAMETERS, "dpo": {**HYPERPARAMETERS, "beta": (float, 0, 2)}}
 
 
 @dataclass
@@ -288,20 +290,20 @@ def _files_routes(app: FastAPI) -> None:
 # --- fine-tuning jobs -----------------------------------------------------------------------------
 
 
-def _hyperparameters(raw: Any, where: str) -> dict:
+def _hyperparameters(raw: Any, where: str, allowed: dict = HYPERPARAMETERS) -> dict:
     if raw is None:
         return {}
     if not isinstance(raw, dict):
         raise APIError(400, f"{where} must be an object", param=where)
     out = {}
     for key, value in raw.items():
-        if key not in HYPERPARAMETERS:
+        if key not in allowed:
             raise APIError(
                 400,
-                f"unknown hyperparameter {where}.{key} (expected one of {', '.join(HYPERPARAMETERS)})",
+                f"unknown hyperparameter {where}.{key} (expected one of {', '.join(allowed)})",
                 param=f"{where}.{key}",
             )
-        kind, low, high = HYPERPARAMETERS[key]
+        kind, low, high = allowed[key]
         if value is None or value == "auto":
             out[key] = "auto"
             continue
@@ -323,7 +325,8 @@ def _hyperparameters(raw: Any, where: str) -> dict:
 
 
 def job_object(row: dict) -> dict:
-    hyper = {k: row["hyperparameters"].get(k, "auto") for k in HYPERPARAMETERS}
+    method = row["hyperparameters"].get("method", "supervised")
+    hyper = {k: row["hyperparameters"].get(k, "auto") for k in METHOD_HYPERPARAMETERS[method]}
     return {
         "id": row["id"],
         "object": "fine_tuning.job",
@@ -344,7 +347,7 @@ def job_object(row: dict) -> dict:
         "integrations": [],
         "metadata": row["metadata"],
         "user_provided_suffix": row["suffix"],
-        "method": {"type": "supervised", "supervised": {"hyperparameters": hyper}},
+        "method": {"type": method, method: {"hyperparameters": hyper}},
     }
 
 
@@ -398,10 +401,12 @@ def _job_request(body: dict, store: Store, org: dict) -> dict:
         if body.get(key) is not None and not isinstance(body[key], str):
             raise APIError(400, f"{key} must be a string, got {json.dumps(body[key])}", param=key)
     model = body["model"]
-    if model not in BUILTIN_MODELS:
+    # A fine-tuned model of the same organisation can be tuned further (SFT then DPO, as OpenAI allows).
+    if model not in BUILTIN_MODELS and store.model(org["id"], model) is None:
         raise APIError(
             400,
-            f"model {model!r} cannot be fine-tuned here; available: {', '.join(BUILTIN_MODELS)}",
+            f"model {model!r} cannot be fine-tuned here; available: {', '.join(BUILTIN_MODELS)} "
+            "or a fine-tuned model of your organisation",
             param="model",
             code="model_not_available",
         )
@@ -448,21 +453,27 @@ def _job_request(body: dict, store: Store, org: dict) -> dict:
         raise APIError(400, "integrations are not supported", param="integrations")
     hyper = _hyperparameters(body.get("hyperparameters"), "hyperparameters")
     method = body.get("method")
+    kind = "supervised"
     if method is not None:
-        if not isinstance(method, dict) or method.get("type") != "supervised":
-            got = method.get("type") if isinstance(method, dict) else method
-            raise APIError(400, f"method.type must be 'supervised' (got {json.dumps(got)})", param="method.type")
-        supervised = method.get("supervised") or {}
-        if not isinstance(supervised, dict):
-            raise APIError(400, "method.supervised must be an object", param="method.supervised")
-        from_method = _hyperparameters(supervised.get("hyperparameters"), "method.supervised.hyperparameters")
+        kind = method.get("type") if isinstance(method, dict) else method
+        if not isinstance(method, dict) or kind not in METHOD_HYPERPARAMETERS:
+            expected = " or ".join(repr(m) for m in METHOD_HYPERPARAMETERS)
+            raise APIError(400, f"method.type must be {expected} (got {json.dumps(kind)})", param="method.type")
+        section = method.get(kind) or {}
+        if not isinstance(section, dict):
+            raise APIError(400, f"method.{kind} must be an object", param=f"method.{kind}")
+        where = f"method.{kind}.hyperparameters"
+        from_method = _hyperparameters(section.get("hyperparameters"), where, METHOD_HYPERPARAMETERS[kind])
         if hyper and from_method:
             raise APIError(
                 400,
-                "give hyperparameters either at the top level or in method.supervised, not both",
+                f"give hyperparameters either at the top level or in method.{kind}, not both",
                 param="hyperparameters",
             )
         hyper = hyper or from_method
+    if kind != "supervised":
+        # The method travels with the hyperparameters (worker.py reads it there): no schema change.
+        hyper["method"] = kind
     return {
         "model": model,
         "files": files,

@@ -43,6 +43,7 @@ MIN_EXAMPLES_SEEN = 100
 MAX_EXAMPLES_SEEN = 25_000
 MAX_AUTO_EPOCHS = 25
 MAX_AUTO_BATCH = 32
+DPO_BETA = 0.1
 VAL_FRACTION = 0.1  # held out of the training file when a job has no validation file (as the trainer does)
 CHECKPOINT_RE = re.compile(r"^step-(\d+)$")
 
@@ -76,7 +77,11 @@ def resolve_hyperparameters(requested: dict, n_examples: int) -> dict:
     multiplier = requested.get("learning_rate_multiplier", "auto")
     if multiplier in (None, "auto"):
         multiplier = 1.0
-    return {"n_epochs": int(epochs), "batch_size": int(batch), "learning_rate_multiplier": float(multiplier)}
+    resolved = {"n_epochs": int(epochs), "batch_size": int(batch), "learning_rate_multiplier": float(multiplier)}
+    if requested.get("method") == "dpo":  # beta: "auto" is DPO's usual 0.1
+        beta = requested.get("beta", "auto")
+        resolved |= {"method": "dpo", "beta": DPO_BETA if beta in (None, "auto") else float(beta)}
+    return resolved
 
 
 # --- data validation ----------------------------------------------------------------------------
@@ -98,15 +103,20 @@ def _describe(issues, limit: int = 10) -> str:
     return "; ".join(parts) + more
 
 
-def check_job_files(train: dict, validation: dict | None, model: str, max_seq_len: int = 512) -> DataCheck:
+def check_job_files(
+    train: dict, validation: dict | None, model: str, max_seq_len: int = 512, pairs: bool = False
+) -> DataCheck:
     """Read and check the job's files; every error names the file id, line numbers and reasons.
 
     ``train`` / ``validation`` are file rows (``id``, ``filename``, ``path``). Uses the data
     package's reader and validator, so the service refuses exactly what ``tunesmith validate``
-    refuses.
+    refuses. ``pairs``: the job is a DPO job, whose files hold preference pairs.
     """
     from tunesmith.data.formats import read_examples
+    from tunesmith.data.preference import read_pairs, validate_pairs
     from tunesmith.errors import TunesmithError
+
+    read = read_pairs if pairs else read_examples
 
     loaded = {}
     for param, row in (("training_file", train), ("validation_file", validation)):
@@ -116,7 +126,7 @@ def check_job_files(train: dict, validation: dict | None, model: str, max_seq_le
         if not Path(row["path"]).is_file():
             return DataCheck(False, message=f"{param} {row['id']} was deleted", param=param)
         try:
-            data = read_examples(row["path"])
+            data = read(row["path"])
         except TunesmithError as error:
             return DataCheck(False, message=str(error).replace(row["path"], name), param=param)
         loaded[param] = data
@@ -125,7 +135,7 @@ def check_job_files(train: dict, validation: dict | None, model: str, max_seq_le
         from tunesmith.data.validate import validate_dataset
         from tunesmith.models import load_tokenizer
 
-        report, val_report, _, _ = validate_dataset(
+        report, val_report, _, _ = (validate_pairs if pairs else validate_dataset)(
             loaded["training_file"], load_tokenizer(model), max_seq_len, loaded.get("validation_file")
         )
         issues["training_file"] = report.issues
@@ -217,16 +227,22 @@ def openai_metrics(row: dict) -> dict:
     if row.get("val_loss") is not None:
         out["valid_loss"] = row["val_loss"]
         out["valid_mean_token_accuracy"] = row.get("val_token_accuracy")
-    for key in ("epoch", "lr", "tokens_per_second", "grad_norm", "peak_rss_mb"):
+    for key in ("epoch", "lr", "tokens_per_second", "grad_norm", "peak_rss_mb", *DPO_METRICS):
         if key in row:
             out[key] = row[key]
     return out
 
 
+# What a DPO job reports besides its loss (train/dpo.py names them).
+DPO_METRICS = [f"{split}_{name}" for split in ("train", "val") for name in ("reward_accuracy", "reward_margin")]
+
+
 def fine_tuned_model_name(job: dict, org_name: str) -> str:
     """``ft:{base}:{org}:{suffix}:{job-suffix}`` (empty suffix stays empty, as in OpenAI's names)."""
     org = re.sub(r"[^a-z0-9-]+", "-", org_name.lower()).strip("-") or "org"
-    return f"ft:{job['model']}:{org}:{job['suffix'] or ''}:{job['id'][-8:]}"
+    # A model tuned from a fine-tuned one is named after the root base, as OpenAI names it.
+    base = job["model"].split(":")[1] if job["model"].startswith("ft:") else job["model"]
+    return f"ft:{base}:{org}:{job['suffix'] or ''}:{job['id'][-8:]}"
 
 
 @dataclass
@@ -358,6 +374,12 @@ class Worker:
         ):
             self.store.add_event(job_id, f"Fine-tuning job failed: {message}", level="error")
 
+    def _start_model(self, job: dict) -> str:
+        """What the job trains from: a built-in model, or the merged weights of a fine-tuned model
+        of its organisation (whose adapter then applies to those weights, not to the root base)."""
+        row = self.store.model(job["org_id"], job["model"])
+        return str(Path(row["adapter_path"]).parent / "merged") if row else job["model"]
+
     def _validate(self, job: dict) -> None:
         train = self.store.file(job["org_id"], job["training_file"])
         validation = self.store.file(job["org_id"], job["validation_file"]) if job["validation_file"] else None
@@ -376,7 +398,9 @@ class Worker:
                 "validation_file",
             )
         try:
-            check = check_job_files(train, validation, job["model"])
+            check = check_job_files(
+                train, validation, self._start_model(job), pairs=job["hyperparameters"].get("method") == "dpo"
+            )
         except Exception as error:  # a bug or an unreadable tokenizer: fail this job only
             log.exception("validating %s", job["id"])
             return self._fail(job["id"], "validation_error", f"could not validate the files: {error}")
@@ -421,13 +445,13 @@ class Worker:
         validation = self.store.file(job["org_id"], job["validation_file"]) if job["validation_file"] else None
         hyper, total = job["hyperparameters"], max(1, job["total_steps"] or 1)
         raw = {
-            "model": job["model"],
+            "model": self._start_model(job),
             "data": {
                 "train": train["path"],
                 "validation": validation["path"] if validation else None,
                 "val_fraction": VAL_FRACTION,
             },
-            "method": {"name": "lora"},
+            "method": {"name": "dpo", "beta": hyper["beta"]} if hyper.get("method") == "dpo" else {"name": "lora"},
             "train": {
                 "epochs": hyper["n_epochs"],
                 "batch_size": hyper["batch_size"],
@@ -639,7 +663,7 @@ class Worker:
             rows = [m for m in read_metrics(run.out_dir) if m["step"] <= final_step]
             data = {**(openai_metrics(rows[-1]) if rows else {}), "step": final_step}
             self.store.add_checkpoint(job["id"], final_step, data, str(adapter), f"{model}:ckpt-step-{final_step}")
-        self.store.add_model(model, job["org_id"], job["id"], job["model"], str(adapter))
+        self.store.add_model(model, job["org_id"], job["id"], self._start_model(job), str(adapter))
         if self.store.update_job(
             job["id"],
             only_if_status=("running",),

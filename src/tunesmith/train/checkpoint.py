@@ -125,7 +125,7 @@ def _dcp_io(operation, state: dict, path: Path) -> None:
 
 def _loss_module(module: torch.nn.Module) -> torch.nn.Module:
     """What state dicts are taken from: the trained (possibly wrapped) LossModule, or one made for a bare model."""
-    return module if isinstance(unwrapped(module), LossModule) else LossModule(module, 1)
+    return module if isinstance(unwrapped(module), LossModule) else LossModule(module, None)
 
 
 def _model_state(module: torch.nn.Module) -> dict:

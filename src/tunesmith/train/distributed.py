@@ -32,7 +32,7 @@ from torch import nn
 
 from tunesmith.errors import TunesmithError
 from tunesmith.precision import default_device
-from tunesmith.train.loss import labelled_loss, output_layer
+from tunesmith.train.loss import output_layer
 
 EXIT_USER_ERROR = 2
 RENDEZVOUS_TIMEOUT_S = 60
@@ -134,21 +134,21 @@ def split_evenly(items: list, parts: int) -> list[list]:
 
 
 class LossModule(nn.Module):
-    """The model with the loss as its forward: what DDP and FSDP2 wrap.
+    """The model with the objective's loss as its forward: what DDP and FSDP2 wrap.
 
-    Both hook the forward of the module they wrap, and tunesmith's loss runs the decoder and the
-    output layer itself (it never calls the model's own forward), so the loss must be that forward.
-    Returns (summed loss, correct predictions) as tensors.
+    Both hook the forward of the module they wrap, and tunesmith's losses run the decoder and the
+    output layer themselves (they never call the model's own forward), so the loss must be that
+    forward. Returns the objective's (loss, metric sums) (train/objective.py). `objective` is None
+    where only the state dict's names are wanted (checkpoints of a bare model).
     """
 
-    def __init__(self, model: nn.Module, chunk_size: int):
+    def __init__(self, model: nn.Module, objective):
         super().__init__()
         self.model = model
-        self.chunk_size = chunk_size
+        self.objective = objective
 
     def forward(self, batch) -> tuple[torch.Tensor, torch.Tensor]:
-        parts = labelled_loss(self.model, batch, self.chunk_size)
-        return parts.loss_sum, parts.n_correct
+        return self.objective.forward(self.model, batch)
 
 
 def resolve_strategy(strategy: str, method: str) -> str:

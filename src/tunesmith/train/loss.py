@@ -37,7 +37,7 @@ def _in_piece(targets: torch.Tensor, start: int, width: int) -> tuple[torch.Tens
 
 
 class _OutputLayerLoss(torch.autograd.Function):
-    """Summed cross-entropy of `hidden @ weight^T` against `targets`, keeping no logits.
+    """Per-row cross-entropy of `hidden @ weight^T` against `targets`, keeping no logits.
 
     The logits are made a piece of the vocabulary and a chunk of rows at a time: forward keeps a
     running log-sum-exp (and argmax, and target logit) per row, backward recomputes each piece's
@@ -75,10 +75,10 @@ class _OutputLayerLoss(torch.autograd.Function):
         ctx.chunk_size = chunk_size
         correct = (best_index == targets).sum()
         ctx.mark_non_differentiable(correct)
-        return (lse - target_logit).sum(), correct
+        return lse - target_logit, correct
 
     @staticmethod
-    def backward(ctx, grad_loss, _):
+    def backward(ctx, grad_losses, _):
         hidden, weight, targets, lse = ctx.saved_tensors
         # Summed over vocabulary pieces in float32, as one matmul over the whole vocabulary would.
         grad_hidden = torch.zeros(hidden.shape, device=hidden.device) if ctx.needs_input_grad[0] else None
@@ -90,7 +90,7 @@ class _OutputLayerLoss(torch.autograd.Function):
                 grad_logits = (hidden[piece] @ cast.t()).float().sub_(lse[piece, None]).exp_()
                 inside, column = _in_piece(targets[piece], first, grad_logits.shape[1])
                 grad_logits.scatter_add_(1, column[:, None], -inside[:, None].float())
-                grad_logits = grad_logits.mul_(grad_loss).to(hidden.dtype)
+                grad_logits = grad_logits.mul_(grad_losses[piece, None]).to(hidden.dtype)
                 if grad_hidden is not None:
                     grad_hidden[piece] += grad_logits @ cast
                 if grad_weight is not None:
@@ -119,10 +119,14 @@ def hidden_states(model, batch: Batch) -> torch.Tensor:
     return decoder(**inputs).last_hidden_state
 
 
-def labelled_loss(model, batch: Batch, chunk_size: int) -> LossParts:
+def label_token_losses(model, batch: Batch, chunk_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(cross-entropy of every label token, in row order [n_label_tokens]; argmax hits)."""
     hidden = hidden_states(model, batch)
     _, head = output_layer(model)
     keep = batch.targets != IGNORE_INDEX
-    targets = batch.targets[keep]
-    loss_sum, correct = _OutputLayerLoss.apply(hidden[keep], head.weight, targets, chunk_size, active_dtype(hidden))
-    return LossParts(loss_sum, int(targets.numel()), correct)
+    return _OutputLayerLoss.apply(hidden[keep], head.weight, batch.targets[keep], chunk_size, active_dtype(hidden))
+
+
+def labelled_loss(model, batch: Batch, chunk_size: int) -> LossParts:
+    losses, correct = label_token_losses(model, batch, chunk_size)
+    return LossParts(losses.sum(), len(losses), correct)

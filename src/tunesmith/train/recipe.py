@@ -16,9 +16,8 @@ from pathlib import Path
 import torch
 
 from tunesmith.config import Config, dump_config
-from tunesmith.data.batching import epoch_order, make_batch
+from tunesmith.data.batching import epoch_order
 from tunesmith.data.prepare import PreparedData, prepare_data
-from tunesmith.data.tokenize import IGNORE_INDEX, TokenizedExample
 from tunesmith.errors import TunesmithError
 from tunesmith.export import plot_losses, save_adapter, save_merged
 from tunesmith.models import load_model
@@ -36,11 +35,12 @@ from tunesmith.train.checkpoint import (
     save_checkpoint,
     write_text_atomic,
 )
-from tunesmith.train.distributed import ONE_PROCESS, Dist, LossModule, split_by_tokens, split_evenly
+from tunesmith.train.distributed import Dist, LossModule, split_by_tokens, split_evenly
 from tunesmith.train.flops import flops_per_token, mean_attended_keys, measured_peak_flops
 from tunesmith.train.fused_lora import fuse_lora
 from tunesmith.train.lean import LeanStorage
 from tunesmith.train.loss import output_layer
+from tunesmith.train.objective import evaluate, objective_for
 from tunesmith.train.optim import build_optimizer, build_scheduler
 from tunesmith.train.samples import SampleSet
 from tunesmith.train.stopping import EarlyStopping
@@ -74,7 +74,7 @@ def check_out_dir(out_dir: Path, resume: bool, overwrite: bool) -> None:
 
 def attach_method(model, cfg: Config, task_type: str = "CAUSAL_LM"):
     """The model as the method trains it: all weights (full) or a PEFT LoRA adapter of `task_type`."""
-    if cfg.method.name == "full":
+    if not cfg.method.lora:
         model.requires_grad_(True)
         return model
     from peft import LoraConfig, get_peft_model
@@ -89,11 +89,12 @@ def attach_method(model, cfg: Config, task_type: str = "CAUSAL_LM"):
     return get_peft_model(model, lora)
 
 
-def _unlabelled(pad_id: int) -> TokenizedExample:
-    """For a process left without examples (a short last step, the last validation batches): it
-    still runs a forward, as FSDP2's collectives need every process, on one padding token without
-    labels, adding nothing to loss or gradient."""
-    return TokenizedExample([pad_id], [IGNORE_INDEX], 0, 1)
+@dataclass
+class Step:
+    batches: list  # this process's micro-batches
+    items: list  # the examples of the whole step, on all processes
+    tokens: int  # their tokens
+    label_tokens: int
 
 
 class StepBatches:
@@ -101,17 +102,16 @@ class StepBatches:
 
     A step's examples (batch_size x grad_accum x world_size of them) do not depend on the world
     size; they are split across processes by tokens, so all finish their micro-batches together,
-    then each process's share into grad_accum micro-batches. The epoch's order is computed once
-    per epoch, not once per step.
+    then each process's share into grad_accum micro-batches (the objective lays them out). The
+    epoch's order is computed once per epoch, not once per step.
     """
 
-    def __init__(self, examples: list[TokenizedExample], cfg: Config, pad_id: int, steps_per_epoch: int, dist: Dist):
-        self.examples, self.cfg, self.pad_id, self.steps_per_epoch = examples, cfg, pad_id, steps_per_epoch
+    def __init__(self, examples: list, cfg: Config, objective, steps_per_epoch: int, dist: Dist):
+        self.examples, self.cfg, self.objective, self.steps_per_epoch = examples, cfg, objective, steps_per_epoch
         self.dist = dist
         self.per_step = cfg.train.batch_size * cfg.train.grad_accum * dist.world_size
-        self.lengths = [len(e.input_ids) for e in examples]
-        # As the shifted targets count them (batching.shifted_targets): the first token predicts nothing.
-        self.label_counts = [sum(label != IGNORE_INDEX for label in e.labels[1:]) for e in examples]
+        self.lengths = [objective.length(e) for e in examples]
+        self.label_counts = [objective.label_tokens(e) for e in examples]
         self._epoch: int | None = None
         self._epoch_order: list[int] = []
 
@@ -126,52 +126,18 @@ class StepBatches:
             )
         return self._epoch_order
 
-    def __call__(self, step: int) -> tuple[list, int, int]:
-        """(this process's micro-batches, label tokens and tokens of the whole step)."""
+    def __call__(self, step: int) -> Step:
         epoch, index = divmod(step, self.steps_per_epoch)
         chosen = self._order(epoch)[index * self.per_step : (index + 1) * self.per_step]
         share = split_by_tokens([self.lengths[i] for i in chosen], self.dist.world_size)[self.dist.rank]
         mine = [self.examples[chosen[position]] for position in share]
-        batches = [
-            make_batch(group or [_unlabelled(self.pad_id)], self.pad_id, self.cfg.data.packing)
-            for group in split_evenly(mine, self.cfg.train.grad_accum)
-        ]
-        return batches, sum(self.label_counts[i] for i in chosen), sum(self.lengths[i] for i in chosen)
-
-
-@torch.no_grad()
-def evaluate_loss(
-    module, examples: list[TokenizedExample], cfg: Config, pad_id: int, device, dist: Dist = ONE_PROCESS
-) -> tuple[float, float]:
-    """Validation loss (per label token) and token accuracy; the processes share the batches."""
-    was_training = module.training
-    module.eval()
-    order = sorted(range(len(examples)), key=lambda i: len(examples[i].input_ids))
-    size = cfg.train.batch_size
-    starts = list(range(0, len(order), size))
-    # Every process runs as many forwards (FSDP2 gathers weights in each); a missing one is empty.
-    rounds = -(-len(starts) // dist.world_size)
-    totals = torch.zeros(3, dtype=torch.float64)  # loss, correct, label tokens
-    for round_ in range(rounds):
-        index = round_ * dist.world_size + dist.rank
-        chosen = [examples[i] for i in order[starts[index] : starts[index] + size]] if index < len(starts) else []
-        batch = make_batch(chosen or [_unlabelled(pad_id)], pad_id, cfg.data.packing)
-        with autocast(cfg.train.dtype, device):
-            loss_sum, correct = module(_to(batch, device))
-        totals += torch.tensor([loss_sum.item(), int(correct), batch.n_label_tokens], dtype=torch.float64)
-    total, correct, count = dist.sum(totals).tolist()
-    module.train(was_training)
-    return total / max(count, 1), correct / max(count, 1)
-
-
-def _to(batch, device):
-    if device.type == "cpu":
-        return batch
-    for name in ("input_ids", "targets", "attention_mask", "position_ids"):
-        value = getattr(batch, name)
-        if value is not None:
-            setattr(batch, name, value.to(device, non_blocking=True))
-    return batch
+        batches = [self.objective.batch(group) for group in split_evenly(mine, self.cfg.train.grad_accum)]
+        return Step(
+            batches,
+            [self.examples[i] for i in chosen],
+            sum(self.lengths[i] for i in chosen),
+            sum(self.label_counts[i] for i in chosen),
+        )
 
 
 def train(cfg: Config, resume: bool = False, overwrite: bool = False) -> RunSummary:
@@ -181,12 +147,16 @@ def train(cfg: Config, resume: bool = False, overwrite: bool = False) -> RunSumm
     dist = distributed.start(cfg.distributed.timeout_s)
     check_out_dir(out_dir, resume, overwrite)  # on every process, before the first collective below
     distributed.check_same_config(dist, dump_config(cfg))
-    strategy = distributed.resolve_strategy(cfg.distributed.strategy, cfg.method.name)
+    strategy = distributed.resolve_strategy(cfg.distributed.strategy, "lora" if cfg.method.lora else "full")
 
     # ---- setup: everything that can fail on bad input happens before out_dir is touched ----
     loaded = load_model(cfg.model)
     tokenizer, pad_id = loaded.tokenizer, loaded.tokenizer.pad_token_id
     data: PreparedData = prepare_data(cfg.data, tokenizer, cfg.train.seed, cfg.train.batch_size, cfg.train.grad_accum)
+    device = dist.device
+    # The objective (train/objective.py: SFT, or DPO) owns the batch layout, the loss and its metrics.
+    objective = objective_for(cfg, pad_id, device)
+    objective.check(data)
     if not data.validation:
         raise TunesmithError("no validation data: give data.validation or a data.val_fraction > 0")
     examples_per_step = cfg.train.batch_size * cfg.train.grad_accum * dist.world_size
@@ -196,12 +166,11 @@ def train(cfg: Config, resume: bool = False, overwrite: bool = False) -> RunSumm
     if resume:
         _check_same_global_batch(read_trainer_state(list_checkpoints(ckpt_dir)[-1]), examples_per_step, dist)
 
-    device = dist.device
     torch.manual_seed(cfg.train.seed)
     model = attach_method(loaded.model, cfg).to(device)
     dtype = compute_dtype(cfg.train.dtype, device)
-    lean = LeanStorage(model, dtype) if cfg.method.name == "lora" and dtype != torch.float32 else None
-    if cfg.method.name == "lora":
+    lean = LeanStorage(model, dtype) if cfg.method.lora and dtype != torch.float32 else None
+    if cfg.method.lora:
         fuse_lora(model)
     if cfg.train.gradient_checkpointing:
         output_layer(model)[0].gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
@@ -216,11 +185,13 @@ def train(cfg: Config, resume: bool = False, overwrite: bool = False) -> RunSumm
     heap_fixed = device.type == "cpu" and fix_mmap_threshold()
     arena = ActivationArena() if heap_fixed and lean is not None and not compile_model else None
     # The loss is the forward that DDP / FSDP2 wrap; on one process it runs as it is.
-    module = distributed.wrap(LossModule(model, cfg.train.loss_chunk_size), strategy, dist)
+    # Before wrapping, on the whole model: work before the first step (DPO's reference log-probs).
+    objective.setup(model, data)
+    module = distributed.wrap(LossModule(model, objective), strategy, dist)
     module.train()
     # MFU = achieved model FLOPs / this machine's measured matmul peak (timed once, then cached).
     peak_flops = measured_peak_flops(device, dtype)
-    attended_keys = mean_attended_keys([len(e.input_ids) for e in data.train])
+    attended_keys = mean_attended_keys(objective.sequence_lengths(data.train))
     # After wrapping: FSDP2 replaces the parameters by their shards.
     params = [p for p in module.parameters() if p.requires_grad]
     optimizer = build_optimizer(params, cfg.train)
@@ -229,7 +200,7 @@ def train(cfg: Config, resume: bool = False, overwrite: bool = False) -> RunSumm
         cfg.train.early_stopping.patience if cfg.train.early_stopping else None,
         cfg.train.early_stopping.min_delta if cfg.train.early_stopping else 0.0,
     )
-    step_batches = StepBatches(data.train, cfg, pad_id, steps_per_epoch, dist)
+    step_batches = StepBatches(data.train, cfg, objective, steps_per_epoch, dist)
     samples = SampleSet(data.validation_examples, cfg.eval.samples, cfg.eval.max_new_tokens)
 
     if resume:
@@ -248,8 +219,7 @@ def train(cfg: Config, resume: bool = False, overwrite: bool = False) -> RunSumm
             write_text_atomic(out_dir / "config.yaml", dump_config(cfg))
         state = TrainerState(0, 0, None, None, 0, 0.0)
         metrics = MetricsLog(out_dir / "metrics.jsonl", None, cfg.train.report_to) if dist.is_main else None
-        val_loss, val_acc = evaluate_loss(module, data.validation, cfg, pad_id, device, dist)
-        _write(metrics, {"step": 0, "epoch": 0.0, "val_loss": val_loss, "val_token_accuracy": val_acc})
+        _write(metrics, {"step": 0, "epoch": 0.0, **evaluate(module, objective, data.validation, cfg, dist)})
         with distributed.whole_weights(module), autocast(cfg.train.dtype, device):
             samples.generate("base", model, tokenizer)
         if dist.is_main:
@@ -261,8 +231,8 @@ def train(cfg: Config, resume: bool = False, overwrite: bool = False) -> RunSumm
     # Throughput counts training compute only, not evaluations or checkpoint writes.
     window_tokens, window_seconds = 0, 0.0
     # Running sums stay on the device; reading them (.item()) is a sync point, done at log steps only.
-    window_loss = torch.zeros((), device=device)
-    window_correct = torch.zeros((), dtype=torch.long, device=device)
+    window_sums = torch.zeros(len(objective.sums), device=device)
+    window_counts = [0] * len(objective.step_counts)
     window_labels = 0
     stopped_early = False
     with TrainProgress(total_steps, state.step, show=dist.is_main) as progress:
@@ -276,22 +246,22 @@ def train(cfg: Config, resume: bool = False, overwrite: bool = False) -> RunSumm
             progress.say("train.compile is off: torch.compile is not tested here under DDP/FSDP2")
         for step in range(state.step + 1, total_steps + 1):
             step_start = time.perf_counter()
-            # Normalise by the label tokens of the whole step, on every process together, so every
-            # label token weighs the same however the examples fall into micro-batches and processes.
-            # Every process knows them without asking: the step's examples are a function of the step.
-            batches, step_labels, step_tokens = step_batches(step - 1)
-            # DDP and FSDP2 average gradients over processes; the sum is what one process would get.
-            scale = dist.world_size / max(step_labels, 1)
-            for i, batch in enumerate(batches):
-                with distributed.no_gradient_sync(module, last_micro_batch=i == len(batches) - 1):
+            # The objective normalises by counts of the whole step (e.g. its label tokens) on every
+            # process together, so every label token weighs the same however the examples fall into
+            # micro-batches and processes. Every process knows them without asking.
+            batch_step = step_batches(step - 1)
+            objective.start_step(batch_step.items)
+            for i, batch in enumerate(batch_step.batches):
+                with distributed.no_gradient_sync(module, last_micro_batch=i == len(batch_step.batches) - 1):
                     with arena.saving() if arena else nullcontext(), autocast(cfg.train.dtype, device):
-                        loss_sum, correct = module(_to(batch, device))
-                    (loss_sum * scale).backward()
-                window_loss += loss_sum.detach().float()
-                window_correct += correct
-            window_labels += step_labels
-            window_tokens += step_tokens
-            state.trained_tokens += step_tokens
+                        loss, sums = module(batch)
+                    # DDP and FSDP2 average gradients over processes; the sum is what one process would get.
+                    (loss * dist.world_size).backward()
+                window_sums += sums
+            window_counts = [a + b for a, b in zip(window_counts, objective.step_counts, strict=True)]
+            window_labels += batch_step.label_tokens
+            window_tokens += batch_step.tokens
+            state.trained_tokens += batch_step.tokens
             grad_norm = (
                 torch.nn.utils.clip_grad_norm_(params, cfg.train.max_grad_norm)
                 if cfg.train.max_grad_norm
@@ -307,7 +277,7 @@ def train(cfg: Config, resume: bool = False, overwrite: bool = False) -> RunSumm
             record = None
             if step % cfg.train.log_every == 0 or step == total_steps:
                 rate = window_tokens / max(window_seconds, 1e-9)
-                loss_total, correct_total = dist.sum(torch.stack([window_loss, window_correct.float()])).tolist()
+                window_metrics = objective.metrics(dist.sum(window_sums).tolist(), window_counts, "train")
                 # Per process: peak RSS, and the trained weights + optimizer state it holds (gradients: freed).
                 memory = dist.gather(
                     torch.tensor([peak_rss_mb(), distributed.local_state_bytes(params, optimizer) / 2**20])
@@ -315,8 +285,7 @@ def train(cfg: Config, resume: bool = False, overwrite: bool = False) -> RunSumm
                 record = {
                     "step": step,
                     "epoch": round(step / steps_per_epoch, 4),
-                    "train_loss": loss_total / max(window_labels, 1),
-                    "train_token_accuracy": correct_total / max(window_labels, 1),
+                    **window_metrics,
                     "lr": lr,
                     "tokens_per_second": rate,
                     "mfu": rate
@@ -331,23 +300,21 @@ def train(cfg: Config, resume: bool = False, overwrite: bool = False) -> RunSumm
                 }
                 progress.advance(step, record["train_loss"], lr, rate)
                 window_tokens, window_seconds, window_labels = 0, 0.0, 0
-                window_loss.zero_()
-                window_correct.zero_()
+                window_sums.zero_()
+                window_counts = [0] * len(window_counts)
             else:
                 progress.advance(step)
 
             if step % cfg.train.eval_every == 0 or step % steps_per_epoch == 0 or step == total_steps:
-                val_loss, val_acc = evaluate_loss(module, data.validation, cfg, pad_id, device, dist)
-                record = {
-                    **(record or {"step": step, "epoch": round(step / steps_per_epoch, 4)}),
-                    "val_loss": val_loss,
-                    "val_token_accuracy": val_acc,
-                }
+                validation = evaluate(module, objective, data.validation, cfg, dist)
+                record = {**(record or {"step": step, "epoch": round(step / steps_per_epoch, 4)}), **validation}
+                val_loss = validation["val_loss"]
                 improved = stopper.update(step, val_loss)
                 if improved:
                     save_best(best_path, module, step, val_loss, dist)
                 progress.say(
-                    f"step {step}: val_loss {val_loss:.4f}  val_token_accuracy {val_acc:.3f}"
+                    f"step {step}: "
+                    + "  ".join(f"{k} {v:.4f}" for k, v in validation.items())
                     + ("  (best)" if improved else "")
                 )
                 stopped_early = stopper.should_stop
@@ -390,7 +357,7 @@ def train(cfg: Config, resume: bool = False, overwrite: bool = False) -> RunSumm
             stopped_early,
         )
     samples.save(out_dir / "samples.json")
-    if cfg.method.name == "lora":
+    if cfg.method.lora:
         save_adapter(exported, out_dir)
     save_merged(exported, tokenizer, out_dir)
     history = read_metrics(out_dir / "metrics.jsonl")

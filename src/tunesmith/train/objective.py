@@ -1,0 +1,128 @@
+"""What a training step minimises and reports: the one hook the recipe calls per micro-batch.
+
+The recipe owns the loop (step order, accumulation, processes, clipping, checkpoints, early
+stopping on `val_loss`); an objective owns the micro-batch layout, the loss of a micro-batch, and
+the names and values of its metrics. Supervised fine-tuning is `SFTObjective`; preference tuning
+is `train.dpo.DPOObjective`.
+
+An objective's loss is normalised by counts of the whole step on all processes (`counts`), which
+every process knows without asking: a step's examples are a pure function of the step. Its
+metrics are sums (`forward`'s second value) that the recipe adds up over micro-batches and
+processes, then divides by the same counts (`metrics`).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from tunesmith.config import Config
+from tunesmith.data.batching import Batch, make_batch
+from tunesmith.data.tokenize import IGNORE_INDEX, TokenizedExample
+from tunesmith.errors import TunesmithError
+from tunesmith.precision import autocast
+from tunesmith.train.distributed import ONE_PROCESS, LossModule
+from tunesmith.train.loss import labelled_loss
+
+
+def to_device(batch: Batch, device) -> Batch:
+    if device.type == "cpu":
+        return batch
+    for name in ("input_ids", "targets", "attention_mask", "position_ids"):
+        value = getattr(batch, name)
+        if value is not None:
+            setattr(batch, name, value.to(device, non_blocking=True))
+    return batch
+
+
+def label_count(example: TokenizedExample) -> int:
+    """Label tokens as the shifted targets count them (batching.shifted_targets): the first token predicts nothing."""
+    return sum(label != IGNORE_INDEX for label in example.labels[1:])
+
+
+def unlabelled(pad_id: int) -> TokenizedExample:
+    """For a process left without examples (a short last step, the last validation batches): it
+    still runs a forward, as FSDP2's collectives need every process, on one padding token without
+    labels, adding nothing to loss or gradient."""
+    return TokenizedExample([pad_id], [IGNORE_INDEX], 0, 1)
+
+
+class SFTObjective:
+    """Cross-entropy on label tokens, normalised by the label tokens of the whole step, so every
+    label token weighs the same however the examples fall into micro-batches and processes."""
+
+    sums = ("loss", "token_accuracy")
+
+    def __init__(self, cfg: Config, pad_id: int, device):
+        self.cfg, self.pad_id, self.device = cfg, pad_id, device
+        self.step_counts = [0]
+
+    def check(self, data) -> None:
+        if data.pairs:
+            raise TunesmithError(f"{self.cfg.data.train} holds preference pairs: train on them with method.name=dpo")
+
+    def setup(self, model, data) -> None:
+        """Work before the first step (nothing for SFT)."""
+
+    def length(self, item: TokenizedExample) -> int:
+        return len(item.input_ids)
+
+    def label_tokens(self, item: TokenizedExample) -> int:
+        return label_count(item)
+
+    def sequence_lengths(self, items: list[TokenizedExample]) -> list[int]:
+        return [len(e.input_ids) for e in items]
+
+    def counts(self, items: list[TokenizedExample]) -> list[int]:
+        return [sum(label_count(e) for e in items)]
+
+    def batch(self, items: list[TokenizedExample]) -> Batch:
+        return make_batch(items or [unlabelled(self.pad_id)], self.pad_id, self.cfg.data.packing)
+
+    def start_step(self, items: list[TokenizedExample]) -> None:
+        self.step_counts = self.counts(items)
+
+    def forward(self, model, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
+        parts = labelled_loss(model, to_device(batch, self.device), self.cfg.train.loss_chunk_size)
+        sums = torch.stack([parts.loss_sum.detach().float(), parts.n_correct.float()])
+        return parts.loss_sum / max(self.step_counts[0], 1), sums
+
+    def metrics(self, sums: list[float], counts: list[int], prefix: str) -> dict:
+        labels = max(counts[0], 1)
+        return {f"{prefix}_loss": sums[0] / labels, f"{prefix}_token_accuracy": sums[1] / labels}
+
+
+@torch.no_grad()
+def evaluate(module, objective, items: list, cfg: Config, dist) -> dict:
+    """Validation metrics (`val_*`) of `items`; the processes share the batches and add up their sums.
+
+    `module` is the (possibly DDP/FSDP2-wrapped) LossModule: FSDP2 gathers each layer's weights in
+    its forward, so every process runs as many forwards, an empty batch where it has nothing left.
+    """
+    was_training = module.training
+    module.eval()
+    order = sorted(range(len(items)), key=lambda i: objective.length(items[i]))
+    size = cfg.train.batch_size
+    starts = list(range(0, len(order), size))
+    rounds = -(-len(starts) // dist.world_size)
+    sums = torch.zeros(len(objective.sums), dtype=torch.float64)
+    for round_ in range(rounds):
+        index = round_ * dist.world_size + dist.rank
+        chosen = [items[i] for i in order[starts[index] : starts[index] + size]] if index < len(starts) else []
+        with autocast(cfg.train.dtype, objective.device):
+            _, batch_sums = module(objective.batch(chosen))
+        sums += batch_sums.cpu().double()
+    module.train(was_training)
+    return objective.metrics(dist.sum(sums).tolist(), objective.counts(items), "val")
+
+
+def evaluate_model(model, objective, items: list, cfg: Config) -> dict:
+    """`evaluate` of a bare model in one process (benchmarks, tests)."""
+    return evaluate(LossModule(model, objective), objective, items, cfg, ONE_PROCESS)
+
+
+def objective_for(cfg: Config, pad_id: int, device):
+    if cfg.method.name == "dpo":
+        from tunesmith.train.dpo import DPOObjective
+
+        return DPOObjective(cfg, pad_id, device)
+    return SFTObjective(cfg, pad_id, device)
