@@ -221,13 +221,13 @@ def load_model(name_or_path: str, dtype: str = "float32") -> LoadedModel:
     """Load a base model and its own tokenizer, refusing a tokenizer of another vocabulary."""
     from transformers import AutoModelForCausalLM
 
-    from tunesmith import attention
+    from tunesmith.kernels import attention
 
     _quiet_transformers()
     path = resolve_model_path(name_or_path)
     tokenizer = load_tokenizer(name_or_path)
     model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
     check_tokenizer_matches(tokenizer, model, name_or_path)
-    # SDPA for everything except packed micro-batches, which it runs per example (attention.py).
+    # SDPA for everything except packed micro-batches, which it runs per example (kernels/attention.py).
     model.set_attn_implementation(attention.NAME)
     return LoadedModel(name=name_or_path, path=path, model=model, tokenizer=tokenizer)

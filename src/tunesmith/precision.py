@@ -1,7 +1,7 @@
 """Compute precision: bfloat16 autocast where the hardware runs it fast, float32 elsewhere.
 
 Trained weights and optimizer state stay float32 either way; only matmuls run in bfloat16 (a LoRA
-run stores its frozen base weights in bfloat16 while training: train/lean.py). On a CPU with
+run stores its frozen base weights in bfloat16 while training: kernels/lean.py). On a CPU with
 avx512_bf16 (or AMX) that is ~2.5x faster for SmolLM2-135M; without it bf16 is emulated and slower.
 """
 

@@ -95,8 +95,8 @@ def test_token_accuracy_counts_argmax_hits(tiny_model_name, examples):
 def test_gradient_checkpointing_recomputes_the_same_step(tiny_model_name, examples):
     """Every custom autograd function (fused LoRA, packed attention, the cast norm, the loss) must
     survive being recomputed by non-reentrant checkpointing."""
-    from tunesmith.train.fused_lora import fuse_lora
-    from tunesmith.train.lean import LeanStorage
+    from tunesmith.kernels.fused_lora import fuse_lora
+    from tunesmith.kernels.lean import LeanStorage
 
     batch = make_batch(examples, 2, True)
     results = []

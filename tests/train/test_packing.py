@@ -1,6 +1,6 @@
 """A packed row must compute exactly what its examples compute one by one.
 
-The packed row is all examples back to back; tunesmith's attention (attention.py) keeps each
+The packed row is all examples back to back; tunesmith's attention (kernels/attention.py) keeps each
 example attending only to itself. If it ever let context leak across examples, the per-example
 losses would move and these tests would fail.
 """
@@ -9,10 +9,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from tunesmith import attention
 from tunesmith.data.batching import make_batch
 from tunesmith.data.formats import read_examples
 from tunesmith.data.tokenize import IGNORE_INDEX, tokenize_examples
+from tunesmith.kernels import attention
 from tunesmith.models import load_model
 from tunesmith.train.loss import hidden_states, labelled_loss, output_layer
 

@@ -23,9 +23,9 @@ from tunesmith.encoders.model import Encoder, load_encoder
 from tunesmith.encoders.tasks import ClassificationTask, ContrastiveTask, MaskedLMTask
 from tunesmith.errors import TunesmithError
 from tunesmith.export import plot_losses
+from tunesmith.kernels.arena import fix_mmap_threshold
 from tunesmith.precision import autocast, default_device
 from tunesmith.progress import MetricsLog, TrainProgress, peak_rss_mb, read_metrics
-from tunesmith.train.arena import fix_mmap_threshold
 from tunesmith.train.checkpoint import (
     TrainerState,
     atomic_file,
@@ -109,7 +109,7 @@ def train_encoder(cfg: Config, resume: bool = False, overwrite: bool = False) ->
 
     device = default_device()
     if device.type == "cpu":
-        fix_mmap_threshold()  # glibc's heap fragments around saved activations otherwise (train/arena.py)
+        fix_mmap_threshold()  # glibc's heap fragments around saved activations otherwise (kernels/arena.py)
     torch.manual_seed(cfg.train.seed)
     body = attach_method(encoder.model, cfg, "FEATURE_EXTRACTION").to(device)
     head = task.head.to(device)

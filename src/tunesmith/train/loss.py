@@ -13,9 +13,9 @@ from dataclasses import dataclass
 
 import torch
 
-from tunesmith import attention
 from tunesmith.data.batching import Batch
 from tunesmith.data.tokenize import IGNORE_INDEX
+from tunesmith.kernels import attention
 from tunesmith.precision import active_dtype
 
 

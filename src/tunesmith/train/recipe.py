@@ -20,11 +20,13 @@ from tunesmith.data.batching import epoch_order
 from tunesmith.data.prepare import PreparedData, prepare_data
 from tunesmith.errors import TunesmithError
 from tunesmith.export import plot_losses, save_adapter, save_merged
+from tunesmith.kernels.arena import ActivationArena, fix_mmap_threshold
+from tunesmith.kernels.fused_lora import fuse_lora
+from tunesmith.kernels.lean import LeanStorage
 from tunesmith.models import load_model
 from tunesmith.precision import autocast, compute_dtype
 from tunesmith.progress import MetricsLog, TrainProgress, peak_rss_mb, read_metrics
 from tunesmith.train import distributed
-from tunesmith.train.arena import ActivationArena, fix_mmap_threshold
 from tunesmith.train.checkpoint import (
     TrainerState,
     list_checkpoints,
@@ -37,8 +39,6 @@ from tunesmith.train.checkpoint import (
 )
 from tunesmith.train.distributed import Dist, LossModule, split_by_tokens, split_evenly
 from tunesmith.train.flops import flops_per_token, mean_attended_keys, measured_peak_flops
-from tunesmith.train.fused_lora import fuse_lora
-from tunesmith.train.lean import LeanStorage
 from tunesmith.train.loss import output_layer
 from tunesmith.train.objective import evaluate, objective_for
 from tunesmith.train.optim import build_optimizer, build_scheduler
@@ -177,7 +177,7 @@ def train(cfg: Config, resume: bool = False, overwrite: bool = False) -> RunSumm
     compile_model = cfg.train.compile and dist.world_size == 1
     if compile_model:
         output_layer(model)[0].compile()
-    # On CPU glibc's heap would fragment around the saved activations (train/arena.py). Full
+    # On CPU glibc's heap would fragment around the saved activations (kernels/arena.py). Full
     # fine-tuning saves autocast's bf16 copy of every trained weight, which autocast's cache holds
     # anyway: an arena would copy 270 MB a micro-batch for nothing (measured 486 -> 573 tokens/s
     # without it), so only a lean LoRA run gets one; every CPU run gets the fixed threshold.

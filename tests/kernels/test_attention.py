@@ -4,7 +4,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from tunesmith import attention
+from tunesmith.kernels import attention
 
 
 class _Layer:  # what transformers hands an attention function: the module, read for GQA

@@ -7,10 +7,10 @@ from peft import LoraConfig, get_peft_model
 from tunesmith.data.batching import make_batch
 from tunesmith.data.formats import read_examples
 from tunesmith.data.tokenize import tokenize_examples
+from tunesmith.kernels.arena import ActivationArena, ArenaReusedError
+from tunesmith.kernels.fused_lora import fuse_lora
+from tunesmith.kernels.lean import LeanStorage
 from tunesmith.models import load_model
-from tunesmith.train.arena import ActivationArena, ArenaReusedError
-from tunesmith.train.fused_lora import fuse_lora
-from tunesmith.train.lean import LeanStorage
 from tunesmith.train.loss import labelled_loss
 
 

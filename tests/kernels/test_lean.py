@@ -8,8 +8,8 @@ from safetensors.torch import load_file
 from tunesmith.data.batching import make_batch
 from tunesmith.data.formats import read_examples
 from tunesmith.data.tokenize import tokenize_examples
+from tunesmith.kernels.lean import LeanStorage
 from tunesmith.models import load_model, resolve_model_path
-from tunesmith.train.lean import LeanStorage
 from tunesmith.train.loss import labelled_loss
 
 
@@ -77,7 +77,7 @@ def test_the_cast_norm_has_float32_gradients_to_bf16_precision(zero_weight):
     """Its backward divides its output by the weight, unless a weight is zero."""
     from transformers.models.llama.modeling_llama import LlamaRMSNorm
 
-    from tunesmith.train.lean import _lean_norm_forward
+    from tunesmith.kernels.lean import _lean_norm_forward
 
     torch.manual_seed(0)
     norm = LlamaRMSNorm(64)

@@ -4,8 +4,8 @@ import pytest
 import torch
 from peft import LoraConfig, get_peft_model
 
+from tunesmith.kernels.fused_lora import fuse_lora
 from tunesmith.models import load_model
-from tunesmith.train.fused_lora import fuse_lora
 
 
 def _lora(name: str, dropout: float = 0.0):
