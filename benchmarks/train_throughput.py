@@ -3,6 +3,7 @@
     python benchmarks/train_throughput.py              # every configuration, --steps 30, 1 repeat
     python benchmarks/train_throughput.py --quick      # 3-step smoke test of the whole harness
     python benchmarks/train_throughput.py --repeats 3 --only tunesmith-lora trl-lora-defaults
+    python benchmarks/train_throughput.py --dtype float32  # both trainers in float32: any CPU can run it
 
 Each configuration runs in its own process (a fresh interpreter: no warm caches, its own peak RSS)
 and prints one JSON line. Throughput is non-padding tokens over the wall-clock time from the end
@@ -181,6 +182,7 @@ def run_tunesmith(run: Run, args) -> dict:
         "eval_every": 10 * args.steps,  # only the initial and the final evaluation
         "save_every": 10 * args.steps,
         "seed": 0,
+        "dtype": args.dtype,
         **({"gradient_checkpointing": True} if run.options.get("gradient_checkpointing") else {}),
     }
     cfg = config_from_dict(
@@ -272,7 +274,7 @@ def run_trl(run: Run, args) -> dict:
         warmup_steps=min(3, args.steps),
         max_grad_norm=1.0,
         weight_decay=0.0,
-        bf16=bf16_supported(device),
+        bf16=args.dtype == "auto" and bf16_supported(device),
         use_cpu=device.type == "cpu",
         report_to="none",
         save_strategy="no",
@@ -397,6 +399,8 @@ def run_in_subprocess(run: Run, args, shape: dict) -> dict:
         str(args.max_len),
         "--batch-size",
         str(args.batch_size),
+        "--dtype",
+        args.dtype,
         "--mean-example-tokens",
         str(shape["mean_example_tokens"]),
     ]
@@ -413,11 +417,30 @@ def _ratio(a: float | None, b: float | None) -> str:
     return f"{a / b:.2f}x" if a and b else "-"
 
 
+def _cpu_flags() -> str:
+    """The CPU flags that decide the compute dtype's speed here (see precision.bf16_supported)."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text().split("flags", 1)[1].split("\n", 1)[0].split()
+    except (OSError, IndexError):
+        return "unknown"
+    shown = [f for f in flags if f.startswith(("avx512", "amx")) or f in ("avx2", "fma")]
+    return " ".join(sorted(shown)) or "no AVX2/AVX-512"
+
+
 def render(results: dict[str, dict], args, shape: dict, peak: float, peak_dtype: str) -> str:
     import torch
 
     device = _device()
-    machine = torch.cuda.get_device_name() if device.type == "cuda" else f"{platform.processor() or 'CPU'}"
+    machine = (
+        torch.cuda.get_device_name()
+        if device.type == "cuda"
+        else f"{platform.processor() or 'CPU'} (flags: {_cpu_flags()})"
+    )
+    precision = (
+        "bf16 autocast where supported (tunesmith dtype auto, TRL bf16=True)"
+        if args.dtype == "auto"
+        else "float32 (tunesmith dtype float32, TRL bf16=False)"
+    )
     lines = [
         "# Training throughput: tunesmith vs TRL SFTTrainer",
         "",
@@ -428,8 +451,8 @@ def render(results: dict[str, dict], args, shape: dict, peak: float, peak_dtype:
         f"Work: {args.model}, E2E NLG train file, max length {args.max_len}, batch {args.batch_size} "
         f"examples x 1 micro-batch, {args.steps} optimizer steps, LoRA r={LORA['r']} alpha={LORA['alpha']} "
         f"dropout {LORA['dropout']} on all linear layers (lr {LR['lora']}) or full fine-tuning "
-        f"(lr {LR['full']}); cosine schedule, 3 warm-up steps, grad-norm clip 1.0; bf16 autocast where "
-        "supported (tunesmith dtype auto, TRL bf16=True).",
+        f"(lr {LR['full']}); cosine schedule, 3 warm-up steps, grad-norm clip 1.0; {precision}; compute "
+        f"dtype here: {peak_dtype}.",
         f"Timing: tokens/s over steps {args.warmup + 1}..{args.steps} (first {args.warmup} excluded), "
         f"median of {args.repeats} run(s), each in a fresh process. Mean example "
         f"{shape['mean_example_tokens']:.0f} tokens, {shape['label_share']:.0%} of them labelled.",
@@ -481,14 +504,25 @@ def main() -> None:
     parser.add_argument("--model", default="smollm2-135m-instruct", help="built-in name or HF folder")
     parser.add_argument("--max-len", type=int, default=256)
     parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument(
+        "--dtype",
+        choices=["auto", "float32"],
+        default="auto",
+        help="auto: bf16 autocast where the hardware has it (TRL bf16=True); float32: both trainers in "
+        "float32 (TRL bf16=False), the table any machine can produce",
+    )
     parser.add_argument("--only", nargs="*", help="run only these configurations")
-    parser.add_argument("--out", type=Path, default=RESULTS, help="markdown table written here")
+    parser.add_argument(
+        "--out", type=Path, help=f"markdown table written here (default {RESULTS.name}, _float32 with --dtype float32)"
+    )
     parser.add_argument("--render", type=Path, help="only rewrite the table from this results .json")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     parser.add_argument("--mean-example-tokens", type=float, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.quick:
         args.steps, args.warmup = 3, 1
+    if args.out is None:
+        args.out = RESULTS if args.dtype == "auto" else RESULTS.with_stem(f"{RESULTS.stem}_float32")
     runs = {r.name: r for r in RUNS}
     if args.worker:
         worker(runs[args.worker], args)
@@ -501,7 +535,7 @@ def main() -> None:
 
     chosen = [runs[n] for n in args.only] if args.only else RUNS
     device = _device()
-    dtype = torch.bfloat16 if bf16_supported(device) else torch.float32
+    dtype = torch.bfloat16 if args.dtype == "auto" and bf16_supported(device) else torch.float32
     peak = measured_peak_flops(device, dtype)
     if args.render:
         saved = json.loads(args.render.read_text())

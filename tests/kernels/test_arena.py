@@ -14,9 +14,9 @@ from tunesmith.models import load_model
 from tunesmith.train.loss import labelled_loss
 
 
-def _step(model, batch, arena=None):
+def _step(model, batch, dtype, arena=None):
     with arena.saving() if arena else torch.autograd.graph.saved_tensors_hooks(lambda t: t, lambda t: t):
-        with torch.autocast("cpu", dtype=torch.bfloat16):
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=dtype == torch.bfloat16):
             parts = labelled_loss(model, batch, 1024)
     (parts.loss_sum / parts.n_label_tokens).backward()
     grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}
@@ -24,17 +24,18 @@ def _step(model, batch, arena=None):
     return parts.loss_sum.item(), grads
 
 
-def test_a_training_step_is_bit_identical_with_and_without_it(tiny_model_name, small_e2e, smol_tokenizer):
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+def test_a_training_step_is_bit_identical_with_and_without_it(tiny_model_name, small_e2e, smol_tokenizer, dtype):
     examples = tokenize_examples(smol_tokenizer, read_examples(small_e2e / "train.jsonl").examples[:8], 128)
     torch.manual_seed(0)
     lora = LoraConfig(r=4, lora_alpha=8, target_modules="all-linear", init_lora_weights=False)
     model = get_peft_model(load_model(tiny_model_name).model, lora).train()
-    LeanStorage(model, torch.bfloat16)
+    LeanStorage(model, dtype)
     fuse_lora(model)
     arena = ActivationArena()
     for batch in (make_batch(examples[:4], 2, True), make_batch(examples[4:], 2, True)):
-        plain_loss, plain = _step(model, batch)
-        arena_loss, got = _step(model, batch, arena)
+        plain_loss, plain = _step(model, batch, dtype)
+        arena_loss, got = _step(model, batch, dtype, arena)
         assert arena_loss == plain_loss
         assert all(torch.equal(got[n], g) for n, g in plain.items())
         assert arena.stored_bytes > 0 and len(arena.blocks) == 1  # the second pass reused the block
@@ -49,6 +50,17 @@ def test_a_tensor_saved_twice_is_stored_once():
     assert arena.stored_bytes == y.nbytes  # exp, sin and cos all keep y: one copy
     out.backward()
     assert torch.allclose(x.grad, (x.exp() * (x.exp().cos() - x.exp().sin())), atol=1e-5)
+
+
+def test_a_tensor_saved_in_two_shapes_is_stored_once():
+    arena = ActivationArena()
+    x = torch.randn(1, 1000, 100, requires_grad=True)
+    with arena.saving():
+        y = x.exp()  # saves y as [1, 1000, 100]
+        out = y.reshape(1000, 100).sin().sum()  # saves the same memory as [1000, 100]
+    assert arena.stored_bytes == y.nbytes
+    out.backward()
+    assert torch.allclose(x.grad, x.exp() * x.exp().cos(), atol=1e-5)
 
 
 def test_backward_after_the_arena_was_reused_is_refused():

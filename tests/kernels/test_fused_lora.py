@@ -39,6 +39,7 @@ def test_float32_outputs_and_gradients_equal_peft(tiny_model_name, ids):
     layers = model.get_base_model().config.num_hidden_layers
     # Each layer: one MLP (gate, up, down together) and q, k, v, o on their own.
     assert fuse_lora(model) == 5 * layers
+    assert "FusedLlamaMLP" in repr(model) and "FusedLinear" in repr(model)  # print(model) shows it
     logits, got = _run(model, ids)
     assert torch.allclose(logits, expected_logits, atol=1e-5)
     assert got.keys() == expected.keys() and any("mlp.down_proj.lora_A" in n for n in got)

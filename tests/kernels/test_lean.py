@@ -52,6 +52,22 @@ def test_a_lean_step_is_as_accurate_as_plain_autocast(tiny_model_name, examples,
     assert _error(lean_grads, exact) <= 1.5 * _error(plain_grads, exact)
 
 
+@pytest.mark.parametrize("packing", [False, True])
+def test_in_float32_a_lean_step_equals_the_plain_one(tiny_model_name, examples, packing):
+    """Nothing is cast or copied; the norms keep their output instead of their input, and their
+    gradients recover the normalised input from it to float32 rounding."""
+    batch = make_batch(examples, 2, packing)
+    plain_loss, plain_grads = _step(_lora(tiny_model_name), batch, torch.float32)
+    model = _lora(tiny_model_name)
+    where = {n: p.data_ptr() for n, p in model.named_parameters()}
+    LeanStorage(model, torch.float32)
+    assert {n: p.data_ptr() for n, p in model.named_parameters()} == where
+    assert "LeanLlamaRMSNorm" in repr(model)
+    lean_loss, lean_grads = _step(model, batch, torch.float32)
+    assert lean_loss == plain_loss
+    assert _error(lean_grads, plain_grads) <= 1e-5
+
+
 def test_frozen_weights_are_bfloat16_while_training_and_the_originals_after_restore(tiny_model_name):
     model = _lora(tiny_model_name)
     lean = LeanStorage(model, torch.bfloat16)

@@ -15,10 +15,10 @@ from tunesmith.data.batching import make_batch
 from tunesmith.data.formats import Message
 from tunesmith.data.preference import PreferencePair, tokenize_pair
 from tunesmith.data.tokenize import IGNORE_INDEX
+from tunesmith.kernels.fused_lora import fuse_lora
+from tunesmith.kernels.lean import LeanStorage
 from tunesmith.models import load_model
 from tunesmith.train.dpo import DPOObjective, pair_batch, reference_logps, sequence_logps
-from tunesmith.train.fused_lora import fuse_lora
-from tunesmith.train.lean import LeanStorage
 from tunesmith.train.objective import evaluate_model
 
 PAIRS = [

@@ -82,15 +82,17 @@ class ActivationArena:
             or not tensor.is_contiguous()
         ):
             return tensor
-        # One tensor saved by several functions (the normalised input of q, k and v) is copied once.
-        # The key is dropped when the tensor dies, before its address can be reused.
-        key = (tensor.data_ptr(), tensor.dtype, tuple(tensor.shape))
+        # One tensor saved by several functions (the normalised input of q, k and v) is copied once,
+        # also when they see it in different shapes (a norm keeps [1, tokens, hidden], the fused
+        # LoRA layers after it the same memory as [tokens, hidden]). The key is dropped when the
+        # tensor dies, before its address can be reused.
+        key = (tensor.data_ptr(), tensor.dtype, tensor.numel())
         copy = self._copies.get(key)
         if copy is None:
-            copy = self._take(nbytes).view(tensor.dtype).view(tensor.shape).copy_(tensor)
+            copy = self._take(nbytes).view(tensor.dtype).copy_(tensor.reshape(-1))
             self._copies[key] = copy
             weakref.finalize(tensor, self._copies.pop, key, None)
-        return self.generation, copy
+        return self.generation, copy.view(tensor.shape)
 
     def _unpack(self, packed):
         if isinstance(packed, torch.Tensor):

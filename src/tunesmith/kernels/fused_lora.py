@@ -9,13 +9,14 @@ a quarter of all activations. `_LoRAMLP` keeps the gate and up projections only 
 the rest in backward, where it costs two elementwise operations.
 
 Same arithmetic, same parameters: the PEFT modules, their weights and their state dicts are
-untouched, only their forward is replaced. A layer that is not plain LoRA (dropout, DoRA and other
-variants, several adapters, merged or disabled adapters, a trained bias) keeps PEFT's own forward.
+untouched, only their forward is replaced (each module's class becomes a Fused subclass of its
+own, which print(model) shows). A layer that is not plain LoRA (dropout, DoRA and other variants,
+several adapters, merged or disabled adapters, a trained bias) keeps PEFT's own forward.
 """
 
 from __future__ import annotations
 
-import types
+import functools
 
 import torch
 import torch.nn.functional as F
@@ -135,25 +136,37 @@ class _LoRAMLP(torch.autograd.Function):
         )
 
 
-def _linear_forward(layer, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
-    name = _plain_lora(layer)
-    if name is None or args or kwargs:
-        return type(layer).forward(layer, x, *args, **kwargs)
-    flat = x.reshape(-1, x.shape[-1])
-    out = _LoRALinear.apply(flat, *_operands(layer, name), layer.scaling[name], active_dtype(x))
-    return out.view(*x.shape[:-1], out.shape[-1])
+class _FusedLinear:
+    """Mixed into a PEFT LoRA Linear's class: its forward runs `_LoRALinear` while it is plain LoRA."""
+
+    def forward(self, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
+        name = _plain_lora(self)
+        if name is None or args or kwargs:
+            return super().forward(x, *args, **kwargs)
+        flat = x.reshape(-1, x.shape[-1])
+        out = _LoRALinear.apply(flat, *_operands(self, name), self.scaling[name], active_dtype(x))
+        return out.view(*x.shape[:-1], out.shape[-1])
 
 
-def _mlp_forward(mlp, x: torch.Tensor) -> torch.Tensor:
-    projections = (mlp.gate_proj, mlp.up_proj, mlp.down_proj)
-    names = [_plain_lora(p) for p in projections]
-    if None in names:
-        return type(mlp).forward(mlp, x)
-    tensors = [t for p, n in zip(projections, names, strict=True) for t in _operands(p, n)]
-    scalings = [p.scaling[n] for p, n in zip(projections, names, strict=True)]
-    flat = x.reshape(-1, x.shape[-1])
-    out = _LoRAMLP.apply(flat, *tensors, *scalings, active_dtype(x))
-    return out.view(*x.shape[:-1], out.shape[-1])
+class _FusedMLP:
+    """Mixed into a SwiGLU MLP's class: its forward runs `_LoRAMLP` while all three projections are plain LoRA."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        projections = (self.gate_proj, self.up_proj, self.down_proj)
+        names = [_plain_lora(p) for p in projections]
+        if None in names:
+            return super().forward(x)
+        tensors = [t for p, n in zip(projections, names, strict=True) for t in _operands(p, n)]
+        scalings = [p.scaling[n] for p, n in zip(projections, names, strict=True)]
+        flat = x.reshape(-1, x.shape[-1])
+        out = _LoRAMLP.apply(flat, *tensors, *scalings, active_dtype(x))
+        return out.view(*x.shape[:-1], out.shape[-1])
+
+
+@functools.cache
+def _fused(mixin: type, cls: type) -> type:
+    # A subclass, not a patched instance: print(model) names it, isinstance checks still hold.
+    return type(f"Fused{cls.__name__}", (mixin, cls), {"__module__": __name__})
 
 
 def _is_swiglu(module) -> bool:
@@ -163,8 +176,9 @@ def _is_swiglu(module) -> bool:
 
 
 def fuse_lora(model: torch.nn.Module) -> int:
-    """Route every LoRA layer and LoRA SwiGLU MLP of `model` through the functions above; returns
-    how many modules now do. Each checks on every call that it is still plain LoRA."""
+    """Route every LoRA layer and LoRA SwiGLU MLP of `model` through the functions above (their class
+    becomes Fused<class>); returns how many modules now do. Each checks on every call that it is
+    still plain LoRA."""
     from peft.tuners.lora import Linear
 
     projections = ("gate_proj", "up_proj", "down_proj")
@@ -172,11 +186,11 @@ def fuse_lora(model: torch.nn.Module) -> int:
     fused = 0
     for module in model.modules():
         if _is_swiglu(module) and all(isinstance(getattr(module, p), Linear) for p in projections):
-            module.forward = types.MethodType(_mlp_forward, module)
+            module.__class__ = _fused(_FusedMLP, type(module))
             in_mlp.update(id(getattr(module, p)) for p in projections)
             fused += 1
     for module in model.modules():
         if isinstance(module, Linear) and id(module) not in in_mlp:
-            module.forward = types.MethodType(_linear_forward, module)
+            module.__class__ = _fused(_FusedLinear, type(module))
             fused += 1
     return fused

@@ -1,4 +1,4 @@
-"""Lean storage for adapter training under bf16 autocast: frozen weights and activations in bf16.
+"""Lean storage for adapter training: frozen weights in the compute dtype, each activation kept once.
 
 Autocast casts a float32 weight to bf16 on every forward, and when the layer's input needs a
 gradient the bf16 copy is kept for backward: a LoRA run holds its frozen base once in float32 and
@@ -6,10 +6,11 @@ again, layer by layer, in bf16. Its activations are cast too, once per consuming
 normalised hidden state that feeds q, k, v (and their LoRA A matrices) is copied to bf16 six times,
 and PEFT casts the bf16 input of o_proj and down_proj up to float32 before autocast casts it back.
 
-`LeanStorage` stores the frozen decoder weights in bf16 (the matmuls see exactly the values
-autocast would have made), casts each norm's output to bf16 once (for Llama-style norms, in one
-autograd node that keeps no float32 input for backward), and lets
-PEFT pass bf16 inputs through. The computation is unchanged; the copies are gone. Embeddings, the output layer and the
+`LeanStorage` stores the frozen decoder weights in the compute dtype (under bf16 the matmuls see
+exactly the values autocast would have made), casts each norm's output to it once (for Llama-style
+norms, in one autograd node that keeps no input for backward: in float32 too, where autograd would
+keep every norm's input, a [tokens, hidden] tensor twice per layer), and lets PEFT pass bf16 inputs
+through. The computation is unchanged; the copies are gone. Embeddings, the output layer and the
 norm weights stay float32. `restore` reads the original float32 weights back from the model folder
 before anything is merged or exported, so the saved model is the original base plus the adapter.
 """
@@ -23,6 +24,7 @@ import torch
 from safetensors import safe_open
 from transformers.models.llama.modeling_llama import LlamaRMSNorm
 
+from tunesmith.precision import active_dtype
 from tunesmith.train.loss import output_layer
 
 
@@ -68,10 +70,22 @@ class _CastNorm(torch.autograd.Function):
 
 
 def _lean_norm_forward(norm, hidden: torch.Tensor, divide: bool) -> torch.Tensor:
-    device = hidden.device.type
-    if not torch.is_autocast_enabled(device):
-        return type(norm).forward(norm, hidden)
-    return _CastNorm.apply(hidden, norm.weight, norm.variance_epsilon, torch.get_autocast_dtype(device), divide)
+    return _CastNorm.apply(hidden, norm.weight, norm.variance_epsilon, active_dtype(hidden), divide)
+
+
+class _LeanNorm:
+    """Mixed into a Llama-style norm's class: its forward is `_CastNorm`."""
+
+    lean_divide: bool
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        return _lean_norm_forward(self, hidden, self.lean_divide)
+
+
+@functools.cache
+def _lean(cls: type) -> type:
+    # A subclass, not a patched instance: print(model) names it.
+    return type(f"Lean{cls.__name__}", (_LeanNorm, cls), {"__module__": __name__})
 
 
 class LeanStorage:
@@ -87,23 +101,25 @@ class LeanStorage:
             if not name.startswith(decoder_prefix):
                 continue
             if isinstance(module, torch.nn.Linear) and not module.weight.requires_grad:
-                # PEFT names the wrapped layer `<name>.base_layer`; the checkpoint knows it as <name>.
-                self.frozen[name.replace(".base_layer", "") + ".weight"] = module
-                module.weight.data = module.weight.data.to(dtype)
+                if module.weight.dtype != dtype:
+                    # PEFT names the wrapped layer `<name>.base_layer`; the checkpoint knows it as <name>.
+                    self.frozen[name.replace(".base_layer", "") + ".weight"] = module
+                    module.weight.data = module.weight.data.to(dtype)
             elif _is_llama_norm(module):
                 # Decided once here, not per call (on CUDA every check would be a host sync).
-                divide = not module.weight.requires_grad and bool((module.weight != 0).all())
-                module.forward = functools.partial(_lean_norm_forward, module, divide=divide)
-                self.norms.append(module)
+                module.lean_divide = not module.weight.requires_grad and bool((module.weight != 0).all())
+                self.norms.append((module, type(module)))
+                module.__class__ = _lean(type(module))
             elif type(module).__name__.endswith("RMSNorm"):
                 self.hooks.append(module.register_forward_hook(self._cast_output))
             if hasattr(module, "cast_input_dtype_enabled"):
                 module.cast_input_dtype_enabled = False
                 self.peft_layers.append(module)
         # from_pretrained memory-maps the checkpoint; every page a cast read stays resident until no
-        # tensor uses the map, so the tensors kept as they are get their own copy.
+        # tensor uses the map, so the tensors kept as they are get their own copy. With nothing cast
+        # (a float32 run) the map is the weights' only copy and stays.
         cast = {id(m.weight) for m in self.frozen.values()}
-        for param in base.parameters():
+        for param in base.parameters() if cast else ():
             if id(param) not in cast:
                 param.data = param.data.clone()
 
@@ -114,13 +130,13 @@ class LeanStorage:
 
     def restore(self, model_path: str) -> None:
         """Put the original float32 frozen weights back and undo the casts."""
-        original = _read_weights(Path(model_path), set(self.frozen))
+        original = _read_weights(Path(model_path), set(self.frozen)) if self.frozen else {}
         for key, module in self.frozen.items():
             module.weight.data = original.pop(key)
         for hook in self.hooks:
             hook.remove()
-        for norm in self.norms:
-            del norm.forward
+        for norm, cls in self.norms:
+            norm.__class__ = cls
         for module in self.peft_layers:
             module.cast_input_dtype_enabled = True
 

@@ -169,7 +169,7 @@ def train(cfg: Config, resume: bool = False, overwrite: bool = False) -> RunSumm
     torch.manual_seed(cfg.train.seed)
     model = attach_method(loaded.model, cfg).to(device)
     dtype = compute_dtype(cfg.train.dtype, device)
-    lean = LeanStorage(model, dtype) if cfg.method.lora and dtype != torch.float32 else None
+    lean = LeanStorage(model, dtype) if cfg.method.lora else None
     if cfg.method.lora:
         fuse_lora(model)
     if cfg.train.gradient_checkpointing:
