@@ -10,7 +10,7 @@ Costs, kept low:
   no-grad forward per micro-batch); with full fine-tuning the reference log-probs are computed
   once before training, one no-grad pass over the data, and stored with the tokenized pairs;
 * the two sides of every pair of a micro-batch go through the model packed back to back in one
-  row (each attends only to itself, train/attention.py), no padding;
+  row (each attends only to itself, kernels/attention.py), no padding;
 * log-probs only at answer positions, through the label-only output layer of train/loss.py: no
   [batch, seq, vocab] logits.
 """
