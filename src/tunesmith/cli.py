@@ -30,14 +30,24 @@ def _recipe_and_evaluation(cfg):
 
 
 def _train(args) -> int:
+    from pathlib import Path
+
     from tunesmith.config import load_config
-    from tunesmith.evaluate.run import format_summary
+    from tunesmith.runfolder import locked
 
     cfg = load_config(args.config, args.overrides)
     if args.nproc_per_node < 1 or args.nnodes < 1:
         raise TunesmithError("--nproc-per-node and --nnodes must be at least 1")
-    if args.nproc_per_node > 1 or args.nnodes > 1:
-        return _launch_train(args, cfg)
+    launches = args.nproc_per_node > 1 or args.nnodes > 1
+    if "TORCHELASTIC_RUN_ID" in os.environ and not launches:
+        return _train_here(args, cfg)  # one of a launch's processes: its launcher holds the lock
+    with locked(Path(cfg.out_dir)):
+        return _launch_train(args, cfg) if launches else _train_here(args, cfg)
+
+
+def _train_here(args, cfg) -> int:
+    from tunesmith.evaluate.run import format_summary
+
     train, evaluate = _recipe_and_evaluation(cfg)
     summary = train(cfg, resume=args.resume, overwrite=args.overwrite)
     if int(os.environ.get("RANK", "0")) != 0:

@@ -1,8 +1,9 @@
 """A stand-in for `python -m tunesmith train CONFIG --overwrite|--resume` with the same outputs.
 
 Writes metrics.jsonl lines, atomically renamed checkpoints/step-NNNNNN folders, adapter/ and
-summary.json, at FAKE_STEP_SECONDS per step. FAKE_TRAINER_MODE=crash dies half-way, =usererror
-exits 2 with one stderr line.
+summary.json, at FAKE_STEP_SECONDS per step, holding the run folder's lock as the real trainer
+does. FAKE_TRAINER_MODE=crash dies half-way, =usererror exits 2 with one stderr line, =nan reports
+NaN and infinite losses.
 """
 
 import json
@@ -12,6 +13,8 @@ import time
 from pathlib import Path
 
 import yaml
+
+from tunesmith.runfolder import locked
 
 config_path, flag = sys.argv[1], sys.argv[2]
 config = yaml.safe_load(Path(config_path).read_text())
@@ -23,6 +26,8 @@ mode = os.environ.get("FAKE_TRAINER_MODE", "")
 delay = float(os.environ.get("FAKE_STEP_SECONDS", "0.05"))
 
 out.mkdir(parents=True, exist_ok=True)
+lock = locked(out)
+lock.__enter__()  # held until the process ends, as the real trainer holds it
 (out / "argv.json").write_text(json.dumps(sys.argv[1:]))  # what the server asked for
 
 start = 0
@@ -53,6 +58,8 @@ for step in range(start + 1, total + 1):
         "grad_norm": 1.0,
         "peak_rss_mb": 10.0,
     }
+    if mode == "nan":
+        row.update(train_loss=float("nan"), grad_norm=float("inf"))
     if step % train["eval_every"] == 0:
         row.update(val_loss=2.5 / step, val_token_accuracy=0.4)
     if step % train["log_every"] == 0:

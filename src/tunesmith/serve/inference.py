@@ -9,16 +9,27 @@ Generation is a plain loop with a KV cache so that every token can be streamed a
 counted exactly: ``prompt_tokens`` is the length of the templated prompt, ``completion_tokens``
 the number of tokens generated (the end-of-turn token included when the model produced it, as
 it was generated and billed). One lock per base serialises requests on that base: on a CPU
-running two generations at once is no faster, and it keeps the active adapter stable.
+running two generations at once is no faster, and it keeps the active adapter stable. The lock
+is held only while tokens are computed, never while a client reads: a caller's ``stop`` event, a
+deadline or :meth:`InferenceEngine.close` ends a generation at the next token.
+
+Loads are serialised too (one lock for all of them): two first requests for a model load it
+once, and transformers' lazy imports never run in two threads at the same time.
 """
 
 from __future__ import annotations
 
+import logging
 import threading
+import time
 from collections import OrderedDict
 from collections.abc import Iterator
 from contextlib import nullcontext
 from dataclasses import dataclass, field
+
+log = logging.getLogger("tunesmith.serve")
+
+GREEDY_BELOW = 1e-5  # temperatures below this sample greedily
 
 
 @dataclass
@@ -58,23 +69,37 @@ class InferenceEngine:
         self.max_bases = max(1, max_bases)
         self._bases: OrderedDict[str, _Base] = OrderedDict()
         self._lock = threading.Lock()
+        self._load_lock = threading.Lock()
+        self._closing = threading.Event()
 
-    def _base(self, name: str) -> _Base:
+    def close(self) -> None:
+        """Stop every generation at its next token (the server is shutting down)."""
+        self._closing.set()
+
+    def _cached(self, name: str) -> _Base | None:
         with self._lock:
             base = self._bases.get(name)
             if base is not None:
                 self._bases.move_to_end(name)
-                return base
-        from tunesmith.models import load_model
-
-        loaded = load_model(name)
-        loaded.model.eval()
-        with self._lock:
-            base = self._bases.setdefault(name, _Base(loaded))
-            self._bases.move_to_end(name)
-            while len(self._bases) > self.max_bases:
-                self._bases.popitem(last=False)
             return base
+
+    def _base(self, name: str) -> _Base:
+        if (base := self._cached(name)) is not None:
+            return base
+        with self._load_lock:
+            if (base := self._cached(name)) is not None:  # loaded while this thread waited
+                return base
+            from tunesmith.models import load_model
+
+            log.info("loading base model %s", name)
+            loaded = load_model(name)
+            loaded.model.eval()
+            with self._lock:
+                base = self._bases.setdefault(name, _Base(loaded))
+                self._bases.move_to_end(name)
+                while len(self._bases) > self.max_bases:
+                    self._bases.popitem(last=False)
+                return base
 
     def prepare(self, base_name: str, adapter_key: str | None, adapter_path: str | None) -> _Base:
         """Load the base (and make sure the adapter is loadable) before a response starts."""
@@ -124,6 +149,9 @@ class InferenceEngine:
     def tokenizer(self, base_name: str):
         return self._base(base_name).loaded.tokenizer
 
+    def context_length(self, base_name: str) -> int:
+        return getattr(self._base(base_name).loaded.model.config, "max_position_embeddings", None) or 2048
+
     def chat_prompt(self, base_name: str, messages: list[dict]) -> list[int]:
         tokenizer = self.tokenizer(base_name)
         text = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
@@ -139,8 +167,14 @@ class InferenceEngine:
         adapter_path: str | None,
         prompt_ids: list[int],
         params: GenerationParams,
+        stop: threading.Event | None = None,
+        deadline: float | None = None,
     ) -> Iterator[Piece]:
-        """Yield text pieces as tokens come; the last piece carries finish_reason and token counts."""
+        """Yield text pieces as tokens come; the last piece carries finish_reason and token counts.
+
+        ``stop`` set (the client left) or ``deadline`` (``time.monotonic()``) passed ends the
+        generation before its next token with finish_reason "length".
+        """
         import torch
 
         base = self._base(base_name)
@@ -156,10 +190,9 @@ class InferenceEngine:
                 model, context = base.loaded.model, nullcontext()
             generator = torch.Generator().manual_seed(params.seed) if params.seed is not None else None
             with context:
-                yield from self._loop(model, tokenizer, eos, prompt_ids, params, generator)
+                yield from self._loop(model, tokenizer, eos, prompt_ids, params, generator, stop, deadline)
 
-    @staticmethod
-    def _loop(model, tokenizer, eos, prompt_ids, params, generator) -> Iterator[Piece]:
+    def _loop(self, model, tokenizer, eos, prompt_ids, params, generator, stop, deadline) -> Iterator[Piece]:
         import torch
 
         limit = getattr(model.config, "max_position_embeddings", None) or 2048
@@ -170,6 +203,10 @@ class InferenceEngine:
         input_ids = torch.tensor([prompt_ids])
         past = None
         for _ in range(max_new):
+            if self._closing.is_set() or (stop is not None and stop.is_set()):
+                break
+            if deadline is not None and time.monotonic() > deadline:
+                break
             out = model(input_ids=input_ids, past_key_values=past, use_cache=True)
             past = out.past_key_values
             logits = out.logits[0, -1].float()
@@ -197,9 +234,11 @@ class InferenceEngine:
 def _sample(logits, params: GenerationParams, generator) -> int:
     import torch
 
-    if params.temperature <= 0:
+    # Below GREEDY_BELOW the distribution is one-hot in float32 anyway, and dividing by a
+    # temperature such as 1e-40 would make inf logits (NaN probabilities).
+    if params.temperature < GREEDY_BELOW:
         return int(torch.argmax(logits))
-    probs = torch.softmax(logits / params.temperature, dim=-1)
+    probs = torch.softmax((logits - logits.max()) / params.temperature, dim=-1)
     if params.top_p < 1.0:
         sorted_probs, order = torch.sort(probs, descending=True)
         keep = torch.cumsum(sorted_probs, dim=-1) - sorted_probs < params.top_p

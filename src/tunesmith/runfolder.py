@@ -1,0 +1,55 @@
+"""The run folder as a contract between the trainer and whoever reads its outputs.
+
+A trainer holds an exclusive lock on ``out_dir/.lock`` for its whole life (the file names its
+process id), so two trainers can never write one folder: the second refuses to start, and a
+supervisor can tell a live trainer from a folder that only looks like one.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from tunesmith.errors import TunesmithError
+
+LOCK_FILE = ".lock"
+
+
+@contextmanager
+def locked(out_dir: Path) -> Iterator[None]:
+    """Hold the run folder's lock; TunesmithError if another live process holds it."""
+    if out_dir.exists() and not out_dir.is_dir():
+        raise TunesmithError(f"out_dir {out_dir} exists and is not a folder")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    fd = os.open(out_dir / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
+            raise TunesmithError(f"{out_dir} is in use by another trainer (process {holder})") from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, str(os.getpid()).encode(), 0)
+        yield
+    finally:
+        os.close(fd)  # releases the lock; the kernel does the same when the process dies
+
+
+def lock_holder(out_dir: Path) -> int | None:
+    """The process id holding the folder's lock (0: not written yet), or None when no process holds it."""
+    try:
+        fd = os.open(out_dir / LOCK_FILE, os.O_RDONLY)
+    except FileNotFoundError:
+        return None
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            text = os.pread(fd, 32, 0).decode(errors="replace").strip()
+            return int(text) if text.isdigit() else 0
+        return None
+    finally:
+        os.close(fd)
