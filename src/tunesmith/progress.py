@@ -12,6 +12,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn, track
 
+from tunesmith.runfolder import finite
 from tunesmith.trackers import open_trackers
 from tunesmith.train.checkpoint import write_text_atomic
 
@@ -77,7 +78,7 @@ class MetricsLog:
 
     def write(self, record: dict) -> None:
         with open(self.path, "a") as fh:
-            fh.write(json.dumps(record) + "\n")
+            fh.write(json.dumps(finite(record), allow_nan=False) + "\n")
         for tracker in self.trackers:
             tracker.log(record)
 

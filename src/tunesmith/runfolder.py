@@ -1,5 +1,8 @@
 """The run folder as a contract between the trainer and whoever reads its outputs.
 
+Numbers in its JSON files are finite: NaN and infinities are written as null (JSON has no
+spelling for them, and a reader that meets one fails on every later read).
+
 A trainer holds an exclusive lock on ``out_dir/.lock`` for its whole life (the file names its
 process id), so two trainers can never write one folder: the second refuses to start, and a
 supervisor can tell a live trainer from a folder that only looks like one.
@@ -8,6 +11,7 @@ supervisor can tell a live trainer from a folder that only looks like one.
 from __future__ import annotations
 
 import fcntl
+import math
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -53,3 +57,14 @@ def lock_holder(out_dir: Path) -> int | None:
         return None
     finally:
         os.close(fd)
+
+
+def finite(value):
+    """``value`` with NaN and infinities replaced by None, in nested dicts and lists too."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [finite(v) for v in value]
+    return value

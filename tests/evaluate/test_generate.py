@@ -38,6 +38,15 @@ def test_sampling_is_seeded(tiny):
     assert runs[0] == runs[1] != runs[2]
 
 
+def test_generation_leaves_the_global_rng_alone(tiny):
+    """A recipe generates base samples after applying train.seed: training must keep that stream."""
+    torch.manual_seed(1234)
+    expected = torch.rand(4)
+    torch.manual_seed(1234)
+    generate(tiny.model, tiny.tokenizer, _ids(tiny.tokenizer, TEXTS), max_new_tokens=3, batch_size=3, temperature=1.0)
+    assert torch.equal(torch.rand(4), expected)
+
+
 def test_continuation_logprobs_match_a_full_forward_pass(tiny):
     prompts = _ids(tiny.tokenizer, TEXTS)
     continuations = [[5, 6, 7], [8], [9, 10]]

@@ -166,3 +166,26 @@ def test_compiled_run_takes_the_same_steps_as_eager(tiny_config, tmp_path):
         runs[name] = [m["train_loss"] for m in _metrics(tmp_path / name) if "train_loss" in m]
     assert len(runs["compiled"]) == 3
     assert runs["compiled"] == pytest.approx(runs["eager"], rel=1e-2)
+
+
+def test_a_nan_loss_stops_the_run_and_never_reaches_the_metrics(tiny_config, monkeypatch):
+    from tunesmith.train.distributed import LossModule
+
+    forward = LossModule.forward
+
+    def diverged(self, *args, **kwargs):
+        loss_sum, correct = forward(self, *args, **kwargs)
+        return (loss_sum * float("nan") if self.training else loss_sum), correct
+
+    monkeypatch.setattr(LossModule, "forward", diverged)
+    cfg = tiny_config(train={"max_steps": 4, "log_every": 1})
+    with pytest.raises(TunesmithError, match=r"step 1: train_loss=nan.*train.nan_policy: stop"):
+        train(cfg)
+    assert [m["step"] for m in _metrics(Path(cfg.out_dir))] == [0]
+
+
+def test_metrics_lines_write_non_finite_numbers_as_null(tmp_path):
+    from tunesmith.progress import MetricsLog
+
+    MetricsLog(tmp_path / "metrics.jsonl", None).write({"step": 1, "train_loss": float("nan"), "lr": float("inf")})
+    assert (tmp_path / "metrics.jsonl").read_text() == '{"step": 1, "train_loss": null, "lr": null}\n'

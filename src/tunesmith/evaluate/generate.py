@@ -87,9 +87,12 @@ def generate(
     texts: list[str] = [""] * len(prompts)
     counts = [0] * len(prompts)
     device = _device(model)
-    torch.manual_seed(seed)
     start = time.perf_counter()
-    with torch.inference_mode():
+    # transformers samples from the global RNG: seed a fork of it, so that generating (a recipe's
+    # base samples) never changes the stream that train.seed set for dropout and initialisation.
+    forked = [device] if device.type != "cpu" else []
+    with torch.random.fork_rng(forked, device_type=device.type), torch.inference_mode():
+        torch.manual_seed(seed)
         for batch in _batches_by_length([len(p) for p in prompts], batch_size, "generating"):
             ids, mask = _left_padded([prompts[i] for i in batch], pad_id)
             out = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device), generation_config=config)

@@ -11,13 +11,14 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 import secrets
 import sqlite3
 import string
 import time
 from contextlib import contextmanager
 from pathlib import Path
+
+from tunesmith.runfolder import finite
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS orgs (
@@ -63,17 +64,6 @@ def new_id(prefix: str, length: int = 24) -> str:
 
 def now() -> int:
     return int(time.time())
-
-
-def finite(value):
-    """``value`` with NaN and infinities replaced by None: JSON has no spelling for them."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {k: finite(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [finite(v) for v in value]
-    return value
 
 
 def _dump(value) -> str | None:

@@ -43,7 +43,7 @@ from tunesmith.train.lean import LeanStorage
 from tunesmith.train.loss import output_layer
 from tunesmith.train.optim import build_optimizer, build_scheduler
 from tunesmith.train.samples import SampleSet
-from tunesmith.train.stopping import EarlyStopping
+from tunesmith.train.stopping import EarlyStopping, stop_if_diverged
 
 RUN_MARKERS = ("config.yaml", "metrics.jsonl", "checkpoints", "adapter", "merged")
 
@@ -249,7 +249,11 @@ def train(cfg: Config, resume: bool = False, overwrite: bool = False) -> RunSumm
         state = TrainerState(0, 0, None, None, 0, 0.0)
         metrics = MetricsLog(out_dir / "metrics.jsonl", None, cfg.train.report_to) if dist.is_main else None
         val_loss, val_acc = evaluate_loss(module, data.validation, cfg, pad_id, device, dist)
-        _write(metrics, {"step": 0, "epoch": 0.0, "val_loss": val_loss, "val_token_accuracy": val_acc})
+        _write(
+            metrics,
+            {"step": 0, "epoch": 0.0, "val_loss": val_loss, "val_token_accuracy": val_acc},
+            cfg.train.nan_policy,
+        )
         with distributed.whole_weights(module), autocast(cfg.train.dtype, device):
             samples.generate("base", model, tokenizer)
         if dist.is_main:
@@ -352,7 +356,7 @@ def train(cfg: Config, resume: bool = False, overwrite: bool = False) -> RunSumm
                 )
                 stopped_early = stopper.should_stop
             if record is not None:
-                _write(metrics, record)
+                _write(metrics, record, cfg.train.nan_policy)
 
             state.best_val_loss, state.best_step = stopper.best_loss, stopper.best_step
             state.evals_without_improvement = stopper.evals_without_improvement
@@ -411,8 +415,10 @@ def train(cfg: Config, resume: bool = False, overwrite: bool = False) -> RunSumm
     return summary
 
 
-def _write(metrics: MetricsLog | None, record: dict) -> None:
-    """Rank 0 writes metrics.jsonl; the other processes have none."""
+def _write(metrics: MetricsLog | None, record: dict, nan_policy: str) -> None:
+    """Rank 0 writes metrics.jsonl; the other processes have none. Every process checks the line
+    (they all hold the same reduced numbers), so a diverged run stops on all of them at once."""
+    stop_if_diverged(record, nan_policy)
     if metrics is not None:
         metrics.write(record)
 
