@@ -579,15 +579,16 @@ def _job_routes(app: FastAPI) -> None:
 
 
 def _export_routes(app: FastAPI) -> None:
-    from tunesmith.errors import TunesmithError
-    from tunesmith.export import export_run
-    from tunesmith.export.gguf import OUTTYPES
-
     store: Store = app.state.store
 
     @app.get("/v1/models/{model_id:path}/content")
     async def model_content(model_id: str, org: Org, format: str = "gguf", outtype: str = "f16"):
         """The fine-tuned model as one GGUF file (llama.cpp, Ollama, LM Studio), written on first request."""
+        # Imported here: the exporters bring torch and transformers, which the server needs only now.
+        from tunesmith.errors import TunesmithError
+        from tunesmith.export import export_run
+        from tunesmith.export.gguf import OUTTYPES
+
         if format != "gguf":
             raise APIError(400, f"format {format!r} is not supported; use format=gguf", param="format")
         if outtype not in OUTTYPES:
