@@ -148,7 +148,7 @@ def _validate(args) -> int:
 def _generate(args) -> int:
     from tunesmith.data.formats import Message
     from tunesmith.evaluate.baselines import encode_chat
-    from tunesmith.evaluate.generate import generate
+    from tunesmith.generation import generate
     from tunesmith.models import load_model
 
     loaded = load_model(args.model)

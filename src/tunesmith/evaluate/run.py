@@ -37,7 +37,8 @@ from tunesmith.evaluate.baselines import (
     few_shot_prompt,
     split_prompt,
 )
-from tunesmith.evaluate.generate import continuation_logprobs, generate, label_logprobs
+from tunesmith.evaluate.generate import continuation_logprobs, label_logprobs
+from tunesmith.generation import generate
 from tunesmith.models import load_model, load_tokenizer, resolve_model_path
 from tunesmith.precision import autocast, default_device
 from tunesmith.train.checkpoint import write_text_atomic

@@ -671,7 +671,7 @@ def _number(body: dict, key: str, default, low: float, high: float, integer: boo
 
 
 def _generation_params(body: dict, default_max: int):
-    from tunesmith.serve.inference import GenerationParams
+    from tunesmith.generation import Sampling
 
     n = _number(body, "n", 1, 1, 128, integer=True)
     if n != 1:
@@ -694,7 +694,7 @@ def _generation_params(body: dict, default_max: int):
     top_p = _number(body, "top_p", 1.0, 0, 1)
     if top_p == 0:
         temperature = 0.0
-    return GenerationParams(max_tokens=max_tokens, temperature=temperature, top_p=top_p, stop=stop, seed=seed)
+    return Sampling(max_new_tokens=max_tokens, temperature=temperature, top_p=top_p, seed=seed, stop=stop)
 
 
 def _messages(raw: Any) -> list[dict]:

@@ -5,11 +5,12 @@ Fine-tuned LoRA models of the same base share that base: the first adapter wraps
 base itself answers inside ``disable_adapter()``. At most ``max_adapters`` adapters per base stay
 in memory (least recently used is deleted first) and at most ``max_bases`` bases.
 
-Generation is a plain loop with a KV cache so that every token can be streamed as it comes and
-counted exactly: ``prompt_tokens`` is the length of the templated prompt, ``completion_tokens``
-the number of tokens generated (the end-of-turn token included when the model produced it, as
-it was generated and billed). One lock per base serialises requests on that base: on a CPU
-running two generations at once is no faster, and it keeps the active adapter stable. The lock
+Generation is tunesmith.generation's loop (the one evaluation and `tunesmith generate` use), so
+that every token can be streamed as it comes and counted exactly: ``prompt_tokens`` is the
+length of the templated prompt, ``completion_tokens`` the number of tokens generated (the
+end-of-turn token included when the model produced it, as it was generated and billed). One
+lock per base serialises requests on that base: on a CPU running two generations at once is no
+faster, and it keeps the active adapter stable. The lock
 is held only while tokens are computed, never while a client reads: a caller's ``stop`` event, a
 deadline or :meth:`InferenceEngine.close` ends a generation at the next token.
 
@@ -25,30 +26,12 @@ import time
 from collections import OrderedDict
 from collections.abc import Iterator
 from contextlib import nullcontext
-from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from tunesmith.generation import Piece, Sampling
 
 log = logging.getLogger("tunesmith.serve")
-
-GREEDY_BELOW = 1e-5  # temperatures below this sample greedily
-
-
-@dataclass
-class GenerationParams:
-    max_tokens: int = 256
-    temperature: float = 1.0
-    top_p: float = 1.0
-    stop: list[str] = field(default_factory=list)
-    seed: int | None = None
-
-
-@dataclass
-class Piece:
-    """One step of a generation: new text, and on the last piece the finish reason and counts."""
-
-    text: str
-    finish_reason: str | None = None
-    prompt_tokens: int = 0
-    completion_tokens: int = 0
 
 
 class _Base:
@@ -166,21 +149,24 @@ class InferenceEngine:
         adapter_key: str | None,
         adapter_path: str | None,
         prompt_ids: list[int],
-        params: GenerationParams,
+        sampling: Sampling,
         stop: threading.Event | None = None,
         deadline: float | None = None,
     ) -> Iterator[Piece]:
-        """Yield text pieces as tokens come; the last piece carries finish_reason and token counts.
+        """Text pieces as tokens come (tunesmith.generation.stream) with this base's lock held.
 
-        ``stop`` set (the client left) or ``deadline`` (``time.monotonic()``) passed ends the
-        generation before its next token with finish_reason "length".
+        ``stop`` set (the client left), ``deadline`` (``time.monotonic()``) passed or :meth:`close`
+        end the generation before its next token, with finish_reason "length".
         """
-        import torch
+        from tunesmith.generation import stream
 
         base = self._base(base_name)
-        tokenizer = base.loaded.tokenizer
-        eos = {tokenizer.eos_token_id} - {None}
-        with base.lock, torch.inference_mode():
+
+        def should_stop() -> bool:
+            late = deadline is not None and time.monotonic() > deadline
+            return late or self._closing.is_set() or (stop is not None and stop.is_set())
+
+        with base.lock:
             if adapter_key is not None:
                 base.peft.set_adapter(self._ensure_adapter(base, adapter_key, adapter_path))
                 model, context = base.peft, nullcontext()
@@ -188,60 +174,5 @@ class InferenceEngine:
                 model, context = base.peft, base.peft.disable_adapter()
             else:
                 model, context = base.loaded.model, nullcontext()
-            generator = torch.Generator().manual_seed(params.seed) if params.seed is not None else None
             with context:
-                yield from self._loop(model, tokenizer, eos, prompt_ids, params, generator, stop, deadline)
-
-    def _loop(self, model, tokenizer, eos, prompt_ids, params, generator, stop, deadline) -> Iterator[Piece]:
-        import torch
-
-        limit = getattr(model.config, "max_position_embeddings", None) or 2048
-        max_new = max(0, min(params.max_tokens, limit - len(prompt_ids)))
-        generated: list[int] = []
-        sent = ""  # text already yielded
-        finish = "length"
-        input_ids = torch.tensor([prompt_ids])
-        past = None
-        for _ in range(max_new):
-            if self._closing.is_set() or (stop is not None and stop.is_set()):
-                break
-            if deadline is not None and time.monotonic() > deadline:
-                break
-            out = model(input_ids=input_ids, past_key_values=past, use_cache=True)
-            past = out.past_key_values
-            logits = out.logits[0, -1].float()
-            token = _sample(logits, params, generator)
-            generated.append(token)
-            if token in eos:
-                finish = "stop"
-                break
-            text = tokenizer.decode(generated, skip_special_tokens=True)
-            cut = min((i for s in params.stop if (i := text.find(s)) >= 0), default=-1)
-            if cut >= 0:
-                text, finish = text[:cut], "stop"
-            if text.endswith("\ufffd") and cut < 0:  # half of a multi-byte character: wait for the rest
-                input_ids = torch.tensor([[token]])
-                continue
-            if len(text) > len(sent) and text.startswith(sent):
-                yield Piece(text[len(sent) :])
-                sent = text
-            if cut >= 0:
-                break
-            input_ids = torch.tensor([[token]])
-        yield Piece("", finish, len(prompt_ids), len(generated))
-
-
-def _sample(logits, params: GenerationParams, generator) -> int:
-    import torch
-
-    # Below GREEDY_BELOW the distribution is one-hot in float32 anyway, and dividing by a
-    # temperature such as 1e-40 would make inf logits (NaN probabilities).
-    if params.temperature < GREEDY_BELOW:
-        return int(torch.argmax(logits))
-    probs = torch.softmax((logits - logits.max()) / params.temperature, dim=-1)
-    if params.top_p < 1.0:
-        sorted_probs, order = torch.sort(probs, descending=True)
-        keep = torch.cumsum(sorted_probs, dim=-1) - sorted_probs < params.top_p
-        sorted_probs = sorted_probs * keep
-        probs = torch.zeros_like(probs).scatter(0, order, sorted_probs)
-    return int(torch.multinomial(probs / probs.sum(), 1, generator=generator))
+                yield from stream(model, base.loaded.tokenizer, prompt_ids, sampling, should_stop)
