@@ -12,9 +12,9 @@ from pathlib import Path
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn, track
 
+from tunesmith.paths import write_text_atomic
 from tunesmith.runfolder import finite
 from tunesmith.trackers import open_trackers
-from tunesmith.train.checkpoint import write_text_atomic
 
 
 def peak_rss_mb() -> float:

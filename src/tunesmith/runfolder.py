@@ -3,9 +3,11 @@
 Numbers in its JSON files are finite: NaN and infinities are written as null (JSON has no
 spelling for them, and a reader that meets one fails on every later read).
 
-A trainer holds an exclusive lock on ``out_dir/.lock`` for its whole life (the file names its
-process id), so two trainers can never write one folder: the second refuses to start, and a
-supervisor can tell a live trainer from a folder that only looks like one.
+A trainer holds an exclusive lock on ``.NAME.lock`` beside its ``out_dir`` NAME for its whole
+life (the file names its process id), so two trainers can never write one folder: the second
+refuses to start, and a supervisor can tell a live trainer from a folder that only looks like
+one. The lock lives beside the folder, not in it, so taking it writes nothing into a folder that
+the input checks may still refuse.
 """
 
 from __future__ import annotations
@@ -19,16 +21,17 @@ from pathlib import Path
 
 from tunesmith.errors import TunesmithError
 
-LOCK_FILE = ".lock"
+
+def lock_path(out_dir: Path) -> Path:
+    return out_dir.parent / f".{out_dir.name}.lock"
 
 
 @contextmanager
 def locked(out_dir: Path) -> Iterator[None]:
     """Hold the run folder's lock; TunesmithError if another live process holds it."""
-    if out_dir.exists() and not out_dir.is_dir():
-        raise TunesmithError(f"out_dir {out_dir} exists and is not a folder")
-    out_dir.mkdir(parents=True, exist_ok=True)
-    fd = os.open(out_dir / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
+    out_dir = Path(out_dir).absolute()
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(lock_path(out_dir), os.O_RDWR | os.O_CREAT, 0o644)
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -45,7 +48,7 @@ def locked(out_dir: Path) -> Iterator[None]:
 def lock_holder(out_dir: Path) -> int | None:
     """The process id holding the folder's lock (0: not written yet), or None when no process holds it."""
     try:
-        fd = os.open(out_dir / LOCK_FILE, os.O_RDONLY)
+        fd = os.open(lock_path(Path(out_dir).absolute()), os.O_RDONLY)
     except FileNotFoundError:
         return None
     try:

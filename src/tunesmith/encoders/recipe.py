@@ -23,19 +23,17 @@ from tunesmith.encoders.model import Encoder, load_encoder
 from tunesmith.encoders.tasks import ClassificationTask, ContrastiveTask, MaskedLMTask
 from tunesmith.errors import TunesmithError
 from tunesmith.export import plot_losses
+from tunesmith.paths import atomic_file, write_dir_atomic, write_text_atomic
 from tunesmith.precision import autocast, default_device
 from tunesmith.progress import MetricsLog, TrainProgress, peak_rss_mb, read_metrics
 from tunesmith.train.arena import fix_mmap_threshold
 from tunesmith.train.checkpoint import (
     TrainerState,
-    atomic_file,
     list_checkpoints,
     load_best,
     load_checkpoint,
     save_best,
     save_checkpoint,
-    write_dir_atomic,
-    write_text_atomic,
 )
 from tunesmith.train.optim import build_optimizer, build_scheduler
 from tunesmith.train.recipe import RUN_MARKERS, RunSummary, attach_method, check_out_dir

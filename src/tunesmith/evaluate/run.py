@@ -40,8 +40,8 @@ from tunesmith.evaluate.baselines import (
 from tunesmith.evaluate.generate import continuation_logprobs, label_logprobs
 from tunesmith.generation import generate
 from tunesmith.models import load_model, load_tokenizer, resolve_model_path
+from tunesmith.paths import write_text_atomic
 from tunesmith.precision import autocast, default_device
-from tunesmith.train.checkpoint import write_text_atomic
 
 VARIANTS = ("zero_shot", "few_shot", "finetuned")
 SIDE_BY_SIDE = 10

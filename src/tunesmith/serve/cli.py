@@ -16,7 +16,7 @@ SHUTDOWN_GRACE_SECONDS = 5
 
 
 def default_home() -> Path:
-    from tunesmith.models import tunesmith_home
+    from tunesmith.paths import tunesmith_home
 
     return tunesmith_home() / "serve"
 

@@ -22,6 +22,7 @@ from tunesmith.data.tokenize import IGNORE_INDEX, TokenizedExample
 from tunesmith.errors import TunesmithError
 from tunesmith.export import plot_losses, save_adapter, save_merged
 from tunesmith.models import load_model
+from tunesmith.paths import write_text_atomic
 from tunesmith.precision import autocast, compute_dtype
 from tunesmith.progress import MetricsLog, TrainProgress, peak_rss_mb, read_metrics
 from tunesmith.train import distributed
@@ -34,7 +35,6 @@ from tunesmith.train.checkpoint import (
     read_trainer_state,
     save_best,
     save_checkpoint,
-    write_text_atomic,
 )
 from tunesmith.train.distributed import ONE_PROCESS, Dist, LossModule, split_by_tokens, split_evenly
 from tunesmith.train.flops import flops_per_token, mean_attended_keys, measured_peak_flops
