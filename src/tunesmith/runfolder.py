@@ -1,5 +1,13 @@
 """The run folder as a contract between the trainer and whoever reads its outputs.
 
+The trainer (decoder and encoder recipes), evaluation, the service and the service's test fake
+trainer all name, write and read a run folder through this module:
+
+- ``metrics.jsonl``: one JSON object per logged step (``step`` an int); appended as training goes,
+  so a reader takes whole lines only; on resume the lines after the checkpoint are dropped.
+- ``checkpoints/step-NNNNNN``: resumable checkpoints, each published by one rename.
+- ``summary.json``: the run's summary, written last (with ``adapter/`` and ``merged/``).
+
 Numbers in its JSON files are finite: NaN and infinities are written as null (JSON has no
 spelling for them, and a reader that meets one fails on every later read).
 
@@ -13,13 +21,22 @@ the input checks may still refuse.
 from __future__ import annotations
 
 import fcntl
+import json
 import math
 import os
-from collections.abc import Iterator
+import re
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
 from tunesmith.errors import TunesmithError
+from tunesmith.paths import write_text_atomic
+
+METRICS = "metrics.jsonl"
+SUMMARY = "summary.json"
+CHECKPOINTS = "checkpoints"
+CHECKPOINT_PREFIX = "step-"
+_CHECKPOINT_RE = re.compile(rf"{CHECKPOINT_PREFIX}(\d+)")
 
 
 def lock_path(out_dir: Path) -> Path:
@@ -71,3 +88,79 @@ def finite(value):
     if isinstance(value, (list, tuple)):
         return [finite(v) for v in value]
     return value
+
+
+def checkpoint_path(ckpt_dir: Path, step: int) -> Path:
+    return ckpt_dir / f"{CHECKPOINT_PREFIX}{step:06d}"
+
+
+def list_checkpoints(ckpt_dir: Path) -> list[Path]:
+    """The published checkpoints in ``ckpt_dir`` (``out_dir/checkpoints``), oldest first."""
+    if not ckpt_dir.is_dir():
+        return []
+    return sorted(p for p in ckpt_dir.iterdir() if p.is_dir() and _CHECKPOINT_RE.fullmatch(p.name))
+
+
+def checkpoint_steps(out_dir: Path) -> list[int]:
+    return [int(_CHECKPOINT_RE.fullmatch(p.name).group(1)) for p in list_checkpoints(out_dir / CHECKPOINTS)]
+
+
+class MetricsLog:
+    """Append-only ``metrics.jsonl``; on resume, lines from after the checkpoint are dropped first.
+
+    `report_to` trackers (tunesmith.trackers: TensorBoard, MLflow) get every line too; `close()`
+    after the run's last file is written lets them finish (MLflow uploads the run folder then).
+    """
+
+    def __init__(self, path: Path, resume_step: int | None, report_to: Sequence[str] = ()):
+        from tunesmith.trackers import open_trackers
+
+        self.path = path
+        if resume_step is not None and path.exists():
+            kept = [line for line in path.read_text().splitlines() if json.loads(line)["step"] <= resume_step]
+            write_text_atomic(path, "".join(line + "\n" for line in kept))
+        self.trackers = open_trackers(list(report_to), path.parent, resume_step)
+
+    def write(self, record: dict) -> None:
+        with open(self.path, "a") as fh:
+            fh.write(json.dumps(finite(record), allow_nan=False) + "\n")
+        for tracker in self.trackers:
+            tracker.log(record)
+
+    def close(self) -> None:
+        for tracker in self.trackers:
+            tracker.close(self.path.parent)
+
+
+def parse_metrics(text: str) -> list[dict]:
+    """The metrics lines of ``text`` (a whole file or an appended piece): objects with an int step;
+    a line half-written by a live trainer, or otherwise unreadable, is skipped."""
+    rows = []
+    for line in text.splitlines():
+        try:
+            row = json.loads(line, parse_constant=lambda _: None)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(row, dict) and isinstance(row.get("step"), int):
+            rows.append(row)
+    return rows
+
+
+def read_metrics(out_dir: Path) -> list[dict]:
+    path = out_dir / METRICS
+    return parse_metrics(path.read_text(encoding="utf-8", errors="replace")) if path.is_file() else []
+
+
+def write_summary(out_dir: Path, summary: dict) -> None:
+    write_text_atomic(out_dir / SUMMARY, json.dumps(finite(summary), indent=1))
+
+
+def read_summary(out_dir: Path) -> dict | None:
+    """The run's summary.json, or None when the run has not finished (or predates it)."""
+    path = out_dir / SUMMARY
+    if not path.is_file():
+        return None
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as error:
+        raise TunesmithError(f"{path}: not valid JSON: {error}") from None

@@ -29,9 +29,9 @@ from torch.distributed.checkpoint.state_dict import (
 )
 
 from tunesmith.paths import publish_dir
+from tunesmith.runfolder import checkpoint_path, list_checkpoints
 from tunesmith.train.distributed import ONE_PROCESS, Dist, LossModule, unwrapped
 
-CHECKPOINT_PREFIX = "step-"
 KEEP_CHECKPOINTS = 2
 
 
@@ -131,18 +131,12 @@ def save_checkpoint(
         torch.save(scheduler.state_dict(), folder / "scheduler.pt")
         (folder / "state.json").write_text(json.dumps(state.__dict__, indent=1))
 
-    target = ckpt_dir / f"{CHECKPOINT_PREFIX}{state.step:06d}"
+    target = checkpoint_path(ckpt_dir, state.step)
     path = _save_sharded(target, dist, {"model": _model_state(module), "optim": optim_state}, write_main)
     if dist.is_main:
         for old in list_checkpoints(ckpt_dir)[:-KEEP_CHECKPOINTS]:
             shutil.rmtree(old)
     return path
-
-
-def list_checkpoints(ckpt_dir: Path) -> list[Path]:
-    if not ckpt_dir.is_dir():
-        return []
-    return sorted(p for p in ckpt_dir.iterdir() if p.is_dir() and p.name.startswith(CHECKPOINT_PREFIX))
 
 
 def read_trainer_state(path: Path) -> TrainerState:

@@ -5,7 +5,6 @@ Read `train()` top to bottom: it is the whole algorithm. Helpers live in the sib
 
 from __future__ import annotations
 
-import json
 import math
 import shutil
 import time
@@ -24,12 +23,12 @@ from tunesmith.export import plot_losses, save_adapter, save_merged
 from tunesmith.models import load_model
 from tunesmith.paths import write_text_atomic
 from tunesmith.precision import autocast, compute_dtype
-from tunesmith.progress import MetricsLog, TrainProgress, peak_rss_mb, read_metrics
+from tunesmith.progress import TrainProgress, peak_rss_mb
+from tunesmith.runfolder import METRICS, MetricsLog, list_checkpoints, read_metrics, write_summary
 from tunesmith.train import distributed
 from tunesmith.train.arena import ActivationArena, fix_mmap_threshold
 from tunesmith.train.checkpoint import (
     TrainerState,
-    list_checkpoints,
     load_best,
     load_checkpoint,
     read_trainer_state,
@@ -236,7 +235,7 @@ def train(cfg: Config, resume: bool = False, overwrite: bool = False) -> RunSumm
         state = load_checkpoint(list_checkpoints(ckpt_dir)[-1], module, optimizer, scheduler, dist)
         stopper.best_loss, stopper.best_step = state.best_val_loss, state.best_step
         stopper.evals_without_improvement = state.evals_without_improvement
-        metrics = MetricsLog(out_dir / "metrics.jsonl", state.step, cfg.train.report_to) if dist.is_main else None
+        metrics = MetricsLog(out_dir / METRICS, state.step, cfg.train.report_to) if dist.is_main else None
         samples.load(out_dir / "samples.json")
     else:
         if dist.is_main:
@@ -247,7 +246,7 @@ def train(cfg: Config, resume: bool = False, overwrite: bool = False) -> RunSumm
             out_dir.mkdir(parents=True, exist_ok=True)
             write_text_atomic(out_dir / "config.yaml", dump_config(cfg))
         state = TrainerState(0, 0, None, None, 0, 0.0)
-        metrics = MetricsLog(out_dir / "metrics.jsonl", None, cfg.train.report_to) if dist.is_main else None
+        metrics = MetricsLog(out_dir / METRICS, None, cfg.train.report_to) if dist.is_main else None
         val_loss, val_acc = evaluate_loss(module, data.validation, cfg, pad_id, device, dist)
         _write(
             metrics,
@@ -397,7 +396,7 @@ def train(cfg: Config, resume: bool = False, overwrite: bool = False) -> RunSumm
     if cfg.method.name == "lora":
         save_adapter(exported, out_dir)
     save_merged(exported, tokenizer, out_dir)
-    history = read_metrics(out_dir / "metrics.jsonl")
+    history = read_metrics(out_dir)
     plot_losses(history, out_dir / "loss.png")
     val_losses = [m["val_loss"] for m in history if "val_loss" in m]
     summary = RunSummary(
@@ -410,7 +409,7 @@ def train(cfg: Config, resume: bool = False, overwrite: bool = False) -> RunSumm
         wall_seconds=wall_seconds,
         stopped_early=stopped_early,
     )
-    write_text_atomic(out_dir / "summary.json", json.dumps(summary.__dict__, indent=1))
+    write_summary(out_dir, summary.__dict__)
     metrics.close()
     return summary
 
