@@ -29,7 +29,8 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from tunesmith.serve.auth import current_org
 from tunesmith.serve.errors import APIError, error_response, in_use, not_found, too_many
-from tunesmith.serve.limits import BodyLimit, OrgSlots
+from tunesmith.serve.limits import BodyLimit, BodyTooLarge, OrgSlots
+from tunesmith.serve.schemas import ChatRequest, CompletionRequest, _Generation
 from tunesmith.serve.store import TERMINAL, Store, new_id, now
 
 log = logging.getLogger("tunesmith.serve")
@@ -37,7 +38,6 @@ log = logging.getLogger("tunesmith.serve")
 DEFAULT_MAX_UPLOAD_BYTES = 512 * 1024 * 1024
 DEFAULT_MAX_BODY_BYTES = 4 * 1024 * 1024  # JSON bodies: a long chat history fits many times over
 UPLOAD_PREFIX = ".upload-"  # an upload still arriving or being checked
-SEED_RANGE = (-(2**63), 2**64 - 1)  # what torch.Generator.manual_seed accepts
 BASE_MODEL_CREATED = 1730419200  # 2024-11-01, when SmolLM2 was released
 SUFFIX_RE = re.compile(r"[A-Za-z0-9._-]{1,64}")  # fullmatch: "$" would let "abc\n" through
 HYPERPARAMETERS = {
@@ -138,6 +138,10 @@ def _install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(APIError)
     async def api_error(_: Request, error: APIError):
         return error_response(error)
+
+    @app.exception_handler(BodyTooLarge)
+    async def body_too_large(_: Request, error: BodyTooLarge):
+        return error_response(error.error)
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(_: Request, error: RequestValidationError):
@@ -655,77 +659,6 @@ def _model_routes(app: FastAPI) -> None:
 # --- inference ------------------------------------------------------------------------------------
 
 
-def _number(body: dict, key: str, default, low: float, high: float, integer: bool = False):
-    value = body.get(key)
-    if value is None:
-        return default
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or (integer and not float(value).is_integer()):
-        raise APIError(
-            400,
-            f"{key} must be {'an integer' if integer else 'a number'}, got {json.dumps(value)}",
-            param=key,
-        )
-    if not low <= value <= high:
-        raise APIError(400, f"{key} must be between {low} and {high}, got {value}", param=key)
-    return int(value) if integer else float(value)
-
-
-def _generation_params(body: dict, default_max: int):
-    from tunesmith.generation import Sampling
-
-    n = _number(body, "n", 1, 1, 128, integer=True)
-    if n != 1:
-        raise APIError(400, "only n=1 is supported", param="n")
-    max_tokens = body.get("max_completion_tokens", body.get("max_tokens"))
-    key = "max_completion_tokens" if "max_completion_tokens" in body else "max_tokens"
-    max_tokens = _number({key: max_tokens}, key, default_max, 1, 1_000_000, integer=True)
-    stop = body.get("stop")
-    if stop is None:
-        stop = []
-    elif isinstance(stop, str):
-        stop = [stop]
-    elif not (isinstance(stop, list) and len(stop) <= 4 and all(isinstance(s, str) and s for s in stop)):
-        raise APIError(400, "stop must be a string or a list of up to 4 non-empty strings", param="stop")
-    seed = body.get("seed")
-    low, high = SEED_RANGE
-    if seed is not None and (not isinstance(seed, int) or isinstance(seed, bool) or not low <= seed <= high):
-        raise APIError(400, f"seed must be an integer between {low} and {high}", param="seed")
-    temperature = _number(body, "temperature", 1.0, 0, 2)
-    top_p = _number(body, "top_p", 1.0, 0, 1)
-    if top_p == 0:
-        temperature = 0.0
-    return Sampling(max_new_tokens=max_tokens, temperature=temperature, top_p=top_p, seed=seed, stop=stop)
-
-
-def _messages(raw: Any) -> list[dict]:
-    if not isinstance(raw, list) or not raw:
-        raise APIError(400, "messages must be a non-empty list of {role, content} objects", param="messages")
-    out = []
-    for i, message in enumerate(raw):
-        where = f"messages[{i}]"
-        if not isinstance(message, dict):
-            raise APIError(400, f"{where} must be an object", param=where)
-        role = message.get("role")
-        if role not in ("system", "developer", "user", "assistant"):
-            raise APIError(
-                400,
-                f"{where}.role must be system, developer, user or assistant, got {json.dumps(role)}",
-                param=f"{where}.role",
-            )
-        content = message.get("content")
-        if isinstance(content, list):
-            texts = []
-            for part in content:
-                if not isinstance(part, dict) or part.get("type") != "text" or not isinstance(part.get("text"), str):
-                    raise APIError(400, f"{where}.content: only text parts are supported", param=f"{where}.content")
-                texts.append(part["text"])
-            content = "".join(texts)
-        if not isinstance(content, str):
-            raise APIError(400, f"{where}.content must be a string or a list of text parts", param=f"{where}.content")
-        out.append({"role": "system" if role == "developer" else role, "content": content})
-    return out
-
-
 def _inference_routes(app: FastAPI) -> None:
     from tunesmith.models import BUILTIN_MODELS
 
@@ -735,10 +668,7 @@ def _inference_routes(app: FastAPI) -> None:
     pool: ThreadPoolExecutor = app.state.inference_pool
     slots: OrgSlots = app.state.inference_slots
 
-    def resolve(org: dict, body: dict) -> tuple[str, str | None, str | None, str]:
-        name = body.get("model")
-        if not isinstance(name, str) or not name:
-            raise APIError(400, "missing required parameter 'model'", param="model")
+    def resolve(org: dict, name: str) -> tuple[str, str | None, str | None, str]:
         if name in BUILTIN_MODELS:
             return name, None, None, name
         row = store.model(org["id"], name)
@@ -769,9 +699,9 @@ def _inference_routes(app: FastAPI) -> None:
             )
         return prompt_ids
 
-    async def complete(org: dict, body: dict, encode, param: str, chat: bool):
-        params = _generation_params(body, 256 if chat else 16)
-        base, key, path, name = resolve(org, body)
+    async def complete(org: dict, body: _Generation, encode, param: str, chat: bool):
+        params = body.sampling(256 if chat else 16)
+        base, key, path, name = resolve(org, body.model)
         slots.acquire(org["id"])
         loop = asyncio.get_running_loop()
         stop = threading.Event()  # set when the client is gone: the generation ends at its next token
@@ -783,8 +713,8 @@ def _inference_routes(app: FastAPI) -> None:
             def pieces():
                 return engine.generate(base, key, path, prompt_ids, params, stop, deadline)
 
-            reply = Reply(name, chat, body)
-            if not body.get("stream"):
+            reply = Reply(name, chat, body.include_usage)
+            if not body.stream:
                 return JSONResponse(reply.whole(await loop.run_in_executor(pool, lambda: list(pieces()))))
             queue: asyncio.Queue = asyncio.Queue()
 
@@ -819,9 +749,8 @@ def _inference_routes(app: FastAPI) -> None:
                 slots.release(org["id"])
 
     @app.post("/v1/chat/completions")
-    async def chat_completions(request: Request, org: Org):
-        body = await _json_body(request)
-        messages = _messages(body.get("messages"))
+    async def chat_completions(body: ChatRequest, org: Org):
+        messages = [message.as_dict() for message in body.messages]
 
         def encode(base: str) -> list[int]:
             try:
@@ -834,16 +763,9 @@ def _inference_routes(app: FastAPI) -> None:
         return await complete(org, body, encode, "messages", chat=True)
 
     @app.post("/v1/completions")
-    async def completions(request: Request, org: Org):
-        body = await _json_body(request)
-        prompt = body.get("prompt")
-        if isinstance(prompt, list) and len(prompt) == 1 and isinstance(prompt[0], str):
-            prompt = prompt[0]
-        if not isinstance(prompt, str):
-            raise APIError(400, "prompt must be a string (one prompt per request)", param="prompt")
-
+    async def completions(body: CompletionRequest, org: Org):
         def encode(base: str) -> list[int]:
-            prompt_ids = engine.text_prompt(base, prompt)
+            prompt_ids = engine.text_prompt(base, body.text)
             if not prompt_ids:
                 raise APIError(400, "prompt must not be empty", param="prompt")
             return prompt_ids
@@ -854,12 +776,10 @@ def _inference_routes(app: FastAPI) -> None:
 class Reply:
     """One completion's response: the whole object, or its server-sent event stream."""
 
-    def __init__(self, model: str, chat: bool, body: dict):
-        self.model, self.chat = model, chat
+    def __init__(self, model: str, chat: bool, include_usage: bool):
+        self.model, self.chat, self.include_usage = model, chat, include_usage
         self.id = new_id("chatcmpl-" if chat else "cmpl-")
         self.created = int(time.time())
-        options = body.get("stream_options") or {}
-        self.include_usage = isinstance(options, dict) and options.get("include_usage") is True
 
     @staticmethod
     def usage(last) -> dict:

@@ -6,10 +6,21 @@ from __future__ import annotations
 import threading
 from collections import Counter
 
+from starlette.exceptions import HTTPException
+
 from tunesmith.serve.errors import APIError, error_response, too_many
 
 # Room for the multipart headers and boundaries around an uploaded file's bytes.
 MULTIPART_OVERHEAD = 64 * 1024
+
+
+class BodyTooLarge(HTTPException):
+    """Raised by a body read past the limit. An HTTPException so that FastAPI's own body parsing
+    passes it on (it turns other read errors into a 400); the app answers it with ``error``."""
+
+    def __init__(self, error: APIError):
+        super().__init__(413, error.message)
+        self.error = error
 
 
 def too_large(limit: int) -> APIError:
@@ -50,7 +61,7 @@ class BodyLimit:
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
                 if received > limit:
-                    raise refusal
+                    raise BodyTooLarge(refusal)
             return message
 
         await self.app(scope, counted, send)

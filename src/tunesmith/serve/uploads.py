@@ -13,7 +13,7 @@ from pathlib import Path
 from python_multipart.multipart import MultipartParser, parse_options_header
 
 from tunesmith.serve.errors import APIError
-from tunesmith.serve.limits import file_too_large
+from tunesmith.serve.limits import BodyTooLarge, file_too_large
 
 MAX_FIELD_BYTES = 1024
 MAX_FIELDS = 16
@@ -105,7 +105,7 @@ async def receive_upload(request, destination: Path, limit: int) -> Upload:
             parser.finalize()
     except BaseException as error:  # a 413, a malformed body, a client gone: nothing stays on disk
         destination.unlink(missing_ok=True)
-        if isinstance(error, Exception) and not isinstance(error, (APIError, OSError)):
+        if isinstance(error, Exception) and not isinstance(error, (APIError, BodyTooLarge, OSError)):
             raise APIError(400, f"the multipart body is malformed: {error}") from None
         raise
     return upload
