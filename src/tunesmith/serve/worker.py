@@ -372,7 +372,7 @@ class Worker:
                 "validation_file",
             )
         try:
-            check = check_job_files(train, validation, job["model"])
+            check = check_job_files(train, validation, job["model"], self._max_seq_len())
         except Exception as error:  # a bug or an unreadable tokenizer: fail this job only
             log.exception("validating %s", job["id"])
             return self._fail(job["id"], "validation_error", f"could not validate the files: {error}")
@@ -409,6 +409,14 @@ class Worker:
                 f"learning_rate_multiplier={hyper['learning_rate_multiplier']} ({total_steps} steps)",
             )
             self._wake.set()
+
+    def _max_seq_len(self) -> int:
+        """Where the trainer will cut examples: the config's default or a --train-override of it,
+        so validation warns about the truncation the job will really have."""
+        from tunesmith.config import DataConfig, apply_overrides
+
+        data = apply_overrides({"data": {}}, list(self.train_overrides))["data"]
+        return data.get("max_seq_len", DataConfig.model_fields["max_seq_len"].default)
 
     def _write_config(self, job: dict) -> Path:
         from tunesmith.config import apply_overrides, config_from_dict, dump_config
