@@ -14,38 +14,27 @@ from tunesmith.errors import TunesmithError
 EXIT_USER_ERROR = 2
 
 
-def _recipe_and_evaluation(cfg):
-    """The decoder recipe and evaluation, or the encoder ones for an encoder objective."""
-    from tunesmith.encoders.recipe import is_encoder_run
-
-    if is_encoder_run(cfg):
-        from tunesmith.encoders.recipe import train_encoder
-        from tunesmith.evaluate.encoders import run_encoder_evaluation
-
-        return train_encoder, run_encoder_evaluation
-    from tunesmith.evaluate.run import run_evaluation
-    from tunesmith.train.recipe import train
-
-    return train, run_evaluation
-
-
 def _train(args) -> int:
+    from pathlib import Path
+
+    from tunesmith import library
     from tunesmith.config import load_config
     from tunesmith.evaluate.run import format_summary
+    from tunesmith.runfolder import locked
 
     cfg = load_config(args.config, args.overrides)
     if args.nproc_per_node < 1 or args.nnodes < 1:
         raise TunesmithError("--nproc-per-node and --nnodes must be at least 1")
     if args.nproc_per_node > 1 or args.nnodes > 1:
-        return _launch_train(args, cfg)
-    train, evaluate = _recipe_and_evaluation(cfg)
-    summary = train(cfg, resume=args.resume, overwrite=args.overwrite)
+        with locked(Path(cfg.out_dir)):
+            return _launch_train(args, cfg)
+    summary = library.train(cfg, resume=args.resume, overwrite=args.overwrite)
     if int(os.environ.get("RANK", "0")) != 0:
         return 0  # a process of a distributed run: rank 0 reports
     _print_train_summary(summary)
     if cfg.data.test:
         # The question that matters: does the fine-tune beat the base model prompted well?
-        print(format_summary(evaluate(cfg, cfg.out_dir, cfg.out_dir)))
+        print(format_summary(library.evaluate(cfg)))
     return 0
 
 
@@ -95,12 +84,12 @@ def _print_train_summary(summary) -> None:
 
 
 def _eval(args) -> int:
+    from tunesmith import library
     from tunesmith.config import load_config
     from tunesmith.evaluate.run import format_summary
 
     cfg = load_config(args.config, args.overrides)
-    _, evaluate = _recipe_and_evaluation(cfg)
-    result = evaluate(cfg, args.finetuned, args.out or cfg.out_dir)
+    result = library.evaluate(cfg, args.finetuned, args.out or cfg.out_dir)
     print(format_summary(result))
     return 0
 
@@ -138,7 +127,7 @@ def _validate(args) -> int:
 def _generate(args) -> int:
     from tunesmith.data.formats import Message
     from tunesmith.evaluate.baselines import encode_chat
-    from tunesmith.evaluate.generate import generate
+    from tunesmith.generation import generate
     from tunesmith.models import load_model
 
     loaded = load_model(args.model)

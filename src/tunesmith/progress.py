@@ -2,18 +2,13 @@
 
 from __future__ import annotations
 
-import json
 import resource
 import sys
 import time
 from collections.abc import Iterator, Sequence
-from pathlib import Path
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn, track
-
-from tunesmith.trackers import open_trackers
-from tunesmith.train.checkpoint import write_text_atomic
 
 
 def peak_rss_mb() -> float:
@@ -59,37 +54,6 @@ class TrainProgress:
             print(text, file=sys.stderr, flush=True)
         else:
             self.bar.console.print(text, markup=False, highlight=False)
-
-
-class MetricsLog:
-    """Append-only JSONL; on resume, lines from after the checkpoint are dropped first.
-
-    `report_to` trackers (tunesmith.trackers: TensorBoard, MLflow) get every line too; `close()`
-    after the run's last file is written lets them finish (MLflow uploads the run folder then).
-    """
-
-    def __init__(self, path: Path, resume_step: int | None, report_to: Sequence[str] = ()):
-        self.path = path
-        if resume_step is not None and path.exists():
-            kept = [line for line in path.read_text().splitlines() if json.loads(line)["step"] <= resume_step]
-            write_text_atomic(path, "".join(line + "\n" for line in kept))
-        self.trackers = open_trackers(list(report_to), path.parent, resume_step)
-
-    def write(self, record: dict) -> None:
-        with open(self.path, "a") as fh:
-            fh.write(json.dumps(record) + "\n")
-        for tracker in self.trackers:
-            tracker.log(record)
-
-    def close(self) -> None:
-        for tracker in self.trackers:
-            tracker.close(self.path.parent)
-
-
-def read_metrics(path: Path) -> list[dict]:
-    if not path.exists():
-        return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
 def tracked(items: Sequence, description: str) -> Iterator:

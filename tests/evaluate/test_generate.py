@@ -1,7 +1,8 @@
 import pytest
 import torch
 
-from tunesmith.evaluate.generate import continuation_logprobs, generate, label_logprobs
+from tunesmith.evaluate.generate import continuation_logprobs, label_logprobs
+from tunesmith.generation import Sampling, generate, stream
 
 TEXTS = ["Hello there, how are you doing today my friend?", "Hi", "The quick brown fox jumps"]
 
@@ -36,6 +37,15 @@ def test_sampling_is_seeded(tiny):
         for s in (7, 7, 8)
     ]
     assert runs[0] == runs[1] != runs[2]
+
+
+def test_generation_leaves_the_global_rng_alone(tiny):
+    """A recipe generates base samples after applying train.seed: training must keep that stream."""
+    torch.manual_seed(1234)
+    expected = torch.rand(4)
+    torch.manual_seed(1234)
+    generate(tiny.model, tiny.tokenizer, _ids(tiny.tokenizer, TEXTS), max_new_tokens=3, batch_size=3, temperature=1.0)
+    assert torch.equal(torch.rand(4), expected)
 
 
 def test_continuation_logprobs_match_a_full_forward_pass(tiny):
@@ -80,3 +90,15 @@ def test_label_logprobs_match_scoring_each_pair_separately(tiny, labels, batch_s
     )
     assert [count for row in got for _, count in row] == [count for _, count in pairs]
     assert [total for row in got for total, _ in row] == pytest.approx([total for total, _ in pairs], abs=1e-4)
+
+
+@pytest.mark.parametrize("temperature", [0.0, 1.0])
+def test_the_service_stream_and_batched_generation_agree(tiny, temperature):
+    """One stack: `tunesmith generate`, evaluation and the service answer a prompt the same way."""
+    prompt = _ids(tiny.tokenizer, TEXTS)[0]
+    batched = generate(
+        tiny.model, tiny.tokenizer, [prompt], max_new_tokens=6, batch_size=1, temperature=temperature, seed=5
+    )
+    pieces = list(stream(tiny.model, tiny.tokenizer, prompt, Sampling(6, temperature, seed=5)))
+    assert "".join(p.text for p in pieces) == batched.texts[0]
+    assert pieces[-1].completion_tokens == batched.new_tokens[0] == 6

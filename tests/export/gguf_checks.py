@@ -10,7 +10,7 @@ from transformers import AutoModelForCausalLM
 
 from tunesmith.data.formats import Message
 from tunesmith.evaluate.baselines import encode_chat
-from tunesmith.evaluate.generate import generate
+from tunesmith.generation import generate
 
 REPO = Path(__file__).resolve().parents[2]
 E2E_TEST = [json.loads(line) for line in (REPO / "data/e2e_nlg/test.jsonl").read_text().splitlines()[:5]]

@@ -1,8 +1,10 @@
 """A stand-in for `python -m tunesmith train CONFIG --overwrite|--resume` with the same outputs.
 
 Writes metrics.jsonl lines, atomically renamed checkpoints/step-NNNNNN folders, adapter/ and
-summary.json, at FAKE_STEP_SECONDS per step. FAKE_TRAINER_MODE=crash dies half-way, =usererror
-exits 2 with one stderr line.
+summary.json through tunesmith.runfolder (as the real trainer does), at FAKE_STEP_SECONDS per
+step, holding the run folder's lock as the real trainer does. FAKE_TRAINER_MODE=crash dies
+half-way, =usererror exits 2 with one stderr line, =nan writes NaN and infinite numbers into
+metrics.jsonl raw, as a trainer outside tunesmith.runfolder could.
 """
 
 import json
@@ -12,6 +14,16 @@ import time
 from pathlib import Path
 
 import yaml
+
+from tunesmith.runfolder import (
+    CHECKPOINTS,
+    METRICS,
+    MetricsLog,
+    checkpoint_path,
+    checkpoint_steps,
+    locked,
+    write_summary,
+)
 
 config_path, flag = sys.argv[1], sys.argv[2]
 config = yaml.safe_load(Path(config_path).read_text())
@@ -23,16 +35,18 @@ mode = os.environ.get("FAKE_TRAINER_MODE", "")
 delay = float(os.environ.get("FAKE_STEP_SECONDS", "0.05"))
 
 out.mkdir(parents=True, exist_ok=True)
+lock = locked(out)
+lock.__enter__()  # held until the process ends, as the real trainer holds it
 (out / "argv.json").write_text(json.dumps(sys.argv[1:]))  # what the server asked for
 
 start = 0
 if flag == "--resume":
-    steps = sorted(int(p.name.split("-")[1]) for p in (out / "checkpoints").glob("step-*"))
+    steps = checkpoint_steps(out)
     start = steps[-1] if steps else 0
     (out / "resumed_from").write_text(str(start))
 else:
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "metrics.jsonl").unlink(missing_ok=True)
+    (out / METRICS).unlink(missing_ok=True)
+metrics = MetricsLog(out / METRICS, start if flag == "--resume" else None)
 
 if mode == "usererror":
     print(f"{config['data']['train']}: lines 2, 5: messages: missing", file=sys.stderr)
@@ -53,27 +67,23 @@ for step in range(start + 1, total + 1):
         "grad_norm": 1.0,
         "peak_rss_mb": 10.0,
     }
+    if mode == "nan":
+        row.update(train_loss=float("nan"), grad_norm=float("inf"))
     if step % train["eval_every"] == 0:
         row.update(val_loss=2.5 / step, val_token_accuracy=0.4)
-    if step % train["log_every"] == 0:
-        with open(out / "metrics.jsonl", "a") as fh:
+    if mode == "nan":
+        with open(out / METRICS, "a") as fh:
             fh.write(json.dumps(row) + "\n")
+    elif step % train["log_every"] == 0:
+        metrics.write(row)
     if step % train["save_every"] == 0:
-        tmp = out / "checkpoints" / f".tmp-{step}"
+        tmp = out / CHECKPOINTS / f".tmp-{step}"
         tmp.mkdir(parents=True, exist_ok=True)
         (tmp / "state.json").write_text(json.dumps({"step": step}))
-        tmp.rename(out / "checkpoints" / f"step-{step:06d}")
+        tmp.rename(checkpoint_path(out / CHECKPOINTS, step))
 
 (out / "adapter").mkdir(exist_ok=True)
 (out / "adapter" / "adapter_config.json").write_text("{}")
-(out / "summary.json").write_text(
-    json.dumps(
-        {
-            "steps": total,
-            "trained_tokens": 1000 * total,
-            "best_step": total,
-            "best_val_loss": 0.1,
-            "wall_seconds": 1.0,
-        }
-    )
+write_summary(
+    out, {"steps": total, "trained_tokens": 1000 * total, "best_step": total, "best_val_loss": 0.1, "wall_seconds": 1.0}
 )

@@ -84,3 +84,12 @@ def wait_for(client, job_id: str, statuses=("succeeded", "failed", "cancelled"),
             return job
         time.sleep(0.2)
     raise AssertionError(f"job {job_id} still {job.status} after {timeout}s")
+
+
+def alive(pid: int) -> bool:
+    """Whether the process runs (a zombie waiting for its parent to reap it does not)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"

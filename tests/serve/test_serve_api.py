@@ -15,8 +15,9 @@ import time
 import httpx
 import openai
 import pytest
-from serve_helpers import wait_for
+from serve_helpers import alive, wait_for
 
+from tunesmith.serve.store import Store
 from tunesmith.serve.worker import resolve_hyperparameters
 
 
@@ -199,8 +200,8 @@ def test_sigkill_restart_resumes_from_checkpoint(fake_server, tmp_path):
     while not client.fine_tuning.jobs.checkpoints.list(job.id).data:
         assert time.time() < deadline
         time.sleep(0.2)
-    server.kill(signal.SIGKILL)
-    time.sleep(0.5)  # PDEATHSIG: the orphaned trainer dies with the server
+    orphan = Store(home).job(None, job.id)["pid"]
+    server.kill(signal.SIGKILL)  # its trainer lives on, holding the run folder's lock
     server = fake_server(env=env, home=home, args=["--train-override", "train.save_every=2"])
     client = server.client(client.api_key)
     done = wait_for(client, job.id)
@@ -211,6 +212,7 @@ def test_sigkill_restart_resumes_from_checkpoint(fake_server, tmp_path):
     steps = [e.data["step"] for e in client.fine_tuning.jobs.list_events(job.id, limit=100) if e.type == "metrics"]
     assert sorted(steps) == list(range(1, 13))  # no step reported twice
     assert wait_for(client, later.id).status == "succeeded"
+    assert not alive(orphan)  # killed by the restarted server before it resumed
 
 
 def test_organisations_are_isolated(fake_server):

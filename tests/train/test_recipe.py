@@ -1,6 +1,7 @@
 """End-to-end runs of the training recipe on the tiny model."""
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -166,3 +167,50 @@ def test_compiled_run_takes_the_same_steps_as_eager(tiny_config, tmp_path):
         runs[name] = [m["train_loss"] for m in _metrics(tmp_path / name) if "train_loss" in m]
     assert len(runs["compiled"]) == 3
     assert runs["compiled"] == pytest.approx(runs["eager"], rel=1e-2)
+
+
+def test_a_nan_loss_stops_the_run_and_never_reaches_the_metrics(tiny_config, monkeypatch):
+    from tunesmith.train.distributed import LossModule
+
+    forward = LossModule.forward
+
+    def diverged(self, *args, **kwargs):
+        loss_sum, correct = forward(self, *args, **kwargs)
+        return (loss_sum * float("nan") if self.training else loss_sum), correct
+
+    monkeypatch.setattr(LossModule, "forward", diverged)
+    cfg = tiny_config(train={"max_steps": 4, "log_every": 1})
+    with pytest.raises(TunesmithError, match=r"step 1: train_loss=nan.*train.nan_policy: stop"):
+        train(cfg)
+    assert [m["step"] for m in _metrics(Path(cfg.out_dir))] == [0]
+
+
+def test_metrics_lines_write_non_finite_numbers_as_null(tmp_path):
+    from tunesmith.progress import MetricsLog
+
+    MetricsLog(tmp_path / "metrics.jsonl", None).write({"step": 1, "train_loss": float("nan"), "lr": float("inf")})
+    assert (tmp_path / "metrics.jsonl").read_text() == '{"step": 1, "train_loss": null, "lr": null}\n'
+
+
+def test_the_fake_trainer_and_the_real_one_write_the_same_run_folder(lora_run, tmp_path):
+    """The service's tests stand in a fake trainer: its folders must read like the real one's."""
+    from tunesmith.runfolder import checkpoint_steps, read_metrics, read_summary
+
+    fake_out = tmp_path / "fake"
+    data = tmp_path / "train.jsonl"
+    data.write_text("{}\n" * 8)
+    train_section = {"batch_size": 2, "epochs": 1, "eval_every": 2, "log_every": 1, "save_every": 2}
+    config = tmp_path / "fake.yaml"
+    config.write_text(json.dumps({"out_dir": str(fake_out), "data": {"train": str(data)}, "train": train_section}))
+    fake = Path(__file__).resolve().parents[1] / "serve" / "fake_trainer.py"
+    env = {**os.environ, "FAKE_STEP_SECONDS": "0"}
+    subprocess.run([sys.executable, str(fake), str(config), "--overwrite"], check=True, env=env)
+    for out in (Path(lora_run[2]), fake_out):
+        metrics = read_metrics(out)
+        assert metrics and all(isinstance(m["step"], int) for m in metrics), out
+        assert any(isinstance(m.get("train_loss"), float) for m in metrics)
+        assert any(isinstance(m.get("val_loss"), float) for m in metrics)
+        assert checkpoint_steps(out) == sorted(checkpoint_steps(out)) and checkpoint_steps(out), out
+        summary = read_summary(out)
+        assert summary["steps"] == metrics[-1]["step"] and summary["trained_tokens"] > 0
+        assert (out / "adapter" / "adapter_config.json").is_file()

@@ -5,7 +5,7 @@ import torch
 
 from tunesmith.data.prepare import prepare_data
 from tunesmith.models import load_model
-from tunesmith.train.checkpoint import atomic_file, write_dir_atomic
+from tunesmith.paths import atomic_file, write_dir_atomic
 from tunesmith.train.distributed import Dist
 from tunesmith.train.loss import labelled_loss
 from tunesmith.train.objective import SFTObjective

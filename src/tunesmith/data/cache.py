@@ -13,8 +13,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from tunesmith.config import DataConfig
-from tunesmith.models import tunesmith_home
-from tunesmith.train.checkpoint import atomic_file
+from tunesmith.paths import atomic_file, tunesmith_home
 
 CACHE_VERSION = 1
 

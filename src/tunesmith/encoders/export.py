@@ -13,7 +13,7 @@ import json
 from pathlib import Path
 
 from tunesmith.encoders.model import POOLING_MODES, Encoder
-from tunesmith.train.checkpoint import write_dir_atomic
+from tunesmith.paths import write_dir_atomic
 
 
 def _sentence_transformers_files(encoder: Encoder, folder: Path) -> None:

@@ -24,18 +24,16 @@ from tunesmith.encoders.tasks import ClassificationTask, ContrastiveTask, Masked
 from tunesmith.errors import TunesmithError
 from tunesmith.export import plot_losses
 from tunesmith.kernels.arena import fix_mmap_threshold
+from tunesmith.paths import atomic_file, write_dir_atomic, write_text_atomic
 from tunesmith.precision import autocast, default_device
-from tunesmith.progress import MetricsLog, TrainProgress, peak_rss_mb, read_metrics
+from tunesmith.progress import TrainProgress, peak_rss_mb
+from tunesmith.runfolder import METRICS, MetricsLog, list_checkpoints, read_metrics, write_summary
 from tunesmith.train.checkpoint import (
     TrainerState,
-    atomic_file,
-    list_checkpoints,
     load_best,
     load_checkpoint,
     save_best,
     save_checkpoint,
-    write_dir_atomic,
-    write_text_atomic,
 )
 from tunesmith.train.optim import build_optimizer, build_scheduler
 from tunesmith.train.recipe import RUN_MARKERS, RunSummary, attach_method, check_out_dir
@@ -130,7 +128,7 @@ def train_encoder(cfg: Config, resume: bool = False, overwrite: bool = False) ->
         state = load_checkpoint(list_checkpoints(ckpt_dir)[-1], trained, optimizer, scheduler)
         stopper.best_loss, stopper.best_step = state.best_val_loss, state.best_step
         stopper.evals_without_improvement = state.evals_without_improvement
-        metrics = MetricsLog(out_dir / "metrics.jsonl", resume_step=state.step, report_to=cfg.train.report_to)
+        metrics = MetricsLog(out_dir / METRICS, resume_step=state.step, report_to=cfg.train.report_to)
     else:
         if out_dir.exists():
             for marker in (*RUN_MARKERS, "loss.png", "summary.json", HEAD_FILE):
@@ -139,7 +137,7 @@ def train_encoder(cfg: Config, resume: bool = False, overwrite: bool = False) ->
         out_dir.mkdir(parents=True, exist_ok=True)
         write_text_atomic(out_dir / "config.yaml", dump_config(cfg))
         state = TrainerState(0, 0, None, None, 0, 0.0)
-        metrics = MetricsLog(out_dir / "metrics.jsonl", resume_step=None, report_to=cfg.train.report_to)
+        metrics = MetricsLog(out_dir / METRICS, resume_step=None, report_to=cfg.train.report_to)
         val_loss, val_acc = evaluate_loss(task, body, cfg, device)
         metrics.write({"step": 0, "epoch": 0.0, "val_loss": val_loss, "val_accuracy": val_acc})
 
@@ -256,7 +254,7 @@ def train_encoder(cfg: Config, resume: bool = False, overwrite: bool = False) ->
             fh.write(
                 save({k: v.contiguous() for k, v in head.state_dict().items()}, {"labels": json.dumps(task.labels)})
             )
-    history = read_metrics(out_dir / "metrics.jsonl")
+    history = read_metrics(out_dir)
     plot_losses(history, out_dir / "loss.png")
     val_losses = [m["val_loss"] for m in history if "val_loss" in m]
     summary = RunSummary(
@@ -269,6 +267,6 @@ def train_encoder(cfg: Config, resume: bool = False, overwrite: bool = False) ->
         wall_seconds=round(time.perf_counter() - started, 2),
         stopped_early=stopped_early,
     )
-    write_text_atomic(out_dir / "summary.json", json.dumps(summary.__dict__, indent=1))
+    write_summary(out_dir, summary.__dict__)
     metrics.close()
     return summary

@@ -39,8 +39,7 @@ from tunesmith.evaluate.run import (
     read_training_summary,
     write_result,
 )
-from tunesmith.models import tunesmith_home
-from tunesmith.train.checkpoint import atomic_file
+from tunesmith.paths import atomic_file, tunesmith_home
 
 SIDE_BY_SIDE = 10
 RETRIEVAL_BASES = ("bm25", "zero_shot")

@@ -1,103 +1,21 @@
-"""Batched generation and log-likelihood scoring on already-tokenised prompts.
+"""Log-likelihood scoring on already-tokenised prompts (generation itself: tunesmith.generation).
 
-All pad prompts on the LEFT: every row's last prompt token then sits in the last column, so generation
-appends new tokens to all rows in the same column, and a continuation's log-probs come from the
-same trailing positions. Position ids are counted from each row's first real token, so a padded
-row is computed exactly as it would be alone.
-
+Prompts are padded on the LEFT, as for generation: a continuation's log-probs then come from the
+same trailing positions of every row, and position ids count from each row's first real token.
 Prompts are sorted by length before batching (less padding) and results returned in input order.
 """
 
 from __future__ import annotations
 
-import time
-from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from collections.abc import Sequence
 
 import torch
 
-from tunesmith.progress import tracked
+from tunesmith.generation import batches_by_length, left_padded, model_device
 
 # Label positions projected through lm_head at once: bounds memory at chunk x vocab floats
 # instead of batch x seq x vocab.
 LOGIT_CHUNK = 1024
-
-
-@dataclass
-class Generations:
-    texts: list[str]
-    new_tokens: list[int]  # tokens produced per prompt, the end-of-turn token included
-    seconds: float
-
-    @property
-    def tokens_per_second(self) -> float:
-        return sum(self.new_tokens) / self.seconds if self.seconds > 0 else 0.0
-
-
-def _batches_by_length(lengths: Sequence[int], batch_size: int, description: str) -> Iterator[list[int]]:
-    # Longest first: an out-of-memory batch fails at the start, not after minutes of work.
-    order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
-    batches = [order[start : start + batch_size] for start in range(0, len(order), batch_size)]
-    yield from tracked(batches, f"{description} {len(lengths)} prompts")
-
-
-def _left_padded(rows: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
-    width = max(len(r) for r in rows)
-    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(rows), width), dtype=torch.long)
-    for i, row in enumerate(rows):
-        if row:
-            ids[i, width - len(row) :] = torch.tensor(row, dtype=torch.long)
-            mask[i, width - len(row) :] = 1
-    return ids, mask
-
-
-def _device(model) -> torch.device:
-    return next(model.parameters()).device
-
-
-def generate(
-    model,
-    tokenizer,
-    prompts: Sequence[Sequence[int]],
-    *,
-    max_new_tokens: int,
-    batch_size: int,
-    temperature: float = 0.0,
-    top_p: float = 1.0,
-    seed: int = 0,
-) -> Generations:
-    """Greedy (temperature 0) or sampled continuations, stopping at the end-of-turn token.
-
-    The end-of-turn token is ``tokenizer.eos_token`` (``<|im_end|>`` for ChatML models such as
-    SmolLM2). Decoding uses transformers' ``generate`` with its KV cache; we pass a fresh
-    GenerationConfig so a checkpoint's own defaults (repetition penalty, sampling) never leak in.
-    """
-    from transformers import GenerationConfig
-
-    eos_id, pad_id = tokenizer.eos_token_id, tokenizer.pad_token_id
-    sampling = temperature > 0
-    config = GenerationConfig(
-        max_new_tokens=max_new_tokens,
-        do_sample=sampling,
-        eos_token_id=eos_id,
-        pad_token_id=pad_id,
-        **({"temperature": temperature, "top_p": top_p} if sampling else {}),
-    )
-    texts: list[str] = [""] * len(prompts)
-    counts = [0] * len(prompts)
-    device = _device(model)
-    torch.manual_seed(seed)
-    start = time.perf_counter()
-    with torch.inference_mode():
-        for batch in _batches_by_length([len(p) for p in prompts], batch_size, "generating"):
-            ids, mask = _left_padded([prompts[i] for i in batch], pad_id)
-            out = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device), generation_config=config)
-            for i, row in zip(batch, out[:, ids.shape[1] :].tolist(), strict=True):
-                produced = row[: row.index(eos_id) + 1] if eos_id in row else row
-                counts[i] = len(produced)
-                texts[i] = tokenizer.decode(produced, skip_special_tokens=True)
-    return Generations(texts, counts, time.perf_counter() - start)
 
 
 def continuation_logprobs(
@@ -115,12 +33,12 @@ def continuation_logprobs(
     if any(not p for p in prompts):
         raise ValueError("every prompt needs at least one token to condition the continuation on")
     decoder = model.get_decoder()
-    device = _device(model)
+    device = model_device(model)
     results: list[tuple[float, int]] = [(0.0, 0)] * len(prompts)
     with torch.inference_mode():
         lengths = [len(p) + len(c) for p, c in zip(prompts, continuations, strict=True)]
-        for batch in _batches_by_length(lengths, batch_size, "scoring"):
-            ids, mask = _left_padded([list(prompts[i]) + list(continuations[i]) for i in batch], pad_id)
+        for batch in batches_by_length(lengths, batch_size, "scoring"):
+            ids, mask = left_padded([list(prompts[i]) + list(continuations[i]) for i in batch], pad_id)
             ids, mask = ids.to(device), mask.to(device)
             positions = (mask.cumsum(-1) - 1).clamp(min=0)
             hidden = decoder(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=False)
@@ -158,7 +76,7 @@ def label_logprobs(
     if not label_ids or any(not ids for ids in label_ids):
         raise ValueError("every label needs at least one token")
     decoder = model.get_decoder()
-    device = _device(model)
+    device = model_device(model)
     n_labels, sizes = len(label_ids), [len(ids) for ids in label_ids]
     # Label tokens fed after the prompt (all but the last), right-padded: padding only follows
     # real tokens, so the causal mask keeps it out of every scored position.
@@ -174,8 +92,8 @@ def label_logprobs(
     later_targets = torch.tensor([t for ids in label_ids for t in ids[1:]], dtype=torch.long, device=device)
     results: list[list[tuple[float, int]]] = [[] for _ in prompts]
     with torch.inference_mode():
-        for batch in _batches_by_length([len(p) for p in prompts], batch_size, "scoring labels"):
-            ids, mask = _left_padded([prompts[i] for i in batch], pad_id)
+        for batch in batches_by_length([len(p) for p in prompts], batch_size, "scoring labels"):
+            ids, mask = left_padded([prompts[i] for i in batch], pad_id)
             ids, mask = ids.to(device), mask.to(device)
             rows = len(batch)
             out = decoder(

@@ -15,7 +15,7 @@ import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tunesmith.train.checkpoint import write_text_atomic
+from tunesmith.paths import write_text_atomic
 
 VARIANT_TITLES = {
     "bm25": "BM25",

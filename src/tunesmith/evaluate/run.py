@@ -37,10 +37,12 @@ from tunesmith.evaluate.baselines import (
     few_shot_prompt,
     split_prompt,
 )
-from tunesmith.evaluate.generate import continuation_logprobs, generate, label_logprobs
+from tunesmith.evaluate.generate import continuation_logprobs, label_logprobs
+from tunesmith.generation import generate
 from tunesmith.models import load_model, load_tokenizer, resolve_model_path
+from tunesmith.paths import write_text_atomic
 from tunesmith.precision import autocast, default_device
-from tunesmith.train.checkpoint import write_text_atomic
+from tunesmith.runfolder import METRICS, read_metrics, read_summary
 
 VARIANTS = ("zero_shot", "few_shot", "finetuned")
 SIDE_BY_SIDE = 10
@@ -313,29 +315,18 @@ def _model_folder(run_dir: Path) -> str:
 
 
 def read_training_summary(run_dir: Path) -> dict | None:
-    path = run_dir / "summary.json"
-    if not path.is_file():
+    summary = read_summary(run_dir)
+    if summary is None:
         return None
-    try:
-        summary = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as error:
-        raise TunesmithError(f"{path}: not valid JSON: {error}") from None
     return {key: summary.get(key) for key in ("trained_tokens", "wall_seconds", "steps")}
 
 
 def read_loss_curve(run_dir: Path) -> dict | None:
     """[[step, loss], ...] for train and validation loss from the trainer's metrics.jsonl."""
-    path = run_dir / "metrics.jsonl"
-    if not path.is_file():
+    if not (run_dir / METRICS).is_file():
         return None
     curve = {"train": [], "val": []}
-    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as error:
-            raise TunesmithError(f"{path}:{n}: not valid JSON: {error}") from None
+    for row in read_metrics(run_dir):
         for key, name in (("train_loss", "train"), ("val_loss", "val")):
             if row.get(key) is not None:
                 curve[name].append([row["step"], row[key]])

@@ -17,8 +17,8 @@ from pathlib import Path
 import numpy as np
 
 from tunesmith.errors import TunesmithError
+from tunesmith.paths import atomic_path
 from tunesmith.progress import tracked
-from tunesmith.train.checkpoint import atomic_path
 
 GGUF_ARCH = "llama"
 SUPPORTED_MODEL_TYPES = ("llama", "mistral")

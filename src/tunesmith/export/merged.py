@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from tunesmith.train.checkpoint import write_dir_atomic
+from tunesmith.paths import write_dir_atomic
 
 
 def save_merged(model, tokenizer, out_dir: Path) -> Path:

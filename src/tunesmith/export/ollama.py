@@ -15,7 +15,7 @@ from pathlib import Path
 
 from tunesmith.errors import TunesmithError
 from tunesmith.export.gguf import write_model_gguf
-from tunesmith.train.checkpoint import write_dir_atomic
+from tunesmith.paths import write_dir_atomic
 
 ROLES = ("system", "user", "assistant")
 # Marked contents; the probe conversation is system, user, assistant, user, assistant.

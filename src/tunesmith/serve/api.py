@@ -8,11 +8,15 @@ bad input: malformed input is a 400, never a 422 or 500.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import random
 import re
+import shutil
+import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,14 +28,18 @@ from fastapi.responses import FileResponse, JSONResponse, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from tunesmith.serve.auth import current_org
-from tunesmith.serve.errors import APIError, error_response, not_found
+from tunesmith.serve.errors import APIError, error_response, in_use, not_found, too_many
+from tunesmith.serve.limits import BodyLimit, BodyTooLarge, OrgSlots
+from tunesmith.serve.schemas import ChatRequest, CompletionRequest, _Generation
 from tunesmith.serve.store import TERMINAL, Store, new_id, now
 
 log = logging.getLogger("tunesmith.serve")
 
 DEFAULT_MAX_UPLOAD_BYTES = 512 * 1024 * 1024
+DEFAULT_MAX_BODY_BYTES = 4 * 1024 * 1024  # JSON bodies: a long chat history fits many times over
+UPLOAD_PREFIX = ".upload-"  # an upload still arriving or being checked
 BASE_MODEL_CREATED = 1730419200  # 2024-11-01, when SmolLM2 was released
-SUFFIX_RE = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
+SUFFIX_RE = re.compile(r"[A-Za-z0-9._-]{1,64}")  # fullmatch: "$" would let "abc\n" through
 HYPERPARAMETERS = {
     "n_epochs": (int, 1, 50),
     "batch_size": (int, 1, 256),
@@ -51,6 +59,11 @@ class ServeSettings:
     max_adapters: int = 4
     poll_seconds: float = 0.5
     procs_per_job: int = 1  # training processes per job (tunesmith train --nproc-per-node)
+    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
+    max_active_jobs_per_org: int = 20  # validating, queued or running
+    max_inference_per_org: int = 4
+    inference_threads: int = 2
+    generation_timeout: float = 120.0  # seconds one generation may compute
 
 
 def create_app(settings: ServeSettings) -> FastAPI:
@@ -67,17 +80,26 @@ def create_app(settings: ServeSettings) -> FastAPI:
         settings.procs_per_job,
     )
 
+    engine = InferenceEngine(max_adapters=settings.max_adapters)
+    # Generation and model loads run here, never in the pool that serves management routes.
+    inference_pool = ThreadPoolExecutor(settings.inference_threads, thread_name_prefix="tunesmith-inference")
+
     @asynccontextmanager
     async def lifespan(app: FastAPI):
+        store.remove_orphans()
         worker.start()
         try:
             yield
         finally:
+            engine.close()
+            inference_pool.shutdown(wait=False, cancel_futures=True)
             worker.stop()
 
     app = FastAPI(title="tunesmith", lifespan=lifespan)
     app.state.store, app.state.worker, app.state.settings = store, worker, settings
-    app.state.engine = InferenceEngine(max_adapters=settings.max_adapters)
+    app.state.engine, app.state.inference_pool = engine, inference_pool
+    app.state.inference_slots = OrgSlots(settings.max_inference_per_org)
+    app.add_middleware(BodyLimit, json_limit=settings.max_body_bytes, upload_limit=settings.max_upload_bytes)
     _install_error_handlers(app)
     _files_routes(app)
     _job_routes(app)
@@ -119,6 +141,10 @@ def _install_error_handlers(app: FastAPI) -> None:
     async def api_error(_: Request, error: APIError):
         return error_response(error)
 
+    @app.exception_handler(BodyTooLarge)
+    async def body_too_large(_: Request, error: BodyTooLarge):
+        return error_response(error.error)
+
     @app.exception_handler(RequestValidationError)
     async def validation_error(_: Request, error: RequestValidationError):
         message, param = _validation_message(error.errors())
@@ -138,10 +164,13 @@ def _install_error_handlers(app: FastAPI) -> None:
 
 
 async def _json_body(request: Request) -> dict:
+    raw = await request.body()
     try:
-        body = await request.json()
-    except (json.JSONDecodeError, UnicodeDecodeError):
+        body = json.loads(raw)
+    except (ValueError, UnicodeDecodeError):  # JSONDecodeError, and integers over 4,300 digits
         raise APIError(400, "the request body is not valid JSON", code="invalid_json") from None
+    except RecursionError:
+        raise APIError(400, "the request body is nested too deeply", code="invalid_json") from None
     if not isinstance(body, dict):
         raise APIError(400, "the request body must be a JSON object", code="invalid_request")
     return body
@@ -213,46 +242,29 @@ def _files_routes(app: FastAPI) -> None:
 
     @app.post("/v1/files")
     async def upload_file(request: Request, org: Org):
-        limit = settings.max_upload_bytes
-        length = request.headers.get("content-length")
-        if length and length.isdigit() and int(length) > limit + 64 * 1024:
-            raise APIError(
-                413,
-                f"the file is larger than the upload limit of {limit} bytes",
-                param="file",
-                code="file_too_large",
-            )
-        if "multipart/form-data" not in request.headers.get("content-type", ""):
-            raise APIError(400, "upload the file as multipart/form-data with fields 'file' and 'purpose'")
-        form = await request.form()
-        purpose, upload = form.get("purpose"), form.get("file")
-        if not isinstance(purpose, str) or not purpose:
-            raise APIError(400, "missing required parameter 'purpose'", param="purpose")
-        if purpose != "fine-tune":
-            raise APIError(400, f"purpose {purpose!r} is not supported; use 'fine-tune'", param="purpose")
-        if upload is None or isinstance(upload, str):
-            raise APIError(400, "missing required parameter 'file' (a file part)", param="file")
+        from starlette.concurrency import run_in_threadpool
+
+        from tunesmith.serve.uploads import receive_upload
+
         file_id = new_id("file-")
         path = store.files_dir / f"{file_id}.jsonl"  # the client's file name is never part of a path
-        size = 0
+        partial = store.files_dir / f"{UPLOAD_PREFIX}{file_id}"  # removed at start if the server dies
+        upload = await receive_upload(request, partial, settings.max_upload_bytes)
         try:
-            with open(path, "wb") as out:
-                while chunk := await upload.read(1 << 20):
-                    size += len(chunk)
-                    if size > limit:
-                        raise APIError(
-                            413,
-                            f"the file is larger than the upload limit of {limit} bytes",
-                            param="file",
-                            code="file_too_large",
-                        )
-                    out.write(chunk)
-            check_jsonl(path)
+            purpose = upload.fields.get("purpose")
+            if not purpose:
+                raise APIError(400, "missing required parameter 'purpose'", param="purpose")
+            if purpose != "fine-tune":
+                raise APIError(400, f"purpose {purpose!r} is not supported; use 'fine-tune'", param="purpose")
+            if upload.size < 0:
+                raise APIError(400, "missing required parameter 'file' (a file part)", param="file")
+            await run_in_threadpool(check_jsonl, partial)  # reads the whole file: off the event loop
+            partial.rename(path)
         except BaseException:
-            path.unlink(missing_ok=True)
+            partial.unlink(missing_ok=True)
             raise
-        filename = (upload.filename or "upload.jsonl").replace("\\", "/").rsplit("/", 1)[-1][:255] or "upload.jsonl"
-        return file_object(store.add_file(file_id, org["id"], filename, purpose, size, str(path)))
+        name = (upload.filename or "upload.jsonl").replace("\\", "/").rsplit("/", 1)[-1][:255] or "upload.jsonl"
+        return file_object(store.add_file(file_id, org["id"], name, purpose, upload.size, str(path)))
 
     @app.get("/v1/files")
     def list_files(
@@ -282,6 +294,9 @@ def _files_routes(app: FastAPI) -> None:
     @app.delete("/v1/files/{file_id}")
     def delete_file(file_id: str, org: Org):
         row = get_file(org, file_id)
+        users = store.active_jobs_using_file(org["id"], file_id)
+        if users:
+            raise in_use(f"file {file_id} is used by fine-tuning job {users[0]}, which has not finished", "file_id")
         store.delete_file(org["id"], file_id)
         Path(row["path"]).unlink(missing_ok=True)
         return {"id": file_id, "object": "file", "deleted": True}
@@ -427,7 +442,7 @@ def _job_request(body: dict, store: Store, org: dict) -> dict:
             )
         files[key] = row
     suffix = body.get("suffix")
-    if suffix is not None and not SUFFIX_RE.match(suffix):
+    if suffix is not None and not SUFFIX_RE.fullmatch(suffix):
         raise APIError(400, "suffix must be 1 to 64 letters, digits, '.', '_' or '-'", param="suffix")
     seed = body.get("seed")
     if seed is None:
@@ -488,9 +503,14 @@ def _job_routes(app: FastAPI) -> None:
     store: Store = app.state.store
     worker = app.state.worker
 
+    settings: ServeSettings = app.state.settings
+
     @app.post("/v1/fine_tuning/jobs")
     async def create_job(request: Request, org: Org):
         spec = _job_request(await _json_body(request), store, org)
+        cap = settings.max_active_jobs_per_org
+        if store.count_active_jobs(org["id"]) >= cap:
+            raise too_many(f"your organisation already has {cap} unfinished fine-tuning jobs", retry_after=60)
         job_id = new_id("ftjob-")
         row = store.add_job(
             {
@@ -546,7 +566,7 @@ def _job_routes(app: FastAPI) -> None:
             estimated_finish=None,
         ):
             store.add_event(job_id, "Fine-tuning job cancelled")
-            worker.cancel(job_id)
+            worker.cancel()
         return job_object(get_job(org, job_id))
 
     @app.get("/v1/fine_tuning/jobs/{job_id}/events")
@@ -574,15 +594,16 @@ def _job_routes(app: FastAPI) -> None:
 
 
 def _export_routes(app: FastAPI) -> None:
-    from tunesmith.errors import TunesmithError
-    from tunesmith.export import export_run
-    from tunesmith.export.gguf import OUTTYPES
-
     store: Store = app.state.store
 
     @app.get("/v1/models/{model_id:path}/content")
     async def model_content(model_id: str, org: Org, format: str = "gguf", outtype: str = "f16"):
         """The fine-tuned model as one GGUF file (llama.cpp, Ollama, LM Studio), written on first request."""
+        # Imported here: the exporters bring torch and transformers, which the server needs only now.
+        from tunesmith.errors import TunesmithError
+        from tunesmith.export import export_run
+        from tunesmith.export.gguf import OUTTYPES
+
         if format != "gguf":
             raise APIError(400, f"format {format!r} is not supported; use format=gguf", param="format")
         if outtype not in OUTTYPES:
@@ -641,92 +662,24 @@ def _model_routes(app: FastAPI) -> None:
             raise APIError(404, f"The model {model_id!r} does not exist", param="model", code="model_not_found")
         store.delete_model(org["id"], model_id)
         app.state.engine.forget(row["job_id"])
+        # The adapter, merged weights, checkpoints and exports: all of the run's outputs.
+        shutil.rmtree(Path(row["adapter_path"]).parent, ignore_errors=True)
         return {"id": model_id, "object": "model", "deleted": True}
 
 
 # --- inference ------------------------------------------------------------------------------------
 
 
-def _number(body: dict, key: str, default, low: float, high: float, integer: bool = False):
-    value = body.get(key)
-    if value is None:
-        return default
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or (integer and not float(value).is_integer()):
-        raise APIError(
-            400,
-            f"{key} must be {'an integer' if integer else 'a number'}, got {json.dumps(value)}",
-            param=key,
-        )
-    if not low <= value <= high:
-        raise APIError(400, f"{key} must be between {low} and {high}, got {value}", param=key)
-    return int(value) if integer else float(value)
-
-
-def _generation_params(body: dict, default_max: int):
-    from tunesmith.serve.inference import GenerationParams
-
-    n = _number(body, "n", 1, 1, 128, integer=True)
-    if n != 1:
-        raise APIError(400, "only n=1 is supported", param="n")
-    max_tokens = body.get("max_completion_tokens", body.get("max_tokens"))
-    key = "max_completion_tokens" if "max_completion_tokens" in body else "max_tokens"
-    max_tokens = _number({key: max_tokens}, key, default_max, 1, 1_000_000, integer=True)
-    stop = body.get("stop")
-    if stop is None:
-        stop = []
-    elif isinstance(stop, str):
-        stop = [stop]
-    elif not (isinstance(stop, list) and len(stop) <= 4 and all(isinstance(s, str) and s for s in stop)):
-        raise APIError(400, "stop must be a string or a list of up to 4 non-empty strings", param="stop")
-    seed = body.get("seed")
-    if seed is not None and (not isinstance(seed, int) or isinstance(seed, bool)):
-        raise APIError(400, f"seed must be an integer, got {json.dumps(seed)}", param="seed")
-    temperature = _number(body, "temperature", 1.0, 0, 2)
-    top_p = _number(body, "top_p", 1.0, 0, 1)
-    if top_p == 0:
-        temperature = 0.0
-    return GenerationParams(max_tokens=max_tokens, temperature=temperature, top_p=top_p, stop=stop, seed=seed)
-
-
-def _messages(raw: Any) -> list[dict]:
-    if not isinstance(raw, list) or not raw:
-        raise APIError(400, "messages must be a non-empty list of {role, content} objects", param="messages")
-    out = []
-    for i, message in enumerate(raw):
-        where = f"messages[{i}]"
-        if not isinstance(message, dict):
-            raise APIError(400, f"{where} must be an object", param=where)
-        role = message.get("role")
-        if role not in ("system", "developer", "user", "assistant"):
-            raise APIError(
-                400,
-                f"{where}.role must be system, developer, user or assistant, got {json.dumps(role)}",
-                param=f"{where}.role",
-            )
-        content = message.get("content")
-        if isinstance(content, list):
-            texts = []
-            for part in content:
-                if not isinstance(part, dict) or part.get("type") != "text" or not isinstance(part.get("text"), str):
-                    raise APIError(400, f"{where}.content: only text parts are supported", param=f"{where}.content")
-                texts.append(part["text"])
-            content = "".join(texts)
-        if not isinstance(content, str):
-            raise APIError(400, f"{where}.content must be a string or a list of text parts", param=f"{where}.content")
-        out.append({"role": "system" if role == "developer" else role, "content": content})
-    return out
-
-
 def _inference_routes(app: FastAPI) -> None:
     from tunesmith.models import BUILTIN_MODELS
 
     store: Store = app.state.store
+    settings: ServeSettings = app.state.settings
     engine = app.state.engine
+    pool: ThreadPoolExecutor = app.state.inference_pool
+    slots: OrgSlots = app.state.inference_slots
 
-    def resolve(org: dict, body: dict) -> tuple[str, str | None, str | None, str]:
-        name = body.get("model")
-        if not isinstance(name, str) or not name:
-            raise APIError(400, "missing required parameter 'model'", param="model")
+    def resolve(org: dict, name: str) -> tuple[str, str | None, str | None, str]:
         if name in BUILTIN_MODELS:
             return name, None, None, name
         row = store.model(org["id"], name)
@@ -739,140 +692,166 @@ def _inference_routes(app: FastAPI) -> None:
             )
         return row["base"], row["job_id"], row["adapter_path"], name
 
-    def prepare(base: str, key: str | None, path: str | None) -> None:
+    def load_and_encode(base: str, key: str | None, path: str | None, encode, param: str) -> list[int]:
+        """In the inference pool: load the model (and adapter), then the prompt's token ids."""
         try:
             engine.prepare(base, key, path)
         except Exception as error:
             log.exception("loading %s", base)
             raise APIError(500, f"could not load the model: {error}", code="model_load_failed") from None
-
-    def respond(body: dict, base, key, path, name, prompt_ids, params, chat: bool):
-        kind = "chat.completion" if chat else "text_completion"
-        ident = new_id("chatcmpl-" if chat else "cmpl-")
-        created = int(time.time())
-        pieces = engine.generate(base, key, path, prompt_ids, params)
-
-        def usage(last) -> dict:
-            return {
-                "prompt_tokens": last.prompt_tokens,
-                "completion_tokens": last.completion_tokens,
-                "total_tokens": last.prompt_tokens + last.completion_tokens,
-            }
-
-        if not body.get("stream"):
-            text, last = "", None
-            for piece in pieces:
-                text += piece.text
-                last = piece
-            choice = {"index": 0, "finish_reason": last.finish_reason, "logprobs": None}
-            choice.update(
-                {"message": {"role": "assistant", "content": text, "refusal": None}} if chat else {"text": text}
+        prompt_ids = encode(base)
+        context = engine.context_length(base)
+        if len(prompt_ids) >= context:
+            raise APIError(
+                400,
+                f"the prompt is {len(prompt_ids)} tokens; this model's context is {context} tokens",
+                param=param,
+                code="context_length_exceeded",
             )
-            return JSONResponse(
-                {
-                    "id": ident,
-                    "object": kind,
-                    "created": created,
-                    "model": name,
-                    "choices": [choice],
-                    "usage": usage(last),
-                    "system_fingerprint": None,
-                }
+        return prompt_ids
+
+    async def complete(org: dict, body: _Generation, encode, param: str, chat: bool):
+        params = body.sampling(256 if chat else 16)
+        base, key, path, name = resolve(org, body.model)
+        slots.acquire(org["id"])
+        loop = asyncio.get_running_loop()
+        stop = threading.Event()  # set when the client is gone: the generation ends at its next token
+        streaming = False
+        try:
+            prompt_ids = await loop.run_in_executor(pool, load_and_encode, base, key, path, encode, param)
+            deadline = time.monotonic() + settings.generation_timeout
+
+            def pieces():
+                return engine.generate(base, key, path, prompt_ids, params, stop, deadline)
+
+            reply = Reply(name, chat, body.include_usage)
+            if not body.stream:
+                return JSONResponse(reply.whole(await loop.run_in_executor(pool, lambda: list(pieces()))))
+            queue: asyncio.Queue = asyncio.Queue()
+
+            def put(item) -> None:
+                try:
+                    loop.call_soon_threadsafe(queue.put_nowait, item)
+                except RuntimeError:  # the event loop is gone: the server is shutting down
+                    stop.set()
+
+            def produce() -> None:
+                # Runs to the end whatever the client reads: the model is never held by a slow reader.
+                try:
+                    for piece in pieces():
+                        put(piece)
+                except Exception as error:
+                    log.exception("generation failed")
+                    put(error)
+                finally:
+                    slots.release(org["id"])
+                    put(None)
+
+            pool.submit(produce)
+            streaming = True
+            return StreamingResponse(
+                reply.stream(queue, stop),
+                media_type="text/event-stream",
+                headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
             )
-        options = body.get("stream_options") or {}
-        include_usage = isinstance(options, dict) and options.get("include_usage") is True
-
-        def chunk(delta_or_text, finish=None) -> bytes:
-            choice = {"index": 0, "finish_reason": finish, "logprobs": None}
-            choice.update({"delta": delta_or_text} if chat else {"text": delta_or_text})
-            obj = {
-                "id": ident,
-                "object": "chat.completion.chunk" if chat else "text_completion",
-                "created": created,
-                "model": name,
-                "choices": [choice],
-                "system_fingerprint": None,
-            }
-            return f"data: {json.dumps(obj)}\n\n".encode()
-
-        def events():
-            try:
-                if chat:
-                    yield chunk({"role": "assistant", "content": ""})
-                last = None
-                for piece in pieces:
-                    last = piece
-                    if piece.text:
-                        yield chunk({"content": piece.text} if chat else piece.text)
-                yield chunk({} if chat else "", last.finish_reason)
-                if include_usage:
-                    obj = {
-                        "id": ident,
-                        "object": "chat.completion.chunk" if chat else "text_completion",
-                        "created": created,
-                        "model": name,
-                        "choices": [],
-                        "usage": usage(last),
-                    }
-                    yield f"data: {json.dumps(obj)}\n\n".encode()
-            except Exception as error:
-                log.exception("generation failed")
-                err = {
-                    "error": {
-                        "message": f"generation failed: {error}",
-                        "type": "server_error",
-                        "param": None,
-                        "code": "server_error",
-                    }
-                }
-                yield f"data: {json.dumps(err)}\n\n".encode()
-            finally:
-                pieces.close()
-            yield b"data: [DONE]\n\n"
-
-        return StreamingResponse(
-            events(),
-            media_type="text/event-stream",
-            headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
-        )
+        finally:
+            if not streaming:
+                stop.set()
+                slots.release(org["id"])
 
     @app.post("/v1/chat/completions")
-    async def chat_completions(request: Request, org: Org):
-        body = await _json_body(request)
-        messages = _messages(body.get("messages"))
-        params = _generation_params(body, 256)
-        base, key, path, name = resolve(org, body)
-        return await _in_thread(lambda: _chat(base, key, path, name, body, messages, params))
+    async def chat_completions(body: ChatRequest, org: Org):
+        messages = [message.as_dict() for message in body.messages]
 
-    def _chat(base, key, path, name, body, messages, params):
-        prepare(base, key, path)
-        try:
-            prompt_ids = engine.chat_prompt(base, messages)
-        except Exception as error:
-            raise APIError(
-                400, f"messages cannot be rendered with the model's chat template: {error}", param="messages"
-            ) from None
-        return respond(body, base, key, path, name, prompt_ids, params, chat=True)
+        def encode(base: str) -> list[int]:
+            try:
+                return engine.chat_prompt(base, messages)
+            except Exception as error:
+                raise APIError(
+                    400, f"messages cannot be rendered with the model's chat template: {error}", param="messages"
+                ) from None
+
+        return await complete(org, body, encode, "messages", chat=True)
 
     @app.post("/v1/completions")
-    async def completions(request: Request, org: Org):
-        body = await _json_body(request)
-        prompt = body.get("prompt")
-        if isinstance(prompt, list) and len(prompt) == 1 and isinstance(prompt[0], str):
-            prompt = prompt[0]
-        if not isinstance(prompt, str):
-            raise APIError(400, "prompt must be a string (one prompt per request)", param="prompt")
-        params = _generation_params(body, 16)
-        base, key, path, name = resolve(org, body)
-
-        def run():
-            prepare(base, key, path)
-            prompt_ids = engine.text_prompt(base, prompt)
+    async def completions(body: CompletionRequest, org: Org):
+        def encode(base: str) -> list[int]:
+            prompt_ids = engine.text_prompt(base, body.text)
             if not prompt_ids:
                 raise APIError(400, "prompt must not be empty", param="prompt")
-            return respond(body, base, key, path, name, prompt_ids, params, chat=False)
+            return prompt_ids
 
-        return await _in_thread(run)
+        return await complete(org, body, encode, "prompt", chat=False)
+
+
+class Reply:
+    """One completion's response: the whole object, or its server-sent event stream."""
+
+    def __init__(self, model: str, chat: bool, include_usage: bool):
+        self.model, self.chat, self.include_usage = model, chat, include_usage
+        self.id = new_id("chatcmpl-" if chat else "cmpl-")
+        self.created = int(time.time())
+
+    @staticmethod
+    def usage(last) -> dict:
+        return {
+            "prompt_tokens": last.prompt_tokens,
+            "completion_tokens": last.completion_tokens,
+            "total_tokens": last.prompt_tokens + last.completion_tokens,
+        }
+
+    def whole(self, pieces: list) -> dict:
+        text, last = "".join(p.text for p in pieces), pieces[-1]
+        choice = {"index": 0, "finish_reason": last.finish_reason, "logprobs": None}
+        choice.update(
+            {"message": {"role": "assistant", "content": text, "refusal": None}} if self.chat else {"text": text}
+        )
+        return {
+            "id": self.id,
+            "object": "chat.completion" if self.chat else "text_completion",
+            "created": self.created,
+            "model": self.model,
+            "choices": [choice],
+            "usage": self.usage(last),
+            "system_fingerprint": None,
+        }
+
+    def _event(self, choices: list, **extra) -> bytes:
+        obj = {
+            "id": self.id,
+            "object": "chat.completion.chunk" if self.chat else "text_completion",
+            "created": self.created,
+            "model": self.model,
+            "choices": choices,
+            **extra,
+        }
+        return f"data: {json.dumps(obj)}\n\n".encode()
+
+    def _chunk(self, delta_or_text, finish=None) -> bytes:
+        choice = {"index": 0, "finish_reason": finish, "logprobs": None}
+        choice.update({"delta": delta_or_text} if self.chat else {"text": delta_or_text})
+        return self._event([choice], system_fingerprint=None)
+
+    async def stream(self, queue: asyncio.Queue, stop: threading.Event):
+        try:
+            if self.chat:
+                yield self._chunk({"role": "assistant", "content": ""})
+            last = None
+            while (piece := await queue.get()) is not None:
+                if isinstance(piece, Exception):
+                    raise piece
+                last = piece
+                if piece.text:
+                    yield self._chunk({"content": piece.text} if self.chat else piece.text)
+            yield self._chunk({} if self.chat else "", last.finish_reason)
+            if self.include_usage:
+                yield self._event([], usage=self.usage(last))
+        except Exception as error:
+            message = {"message": f"generation failed: {error}", "type": "server_error", "param": None}
+            yield f"data: {json.dumps({'error': {**message, 'code': 'server_error'}})}\n\n".encode()
+        finally:
+            stop.set()  # the client left (the stream was cancelled) or all was sent
+        yield b"data: [DONE]\n\n"
 
 
 async def _in_thread(fn):

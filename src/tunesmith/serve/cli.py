@@ -1,4 +1,4 @@
-"""``tunesmith serve`` and ``tunesmith keys create``: the service's command-line front.
+"""``tunesmith serve`` and ``tunesmith keys create|list|revoke``: the service's command-line front.
 
 The main CLI calls :func:`add_serve_commands` with its subparsers; each registered parser has a
 ``func`` default (as in tunesmith.cli) taking the parsed namespace and returning an exit code. ``python -m
@@ -8,12 +8,15 @@ tunesmith.serve.cli ...`` runs the same commands on their own (the tests use tha
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 from pathlib import Path
 
+SHUTDOWN_GRACE_SECONDS = 5
+
 
 def default_home() -> Path:
-    from tunesmith.models import tunesmith_home
+    from tunesmith.paths import tunesmith_home
 
     return tunesmith_home() / "serve"
 
@@ -32,10 +35,44 @@ def _serve(args: argparse.Namespace) -> int:
         train_overrides=list(args.train_override or []),
         max_adapters=args.max_adapters,
         procs_per_job=args.procs_per_job,
+        max_body_bytes=int(args.max_body_kb * 1024),
+        max_active_jobs_per_org=args.max_jobs_per_org,
+        max_inference_per_org=args.max_inference_per_org,
+        inference_threads=args.inference_threads,
+        generation_timeout=args.generation_timeout,
     )
+    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     app = create_app(settings)
     print(f"tunesmith serve: http://{args.host}:{args.port}/v1 (state in {settings.home})", file=sys.stderr)
-    uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level)
+    # On SIGTERM uvicorn waits for open connections; a client that never reads must not hold the
+    # shutdown, so after the grace period they are closed (generations stop at their next token).
+    uvicorn.run(
+        app,
+        host=args.host,
+        port=args.port,
+        log_level=args.log_level,
+        timeout_graceful_shutdown=SHUTDOWN_GRACE_SECONDS,
+    )
+    return 0
+
+
+def _keys_list(args: argparse.Namespace) -> int:
+    from tunesmith.serve.store import Store
+
+    for row in Store(Path(args.home or default_home())).list_keys():
+        print(f"{row['key_hash'][:16]}  {row['org']}  created {row['created_at']}")
+    return 0
+
+
+def _keys_revoke(args: argparse.Namespace) -> int:
+    from tunesmith.serve.store import Store
+
+    removed = Store(Path(args.home or default_home())).revoke_key(args.key)
+    if len(removed) != 1:
+        why = "no key matches" if not removed else f"{len(removed)} keys match; give more of the hash"
+        print(f"error: {why} {args.key!r}", file=sys.stderr)
+        return 2
+    print(f"revoked {removed[0][:16]}")
     return 0
 
 
@@ -65,6 +102,33 @@ def add_serve_commands(subparsers) -> None:
     )
     serve.add_argument("--max-adapters", type=int, default=4, help="Fine-tuned adapters kept in memory per base.")
     serve.add_argument(
+        "--max-body-kb", type=float, default=4096, help="Largest JSON request body, in KiB (413 over it)."
+    )
+    serve.add_argument(
+        "--max-jobs-per-org",
+        type=int,
+        default=20,
+        help="Unfinished fine-tuning jobs one organisation may have (429 over it).",
+    )
+    serve.add_argument(
+        "--max-inference-per-org",
+        type=int,
+        default=4,
+        help="Inference requests one organisation may have in progress (429 over it).",
+    )
+    serve.add_argument(
+        "--inference-threads",
+        type=int,
+        default=2,
+        help="Threads that load models and generate; management routes never wait for them.",
+    )
+    serve.add_argument(
+        "--generation-timeout",
+        type=float,
+        default=120,
+        help="Seconds one generation may compute; then it ends with finish_reason 'length'.",
+    )
+    serve.add_argument(
         "--train-override",
         action="append",
         metavar="KEY=VALUE",
@@ -84,6 +148,13 @@ def add_serve_commands(subparsers) -> None:
     create.add_argument("--org", required=True, help="Organisation name (created if new).")
     create.add_argument("--home", default=None, help="State folder of the service; default $TUNESMITH_HOME/serve.")
     create.set_defaults(func=_keys_create)
+    listing = key_commands.add_parser("list", help="List API keys (sha256 prefix, organisation, creation time).")
+    listing.add_argument("--home", default=None, help="State folder of the service; default $TUNESMITH_HOME/serve.")
+    listing.set_defaults(func=_keys_list)
+    revoke = key_commands.add_parser("revoke", help="Revoke an API key: the key itself or 8+ characters of its hash.")
+    revoke.add_argument("key", help="The key, or a prefix of its sha256 as `keys list` shows it.")
+    revoke.add_argument("--home", default=None, help="State folder of the service; default $TUNESMITH_HOME/serve.")
+    revoke.set_defaults(func=_keys_revoke)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -5,39 +5,33 @@ Fine-tuned LoRA models of the same base share that base: the first adapter wraps
 base itself answers inside ``disable_adapter()``. At most ``max_adapters`` adapters per base stay
 in memory (least recently used is deleted first) and at most ``max_bases`` bases.
 
-Generation is a plain loop with a KV cache so that every token can be streamed as it comes and
-counted exactly: ``prompt_tokens`` is the length of the templated prompt, ``completion_tokens``
-the number of tokens generated (the end-of-turn token included when the model produced it, as
-it was generated and billed). One lock per base serialises requests on that base: on a CPU
-running two generations at once is no faster, and it keeps the active adapter stable.
+Generation is tunesmith.generation's loop (the one evaluation and `tunesmith generate` use), so
+that every token can be streamed as it comes and counted exactly: ``prompt_tokens`` is the
+length of the templated prompt, ``completion_tokens`` the number of tokens generated (the
+end-of-turn token included when the model produced it, as it was generated and billed). One
+lock per base serialises requests on that base: on a CPU running two generations at once is no
+faster, and it keeps the active adapter stable. The lock
+is held only while tokens are computed, never while a client reads: a caller's ``stop`` event, a
+deadline or :meth:`InferenceEngine.close` ends a generation at the next token.
+
+Loads are serialised too (one lock for all of them): two first requests for a model load it
+once, and transformers' lazy imports never run in two threads at the same time.
 """
 
 from __future__ import annotations
 
+import logging
 import threading
+import time
 from collections import OrderedDict
 from collections.abc import Iterator
 from contextlib import nullcontext
-from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
+if TYPE_CHECKING:
+    from tunesmith.generation import Piece, Sampling
 
-@dataclass
-class GenerationParams:
-    max_tokens: int = 256
-    temperature: float = 1.0
-    top_p: float = 1.0
-    stop: list[str] = field(default_factory=list)
-    seed: int | None = None
-
-
-@dataclass
-class Piece:
-    """One step of a generation: new text, and on the last piece the finish reason and counts."""
-
-    text: str
-    finish_reason: str | None = None
-    prompt_tokens: int = 0
-    completion_tokens: int = 0
+log = logging.getLogger("tunesmith.serve")
 
 
 class _Base:
@@ -58,23 +52,37 @@ class InferenceEngine:
         self.max_bases = max(1, max_bases)
         self._bases: OrderedDict[str, _Base] = OrderedDict()
         self._lock = threading.Lock()
+        self._load_lock = threading.Lock()
+        self._closing = threading.Event()
 
-    def _base(self, name: str) -> _Base:
+    def close(self) -> None:
+        """Stop every generation at its next token (the server is shutting down)."""
+        self._closing.set()
+
+    def _cached(self, name: str) -> _Base | None:
         with self._lock:
             base = self._bases.get(name)
             if base is not None:
                 self._bases.move_to_end(name)
-                return base
-        from tunesmith.models import load_model
-
-        loaded = load_model(name)
-        loaded.model.eval()
-        with self._lock:
-            base = self._bases.setdefault(name, _Base(loaded))
-            self._bases.move_to_end(name)
-            while len(self._bases) > self.max_bases:
-                self._bases.popitem(last=False)
             return base
+
+    def _base(self, name: str) -> _Base:
+        if (base := self._cached(name)) is not None:
+            return base
+        with self._load_lock:
+            if (base := self._cached(name)) is not None:  # loaded while this thread waited
+                return base
+            from tunesmith.models import load_model
+
+            log.info("loading base model %s", name)
+            loaded = load_model(name)
+            loaded.model.eval()
+            with self._lock:
+                base = self._bases.setdefault(name, _Base(loaded))
+                self._bases.move_to_end(name)
+                while len(self._bases) > self.max_bases:
+                    self._bases.popitem(last=False)
+                return base
 
     def prepare(self, base_name: str, adapter_key: str | None, adapter_path: str | None) -> _Base:
         """Load the base (and make sure the adapter is loadable) before a response starts."""
@@ -124,6 +132,9 @@ class InferenceEngine:
     def tokenizer(self, base_name: str):
         return self._base(base_name).loaded.tokenizer
 
+    def context_length(self, base_name: str) -> int:
+        return getattr(self._base(base_name).loaded.model.config, "max_position_embeddings", None) or 2048
+
     def chat_prompt(self, base_name: str, messages: list[dict]) -> list[int]:
         tokenizer = self.tokenizer(base_name)
         text = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
@@ -138,15 +149,24 @@ class InferenceEngine:
         adapter_key: str | None,
         adapter_path: str | None,
         prompt_ids: list[int],
-        params: GenerationParams,
+        sampling: Sampling,
+        stop: threading.Event | None = None,
+        deadline: float | None = None,
     ) -> Iterator[Piece]:
-        """Yield text pieces as tokens come; the last piece carries finish_reason and token counts."""
-        import torch
+        """Text pieces as tokens come (tunesmith.generation.stream) with this base's lock held.
+
+        ``stop`` set (the client left), ``deadline`` (``time.monotonic()``) passed or :meth:`close`
+        end the generation before its next token, with finish_reason "length".
+        """
+        from tunesmith.generation import stream
 
         base = self._base(base_name)
-        tokenizer = base.loaded.tokenizer
-        eos = {tokenizer.eos_token_id} - {None}
-        with base.lock, torch.inference_mode():
+
+        def should_stop() -> bool:
+            late = deadline is not None and time.monotonic() > deadline
+            return late or self._closing.is_set() or (stop is not None and stop.is_set())
+
+        with base.lock:
             if adapter_key is not None:
                 base.peft.set_adapter(self._ensure_adapter(base, adapter_key, adapter_path))
                 model, context = base.peft, nullcontext()
@@ -154,55 +174,5 @@ class InferenceEngine:
                 model, context = base.peft, base.peft.disable_adapter()
             else:
                 model, context = base.loaded.model, nullcontext()
-            generator = torch.Generator().manual_seed(params.seed) if params.seed is not None else None
             with context:
-                yield from self._loop(model, tokenizer, eos, prompt_ids, params, generator)
-
-    @staticmethod
-    def _loop(model, tokenizer, eos, prompt_ids, params, generator) -> Iterator[Piece]:
-        import torch
-
-        limit = getattr(model.config, "max_position_embeddings", None) or 2048
-        max_new = max(0, min(params.max_tokens, limit - len(prompt_ids)))
-        generated: list[int] = []
-        sent = ""  # text already yielded
-        finish = "length"
-        input_ids = torch.tensor([prompt_ids])
-        past = None
-        for _ in range(max_new):
-            out = model(input_ids=input_ids, past_key_values=past, use_cache=True)
-            past = out.past_key_values
-            logits = out.logits[0, -1].float()
-            token = _sample(logits, params, generator)
-            generated.append(token)
-            if token in eos:
-                finish = "stop"
-                break
-            text = tokenizer.decode(generated, skip_special_tokens=True)
-            cut = min((i for s in params.stop if (i := text.find(s)) >= 0), default=-1)
-            if cut >= 0:
-                text, finish = text[:cut], "stop"
-            if text.endswith("\ufffd") and cut < 0:  # half of a multi-byte character: wait for the rest
-                input_ids = torch.tensor([[token]])
-                continue
-            if len(text) > len(sent) and text.startswith(sent):
-                yield Piece(text[len(sent) :])
-                sent = text
-            if cut >= 0:
-                break
-            input_ids = torch.tensor([[token]])
-        yield Piece("", finish, len(prompt_ids), len(generated))
-
-
-def _sample(logits, params: GenerationParams, generator) -> int:
-    import torch
-
-    if params.temperature <= 0:
-        return int(torch.argmax(logits))
-    probs = torch.softmax(logits / params.temperature, dim=-1)
-    if params.top_p < 1.0:
-        sorted_probs, order = torch.sort(probs, descending=True)
-        keep = torch.cumsum(sorted_probs, dim=-1) - sorted_probs < params.top_p
-        sorted_probs = sorted_probs * keep
-        probs = torch.zeros_like(probs).scatter(0, order, sorted_probs)
-    return int(torch.multinomial(probs / probs.sum(), 1, generator=generator))
+                yield from stream(model, base.loaded.tokenizer, prompt_ids, sampling, should_stop)

@@ -18,6 +18,8 @@ import time
 from contextlib import contextmanager
 from pathlib import Path
 
+from tunesmith.runfolder import finite
+
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS orgs (
     id TEXT PRIMARY KEY, name TEXT UNIQUE NOT NULL, created_at INTEGER NOT NULL);
@@ -52,6 +54,7 @@ CREATE TABLE IF NOT EXISTS models (
 
 _JSON_COLUMNS = {"metadata", "hyperparameters", "error", "result_files", "data", "metrics"}
 TERMINAL = ("succeeded", "failed", "cancelled")
+ACTIVE = ("validating_files", "queued", "running")
 _ALPHABET = string.ascii_letters + string.digits
 
 
@@ -61,6 +64,15 @@ def new_id(prefix: str, length: int = 24) -> str:
 
 def now() -> int:
     return int(time.time())
+
+
+def _dump(value) -> str | None:
+    return None if value is None else json.dumps(finite(value), allow_nan=False)
+
+
+def _load(text: str):
+    # Rows written before non-finite numbers were refused may still hold NaN: read it as null.
+    return json.loads(text, parse_constant=lambda _: None)
 
 
 def hash_key(key: str) -> str:
@@ -99,7 +111,7 @@ class Store:
         out = dict(row)
         for key in _JSON_COLUMNS & out.keys():
             if out[key] is not None:
-                out[key] = json.loads(out[key])
+                out[key] = _load(out[key])
         return out
 
     def _one(self, sql: str, args=()) -> dict | None:
@@ -135,6 +147,32 @@ class Store:
             (hash_key(key),),
         )
 
+    def list_keys(self) -> list[dict]:
+        """Every key as its sha256 (the key itself is never stored), with its organisation."""
+        return self._all(
+            "SELECT api_keys.key_hash, api_keys.created_at, orgs.name AS org FROM api_keys "
+            "JOIN orgs ON orgs.id = api_keys.org_id ORDER BY api_keys.created_at, orgs.name"
+        )
+
+    def revoke_key(self, key_or_hash_prefix: str) -> list[str]:
+        """Delete the key given itself or by a prefix (8+ characters) of its sha256; the hashes removed.
+
+        A prefix that matches more than one key removes none: the caller must be more specific.
+        """
+        text = key_or_hash_prefix.strip()
+        with self._connect() as db:
+            db.execute("BEGIN IMMEDIATE")
+            hashes = [hash_key(text)]
+            if not db.execute("SELECT 1 FROM api_keys WHERE key_hash = ?", hashes).fetchone():
+                hashes = []
+                if len(text) >= 8:
+                    sql = "SELECT key_hash FROM api_keys WHERE substr(key_hash, 1, ?) = ?"
+                    hashes = [r["key_hash"] for r in db.execute(sql, (len(text), text.lower()))]
+            if len(hashes) == 1:
+                db.execute("DELETE FROM api_keys WHERE key_hash = ?", hashes)
+            db.execute("COMMIT")
+        return hashes
+
     def org(self, org_id: str) -> dict | None:
         return self._one("SELECT * FROM orgs WHERE id = ?", (org_id,))
 
@@ -160,6 +198,15 @@ class Store:
             args += [after, org_id]
         return self._all(sql + f" ORDER BY seq {direction} LIMIT ?", [*args, limit])
 
+    def remove_orphans(self) -> list[Path]:
+        """Delete what a killed server left in ``files/``: uploads never registered, half-written results."""
+        with self._connect() as db:
+            known = {Path(r["path"]).name for r in db.execute("SELECT path FROM files")}
+        removed = [p for p in self.files_dir.iterdir() if p.is_file() and p.name not in known]
+        for path in removed:
+            path.unlink(missing_ok=True)
+        return removed
+
     def delete_file(self, org_id: str, file_id: str) -> bool:
         return self._write("DELETE FROM files WHERE id = ? AND org_id = ?", (file_id, org_id)) > 0
 
@@ -168,7 +215,7 @@ class Store:
     def add_job(self, job: dict) -> dict:
         row = dict(job)
         for key in _JSON_COLUMNS & row.keys():
-            row[key] = None if row[key] is None else json.dumps(row[key])
+            row[key] = _dump(row[key])
         names = ", ".join(row)
         self._write(f"INSERT INTO jobs ({names}) VALUES ({', '.join('?' * len(row))})", tuple(row.values()))
         return self.job(job["org_id"], job["id"])
@@ -185,6 +232,20 @@ class Store:
             args += [after, org_id]
         return self._all(sql + " ORDER BY seq DESC LIMIT ?", [*args, limit])
 
+    def count_active_jobs(self, org_id: str) -> int:
+        marks = ", ".join("?" * len(ACTIVE))
+        with self._connect() as db:
+            sql = f"SELECT COUNT(*) FROM jobs WHERE org_id = ? AND status IN ({marks})"
+            return db.execute(sql, (org_id, *ACTIVE)).fetchone()[0]
+
+    def active_jobs_using_file(self, org_id: str, file_id: str) -> list[str]:
+        marks = ", ".join("?" * len(ACTIVE))
+        sql = (
+            f"SELECT id FROM jobs WHERE org_id = ? AND status IN ({marks}) "
+            "AND (training_file = ? OR validation_file = ?) ORDER BY seq"
+        )
+        return [r["id"] for r in self._all(sql, (org_id, *ACTIVE, file_id, file_id))]
+
     def jobs_with_status(self, *statuses: str) -> list[dict]:
         marks = ", ".join("?" * len(statuses))
         return self._all(f"SELECT * FROM jobs WHERE status IN ({marks}) ORDER BY seq", statuses)
@@ -192,7 +253,7 @@ class Store:
     def update_job(self, job_id: str, only_if_status: tuple[str, ...] | None = None, **fields) -> bool:
         """Set fields; with ``only_if_status`` the update happens only from those states (atomic)."""
         for key in _JSON_COLUMNS & fields.keys():
-            fields[key] = None if fields[key] is None else json.dumps(fields[key])
+            fields[key] = _dump(fields[key])
         sql = "UPDATE jobs SET " + ", ".join(f"{k} = ?" for k in fields) + " WHERE id = ?"
         args = [*fields.values(), job_id]
         if only_if_status:
@@ -212,7 +273,7 @@ class Store:
                 level,
                 message,
                 type,
-                None if data is None else json.dumps(data),
+                _dump(data),
             ),
         )
 
@@ -231,7 +292,7 @@ class Store:
             self._write(
                 "INSERT OR IGNORE INTO checkpoints (id, job_id, step, created_at, metrics, path, model_name) "
                 "VALUES (?,?,?,?,?,?,?)",
-                (new_id("ftckpt-"), job_id, step, now(), json.dumps(metrics), path, model_name),
+                (new_id("ftckpt-"), job_id, step, now(), _dump(metrics), path, model_name),
             )
             > 0
         )

@@ -1,18 +1,23 @@
 """Runs fine-tuning jobs: validates their files, starts each in its own subprocess, supervises it.
 
 One background thread in the server process owns every trainer subprocess. Each tick it
-1. validates jobs in ``validating_files`` (line errors fail the job before any training; "auto"
-   hyperparameters are resolved from the data size) and moves them to ``queued``;
-2. tails each running job's ``metrics.jsonl`` into ``metrics`` events, turns new
-   ``checkpoints/step-NNNNNN`` folders into checkpoint rows, updates ``estimated_finish``;
-3. reaps finished subprocesses (exit 0: register the model and the metrics CSV; exit 2: a user
+1. tails each running job's ``metrics.jsonl`` into ``metrics`` events, turns new
+   ``checkpoints/step-NNNNNN`` folders into checkpoint rows, updates ``estimated_finish``, stops
+   the trainers of jobs cancelled meanwhile;
+2. reaps finished subprocesses (exit 0: register the model and the metrics CSV; exit 2: a user
    error, its stderr line becomes the job error; anything else: a crash, reported with its exit
-   code and the last stderr line) and starts queued jobs while fewer than ``max_running`` run.
+   code and the last stderr line);
+3. reconciles: a job marked ``running`` that no trainer of ours runs (the server restarted, or a
+   launch was lost) is started again with ``--resume``, at most ``MAX_ATTEMPTS`` times in all;
+4. validates at most one ``validating_files`` job per organisation (line errors fail the job
+   before any training; "auto" hyperparameters are resolved from the data size), so a flood of
+   new jobs never delays the supervision above;
+5. starts queued jobs while fewer than ``max_running`` run, the organisation running fewest first.
 
-A trainer runs in its own session (process group) so cancel can stop it and its children in one
-signal, and with PDEATHSIG so it dies with the server. After a restart, jobs still marked
-``running`` are started again with ``--resume`` when a checkpoint exists (any orphan left from the
-old server is killed first), and queued jobs simply run.
+A trainer runs in its own session (``start_new_session``: a process group of its own) so one
+signal stops it and its children. It holds its run folder's lock (tunesmith.runfolder) for its
+life: before a job is started again, a trainer still holding the lock (an orphan of a killed
+server, or a wrapper's child) is killed with its group.
 """
 
 from __future__ import annotations
@@ -33,6 +38,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from tunesmith.runfolder import lock_holder
 from tunesmith.serve.store import TERMINAL, Store, new_id, now
 
 log = logging.getLogger("tunesmith.serve")
@@ -44,6 +50,8 @@ MAX_EXAMPLES_SEEN = 25_000
 MAX_AUTO_EPOCHS = 25
 MAX_AUTO_BATCH = 32
 DPO_BETA = 0.1
+MAX_ATTEMPTS = 5  # trainer starts per job (the first, and resumes after a crash of the server)
+STOP_GRACE_SECONDS = 3.0  # SIGTERM, then SIGKILL to a cancelled trainer's group
 VAL_FRACTION = 0.1  # held out of the training file when a job has no validation file (as the trainer does)
 CHECKPOINT_RE = re.compile(r"^step-(\d+)$")
 
@@ -164,28 +172,6 @@ def check_job_files(
 # --- the supervisor -----------------------------------------------------------------------------
 
 
-def _set_pdeathsig() -> None:
-    """In the child before exec: its own session, and SIGKILL when the server thread dies."""
-    os.setsid()
-    try:
-        import ctypes
-
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-    except OSError:
-        pass
-
-
-def _pid_runs(pid: int | None, marker: str) -> bool:
-    """Whether ``pid`` is alive and is the trainer of this run (its argv names our config)."""
-    if not pid:
-        return False
-    try:
-        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")
-    except OSError:
-        return False
-    return marker in cmdline
-
-
 def _kill_group(pid: int, sig: int) -> None:
     try:
         os.killpg(pid, sig)
@@ -248,12 +234,14 @@ def fine_tuned_model_name(job: dict, org_name: str) -> str:
 @dataclass
 class _Running:
     job_id: str
+    org_id: str
     proc: subprocess.Popen
     out_dir: Path
     started: float
     start_step: int
     seen_checkpoints: set[int]
     stderr_path: Path
+    stop_sent: float | None = None  # when SIGTERM went to a cancelled job's trainer
 
 
 class Worker:
@@ -277,6 +265,7 @@ class Worker:
         self._wake = threading.Event()
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
+        self._restarted = True  # until the first reconcile: a job marked running was left by a server before
 
     # --- lifecycle ----------------------------------------------------------------------------
 
@@ -299,28 +288,11 @@ class Worker:
     def wake(self) -> None:
         self._wake.set()
 
-    def cancel(self, job_id: str) -> None:
-        """Stop the job's trainer (SIGTERM to its group, SIGKILL 3 s later); the caller set the status."""
-        with self._lock:
-            run = self._running.get(job_id)
-        if run is None:
-            return
-        _kill_group(run.proc.pid, signal.SIGTERM)
-
-        def force() -> None:
-            try:
-                run.proc.wait(timeout=3)
-            except subprocess.TimeoutExpired:
-                _kill_group(run.proc.pid, signal.SIGKILL)
-
-        threading.Thread(target=force, daemon=True).start()
+    def cancel(self) -> None:
+        """A job was cancelled: its trainer is stopped at the next tick, which this starts now."""
         self._wake.set()
 
     def _loop(self) -> None:
-        try:
-            self._recover()
-        except Exception:
-            log.exception("recovering jobs after restart failed")
         while not self._stopping.is_set():
             try:
                 self._tick()
@@ -330,34 +302,58 @@ class Worker:
             self._wake.clear()
 
     def _tick(self) -> None:
-        for job in self.store.jobs_with_status("validating_files"):
-            if self._stopping.is_set():
-                return
-            self._validate(job)
         with self._lock:
             runs = list(self._running.values())
         for run in runs:
             self._supervise(run)
-        for job in self.store.jobs_with_status("queued"):
+        self._reconcile()
+        validating = self.store.jobs_with_status("validating_files")
+        for job in {job["org_id"]: job for job in reversed(validating)}.values():  # each org's oldest
+            if self._stopping.is_set():
+                return
+            self._validate(job)
+        for job in self._fair_order(self.store.jobs_with_status("queued")):
             with self._lock:
                 if len(self._running) >= self.max_running or self._stopping.is_set():
                     break
             self._launch(job, resume=False)
 
-    def _recover(self) -> None:
-        """After a restart: resume jobs the old server left ``running``, before any queued job."""
+    def _fair_order(self, queued: list[dict]) -> list[dict]:
+        """Queued jobs, those of organisations with the fewest running jobs first, then oldest first."""
+        with self._lock:
+            running = [run.org_id for run in self._running.values()]
+        return sorted(queued, key=lambda job: running.count(job["org_id"]))  # stable: oldest first within
+
+    def _reconcile(self) -> None:
+        """Jobs marked ``running`` that no trainer of ours runs: resume them, or fail them after
+        ``MAX_ATTEMPTS`` starts. Before a resume, a trainer still holding the run folder (an orphan
+        of a killed server) is killed with its process group."""
         for job in self.store.jobs_with_status("running"):
-            config = str(Path(job["run_dir"]) / "config.yaml")
-            if _pid_runs(job["pid"], config):
-                _kill_group(job["pid"], signal.SIGKILL)  # an orphan of the old server
-                for _ in range(50):
-                    if not _pid_runs(job["pid"], config):
-                        break
+            with self._lock:
+                if job["id"] in self._running or self._stopping.is_set():
+                    continue
+            out_dir = Path(job["run_dir"]) / "out"
+            if lock_holder(out_dir) is not None and job["pid"]:
+                _kill_group(job["pid"], signal.SIGKILL)
+                deadline = time.monotonic() + 10
+                while lock_holder(out_dir) is not None and time.monotonic() < deadline:
                     time.sleep(0.1)
-            steps = checkpoint_steps(Path(job["run_dir"]) / "out")
+            if (holder := lock_holder(out_dir)) is not None:
+                self._fail(job["id"], "server_error", f"the run folder is still used by process {holder}")
+                continue
+            if job["attempts"] >= MAX_ATTEMPTS:
+                self._fail(
+                    job["id"],
+                    "training_interrupted",
+                    f"the trainer was interrupted {job['attempts']} times (server restarts or lost processes)",
+                )
+                continue
+            steps = checkpoint_steps(out_dir)
             where = f"from the checkpoint at step {steps[-1]}" if steps else "from the start (no checkpoint yet)"
-            self.store.add_event(job["id"], f"Server restarted; resuming the job {where}")
+            why = "Server restarted" if self._restarted else "The trainer process was lost"
+            self.store.add_event(job["id"], f"{why}; resuming the job {where}")
             self._launch(job, resume=True)
+        self._restarted = False
 
     # --- stages -------------------------------------------------------------------------------
 
@@ -399,7 +395,11 @@ class Worker:
             )
         try:
             check = check_job_files(
-                train, validation, self._start_model(job), pairs=job["hyperparameters"].get("method") == "dpo"
+                train,
+                validation,
+                self._start_model(job),
+                self._max_seq_len(),
+                pairs=job["hyperparameters"].get("method") == "dpo",
             )
         except Exception as error:  # a bug or an unreadable tokenizer: fail this job only
             log.exception("validating %s", job["id"])
@@ -437,6 +437,14 @@ class Worker:
                 f"learning_rate_multiplier={hyper['learning_rate_multiplier']} ({total_steps} steps)",
             )
             self._wake.set()
+
+    def _max_seq_len(self) -> int:
+        """Where the trainer will cut examples: the config's default or a --train-override of it,
+        so validation warns about the truncation the job will really have."""
+        from tunesmith.config import DataConfig, apply_overrides
+
+        data = apply_overrides({"data": {}}, list(self.train_overrides))["data"]
+        return data.get("max_seq_len", DataConfig.model_fields["max_seq_len"].default)
 
     def _write_config(self, job: dict) -> Path:
         from tunesmith.config import apply_overrides, config_from_dict, dump_config
@@ -493,7 +501,9 @@ class Worker:
                     stdout=stdout,
                     stderr=stderr,
                     env={**os.environ, "PYTHONUNBUFFERED": "1"},
-                    preexec_fn=_set_pdeathsig,
+                    # A process group of its own, so one signal stops its children too. Not
+                    # preexec_fn: it can deadlock Popen in a threaded program.
+                    start_new_session=True,
                 )
             except OSError as error:
                 return self._fail(job["id"], "server_error", f"could not start the trainer: {error}")
@@ -508,6 +518,7 @@ class Worker:
         with self._lock:
             self._running[job["id"]] = _Running(
                 job["id"],
+                job["org_id"],
                 proc,
                 out_dir,
                 time.monotonic(),
@@ -581,7 +592,8 @@ class Worker:
         code = run.proc.poll()
         if job is None or job["status"] in TERMINAL:  # cancelled (or deleted) while running
             if code is None:
-                return  # cancel() is stopping it
+                self._stop(run)
+                return
             with self._lock:
                 self._running.pop(run.job_id, None)
             self.store.update_job(run.job_id, pid=None)
@@ -595,7 +607,11 @@ class Worker:
             self._running.pop(run.job_id, None)
         job = self.store.job(None, run.job_id)
         if code == 0:
-            self._finish(job, run, org["name"])
+            try:
+                self._finish(job, run, org["name"])
+            except Exception as error:  # a full disk, a database error: the job must not stay running
+                log.exception("registering the outputs of %s", job["id"])
+                self._fail(job["id"], "server_error", f"could not register the trained model: {error}")
         elif code == 2:
             message = self._stderr_tail(run, job)
             param = None
@@ -609,6 +625,15 @@ class Worker:
             tail = self._stderr_tail(run, job)
             self._fail(job["id"], "training_crashed", f"the training process {how}" + (f": {tail}" if tail else ""))
         self._wake.set()
+
+    @staticmethod
+    def _stop(run: _Running) -> None:
+        """SIGTERM to the trainer's group, SIGKILL once the grace period has passed."""
+        if run.stop_sent is None:
+            run.stop_sent = time.monotonic()
+            _kill_group(run.proc.pid, signal.SIGTERM)
+        elif time.monotonic() - run.stop_sent > STOP_GRACE_SECONDS:
+            _kill_group(run.proc.pid, signal.SIGKILL)
 
     def _stderr_tail(self, run: _Running, job: dict) -> str:
         """The last non-empty stderr line of this attempt, with stored file paths replaced by ids."""

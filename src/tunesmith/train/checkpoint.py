@@ -1,8 +1,8 @@
-"""Atomic files and resumable checkpoints.
+"""Resumable checkpoints.
 
-Everything is written to a temporary name, fsynced, then renamed: a reader (or a resumed run)
-sees a complete checkpoint or none, never half of one, even after SIGKILL or power loss. A
-checkpoint is a torch.distributed.checkpoint folder (`.metadata` and one file per writing process)
+Written as tunesmith.paths writes everything (temporary name, fsync, rename): a reader (or a
+resumed run) sees a complete checkpoint or none, never half of one, even after SIGKILL or power
+loss. A checkpoint is a torch.distributed.checkpoint folder (`.metadata` and one file per writing process)
 plus the schedule, the trainer state and each process's RNG: the same format at every world size,
 loadable at any other. Several machines need an out_dir they all see (a shared file system).
 """
@@ -10,13 +10,10 @@ loadable at any other. Several machines need an out_dir they all see (a shared f
 from __future__ import annotations
 
 import json
-import os
 import random
 import shutil
-import tempfile
 import warnings
 from collections.abc import Callable
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -31,80 +28,11 @@ from torch.distributed.checkpoint.state_dict import (
     set_optimizer_state_dict,
 )
 
+from tunesmith.paths import publish_dir
+from tunesmith.runfolder import checkpoint_path, list_checkpoints
 from tunesmith.train.distributed import ONE_PROCESS, Dist, LossModule, unwrapped
 
-CHECKPOINT_PREFIX = "step-"
 KEEP_CHECKPOINTS = 2
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-@contextmanager
-def atomic_path(path: str | Path):
-    """A temp path beside `path` for a writer that opens files itself; on success it is fsynced and
-    renamed over `path`, on failure removed."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    os.close(fd)
-    try:
-        yield Path(tmp)
-        with open(tmp, "rb") as fh:
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-        _fsync_dir(path.parent)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-@contextmanager
-def atomic_file(path: str | Path, mode: str = "wb"):
-    """Open a temp file beside `path`; on success fsync it and rename it over `path`."""
-    with atomic_path(path) as tmp, open(tmp, mode) as fh:
-        yield fh
-
-
-def write_text_atomic(path: str | Path, text: str) -> None:
-    with atomic_file(path, "w") as fh:
-        fh.write(text)
-
-
-def publish_dir(tmp: Path, target: Path) -> Path:
-    """fsync the files of a filled folder, then rename it to `target` (replacing an old one)."""
-    for f in tmp.rglob("*"):
-        if f.is_file():
-            with open(f, "rb") as fh:
-                os.fsync(fh.fileno())
-    if target.exists():
-        old = target.with_name(f".{target.name}.old-{os.getpid()}")
-        target.rename(old)
-        tmp.rename(target)
-        shutil.rmtree(old)
-    else:
-        tmp.rename(target)
-    _fsync_dir(target.parent)
-    return target
-
-
-def write_dir_atomic(target: str | Path, fill: Callable[[Path], None]) -> Path:
-    """Fill a temp folder, fsync its files, then rename it to `target` (replacing an old one)."""
-    target = Path(target)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
-    try:
-        fill(tmp)
-        publish_dir(tmp, target)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
-    return target
 
 
 # torch.distributed.checkpoint from here on: every process writes its own shard (under DDP, the
@@ -203,18 +131,12 @@ def save_checkpoint(
         torch.save(scheduler.state_dict(), folder / "scheduler.pt")
         (folder / "state.json").write_text(json.dumps(state.__dict__, indent=1))
 
-    target = ckpt_dir / f"{CHECKPOINT_PREFIX}{state.step:06d}"
+    target = checkpoint_path(ckpt_dir, state.step)
     path = _save_sharded(target, dist, {"model": _model_state(module), "optim": optim_state}, write_main)
     if dist.is_main:
         for old in list_checkpoints(ckpt_dir)[:-KEEP_CHECKPOINTS]:
             shutil.rmtree(old)
     return path
-
-
-def list_checkpoints(ckpt_dir: Path) -> list[Path]:
-    if not ckpt_dir.is_dir():
-        return []
-    return sorted(p for p in ckpt_dir.iterdir() if p.is_dir() and p.name.startswith(CHECKPOINT_PREFIX))
 
 
 def read_trainer_state(path: Path) -> TrainerState:

@@ -30,7 +30,7 @@ from pathlib import Path
 
 import torch
 
-from tunesmith.models import tunesmith_home
+from tunesmith.paths import tunesmith_home
 
 PEAK_CACHE = "peak_flops.json"
 

@@ -5,7 +5,6 @@ Read `train()` top to bottom: it is the whole algorithm. Helpers live in the sib
 
 from __future__ import annotations
 
-import json
 import math
 import shutil
 import time
@@ -24,18 +23,18 @@ from tunesmith.kernels.arena import ActivationArena, fix_mmap_threshold
 from tunesmith.kernels.fused_lora import fuse_lora
 from tunesmith.kernels.lean import LeanStorage
 from tunesmith.models import load_model
+from tunesmith.paths import write_text_atomic
 from tunesmith.precision import autocast, compute_dtype
-from tunesmith.progress import MetricsLog, TrainProgress, peak_rss_mb, read_metrics
+from tunesmith.progress import TrainProgress, peak_rss_mb
+from tunesmith.runfolder import METRICS, MetricsLog, list_checkpoints, read_metrics, write_summary
 from tunesmith.train import distributed
 from tunesmith.train.checkpoint import (
     TrainerState,
-    list_checkpoints,
     load_best,
     load_checkpoint,
     read_trainer_state,
     save_best,
     save_checkpoint,
-    write_text_atomic,
 )
 from tunesmith.train.distributed import Dist, LossModule, split_by_tokens, split_evenly
 from tunesmith.train.flops import flops_per_token, mean_attended_keys, measured_peak_flops
@@ -43,7 +42,7 @@ from tunesmith.train.loss import output_layer
 from tunesmith.train.objective import evaluate, objective_for
 from tunesmith.train.optim import build_optimizer, build_scheduler
 from tunesmith.train.samples import SampleSet
-from tunesmith.train.stopping import EarlyStopping
+from tunesmith.train.stopping import EarlyStopping, stop_if_diverged
 
 RUN_MARKERS = ("config.yaml", "metrics.jsonl", "checkpoints", "adapter", "merged")
 
@@ -207,7 +206,7 @@ def train(cfg: Config, resume: bool = False, overwrite: bool = False) -> RunSumm
         state = load_checkpoint(list_checkpoints(ckpt_dir)[-1], module, optimizer, scheduler, dist)
         stopper.best_loss, stopper.best_step = state.best_val_loss, state.best_step
         stopper.evals_without_improvement = state.evals_without_improvement
-        metrics = MetricsLog(out_dir / "metrics.jsonl", state.step, cfg.train.report_to) if dist.is_main else None
+        metrics = MetricsLog(out_dir / METRICS, state.step, cfg.train.report_to) if dist.is_main else None
         samples.load(out_dir / "samples.json")
     else:
         if dist.is_main:
@@ -218,8 +217,12 @@ def train(cfg: Config, resume: bool = False, overwrite: bool = False) -> RunSumm
             out_dir.mkdir(parents=True, exist_ok=True)
             write_text_atomic(out_dir / "config.yaml", dump_config(cfg))
         state = TrainerState(0, 0, None, None, 0, 0.0)
-        metrics = MetricsLog(out_dir / "metrics.jsonl", None, cfg.train.report_to) if dist.is_main else None
-        _write(metrics, {"step": 0, "epoch": 0.0, **evaluate(module, objective, data.validation, cfg, dist)})
+        metrics = MetricsLog(out_dir / METRICS, None, cfg.train.report_to) if dist.is_main else None
+        _write(
+            metrics,
+            {"step": 0, "epoch": 0.0, **evaluate(module, objective, data.validation, cfg, dist)},
+            cfg.train.nan_policy,
+        )
         with distributed.whole_weights(module), autocast(cfg.train.dtype, device):
             samples.generate("base", model, tokenizer)
         if dist.is_main:
@@ -319,7 +322,7 @@ def train(cfg: Config, resume: bool = False, overwrite: bool = False) -> RunSumm
                 )
                 stopped_early = stopper.should_stop
             if record is not None:
-                _write(metrics, record)
+                _write(metrics, record, cfg.train.nan_policy)
 
             state.best_val_loss, state.best_step = stopper.best_loss, stopper.best_step
             state.evals_without_improvement = stopper.evals_without_improvement
@@ -360,7 +363,7 @@ def train(cfg: Config, resume: bool = False, overwrite: bool = False) -> RunSumm
     if cfg.method.lora:
         save_adapter(exported, out_dir)
     save_merged(exported, tokenizer, out_dir)
-    history = read_metrics(out_dir / "metrics.jsonl")
+    history = read_metrics(out_dir)
     plot_losses(history, out_dir / "loss.png")
     val_losses = [m["val_loss"] for m in history if "val_loss" in m]
     summary = RunSummary(
@@ -373,13 +376,15 @@ def train(cfg: Config, resume: bool = False, overwrite: bool = False) -> RunSumm
         wall_seconds=wall_seconds,
         stopped_early=stopped_early,
     )
-    write_text_atomic(out_dir / "summary.json", json.dumps(summary.__dict__, indent=1))
+    write_summary(out_dir, summary.__dict__)
     metrics.close()
     return summary
 
 
-def _write(metrics: MetricsLog | None, record: dict) -> None:
-    """Rank 0 writes metrics.jsonl; the other processes have none."""
+def _write(metrics: MetricsLog | None, record: dict, nan_policy: str) -> None:
+    """Rank 0 writes metrics.jsonl; the other processes have none. Every process checks the line
+    (they all hold the same reduced numbers), so a diverged run stops on all of them at once."""
+    stop_if_diverged(record, nan_policy)
     if metrics is not None:
         metrics.write(record)
 

@@ -7,8 +7,8 @@ from pathlib import Path
 
 from tunesmith.data.formats import Example
 from tunesmith.evaluate.baselines import encode_chat, split_prompt
-from tunesmith.evaluate.generate import generate
-from tunesmith.train.checkpoint import write_text_atomic
+from tunesmith.generation import generate
+from tunesmith.paths import write_text_atomic
 
 
 class SampleSet:

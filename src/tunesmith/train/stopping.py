@@ -1,8 +1,22 @@
-"""Early stopping on validation loss, with the bookkeeping that picks the best checkpoint."""
+"""Early stopping on validation loss, with the bookkeeping that picks the best checkpoint; and the
+stop of a diverged run."""
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
+
+from tunesmith.errors import TunesmithError
+
+
+def stop_if_diverged(record: dict, policy: str) -> None:
+    """Under ``train.nan_policy: stop``, a metrics line with a NaN or infinite number ends the run."""
+    bad = [f"{k}={v}" for k, v in record.items() if isinstance(v, float) and not math.isfinite(v)]
+    if bad and policy == "stop":
+        raise TunesmithError(
+            f"step {record['step']}: {', '.join(bad)}: the run diverged (train.nan_policy: stop); "
+            "lower train.lr, keep train.max_grad_norm set, or train in float32"
+        )
 
 
 @dataclass

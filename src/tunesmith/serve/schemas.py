@@ -1,0 +1,79 @@
+"""Request bodies of the inference routes as pydantic models: validation, and the OpenAPI schema
+that documents them (and that the fuzz test generates requests from).
+
+Strict: a number must be a JSON number and a string a JSON string, as OpenAI's API requires.
+Parameters OpenAI defines that tunesmith does not use (``user``, ``logit_bias``, ...) are accepted
+and ignored, so the official clients work unchanged.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+SEED_RANGE = (-(2**63), 2**64 - 1)  # what torch.Generator.manual_seed accepts
+StopText = Annotated[str, Field(min_length=1)]
+
+
+class TextPart(BaseModel):
+    model_config = ConfigDict(strict=True)
+    type: Literal["text"]
+    text: str
+
+
+class ChatMessage(BaseModel):
+    model_config = ConfigDict(strict=True)
+    role: Literal["system", "developer", "user", "assistant"]
+    content: str | list[TextPart]
+
+    def as_dict(self) -> dict:
+        text = self.content if isinstance(self.content, str) else "".join(p.text for p in self.content)
+        return {"role": "system" if self.role == "developer" else self.role, "content": text}
+
+
+class _Generation(BaseModel):
+    model_config = ConfigDict(strict=True, extra="allow")
+    model: Annotated[str, Field(min_length=1)]
+    max_tokens: Annotated[int, Field(ge=1, le=1_000_000)] | None = None
+    max_completion_tokens: Annotated[int, Field(ge=1, le=1_000_000)] | None = None
+    temperature: Annotated[float, Field(ge=0, le=2)] | None = None
+    top_p: Annotated[float, Field(ge=0, le=1)] | None = None
+    n: Literal[1] | None = Field(None, description="Only one choice per request.")
+    stop: (
+        Annotated[str, Field(min_length=1)]
+        | Annotated[list[Annotated[str, Field(min_length=1)]], Field(max_length=4)]
+        | None
+    ) = None
+    seed: Annotated[int, Field(ge=SEED_RANGE[0], le=SEED_RANGE[1])] | None = None
+    stream: bool | None = None
+    stream_options: dict[str, Any] | None = None
+
+    def sampling(self, default_max_tokens: int):
+        from tunesmith.generation import Sampling
+
+        top_p = 1.0 if self.top_p is None else self.top_p
+        temperature = 1.0 if self.temperature is None else self.temperature
+        return Sampling(
+            max_new_tokens=self.max_completion_tokens or self.max_tokens or default_max_tokens,
+            temperature=0.0 if top_p == 0 else temperature,
+            top_p=top_p,
+            seed=self.seed,
+            stop=[self.stop] if isinstance(self.stop, str) else list(self.stop or []),
+        )
+
+    @property
+    def include_usage(self) -> bool:
+        return (self.stream_options or {}).get("include_usage") is True
+
+
+class ChatRequest(_Generation):
+    messages: Annotated[list[ChatMessage], Field(min_length=1)]
+
+
+class CompletionRequest(_Generation):
+    prompt: str | Annotated[list[str], Field(min_length=1, max_length=1)] = Field(description="One prompt per request.")
+
+    @property
+    def text(self) -> str:
+        return self.prompt if isinstance(self.prompt, str) else self.prompt[0]
