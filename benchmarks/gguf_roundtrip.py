@@ -22,9 +22,9 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from tunesmith.data.formats import Message
 from tunesmith.evaluate.baselines import encode_chat
-from tunesmith.evaluate.generate import generate
 from tunesmith.export import export_run
 from tunesmith.export.gguf import OUTTYPES
+from tunesmith.generation import generate
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -15,6 +15,7 @@ EXIT_USER_ERROR = 2
 
 
 def _train(args) -> int:
+    import contextlib
     from pathlib import Path
 
     from tunesmith import library
@@ -26,7 +27,8 @@ def _train(args) -> int:
     if args.nproc_per_node < 1 or args.nnodes < 1:
         raise TunesmithError("--nproc-per-node and --nnodes must be at least 1")
     if args.nproc_per_node > 1 or args.nnodes > 1:
-        with locked(Path(cfg.out_dir)):
+        # Node 0 alone holds the folder (its rank 0 writes it): other nodes may share its file system.
+        with locked(Path(cfg.out_dir)) if args.node_rank == 0 else contextlib.nullcontext():
             return _launch_train(args, cfg)
     summary = library.train(cfg, resume=args.resume, overwrite=args.overwrite)
     if int(os.environ.get("RANK", "0")) != 0:

@@ -175,8 +175,8 @@ def test_a_nan_loss_stops_the_run_and_never_reaches_the_metrics(tiny_config, mon
     forward = LossModule.forward
 
     def diverged(self, *args, **kwargs):
-        loss_sum, correct = forward(self, *args, **kwargs)
-        return (loss_sum * float("nan") if self.training else loss_sum), correct
+        loss, sums = forward(self, *args, **kwargs)
+        return (loss * float("nan"), sums * float("nan")) if self.training else (loss, sums)
 
     monkeypatch.setattr(LossModule, "forward", diverged)
     cfg = tiny_config(train={"max_steps": 4, "log_every": 1})
@@ -186,7 +186,7 @@ def test_a_nan_loss_stops_the_run_and_never_reaches_the_metrics(tiny_config, mon
 
 
 def test_metrics_lines_write_non_finite_numbers_as_null(tmp_path):
-    from tunesmith.progress import MetricsLog
+    from tunesmith.runfolder import MetricsLog
 
     MetricsLog(tmp_path / "metrics.jsonl", None).write({"step": 1, "train_loss": float("nan"), "lr": float("inf")})
     assert (tmp_path / "metrics.jsonl").read_text() == '{"step": 1, "train_loss": null, "lr": null}\n'

@@ -30,11 +30,11 @@ from tunesmith.data.tokenize import IGNORE_INDEX
 from tunesmith.errors import TunesmithError
 from tunesmith.evaluate import metrics
 from tunesmith.evaluate.baselines import encode_chat
-from tunesmith.evaluate.generate import generate
+from tunesmith.generation import generate
 from tunesmith.models import load_model
+from tunesmith.paths import write_text_atomic
 from tunesmith.precision import autocast, default_device
 from tunesmith.progress import tracked
-from tunesmith.train.checkpoint import write_text_atomic
 from tunesmith.train.dpo import pair_batch, sequence_logps
 from tunesmith.train.objective import to_device
 
