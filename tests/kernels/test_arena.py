@@ -11,21 +11,12 @@ from tunesmith.kernels.arena import ActivationArena, ArenaReusedError
 from tunesmith.kernels.fused_lora import fuse_lora
 from tunesmith.kernels.lean import LeanStorage
 from tunesmith.models import load_model
-from tunesmith.train.loss import labelled_loss
-
-
-def _step(model, batch, dtype, arena=None):
-    with arena.saving() if arena else torch.autograd.graph.saved_tensors_hooks(lambda t: t, lambda t: t):
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=dtype == torch.bfloat16):
-            parts = labelled_loss(model, batch, 1024)
-    (parts.loss_sum / parts.n_label_tokens).backward()
-    grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}
-    model.zero_grad(set_to_none=True)
-    return parts.loss_sum.item(), grads
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
-def test_a_training_step_is_bit_identical_with_and_without_it(tiny_model_name, small_e2e, smol_tokenizer, dtype):
+def test_a_training_step_is_bit_identical_with_and_without_it(
+    train_step, tiny_model_name, small_e2e, smol_tokenizer, dtype
+):
     examples = tokenize_examples(smol_tokenizer, read_examples(small_e2e / "train.jsonl").examples[:8], 128)
     torch.manual_seed(0)
     lora = LoraConfig(r=4, lora_alpha=8, target_modules="all-linear", init_lora_weights=False)
@@ -34,8 +25,8 @@ def test_a_training_step_is_bit_identical_with_and_without_it(tiny_model_name, s
     fuse_lora(model)
     arena = ActivationArena()
     for batch in (make_batch(examples[:4], 2, True), make_batch(examples[4:], 2, True)):
-        plain_loss, plain = _step(model, batch, dtype)
-        arena_loss, got = _step(model, batch, dtype, arena)
+        plain_loss, plain = train_step(model, batch, dtype)
+        arena_loss, got = train_step(model, batch, dtype, arena)
         assert arena_loss == plain_loss
         assert all(torch.equal(got[n], g) for n, g in plain.items())
         assert arena.stored_bytes > 0 and len(arena.blocks) == 1  # the second pass reused the block

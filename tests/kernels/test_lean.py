@@ -10,7 +10,6 @@ from tunesmith.data.formats import read_examples
 from tunesmith.data.tokenize import tokenize_examples
 from tunesmith.kernels.lean import LeanStorage
 from tunesmith.models import load_model, resolve_model_path
-from tunesmith.train.loss import labelled_loss
 
 
 @pytest.fixture(scope="module")
@@ -24,46 +23,37 @@ def _lora(name: str):
     return get_peft_model(load_model(name).model, lora).train()
 
 
-def _step(model, batch, dtype=torch.bfloat16):
-    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=dtype == torch.bfloat16):
-        parts = labelled_loss(model, batch, 1024)
-    (parts.loss_sum / parts.n_label_tokens).backward()
-    grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}
-    model.zero_grad(set_to_none=True)
-    return parts.loss_sum.item(), grads
-
-
 def _error(grads, reference) -> float:
     return max(((grads[n] - g).norm() / g.norm()).item() for n, g in reference.items())
 
 
 @pytest.mark.parametrize("packing", [False, True])
-def test_a_lean_step_is_as_accurate_as_plain_autocast(tiny_model_name, examples, packing):
+def test_a_lean_step_is_as_accurate_as_plain_autocast(train_step, tiny_model_name, examples, packing):
     """Same loss; gradients as close to float32's as autocast's own are. (They are not bit-equal:
     the gradients of a bf16 activation read by several layers are summed in bf16.)"""
     batch = make_batch(examples, 2, packing)
-    _, exact = _step(_lora(tiny_model_name), batch, torch.float32)
-    plain_loss, plain_grads = _step(_lora(tiny_model_name), batch)
+    _, exact = train_step(_lora(tiny_model_name), batch, torch.float32)
+    plain_loss, plain_grads = train_step(_lora(tiny_model_name), batch)
     model = _lora(tiny_model_name)
     LeanStorage(model, torch.bfloat16)
-    lean_loss, lean_grads = _step(model, batch)
+    lean_loss, lean_grads = train_step(model, batch)
     assert lean_loss == pytest.approx(plain_loss, rel=1e-6)
     assert lean_grads.keys() == plain_grads.keys()
     assert _error(lean_grads, exact) <= 1.5 * _error(plain_grads, exact)
 
 
 @pytest.mark.parametrize("packing", [False, True])
-def test_in_float32_a_lean_step_equals_the_plain_one(tiny_model_name, examples, packing):
+def test_in_float32_a_lean_step_equals_the_plain_one(train_step, tiny_model_name, examples, packing):
     """Nothing is cast or copied; the norms keep their output instead of their input, and their
     gradients recover the normalised input from it to float32 rounding."""
     batch = make_batch(examples, 2, packing)
-    plain_loss, plain_grads = _step(_lora(tiny_model_name), batch, torch.float32)
+    plain_loss, plain_grads = train_step(_lora(tiny_model_name), batch, torch.float32)
     model = _lora(tiny_model_name)
     where = {n: p.data_ptr() for n, p in model.named_parameters()}
     LeanStorage(model, torch.float32)
     assert {n: p.data_ptr() for n, p in model.named_parameters()} == where
     assert "LeanLlamaRMSNorm" in repr(model)
-    lean_loss, lean_grads = _step(model, batch, torch.float32)
+    lean_loss, lean_grads = train_step(model, batch, torch.float32)
     assert lean_loss == plain_loss
     assert _error(lean_grads, plain_grads) <= 1e-5
 
