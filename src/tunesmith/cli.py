@@ -52,7 +52,7 @@ def _launch_train(args, cfg) -> int:
     check_out_dir(Path(cfg.out_dir), args.resume, args.overwrite)  # once, before any process starts
     worker = ["train", args.config, *args.overrides]
     worker += ["--resume"] if args.resume else ["--overwrite"] if args.overwrite else []
-    return launch(worker, args.nproc_per_node, args.nnodes, args.node_rank, args.rdzv_endpoint)
+    return launch(worker, args.nproc_per_node, args.nnodes, args.node_rank, args.rdzv_endpoint, args.rdzv_timeout)
 
 
 def _print_train_summary(summary) -> None:
@@ -171,6 +171,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--nnodes", type=int, default=1, help="machines taking part (each runs this command)")
     p.add_argument("--node-rank", type=int, default=0, help="this machine's number, 0 to nnodes - 1")
     p.add_argument("--rdzv-endpoint", help="HOST:PORT on machine 0 where the machines meet (several machines)")
+    p.add_argument(
+        "--rdzv-timeout",
+        type=float,
+        default=60.0,
+        help="seconds the machines wait for each other at the start (default %(default)s)",
+    )
     p.set_defaults(func=_train)
 
     p = sub.add_parser("validate", help="check a data file before any compute")

@@ -235,6 +235,33 @@ def test_a_port_in_use_is_one_clear_error(make_tiny_config, tmp_path):
     ]
 
 
+def test_an_unreachable_rendezvous_is_one_clear_error_within_its_timeout(make_tiny_config, tmp_path):
+    with socket.socket() as free:
+        free.bind(("127.0.0.1", 0))
+        port = free.getsockname()[1]  # closed again: nobody listens there
+    cfg = _config(make_tiny_config, tmp_path / "run")
+    started = time.monotonic()
+    args = ("--nnodes=2", "--node-rank=1", f"--rdzv-endpoint=127.0.0.1:{port}", "--rdzv-timeout=2")
+    result = _launch(cfg, *args, nproc=1)
+    assert result.returncode == 2
+    assert time.monotonic() - started < 30  # the launcher's own retries took 140 s
+    assert result.stderr.strip().splitlines() == [
+        f"tunesmith: error: --rdzv-endpoint 127.0.0.1:{port}: node 0 did not answer within 2 s (Connection "
+        "refused); start node 0 first, and check the address and that the port is open between the machines"
+    ]
+    assert not (tmp_path / "run").exists()
+
+
+def test_an_unknown_rendezvous_host_fails_at_once(make_tiny_config, tmp_path):
+    cfg = _config(make_tiny_config, tmp_path / "run")
+    args = ("--nnodes=2", "--node-rank=1", "--rdzv-endpoint=no-such-host.invalid:29500")
+    result = _launch(cfg, *args, nproc=1)
+    assert result.returncode == 2
+    [line] = result.stderr.strip().splitlines()
+    expected = "tunesmith: error: --rdzv-endpoint no-such-host.invalid:29500: unknown host 'no-such-host.invalid'"
+    assert line.startswith(expected)
+
+
 def test_nodes_with_different_configs_refuse_to_train(make_tiny_config, tmp_path):
     with socket.socket() as free:
         free.bind(("127.0.0.1", 0))

@@ -23,6 +23,7 @@ import os
 import socket
 import sys
 import tempfile
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
@@ -35,7 +36,6 @@ from tunesmith.precision import default_device
 from tunesmith.train.loss import output_layer
 
 EXIT_USER_ERROR = 2
-RENDEZVOUS_TIMEOUT_S = 60
 
 
 @dataclass(frozen=True)
@@ -264,7 +264,40 @@ def _endpoint(text: str) -> tuple[str, int]:
     return host, int(port)
 
 
-def launch(worker_args: list[str], nproc_per_node: int, nnodes: int, node_rank: int, rdzv_endpoint: str | None) -> int:
+def _wait_for_node_zero(endpoint: str, timeout_s: float) -> None:
+    """Before this node joins: node 0's rendezvous store must accept connections within `timeout_s`.
+
+    The launcher's own retries take minutes to give up on an address nobody listens at, and then
+    say little; this names the address and what to check, in `timeout_s`. An unknown host fails at once.
+    """
+    host, port = _endpoint(endpoint)
+    try:
+        socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except socket.gaierror as error:
+        raise TunesmithError(f"--rdzv-endpoint {endpoint}: unknown host {host!r} ({error.strerror})") from None
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            with socket.create_connection((host, port), timeout=max(0.1, min(5.0, deadline - time.monotonic()))):
+                return
+        except OSError as error:
+            if time.monotonic() >= deadline:
+                why = error.strerror or type(error).__name__
+                raise TunesmithError(
+                    f"--rdzv-endpoint {endpoint}: node 0 did not answer within {timeout_s:g} s ({why}); "
+                    "start node 0 first, and check the address and that the port is open between the machines"
+                ) from None
+            time.sleep(0.2)
+
+
+def launch(
+    worker_args: list[str],
+    nproc_per_node: int,
+    nnodes: int,
+    node_rank: int,
+    rdzv_endpoint: str | None,
+    rdzv_timeout_s: float,
+) -> int:
     """Run `python -m tunesmith <worker_args>` on this node's processes through the elastic launcher.
 
     Returns the exit status: 0, 2 when a process stopped on a user error (it printed the line), else
@@ -284,6 +317,8 @@ def launch(worker_args: list[str], nproc_per_node: int, nnodes: int, node_rank: 
         _, port = _endpoint(rdzv_endpoint)
         if node_rank == 0 and _port_taken(port):
             raise TunesmithError(f"--rdzv-endpoint {rdzv_endpoint}: port {port} is already in use on this machine")
+        if node_rank > 0:
+            _wait_for_node_zero(rdzv_endpoint, rdzv_timeout_s)
     # Each process gets its share of the cores (torch would give every one of them all the cores).
     os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // nproc_per_node)))
     logging.getLogger("torch.distributed.elastic").setLevel(logging.CRITICAL)
@@ -298,7 +333,7 @@ def launch(worker_args: list[str], nproc_per_node: int, nnodes: int, node_rank: 
             # endpoint and every node states its rank (what torchrun --node-rank does).
             rdzv_backend="static" if rdzv_endpoint else "c10d",
             rdzv_endpoint=rdzv_endpoint or "localhost:0",
-            rdzv_configs={"rank": node_rank, "timeout": RENDEZVOUS_TIMEOUT_S} if rdzv_endpoint else {},
+            rdzv_configs={"rank": node_rank, "timeout": rdzv_timeout_s} if rdzv_endpoint else {},
             max_restarts=0,
             monitor_interval=0.5,
             start_method="spawn",
