@@ -27,7 +27,7 @@ class TokenizedExample:
 def tokenize_example(tokenizer, example: Example, max_seq_len: int) -> TokenizedExample:
     """Tokenize one example, keeping its first max_seq_len tokens."""
     if example.text is not None:
-        ids = _encode_text(tokenizer, example.text)
+        ids = encode_text(tokenizer, example.text)
         labels = list(ids)
     else:
         ids, labels = _tokenize_chat(tokenizer, example)
@@ -47,7 +47,7 @@ def _pack(tokenizer, examples: list[Example], max_seq_len: int) -> list[Tokenize
     starts: list[int] = []
     for example in examples:
         starts.append(len(stream))
-        stream += _encode_text(tokenizer, example.text)
+        stream += encode_text(tokenizer, example.text)
     blocks = []
     for begin in range(0, len(stream), max_seq_len):
         block = stream[begin : begin + max_seq_len]
@@ -56,7 +56,7 @@ def _pack(tokenizer, examples: list[Example], max_seq_len: int) -> list[Tokenize
     return blocks
 
 
-def _encode_text(tokenizer, text: str) -> list[int]:
+def encode_text(tokenizer, text: str) -> list[int]:
     return tokenizer(text, add_special_tokens=False)["input_ids"] + [_eos_id(tokenizer)]
 
 
