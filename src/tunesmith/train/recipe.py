@@ -9,10 +9,12 @@ import json
 import math
 import shutil
 import time
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from tunesmith.config import Config, dump_config
@@ -105,13 +107,14 @@ class StepBatches:
     per epoch, not once per step.
     """
 
-    def __init__(self, examples: list[TokenizedExample], cfg: Config, pad_id: int, steps_per_epoch: int, dist: Dist):
+    def __init__(self, examples, cfg: Config, pad_id: int, steps_per_epoch: int, dist: Dist):
+        """`examples`: a view of the token store (data/views.py) or an in-memory one (views.Listed)."""
         self.examples, self.cfg, self.pad_id, self.steps_per_epoch = examples, cfg, pad_id, steps_per_epoch
         self.dist = dist
         self.per_step = cfg.train.batch_size * cfg.train.grad_accum * dist.world_size
-        self.lengths = [len(e.input_ids) for e in examples]
-        # As the shifted targets count them (batching.shifted_targets): the first token predicts nothing.
-        self.label_counts = [sum(label != IGNORE_INDEX for label in e.labels[1:]) for e in examples]
+        # Arrays of the view (data/views.py); an example's tokens are gathered only when its step comes.
+        self.lengths = examples.lengths
+        self.label_counts = examples.shifted_label_counts
         self._epoch: int | None = None
         self._epoch_order: list[int] = []
 
@@ -130,23 +133,42 @@ class StepBatches:
         """(this process's micro-batches, label tokens and tokens of the whole step)."""
         epoch, index = divmod(step, self.steps_per_epoch)
         chosen = self._order(epoch)[index * self.per_step : (index + 1) * self.per_step]
-        share = split_by_tokens([self.lengths[i] for i in chosen], self.dist.world_size)[self.dist.rank]
+        share = split_by_tokens(self.lengths[chosen].tolist(), self.dist.world_size)[self.dist.rank]
         mine = [self.examples[chosen[position]] for position in share]
         batches = [
             make_batch(group or [_unlabelled(self.pad_id)], self.pad_id, self.cfg.data.packing)
             for group in split_evenly(mine, self.cfg.train.grad_accum)
         ]
-        return batches, sum(self.label_counts[i] for i in chosen), sum(self.lengths[i] for i in chosen)
+        return batches, int(self.label_counts[chosen].sum()), int(self.lengths[chosen].sum())
+
+
+class Prefetched:
+    """The next step's micro-batches gathered in a background thread while this step trains, so the
+    step never waits on data (the gather is numpy and tensor copies, which mostly release the GIL)."""
+
+    def __init__(self, step_batches: StepBatches, total_steps: int):
+        self.step_batches, self.total_steps = step_batches, total_steps
+        self.pool = ThreadPoolExecutor(1, thread_name_prefix="tunesmith-prefetch")
+        self.next = None  # (step, future)
+
+    def __call__(self, step: int):
+        ready = self.next[1].result() if self.next is not None and self.next[0] == step else None
+        result = ready if ready is not None else self.step_batches(step)
+        self.next = (step + 1, self.pool.submit(self.step_batches, step + 1)) if step + 1 < self.total_steps else None
+        return result
+
+    def close(self) -> None:
+        self.pool.shutdown(wait=True, cancel_futures=True)
 
 
 @torch.no_grad()
 def evaluate_loss(
-    module, examples: list[TokenizedExample], cfg: Config, pad_id: int, device, dist: Dist = ONE_PROCESS
+    module, examples, cfg: Config, pad_id: int, device, dist: Dist = ONE_PROCESS
 ) -> tuple[float, float]:
     """Validation loss (per label token) and token accuracy; the processes share the batches."""
     was_training = module.training
     module.eval()
-    order = sorted(range(len(examples)), key=lambda i: len(examples[i].input_ids))
+    order = np.argsort(examples.lengths, kind="stable")
     size = cfg.train.batch_size
     starts = list(range(0, len(order), size))
     # Every process runs as many forwards (FSDP2 gathers weights in each); a missing one is empty.
@@ -220,7 +242,7 @@ def train(cfg: Config, resume: bool = False, overwrite: bool = False) -> RunSumm
     module.train()
     # MFU = achieved model FLOPs / this machine's measured matmul peak (timed once, then cached).
     peak_flops = measured_peak_flops(device, dtype)
-    attended_keys = mean_attended_keys([len(e.input_ids) for e in data.train])
+    attended_keys = mean_attended_keys(data.train.lengths)
     # After wrapping: FSDP2 replaces the parameters by their shards.
     params = [p for p in module.parameters() if p.requires_grad]
     optimizer = build_optimizer(params, cfg.train)
@@ -229,7 +251,7 @@ def train(cfg: Config, resume: bool = False, overwrite: bool = False) -> RunSumm
         cfg.train.early_stopping.patience if cfg.train.early_stopping else None,
         cfg.train.early_stopping.min_delta if cfg.train.early_stopping else 0.0,
     )
-    step_batches = StepBatches(data.train, cfg, pad_id, steps_per_epoch, dist)
+    step_batches = Prefetched(StepBatches(data.train, cfg, pad_id, steps_per_epoch, dist), total_steps)
     samples = SampleSet(data.validation_examples, cfg.eval.samples, cfg.eval.max_new_tokens)
 
     if resume:
@@ -365,6 +387,7 @@ def train(cfg: Config, resume: bool = False, overwrite: bool = False) -> RunSumm
                     f"early stopping at step {step}: no improvement in {stopper.evals_without_improvement} evaluations"
                 )
                 break
+    step_batches.close()
 
     # ---- save: the best weights, not the last ----
     if lean is not None:
