@@ -41,7 +41,8 @@ class DataConfig(_Strict):
     overlength: Literal["error", "drop", "truncate_prompt"] = Field(
         "error",
         description="Examples longer than max_seq_len: `error` (the message names the max_seq_len that fits "
-        "them all), `drop` them (counted in the report), or `truncate_prompt` (cut the prompt's start, keep the answer).",
+        "them all), `drop` them (counted in the report), or `truncate_prompt` (cut the prompt's start, keep "
+        "the answer).",
     )
     num_workers: int | None = Field(
         None,

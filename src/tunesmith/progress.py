@@ -136,9 +136,9 @@ class WorkProgress:
         self.bar.stop()
         seconds = time.perf_counter() - self.start
         if exc[0] is None:
-            self.console.print(
-                f"{self.description}: {self.examples:,} examples in {seconds:.1f} s "
-                f"({self.examples / max(seconds, 1e-9):,.0f} examples/s)",
-                markup=False,
-                highlight=False,
+            rate = self.examples / max(seconds, 1e-9)
+            print(
+                f"{self.description}: {self.examples:,} examples in {seconds:.1f} s ({rate:,.0f} examples/s)",
+                file=sys.stderr,
+                flush=True,
             )

@@ -7,12 +7,11 @@ import math
 
 import pytest
 
+from tests.conftest import REPO
 from tunesmith.config import config_from_dict
 from tunesmith.data.prepare import prepare_data
 from tunesmith.train.distributed import ONE_PROCESS
 from tunesmith.train.recipe import StepBatches
-
-from tests.conftest import REPO
 
 E2E = REPO / "data/e2e_nlg"
 

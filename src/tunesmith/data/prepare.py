@@ -131,7 +131,8 @@ def _overlap(store: TokenStore, train, validation, log: IssueLog) -> None:
     shared = np.flatnonzero(unique[at] == validation.hashes)
     for position in shared[:LISTED]:
         seen = int(train.hash_lines[first[at[position]]])
-        log.add(_issue(store, validation.hash_files, validation.hash_lines, position, f"identical to train line {seen}"))
+        reason = f"identical to train line {seen}"
+        log.add(_issue(store, validation.hash_files, validation.hash_lines, position, reason))
     log.count("warning", "identical to train line", len(shared) - min(len(shared), LISTED))
 
 
@@ -153,11 +154,11 @@ def _overlength_notes(store: TokenStore, options: BuildOptions) -> list[str]:
     over = store.meta["overlength"]
     if not over["count"]:
         return []
-    many = f"{over['count']:,} examples are longer than max_seq_len {options.max_seq_len}"
+    many = f"over max_seq_len {options.max_seq_len}: {over['count']:,} examples"
     if options.overlength == "drop":
-        return [f"{many}: dropped {over['dropped']:,} (data.overlength: drop)"]
+        return [f"{many}, dropped (data.overlength: drop)"]
     if options.overlength == "truncate_prompt":
-        return [f"{many}: their prompts were cut from the start (data.overlength: truncate_prompt)"]
+        return [f"{many}, their prompts cut from the start (data.overlength: truncate_prompt)"]
     return [
         f"{many} (the longest: {over['longest']} tokens): data.max_seq_len: {over['longest']} fits them all; "
         "or set data.overlength: drop (leave them out, counted) or truncate_prompt (cut the start of the "
@@ -165,7 +166,7 @@ def _overlength_notes(store: TokenStore, options: BuildOptions) -> list[str]:
     ]
 
 
-def _report(source: Source, store, options, data, whole_file: bool, steps_per_epoch=None, train=None) -> ValidationReport:
+def _report(source: Source, store, options, data, whole_file: bool, steps_per_epoch=None, train=None):
     log = IssueLog(tuple(store.files))
     if whole_file:  # line errors belong to the file's own report (the train report when split)
         listed, unlisted = store.issues()
@@ -205,7 +206,7 @@ def prepare_data(
     shown: list[Example] = []
     if validation is not None:
         val_report = _report(val_source, val_store, val_options, validation, val_store is not store, train=train)
-        wanted = list(zip(validation.hash_files[:SAMPLE_CANDIDATES], validation.hash_lines[:SAMPLE_CANDIDATES]))
+        wanted = list(zip(validation.hash_files, validation.hash_lines, strict=True))[:SAMPLE_CANDIDATES]
         shown = examples_at(val_source, val_options, wanted) if val_store.meta["format"] != "text" else []
     prepared = PreparedData(train, validation, shown, train_report, val_report)
     if strict and not prepared.ok:

@@ -197,19 +197,18 @@ def _csv(name: str, source: Source, errors: list[LineError]) -> Iterator[tuple[i
             if len(row) != len(header):
                 errors.append(LineError(name, line, None, f"expected {len(header)} fields, got {len(row)}"))
                 continue
-            yield line, {role: row[i] for role, i in index.items()}, fh.tell()
+            yield line, {role: row[i] for role, i in index.items()}, fh.buffer.tell()  # read-ahead: near enough
 
 
 def _txt(name: str, source, errors) -> Iterator[tuple[int, object, int]]:
-    position = 0
+    read = [0]  # bytes read so far, as the paragraphs are cut
 
     def texts():
-        nonlocal position
-        for _, text, position in _lines(name):
+        for _, text, read[0] in _lines(name):
             yield text
 
     for example in paragraphs(texts()):
-        yield example.line, example.text, position
+        yield example.line, example.text, read[0]
 
 
 def _arrow_schema(name: str):

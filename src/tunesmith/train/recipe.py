@@ -162,9 +162,7 @@ class Prefetched:
 
 
 @torch.no_grad()
-def evaluate_loss(
-    module, examples, cfg: Config, pad_id: int, device, dist: Dist = ONE_PROCESS
-) -> tuple[float, float]:
+def evaluate_loss(module, examples, cfg: Config, pad_id: int, device, dist: Dist = ONE_PROCESS) -> tuple[float, float]:
     """Validation loss (per label token) and token accuracy; the processes share the batches."""
     was_training = module.training
     module.eval()
