@@ -43,16 +43,20 @@ class Source:
 
     @property
     def kind(self) -> str:
-        """How records are stored: jsonl, json, csv, txt or arrow (Parquet and datasets folders)."""
-        suffix = Path(self.files[0]).suffix.lower()
-        if suffix in (".parquet", ".arrow"):
-            return "arrow"
-        if suffix == ".json" and _starts_with_bracket(self.files[0]):
-            return "json"
-        return {".csv": "csv", ".txt": "txt"}.get(suffix, "jsonl")
+        return file_kind(self.files[0])
 
     def size_bytes(self) -> int:
         return sum(Path(f).stat().st_size for f in self.files)
+
+
+def file_kind(name: str) -> str:
+    """How a file stores records: jsonl, json (an array), csv, txt or arrow (Parquet, datasets folders)."""
+    suffix = Path(name).suffix.lower()
+    if suffix in (".parquet", ".arrow"):
+        return "arrow"
+    if suffix == ".json" and _starts_with_bracket(name):
+        return "json"
+    return {".csv": "csv", ".txt": "txt"}.get(suffix, "jsonl")
 
 
 def data_files(spec: str) -> tuple[str, ...]:
@@ -121,8 +125,7 @@ def records(source: Source, errors: list[LineError]) -> Iterator[tuple[str, int,
     """
     done = 0
     for name in source.files:
-        kind = Source(source.spec, (name,), source.format, source.columns).kind
-        reader = {"jsonl": _jsonl, "json": _json_array, "csv": _csv, "txt": _txt, "arrow": _arrow}[kind]
+        reader = {"jsonl": _jsonl, "json": _json_array, "csv": _csv, "txt": _txt, "arrow": _arrow}[file_kind(name)]
         for line, value, position in reader(name, source, errors):
             yield name, line, value, done + position
         done += Path(name).stat().st_size

@@ -129,6 +129,7 @@ class TokenStore:
     path: Path
     meta: dict
     arrays: dict[str, np.ndarray]
+    offsets: np.ndarray  # example i's tokens are tokens[offsets[i]:offsets[i + 1]]
 
     @property
     def files(self) -> list[str]:
@@ -138,20 +139,11 @@ class TokenStore:
     def n_examples(self) -> int:
         return self.meta["counts"]["lengths"]
 
-    @property
-    def offsets(self) -> np.ndarray:
-        return self._offsets
-
-    def __post_init__(self):
-        lengths = self.arrays["lengths"]
-        self._offsets = np.zeros(len(lengths) + 1, dtype=np.int64)
-        np.cumsum(lengths, out=self._offsets[1:])
-
     def issues(self) -> tuple[list[LineError], dict[str, int]]:
         return [LineError(**issue) for issue in self.meta["issues"]], dict(self.meta["unlisted"])
 
     def example(self, i: int) -> TokenizedExample:
-        start, end = self._offsets[i], self._offsets[i + 1]
+        start, end = self.offsets[i], self.offsets[i + 1]
         ids = self.arrays["tokens"][start:end].astype(np.int64)
         labels = np.where(self.arrays["label_mask"][start:end] != 0, ids, IGNORE_INDEX)
         length = int(end - start)
@@ -177,4 +169,6 @@ def open_store(path: Path) -> TokenStore | None:
     except (OSError, ValueError, KeyError, TypeError):
         shutil.rmtree(path, ignore_errors=True)
         return None
-    return TokenStore(path, meta, arrays)
+    offsets = np.zeros(len(arrays["lengths"]) + 1, dtype=np.int64)
+    np.cumsum(arrays["lengths"], out=offsets[1:])
+    return TokenStore(path, meta, arrays, offsets)
