@@ -136,9 +136,10 @@ def validation_loss(model, tokenizer, model_name: str, max_len: int) -> float:
     end-of-turn token closing them) of the validation file, tokenized with the chat template."""
     from tunesmith.data.formats import read_examples
     from tunesmith.data.tokenize import tokenize_examples
+    from tunesmith.data.views import Listed
     from tunesmith.train.objective import SFTObjective, evaluate_model
 
-    examples = tokenize_examples(tokenizer, read_examples(VALIDATION).examples, max_len)
+    examples = Listed(tokenize_examples(tokenizer, read_examples(VALIDATION).examples, max_len))
     cfg = _eval_config(model_name, max_len)
     objective = SFTObjective(cfg, tokenizer.pad_token_id, _device())
     return evaluate_model(model, objective, examples, cfg)["val_loss"]

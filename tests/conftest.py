@@ -67,7 +67,7 @@ def make_tiny_config(tiny_model_name, small_e2e):
             "data": {
                 "train": str(small_e2e / "train.jsonl"),
                 "validation": str(small_e2e / "validation.jsonl"),
-                "max_seq_len": 128,
+                "max_seq_len": 160,  # the longest of these examples has 134 tokens
             },
             "method": {"name": "lora", "r": 8, "alpha": 16, "dropout": 0.1},
             "train": {

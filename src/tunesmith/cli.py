@@ -117,6 +117,7 @@ def _validate(args) -> int:
         format=args.format,
         columns=_columns(args.columns),
         max_seq_len=args.max_seq_len,
+        overlength=args.overlength,
         system=args.system,
     )
     prepared = prepare_data(
@@ -187,6 +188,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--columns", help="CSV column mapping, e.g. prompt=mr,completion=ref")
     p.add_argument("--system")
     p.add_argument("--max-seq-len", type=int, default=512)
+    p.add_argument("--overlength", choices=("error", "drop", "truncate_prompt"), default="error")
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--grad-accum", type=int, default=1)
     p.set_defaults(func=_validate)

@@ -23,7 +23,10 @@ class _Strict(BaseModel):
 
 
 class DataConfig(_Strict):
-    train: str = Field(description="Training file (JSONL, JSON, CSV or .txt).")
+    train: str = Field(
+        description="Training data: a JSONL, JSON, CSV, .txt or Parquet file, a glob or folder of such shards, "
+        "or a Hugging Face datasets folder written by save_to_disk."
+    )
     validation: str | None = Field(None, description="Validation file; if absent, val_fraction is split off.")
     val_fraction: float = Field(
         0.1, ge=0.0, lt=1.0, description="Share of train held out for validation when no file is given."
@@ -40,7 +43,19 @@ class DataConfig(_Strict):
     system: str | None = Field(
         None, description="System prompt added to every example that has none (also used by eval)."
     )
-    max_seq_len: int = Field(512, ge=8, description="Tokens per example; longer ones are truncated.")
+    max_seq_len: int = Field(512, ge=8, description="Tokens per example (raw text: per packed block).")
+    overlength: Literal["error", "drop", "truncate_prompt"] = Field(
+        "error",
+        description="Examples longer than max_seq_len: `error` (the message names the max_seq_len that fits "
+        "them all), `drop` them (counted in the report), or `truncate_prompt` (cut the prompt's start, keep "
+        "the answer).",
+    )
+    num_workers: int | None = Field(
+        None,
+        ge=1,
+        description="Processes that validate and tokenize (once per data, then the token store is reused); "
+        "default: one per core.",
+    )
     group_by_length: bool = Field(
         False,
         description="Batch examples of similar length (sorted within windows of 64 batches): less padding for "

@@ -65,3 +65,44 @@ def tracked(items: Sequence, description: str) -> Iterator:
     print(f"{description}: {len(items)} batches", file=sys.stderr, flush=True)
     yield from items
     print(f"{description}: done in {time.perf_counter() - start:.0f} s", file=sys.stderr, flush=True)
+
+
+class WorkProgress:
+    """A bar over bytes of input with examples/s and ETA; off a terminal, a start and an end line."""
+
+    def __init__(self, description: str, total_bytes: int):
+        self.description, self.examples = description, 0
+        self.console = Console(stderr=True)
+        self.bar = Progress(
+            TextColumn(f"[bold]{description}"),
+            BarColumn(),
+            TextColumn("{task.fields[examples]} examples  {task.fields[rate]} examples/s  ETA"),
+            TimeRemainingColumn(),
+            console=self.console,
+            transient=True,
+            disable=not sys.stderr.isatty(),
+        )
+        self.task = self.bar.add_task(description, total=max(total_bytes, 1), examples="0", rate="-")
+
+    def __enter__(self):
+        self.start = time.perf_counter()
+        if self.bar.disable:
+            print(f"{self.description}: started", file=sys.stderr, flush=True)
+        self.bar.start()
+        return self
+
+    def update(self, done_bytes: int, examples: int) -> None:
+        self.examples = examples
+        rate = examples / max(time.perf_counter() - self.start, 1e-9)
+        self.bar.update(self.task, completed=done_bytes, examples=f"{examples:,}", rate=f"{rate:,.0f}")
+
+    def __exit__(self, *exc):
+        self.bar.stop()
+        seconds = time.perf_counter() - self.start
+        if exc[0] is None:
+            rate = self.examples / max(seconds, 1e-9)
+            print(
+                f"{self.description}: {self.examples:,} examples in {seconds:.1f} s ({rate:,.0f} examples/s)",
+                file=sys.stderr,
+                flush=True,
+            )

@@ -13,7 +13,7 @@ def test_real_model_validation_loss_falls_in_a_few_steps(tmp_path, small_e2e):
             "data": {
                 "train": str(small_e2e / "train.jsonl"),
                 "validation": str(small_e2e / "validation.jsonl"),
-                "max_seq_len": 128,
+                "max_seq_len": 160,  # the longest of these examples has 134 tokens
             },
             "method": {"name": "lora", "r": 8, "alpha": 16},
             "train": {"max_steps": 6, "batch_size": 4, "lr": 1e-3, "warmup_steps": 1, "eval_every": 6, "log_every": 1},

@@ -302,6 +302,7 @@ def test_ranks_with_very_different_label_counts_give_one_process_gradient(tiny_c
     """What DDP computes (the mean over processes of loss_sum x world_size / global labels), done here
     rank by rank in one process, equals one process's gradient although the ranks' label counts differ."""
     from tunesmith.data.tokenize import TokenizedExample
+    from tunesmith.data.views import Listed
     from tunesmith.models import load_model
     from tunesmith.train.distributed import Dist, LossModule
     from tunesmith.train.objective import SFTObjective
@@ -327,7 +328,7 @@ def test_ranks_with_very_different_label_counts_give_one_process_gradient(tiny_c
         step_cfg.train.grad_accum = grad_accum
         labels = []
         for rank in range(world_size):
-            step = StepBatches(examples, step_cfg, objective, 1, Dist(rank, world_size))(0)
+            step = StepBatches(Listed(examples), step_cfg, objective, 1, Dist(rank, world_size))(0)
             labels.append(sum(b.n_label_tokens for b in step.batches))
             objective.start_step(step.items)
             for batch in step.batches:

@@ -123,12 +123,15 @@ def _read_text(path: str) -> str:
 
 def _detect(path: str, text: str) -> str:
     suffix = Path(path).suffix.lower()
-    if suffix == ".csv":
-        return "csv"
-    if suffix == ".txt":
-        return "text"
+    if suffix in (".csv", ".txt"):
+        return "csv" if suffix == ".csv" else "text"
+    return detect_from_records(path, (value for _, value in _json_records(path, text)))
+
+
+def detect_from_records(path: str, values) -> str:
+    """The format of JSON-like records (objects, or rows as dicts) from the first one that has a known key."""
     first_keys = None
-    for _, value in _json_records(path, text):
+    for value in values:
         if not isinstance(value, dict):
             continue
         keys = set(value)
@@ -170,12 +173,8 @@ def _json_records(path: str, text: str):
     # Only "\n" ends a JSON Lines record: str.splitlines would also split on U+2028, which JSON
     # allows unescaped inside strings.
     for line, raw in enumerate(text.split("\n"), 1):
-        if not raw.strip():
-            continue
-        try:
-            yield line, json.loads(raw)
-        except json.JSONDecodeError as e:
-            yield line, _BadJSON(f"invalid JSON: {e.msg} (column {e.colno})")
+        if raw.strip():
+            yield line, json_line(raw)
 
 
 def read_records(path: str, text: str, keys: tuple, convert) -> tuple[list, list[LineError]]:
@@ -183,29 +182,55 @@ def read_records(path: str, text: str, keys: tuple, convert) -> tuple[list, list
     -> (item, problems)`; every bad record becomes LineErrors instead."""
     items, errors = [], []
     for line, value in _json_records(path, text):
-        if isinstance(value, _BadJSON):
-            problems = [(None, str(value))]
-        elif not isinstance(value, dict):
-            problems = [(None, f"expected a JSON object, got {_json_type(value)}")]
-        else:
-            problems = _check_keys(value, *keys)
-            if not problems:
-                item, problems = convert(line, value)
-        if problems:
-            errors += [LineError(path, line, field, reason) for field, reason in problems]
-        else:
+        item, problems = record_item(path, line, value, keys, convert)
+        errors += problems
+        if not problems:
             items.append(item)
     return items, errors
 
 
-def _read_json(path: str, text: str, fmt: str) -> tuple[list[Example], list[LineError]]:
-    def convert(line: int, obj: dict):
-        content, problems = _CONVERTERS[fmt](obj)
-        if problems:
-            return None, problems
-        return (Example(line, text=content) if isinstance(content, str) else Example(line, messages=content)), []
+def record_item(path: str, line: int, value, keys: tuple, convert) -> tuple[object, list[LineError]]:
+    """One parsed record (a JSON object, or a Parquet / datasets row as a dict) converted by
+    `convert(line, obj) -> (item, problems)`, or its errors."""
+    if isinstance(value, _BadJSON):
+        problems = [(None, str(value))]
+    elif not isinstance(value, dict):
+        problems = [(None, f"expected a JSON object, got {_json_type(value)}")]
+    else:
+        problems = _check_keys(value, *keys)
+        if not problems:
+            item, problems = convert(line, value)
+    if problems:
+        return None, [LineError(path, line, field, reason) for field, reason in problems]
+    return item, []
 
-    return read_records(path, text, _KEYS[fmt], convert)
+
+def record_example(path: str, line: int, value, fmt: str) -> tuple[Example | None, list[LineError]]:
+    """One parsed record of a prompt/chat/text format as an example, or its errors."""
+    content, errors = record_item(path, line, value, _KEYS[fmt], lambda _, obj: _CONVERTERS[fmt](obj))
+    if errors:
+        return None, errors
+    if isinstance(content, str):
+        return Example(line, text=content), []
+    return Example(line, messages=content), []
+
+
+def _read_json(path: str, text: str, fmt: str) -> tuple[list[Example], list[LineError]]:
+    examples, errors = [], []
+    for line, value in _json_records(path, text):
+        example, problems = record_example(path, line, value, fmt)
+        errors += problems
+        if example is not None:
+            examples.append(example)
+    return examples, errors
+
+
+def json_line(raw: str):
+    """One JSON Lines record: the parsed value, or a _BadJSON naming why it did not parse."""
+    try:
+        return json.loads(raw)
+    except json.JSONDecodeError as e:
+        return _BadJSON(f"invalid JSON: {e.msg} (column {e.colno})")
 
 
 def _check_keys(obj: dict, required: tuple[str, ...], optional: tuple[str, ...]) -> list[Problem]:
@@ -326,15 +351,21 @@ _CONVERTERS = {
 
 
 def _read_paragraphs(text: str) -> list[Example]:
-    examples, start, lines = [], 0, []
-    for number, raw in enumerate(text.split("\n") + [""], 1):
+    return list(paragraphs(text.split("\n")))
+
+
+def paragraphs(lines) -> Iterator[Example]:
+    """Blank-line separated paragraphs of .txt lines (without their line ends), each an example."""
+    start, held, number = 0, [], 0
+    for number, raw in enumerate(lines, 1):
         if raw.strip():
             start = start or number
-            lines.append(raw)
-        elif lines:
-            examples.append(Example(start, text="\n".join(lines)))
-            start, lines = 0, []
-    return examples
+            held.append(raw)
+        elif held:
+            yield Example(start, text="\n".join(held))
+            start, held = 0, []
+    if held:
+        yield Example(start, text="\n".join(held))
 
 
 def csv_rows(path: str, text: str, errors: list[LineError]) -> tuple[list[str], Iterator[tuple[int, list[str]]]]:
@@ -359,21 +390,28 @@ def csv_rows(path: str, text: str, errors: list[LineError]) -> tuple[list[str], 
 def _read_csv(path: str, text: str, columns: dict[str, str] | None) -> tuple[list[Example], list[LineError]]:
     errors: list[LineError] = []
     header, rows = csv_rows(path, text, errors)
-    mapping = _csv_mapping(path, header, columns)
+    mapping = csv_mapping(path, header, columns)
     index = {role: header.index(column) for role, column in mapping.items()}
     examples = []
     for line, row in rows:
-        problems: list[Problem] = []
-        prompt = _content(row[index["prompt"]], mapping["prompt"], problems)
-        completion = _content(row[index["completion"]], mapping["completion"], problems)
-        system = row[index["system"]] if "system" in index else None
-        errors += [LineError(path, line, field, reason) for field, reason in problems]
-        if not problems:
-            examples.append(Example(line, messages=_chat(prompt, completion, system)))
+        example, problems = csv_example(path, line, {role: row[i] for role, i in index.items()}, mapping)
+        errors += problems
+        if example is not None:
+            examples.append(example)
     return examples, errors
 
 
-def _csv_mapping(path: str, header: list[str], columns: dict[str, str] | None) -> dict[str, str]:
+def csv_example(path: str, line: int, cells: dict[str, str], mapping: dict[str, str]):
+    """One CSV row, its cells keyed by role (prompt, completion, system), as an example or its errors."""
+    problems: list[Problem] = []
+    prompt = _content(cells["prompt"], mapping["prompt"], problems)
+    completion = _content(cells["completion"], mapping["completion"], problems)
+    if problems:
+        return None, [LineError(path, line, field, reason) for field, reason in problems]
+    return Example(line, messages=_chat(prompt, completion, cells.get("system"))), []
+
+
+def csv_mapping(path: str, header: list[str], columns: dict[str, str] | None) -> dict[str, str]:
     if columns is None:
         if not {"prompt", "completion"} <= set(header):
             raise TunesmithError(

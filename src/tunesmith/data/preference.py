@@ -16,7 +16,6 @@ prompt carry no labels. A pair that does not fit in max_seq_len loses its earlie
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 
 from tunesmith.config import PREFERENCE_FORMATS
 from tunesmith.data.formats import (
@@ -34,6 +33,7 @@ from tunesmith.data.formats import (
     _read_text,
     read_records,
 )
+from tunesmith.data.sources import first_keys
 from tunesmith.data.tokenize import IGNORE_INDEX, TokenizedExample, tokenize_example
 from tunesmith.data.validate import ValidationReport, duplicates, overlap, token_stats
 from tunesmith.errors import TunesmithError
@@ -70,13 +70,7 @@ def holds_pairs(path, format: str = "auto") -> bool:
     """Whether a data file is preference data (by its format setting, else by its first object)."""
     if format != "auto":
         return format in PREFERENCE_FORMATS
-    path = str(path)
-    if Path(path).suffix.lower() in (".csv", ".txt"):
-        return False
-    for _, value in _json_records(path, _read_text(path)):
-        if isinstance(value, dict):
-            return bool(PAIR_KEYS & set(value))
-    return False
+    return bool(PAIR_KEYS & first_keys(str(path)))
 
 
 def read_pairs(path, format: str = "auto") -> LoadedData:

@@ -10,6 +10,8 @@ from __future__ import annotations
 import bisect
 from dataclasses import dataclass
 
+import numpy as np
+
 from tunesmith.data.formats import Example, Message
 from tunesmith.errors import TunesmithError
 
@@ -27,7 +29,7 @@ class TokenizedExample:
 def tokenize_example(tokenizer, example: Example, max_seq_len: int) -> TokenizedExample:
     """Tokenize one example, keeping its first max_seq_len tokens."""
     if example.text is not None:
-        ids = _encode_text(tokenizer, example.text)
+        ids = encode_text(tokenizer, example.text)
         labels = list(ids)
     else:
         ids, labels = _tokenize_chat(tokenizer, example)
@@ -47,7 +49,7 @@ def _pack(tokenizer, examples: list[Example], max_seq_len: int) -> list[Tokenize
     starts: list[int] = []
     for example in examples:
         starts.append(len(stream))
-        stream += _encode_text(tokenizer, example.text)
+        stream += encode_text(tokenizer, example.text)
     blocks = []
     for begin in range(0, len(stream), max_seq_len):
         block = stream[begin : begin + max_seq_len]
@@ -56,7 +58,7 @@ def _pack(tokenizer, examples: list[Example], max_seq_len: int) -> list[Tokenize
     return blocks
 
 
-def _encode_text(tokenizer, text: str) -> list[int]:
+def encode_text(tokenizer, text: str) -> list[int]:
     return tokenizer(text, add_special_tokens=False)["input_ids"] + [_eos_id(tokenizer)]
 
 
@@ -68,15 +70,17 @@ def _eos_id(tokenizer) -> int:
 
 def _tokenize_chat(tokenizer, example: Example) -> tuple[list[int], list[int]]:
     text, spans = _render_with_label_spans(tokenizer, example)
-    encoded = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
-    ids = encoded["input_ids"]
+    # The Rust tokenizer itself: the same ids as tokenizer(...), without ~0.3 ms of Python per call
+    # (a third of tokenizing a 100-token example).
+    encoded = tokenizer.backend_tokenizer.encode(text, add_special_tokens=False)
+    ids = np.array(encoded.ids, dtype=np.int64)
+    offsets = np.array(encoded.offsets, dtype=np.int64).reshape(-1, 2)
     # A token is trained if any of its characters is; a token merging the header's newline with
     # a reply that starts with whitespace thus still teaches the reply's start.
-    labels = [
-        token if any(a < end and b > start for start, end in spans) else IGNORE_INDEX
-        for token, (a, b) in zip(ids, encoded["offset_mapping"], strict=True)
-    ]
-    return ids, labels
+    trained = np.zeros(len(ids), dtype=bool)
+    for start, end in spans:
+        trained |= (offsets[:, 0] < end) & (offsets[:, 1] > start)
+    return ids.tolist(), np.where(trained, ids, IGNORE_INDEX).tolist()
 
 
 def _render_with_label_spans(tokenizer, example: Example) -> tuple[str, list[tuple[int, int]]]:
@@ -88,7 +92,7 @@ def _render_with_label_spans(tokenizer, example: Example) -> tuple[str, list[tup
         if message.role != "assistant" or not message.weight:
             continue
         prompt = _render(tokenizer, example, messages[:i], add_generation_prompt=True)
-        done = _render(tokenizer, example, messages[: i + 1])
+        done = full if i == len(messages) - 1 else _render(tokenizer, example, messages[: i + 1])
         if not (full.startswith(done) and done.startswith(prompt)):
             raise TunesmithError(
                 f"line {example.line}: the tokenizer's chat template renders earlier turns differently "

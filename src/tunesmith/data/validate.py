@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from tunesmith.data.formats import Example, LineError, LoadedData
 from tunesmith.data.tokenize import IGNORE_INDEX, TokenizedExample, tokenize_example, tokenize_examples
@@ -27,14 +27,31 @@ class ValidationReport:
     issues: list[LineError]
     stats: TokenStats | None
     steps_per_epoch: int | None
+    # Issues past the listed ones, counted by kind: {"error: unknown role": 12000}.
+    unlisted: dict[str, int] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)  # whole-file remarks (over-length examples, drops)
+
+    @property
+    def n_errors(self) -> int:
+        unlisted = sum(n for kind, n in self.unlisted.items() if kind.startswith("error"))
+        return sum(issue.severity == "error" for issue in self.issues) + unlisted
+
+    @property
+    def n_warnings(self) -> int:
+        return len(self.issues) + sum(self.unlisted.values()) - self.n_errors
 
     @property
     def ok(self) -> bool:
-        return not any(issue.severity == "error" for issue in self.issues)
+        return not self.n_errors
 
     def render(self) -> str:
         lines = [f"{self.path} ({self.format}): {self.n_examples} examples"]
-        lines += [f"line {issue.line}: {issue.message}" for issue in self.issues]
+        several_files = len({issue.path for issue in self.issues}) > 1
+        lines += [f"{issue if several_files else f'line {issue.line}: {issue.message}'}" for issue in self.issues]
+        if self.unlisted:
+            kinds = ", ".join(f"{n:,} {kind.removeprefix('error: ')}" for kind, n in self.unlisted.items())
+            lines.append(f"and {sum(self.unlisted.values()):,} more: {kinds}")
+        lines += self.notes
         if self.stats:
             for name, (low, mean, p95, high) in (
                 ("tokens", self.stats.tokens),
@@ -44,8 +61,7 @@ class ValidationReport:
             lines.append(f"total: {self.stats.total_tokens} tokens, {self.stats.total_label_tokens} label tokens")
         if self.steps_per_epoch is not None:
             lines.append(f"steps per epoch: {self.steps_per_epoch}")
-        errors = sum(issue.severity == "error" for issue in self.issues)
-        lines.append(f"{errors} errors, {len(self.issues) - errors} warnings")
+        lines.append(f"{self.n_errors} errors, {self.n_warnings} warnings")
         return "\n".join(lines)
 
 

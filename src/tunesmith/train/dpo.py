@@ -19,6 +19,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -137,11 +138,11 @@ class DPOObjective:
             model, to_device(batch.sequences, self.device), 2 * batch.n_pairs, self.cfg.train.loss_chunk_size
         )
 
-    def length(self, item: TokenizedPair) -> int:
-        return len(item.chosen.input_ids) + len(item.rejected.input_ids)
-
-    def label_tokens(self, item: TokenizedPair) -> int:
-        return label_count(item.chosen) + label_count(item.rejected)
+    def sizes(self, items: list[TokenizedPair]) -> tuple[np.ndarray, np.ndarray]:
+        """Tokens and label tokens of each pair (both sides)."""
+        lengths = [len(p.chosen.input_ids) + len(p.rejected.input_ids) for p in items]
+        labels = [label_count(p.chosen) + label_count(p.rejected) for p in items]
+        return np.array(lengths, dtype=np.int64), np.array(labels, dtype=np.int64)
 
     def sequence_lengths(self, items: list[TokenizedPair]) -> list[int]:
         return [len(side.input_ids) for p in items for side in (p.chosen, p.rejected)]

@@ -28,6 +28,7 @@ import platform
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from tunesmith.paths import tunesmith_home
@@ -39,9 +40,10 @@ def _base(model):
     return model.get_base_model() if hasattr(model, "get_base_model") else model
 
 
-def mean_attended_keys(lengths: list[int]) -> float:
+def mean_attended_keys(lengths) -> float:
     """Mean keys per query under causal attention within each example (a token at position p sees p+1)."""
-    return sum(n * (n + 1) / 2 for n in lengths) / max(sum(lengths), 1)
+    n = np.asarray(lengths, dtype=np.float64)
+    return float((n * (n + 1) / 2).sum() / max(n.sum(), 1))
 
 
 def flops_per_token(model, label_share: float = 1.0, attended_keys: float = 0.0) -> float:

@@ -13,6 +13,7 @@ processes, then divides by the same counts (`metrics`).
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 from tunesmith.config import Config
@@ -63,14 +64,12 @@ class SFTObjective:
     def setup(self, model, data) -> None:
         """Work before the first step (nothing for SFT)."""
 
-    def length(self, item: TokenizedExample) -> int:
-        return len(item.input_ids)
+    def sizes(self, items) -> tuple[np.ndarray, np.ndarray]:
+        """Tokens and (shifted) label tokens of each example of a view (data/views.py)."""
+        return items.lengths, items.shifted_label_counts
 
-    def label_tokens(self, item: TokenizedExample) -> int:
-        return label_count(item)
-
-    def sequence_lengths(self, items: list[TokenizedExample]) -> list[int]:
-        return [len(e.input_ids) for e in items]
+    def sequence_lengths(self, items) -> np.ndarray:
+        return items.lengths
 
     def counts(self, items: list[TokenizedExample]) -> list[int]:
         return [sum(label_count(e) for e in items)]
@@ -100,19 +99,22 @@ def evaluate(module, objective, items: list, cfg: Config, dist) -> dict:
     """
     was_training = module.training
     module.eval()
-    order = sorted(range(len(items)), key=lambda i: objective.length(items[i]))
+    order = np.argsort(objective.sizes(items)[0], kind="stable")
     size = cfg.train.batch_size
     starts = list(range(0, len(order), size))
     rounds = -(-len(starts) // dist.world_size)
-    sums = torch.zeros(len(objective.sums), dtype=torch.float64)
+    n_sums = len(objective.sums)
+    totals = torch.zeros(n_sums + len(objective.step_counts), dtype=torch.float64)  # sums, then counts
     for round_ in range(rounds):
         index = round_ * dist.world_size + dist.rank
         chosen = [items[i] for i in order[starts[index] : starts[index] + size]] if index < len(starts) else []
         with autocast(cfg.train.dtype, objective.device):
             _, batch_sums = module(objective.batch(chosen))
-        sums += batch_sums.cpu().double()
+        totals[:n_sums] += batch_sums.cpu().double()
+        totals[n_sums:] += torch.tensor(objective.counts(chosen), dtype=torch.float64)
     module.train(was_training)
-    return objective.metrics(dist.sum(sums).tolist(), objective.counts(items), "val")
+    totals = dist.sum(totals).tolist()
+    return objective.metrics(totals[:n_sums], [round(c) for c in totals[n_sums:]], "val")
 
 
 def evaluate_model(model, objective, items: list, cfg: Config) -> dict:

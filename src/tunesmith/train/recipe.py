@@ -8,6 +8,7 @@ from __future__ import annotations
 import math
 import shutil
 import time
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
@@ -105,12 +106,13 @@ class StepBatches:
     epoch's order is computed once per epoch, not once per step.
     """
 
-    def __init__(self, examples: list, cfg: Config, objective, steps_per_epoch: int, dist: Dist):
+    def __init__(self, examples, cfg: Config, objective, steps_per_epoch: int, dist: Dist):
+        """`examples`: a view of the token store (data/views.py), or a list of preference pairs."""
         self.examples, self.cfg, self.objective, self.steps_per_epoch = examples, cfg, objective, steps_per_epoch
         self.dist = dist
         self.per_step = cfg.train.batch_size * cfg.train.grad_accum * dist.world_size
-        self.lengths = [objective.length(e) for e in examples]
-        self.label_counts = [objective.label_tokens(e) for e in examples]
+        # Arrays: an example's tokens are gathered only when its step comes.
+        self.lengths, self.label_counts = objective.sizes(examples)
         self._epoch: int | None = None
         self._epoch_order: list[int] = []
 
@@ -128,15 +130,34 @@ class StepBatches:
     def __call__(self, step: int) -> Step:
         epoch, index = divmod(step, self.steps_per_epoch)
         chosen = self._order(epoch)[index * self.per_step : (index + 1) * self.per_step]
-        share = split_by_tokens([self.lengths[i] for i in chosen], self.dist.world_size)[self.dist.rank]
+        share = split_by_tokens(self.lengths[chosen].tolist(), self.dist.world_size)[self.dist.rank]
         mine = [self.examples[chosen[position]] for position in share]
         batches = [self.objective.batch(group) for group in split_evenly(mine, self.cfg.train.grad_accum)]
         return Step(
             batches,
             [self.examples[i] for i in chosen],
-            sum(self.lengths[i] for i in chosen),
-            sum(self.label_counts[i] for i in chosen),
+            int(self.lengths[chosen].sum()),
+            int(self.label_counts[chosen].sum()),
         )
+
+
+class Prefetched:
+    """The next step's micro-batches gathered in a background thread while this step trains, so the
+    step never waits on data (the gather is numpy and tensor copies, which mostly release the GIL)."""
+
+    def __init__(self, step_batches: StepBatches, total_steps: int):
+        self.step_batches, self.total_steps = step_batches, total_steps
+        self.pool = ThreadPoolExecutor(1, thread_name_prefix="tunesmith-prefetch")
+        self.next = None  # (step, future)
+
+    def __call__(self, step: int):
+        ready = self.next[1].result() if self.next is not None and self.next[0] == step else None
+        result = ready if ready is not None else self.step_batches(step)
+        self.next = (step + 1, self.pool.submit(self.step_batches, step + 1)) if step + 1 < self.total_steps else None
+        return result
+
+    def close(self) -> None:
+        self.pool.shutdown(wait=True, cancel_futures=True)
 
 
 def train(cfg: Config, resume: bool = False, overwrite: bool = False) -> RunSummary:
@@ -199,7 +220,7 @@ def train(cfg: Config, resume: bool = False, overwrite: bool = False) -> RunSumm
         cfg.train.early_stopping.patience if cfg.train.early_stopping else None,
         cfg.train.early_stopping.min_delta if cfg.train.early_stopping else 0.0,
     )
-    step_batches = StepBatches(data.train, cfg, objective, steps_per_epoch, dist)
+    step_batches = Prefetched(StepBatches(data.train, cfg, objective, steps_per_epoch, dist), total_steps)
     samples = SampleSet(data.validation_examples, cfg.eval.samples, cfg.eval.max_new_tokens)
 
     if resume:
@@ -335,6 +356,7 @@ def train(cfg: Config, resume: bool = False, overwrite: bool = False) -> RunSumm
                     f"early stopping at step {step}: no improvement in {stopper.evals_without_improvement} evaluations"
                 )
                 break
+    step_batches.close()
 
     # ---- save: the best weights, not the last ----
     if lean is not None:
