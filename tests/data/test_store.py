@@ -12,7 +12,7 @@ from tests.conftest import REPO
 from tunesmith.config import DataConfig
 from tunesmith.data.formats import read_examples
 from tunesmith.data.issues import kind
-from tunesmith.data.store import store_root
+from tunesmith.data.store import remove_stores_of, store_root
 from tunesmith.data.tokenize import tokenize_example
 from tunesmith.errors import TunesmithError
 from tunesmith.models import load_tokenizer
@@ -90,6 +90,16 @@ def test_the_store_is_rebuilt_when_the_file_tokenizer_or_max_seq_len_changes(hom
     again = prepare.prepare_data(cfg, smol_tokenizer, seed=1)
     assert len(builds) == 4
     assert len(again.train) + len(again.validation) == len(first.train) + len(first.validation) + 1
+
+
+def test_removing_a_files_stores_leaves_the_stores_of_other_files(home, tmp_path, smol_tokenizer):
+    kept, gone = _jsonl(tmp_path / "kept.jsonl", _e2e_rows(12)), _jsonl(tmp_path / "gone.jsonl", _e2e_rows(13))
+    for path, max_seq_len in ((kept, 256), (gone, 256), (gone, 300)):
+        prepare.prepare_data(DataConfig(train=str(path), val_fraction=0.0, max_seq_len=max_seq_len), smol_tokenizer)
+    assert remove_stores_of(gone) == 2
+    (left,) = [p for p in store_root().iterdir() if p.is_dir()]
+    assert json.loads((left / "meta.json").read_text())["files"] == [str(kept)]
+    assert sorted(p.name for p in store_root().iterdir()) == sorted([left.name, f"{left.name}.lock"])
 
 
 @pytest.mark.parametrize("damage", ["truncate", "flip", "crash_before_rename"])

@@ -28,7 +28,7 @@ import numpy as np
 
 from tunesmith.data.formats import LineError
 from tunesmith.data.tokenize import IGNORE_INDEX, TokenizedExample
-from tunesmith.models import tunesmith_home
+from tunesmith.paths import tunesmith_home
 
 STORE_VERSION = 1
 META = "meta.json"
@@ -122,6 +122,24 @@ def build_lock(key: str):
             yield
         finally:
             fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def remove_stores_of(data_file: str | Path) -> int:
+    """Delete every store built from `data_file` (under its build lock): the tokens of a deleted
+    upload must not outlive it. Returns how many were deleted."""
+    root, target = store_root(), str(Path(data_file).resolve())
+    removed = 0
+    for meta_file in root.glob(f"*/{META}") if root.is_dir() else ():
+        try:
+            files = json.loads(meta_file.read_text())["files"]
+        except (OSError, ValueError, KeyError):
+            continue
+        if target in (str(Path(f).resolve()) for f in files):
+            with build_lock(meta_file.parent.name):
+                shutil.rmtree(meta_file.parent, ignore_errors=True)
+            (root / f"{meta_file.parent.name}.lock").unlink(missing_ok=True)
+            removed += 1
+    return removed
 
 
 @dataclass
