@@ -175,6 +175,12 @@ class TrainConfig(_Strict):
         "peak RSS 1585 -> 1265 MB (-20%) for 24% fewer tokens/s.",
     )
     compile: bool = Field(False, description="torch.compile the model (slow first steps).")
+    fast_paths: bool = Field(
+        True,
+        description="tunesmith's kernels (src/tunesmith/kernels/): packed rows, the label-only lm_head loss, "
+        "fused LoRA, lean storage, the activation arena. false runs the plain PEFT / transformers path "
+        "(padded batches, logits at every position): the control for benchmarks and numerics.",
+    )
     loss_chunk_size: int = Field(
         1024, ge=1, description="Label positions projected through lm_head at once (8,192 vocabulary rows at a time)."
     )
@@ -248,6 +254,14 @@ class Config(_Strict):
     )
     encoder: EncoderConfig = Field(default_factory=EncoderConfig, description="Encoder objective settings.")
     out_dir: str = Field("runs/default", description="Run folder: adapter, merged model, metrics, checkpoints.")
+
+    @model_validator(mode="after")
+    def _plain_path_pads(self):
+        if not self.train.fast_paths:
+            if self.data.packing and "packing" in self.data.model_fields_set:
+                raise ValueError("data.packing=true needs the packed attention of train.fast_paths=true")
+            self.data.packing = False  # packed rows need the packed attention kernel
+        return self
 
     @model_validator(mode="after")
     def _pairs_need_dpo(self):

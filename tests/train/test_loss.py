@@ -57,7 +57,8 @@ def _plain_loss(model, batch) -> torch.Tensor:
         ("full", True, 64),  # several chunks, the last one partial
     ],
 )
-def test_gradients_match_the_plain_implementation(tiny_model_name, examples, method, packing, chunk_size):
+@pytest.mark.parametrize("fast", [True, False])  # the kernel (kernels/label_loss.py), train.fast_paths=false
+def test_gradients_match_the_plain_implementation(tiny_model_name, examples, method, packing, chunk_size, fast):
     model = _model(tiny_model_name, method)
     batch = make_batch(examples, 2, packing)
 
@@ -65,7 +66,7 @@ def test_gradients_match_the_plain_implementation(tiny_model_name, examples, met
     plain.backward()
     expected = _grads(model)
 
-    parts = labelled_loss(model, batch, chunk_size)
+    parts = labelled_loss(model, batch, chunk_size, fast)
     assert parts.n_label_tokens == int((batch.targets != IGNORE_INDEX).sum())
     (parts.loss_sum / parts.n_label_tokens).backward()
     got = _grads(model)

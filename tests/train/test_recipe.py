@@ -143,6 +143,30 @@ def test_packed_and_padded_runs_follow_the_same_trajectory(tiny_config, tmp_path
     assert abs(packed.best_val_loss - padded.best_val_loss) < 1e-5 * padded.best_val_loss
 
 
+def test_fast_paths_off_runs_plain_peft_and_takes_the_same_steps(tiny_config, tmp_path, monkeypatch):
+    import tunesmith.train.recipe as recipe
+
+    same = {"method": {"dropout": 0.0}, "train": {"max_steps": 4, "log_every": 1}}
+    fast = train(tiny_config(out_dir=str(tmp_path / "fast"), data={"packing": False}, **same))
+    used = []
+    for kernel in ("fuse_lora", "LeanStorage", "ActivationArena", "fix_mmap_threshold"):
+        monkeypatch.setattr(recipe, kernel, lambda *a, kernel=kernel, **k: used.append(kernel))
+    cfg = tiny_config(out_dir=str(tmp_path / "plain"), **{**same, "train": {**same["train"], "fast_paths": False}})
+    assert cfg.data.packing is False  # packed rows need the packed attention kernel
+    plain = train(cfg)
+    assert used == []
+    fast_losses, plain_losses = (
+        [r["train_loss"] for r in _metrics(tmp_path / n) if "train_loss" in r] for n in ("fast", "plain")
+    )
+    assert len(plain_losses) == 4 and plain_losses == pytest.approx(fast_losses, rel=1e-5)
+    assert plain.best_val_loss == pytest.approx(fast.best_val_loss, rel=1e-5)
+
+
+def test_packing_asked_for_without_the_fast_paths_is_refused(tiny_config):
+    with pytest.raises(TunesmithError, match="data.packing=true needs the packed attention of train.fast_paths=true"):
+        tiny_config(data={"packing": True}, train={"fast_paths": False})
+
+
 def test_a_second_run_in_the_same_folder_is_refused(lora_run):
     cfg, _, out = lora_run
     before = sorted(p.name for p in out.iterdir())

@@ -82,7 +82,8 @@ def pair_logps(model, tokenized, pad_id: int, config: Config) -> np.ndarray:
         chunk = tokenized[start : start + size]
         batch = to_device(pair_batch(chunk, pad_id, config.data.packing).sequences, device)
         with autocast(config.train.dtype, device):
-            logps = sequence_logps(model, batch, 2 * len(chunk), config.train.loss_chunk_size)
+            train = config.train
+            logps = sequence_logps(model, batch, 2 * len(chunk), train.loss_chunk_size, train.fast_paths)
         out.append(logps.view(-1, 2).cpu())
     return torch.cat(out).double().numpy()
 

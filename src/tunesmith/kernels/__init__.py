@@ -1,4 +1,6 @@
-"""The fast paths: packed attention, fused LoRA, lean bf16 storage, the activation arena.
+"""The fast paths: packed attention, the label-only output-layer loss, fused LoRA, lean storage,
+the activation arena.
 
-Each has a test against the plain PEFT / transformers implementation it replaces.
+Each has a test against the plain PEFT / transformers implementation it replaces; the recipe uses
+them unless `train.fast_paths: false`, which runs that plain implementation instead.
 """

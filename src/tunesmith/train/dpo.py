@@ -65,9 +65,9 @@ def pair_batch(pairs: list[TokenizedPair], pad_id: int, packing: bool) -> PairBa
     return PairBatch(sequences, len(pairs), chosen_labels, reference)
 
 
-def sequence_logps(model, batch: Batch, n_sequences: int, chunk_size: int) -> torch.Tensor:
+def sequence_logps(model, batch: Batch, n_sequences: int, chunk_size: int, fast: bool = True) -> torch.Tensor:
     """Summed log-prob of each sequence's label tokens [n_sequences], from label positions only."""
-    losses, _ = label_token_losses(model, batch, chunk_size)
+    losses, _ = label_token_losses(model, batch, chunk_size, fast)
     if batch.lengths is None:  # padded: one sequence per row
         owner = torch.arange(batch.targets.shape[0], device=losses.device)[:, None].expand_as(batch.targets)
     else:  # packed: the row's segments in order (a padding tail last, with no labels)
@@ -78,10 +78,10 @@ def sequence_logps(model, batch: Batch, n_sequences: int, chunk_size: int) -> to
     return -sums.index_add(0, owner, losses)[:n_sequences]
 
 
-def reference_logps(model, batch: Batch, n_sequences: int, chunk_size: int) -> torch.Tensor:
+def reference_logps(model, batch: Batch, n_sequences: int, chunk_size: int, fast: bool = True) -> torch.Tensor:
     """The same log-probs from the model with its LoRA adapter switched off: the base model."""
     with torch.no_grad(), model.disable_adapter():
-        return sequence_logps(model, batch, n_sequences, chunk_size)
+        return sequence_logps(model, batch, n_sequences, chunk_size, fast)
 
 
 def dpo_loss(policy: torch.Tensor, reference: torch.Tensor, beta: float) -> tuple[torch.Tensor, torch.Tensor]:
@@ -134,9 +134,9 @@ class DPOObjective:
         return scored
 
     def _logps(self, model, batch: PairBatch) -> torch.Tensor:
-        return sequence_logps(
-            model, to_device(batch.sequences, self.device), 2 * batch.n_pairs, self.cfg.train.loss_chunk_size
-        )
+        train = self.cfg.train
+        sequences = to_device(batch.sequences, self.device)
+        return sequence_logps(model, sequences, 2 * batch.n_pairs, train.loss_chunk_size, train.fast_paths)
 
     def sizes(self, items: list[TokenizedPair]) -> tuple[np.ndarray, np.ndarray]:
         """Tokens and label tokens of each pair (both sides)."""
@@ -163,7 +163,8 @@ class DPOObjective:
         if batch.reference is not None:
             return batch.reference.to(self.device)
         sequences = to_device(batch.sequences, self.device)
-        logps = reference_logps(model, sequences, 2 * batch.n_pairs, self.cfg.train.loss_chunk_size)
+        train = self.cfg.train
+        logps = reference_logps(model, sequences, 2 * batch.n_pairs, train.loss_chunk_size, train.fast_paths)
         return logps.view(-1, 2)
 
     def forward(self, model, batch: PairBatch) -> tuple[torch.Tensor, torch.Tensor]:

@@ -81,7 +81,8 @@ class SFTObjective:
         self.step_counts = self.counts(items)
 
     def forward(self, model, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
-        parts = labelled_loss(model, to_device(batch, self.device), self.cfg.train.loss_chunk_size)
+        train = self.cfg.train
+        parts = labelled_loss(model, to_device(batch, self.device), train.loss_chunk_size, train.fast_paths)
         sums = torch.stack([parts.loss_sum.detach().float(), parts.n_correct.float()])
         return parts.loss_sum / max(self.step_counts[0], 1), sums
 

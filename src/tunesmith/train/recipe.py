@@ -189,8 +189,10 @@ def train(cfg: Config, resume: bool = False, overwrite: bool = False) -> RunSumm
     torch.manual_seed(cfg.train.seed)
     model = attach_method(loaded.model, cfg).to(device)
     dtype = compute_dtype(cfg.train.dtype, device)
-    lean = LeanStorage(model, dtype) if cfg.method.lora else None
-    if cfg.method.lora:
+    # The kernels (kernels/) unless train.fast_paths is off: then PEFT's and transformers' own modules.
+    fast_lora = cfg.method.lora and cfg.train.fast_paths
+    lean = LeanStorage(model, dtype) if fast_lora else None
+    if fast_lora:
         fuse_lora(model)
     if cfg.train.gradient_checkpointing:
         output_layer(model)[0].gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
@@ -202,7 +204,7 @@ def train(cfg: Config, resume: bool = False, overwrite: bool = False) -> RunSumm
     # anyway: an arena would copy 270 MB a micro-batch for nothing (measured 486 -> 573 tokens/s
     # without it), so only a lean LoRA run gets one; every CPU run gets the fixed threshold.
     # torch.compile cannot trace the arena's hooks (and plans its own buffers).
-    heap_fixed = device.type == "cpu" and fix_mmap_threshold()
+    heap_fixed = device.type == "cpu" and cfg.train.fast_paths and fix_mmap_threshold()
     arena = ActivationArena() if heap_fixed and lean is not None and not compile_model else None
     # The loss is the forward that DDP / FSDP2 wrap; on one process it runs as it is.
     # Before wrapping, on the whole model: work before the first step (DPO's reference log-probs).
