@@ -147,6 +147,12 @@ class TrainConfig(_Strict):
     grad_accum: int = Field(1, ge=1, description="Micro-batches per optimizer step.")
     lr: float = Field(2e-4, gt=0, le=1.0, description="Peak learning rate.")
     optimizer: Literal["adamw", "sgd"] = Field("adamw", description="Optimizer.")
+    optimizer_state_dtype: Literal["float32", "bfloat16"] = Field(
+        "float32",
+        description="Storage of AdamW's two moments. bfloat16 halves the optimizer state (full fine-tuning "
+        "of SmolLM2-135M: 1,080 -> 540 MB); the update is still computed in float32 and the moments are "
+        "written back with stochastic rounding, so small updates are not rounded away.",
+    )
     weight_decay: float = Field(0.0, ge=0.0, description="Decoupled weight decay (AdamW) / L2 (SGD).")
     scheduler: Literal["cosine", "linear", "constant"] = Field("cosine", description="LR decay after warm-up.")
     warmup_steps: int = Field(10, ge=0, description="Linear warm-up steps from 0 to lr.")

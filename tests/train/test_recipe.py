@@ -87,14 +87,20 @@ recipe.train(load_config(sys.argv[1]))
 
 
 def _without_timings(rows):
-    return [{k: v for k, v in r.items() if k not in ("tokens_per_second", "mfu", "peak_rss_mb")} for r in rows]
+    timings = ("tokens_per_second", "mfu", "peak_rss_mb", "peak_rss_mb_mean")
+    return [{k: v for k, v in r.items() if k not in timings} for r in rows]
 
 
-def test_killed_and_resumed_run_ends_with_the_same_weights(tiny_config, tmp_path):
-    straight = tiny_config(out_dir=str(tmp_path / "straight"))
+@pytest.mark.parametrize(
+    "sections",
+    [{}, {"method": {"name": "full"}, "train": {"lr": 1e-4, "optimizer_state_dtype": "bfloat16"}}],
+    ids=["lora", "full-bf16-moments"],
+)
+def test_killed_and_resumed_run_ends_with_the_same_weights(tiny_config, tmp_path, sections):
+    straight = tiny_config(out_dir=str(tmp_path / "straight"), **sections)
     train(straight)
 
-    resumed = tiny_config(out_dir=str(tmp_path / "resumed"))
+    resumed = tiny_config(out_dir=str(tmp_path / "resumed"), **sections)
     config_file = tmp_path / "resumed.yaml"
     config_file.write_text(dump_config(resumed))
     killed = subprocess.run([sys.executable, "-c", KILL_AFTER_CHECKPOINT, str(config_file)], capture_output=True)
@@ -125,8 +131,10 @@ def test_early_stopping_exports_the_best_checkpoint(tiny_config):
     assert all(torch.allclose(merged[k], folded[k], atol=1e-6) for k in merged)
 
 
-def test_full_fine_tuning_writes_only_a_merged_model(tiny_config):
-    cfg = tiny_config(method={"name": "full"}, train={"max_steps": 6, "lr": 1e-3, "eval_every": 3})
+@pytest.mark.parametrize("state_dtype", ["float32", "bfloat16"])
+def test_full_fine_tuning_writes_only_a_merged_model(tiny_config, state_dtype):
+    train_section = {"max_steps": 6, "lr": 1e-3, "eval_every": 3, "optimizer_state_dtype": state_dtype}
+    cfg = tiny_config(method={"name": "full"}, train=train_section)
     summary = train(cfg)
     out = Path(cfg.out_dir)
     assert summary.best_val_loss < summary.initial_val_loss
