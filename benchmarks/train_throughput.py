@@ -62,6 +62,13 @@ RUNS = [
         {"gradient_checkpointing": True},
         "tunesmith defaults + train.gradient_checkpointing=true (memory-lean, like TRL's default)",
     ),
+    Run(
+        "tunesmith-lora-plain",
+        "tunesmith",
+        "lora",
+        {"fast_paths": False},
+        "tunesmith with train.fast_paths=false: plain PEFT / transformers, padded batches (the control)",
+    ),
     Run("trl-lora-defaults", "trl", "lora", {}, "SFTTrainer defaults (grad. checkpointing on)"),
     Run(
         "trl-lora-padding-free",
@@ -87,6 +94,13 @@ RUNS = [
         "SFTTrainer padded, no checkpointing, completion-only",
     ),
     Run("tunesmith-full", "tunesmith", "full", {}, "tunesmith full fine-tuning, defaults"),
+    Run(
+        "tunesmith-full-bf16-moments",
+        "tunesmith",
+        "full",
+        {"optimizer_state_dtype": "bfloat16"},
+        "tunesmith full fine-tuning, AdamW moments stored in bfloat16",
+    ),
     Run("trl-full-defaults", "trl", "full", {}, "SFTTrainer full fine-tuning, defaults"),
     Run(
         "trl-full-no-checkpointing",
@@ -184,7 +198,11 @@ def run_tunesmith(run: Run, args) -> dict:
         "save_every": 10 * args.steps,
         "seed": 0,
         "dtype": args.dtype,
-        **({"gradient_checkpointing": True} if run.options.get("gradient_checkpointing") else {}),
+        **{
+            k: run.options[k]
+            for k in ("gradient_checkpointing", "fast_paths", "optimizer_state_dtype")
+            if k in run.options
+        },
     }
     cfg = config_from_dict(
         {
