@@ -26,6 +26,8 @@ import threading
 import time
 from pathlib import Path
 
+from machine import cpu_flags
+
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -138,15 +140,6 @@ def _trl_prepare(path: str, workers: int) -> None:
     prepared = trainer._prepare_dataset(dataset, tokenizer, args, False, None, "train")
     done = time.perf_counter()
     print(json.dumps({"seconds": done - start, "load_seconds": loaded - start, "examples": len(prepared)}))
-
-
-def cpu_flags() -> str:
-    try:
-        flags = next(line for line in open("/proc/cpuinfo") if line.startswith("flags")).split()
-    except (OSError, StopIteration):
-        return platform.processor()
-    wanted = ("avx2", "avx512f", "avx512_bf16", "amx_bf16")
-    return ", ".join(f for f in wanted if f in flags) or "no AVX2/AVX-512"
 
 
 def main() -> None:

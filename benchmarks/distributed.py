@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -30,6 +29,7 @@ import time
 from pathlib import Path
 
 import yaml
+from machine import cpu_flags
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "benchmarks/results/distributed.md"
@@ -90,14 +90,6 @@ def run(model: str, procs: int, most: int, steps: int, batch_size: int, warmup: 
         "val_loss": last["val_loss"],
         "wall_seconds": round(time.perf_counter() - started, 1),
     }
-
-
-def cpu_flags() -> str:
-    try:
-        flags = set(Path("/proc/cpuinfo").read_text().split())
-    except OSError:
-        return platform.processor()
-    return ", ".join(f for f in ("avx2", "avx512f", "avx512_bf16", "amx_bf16") if f in flags) or "no AVX2"
 
 
 def device() -> str:

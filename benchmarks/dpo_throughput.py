@@ -29,6 +29,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
+from machine import cpu_flags
 from train_throughput import _device, _peak_rss_mb, _sync, _throughput  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
@@ -241,7 +242,6 @@ def render(results: dict[str, list[dict]], args, load: str) -> str:
 
     from tunesmith.precision import compute_dtype
 
-    flags = sorted({f for f in ("avx512f", "avx512_bf16", "amx_bf16") if f in Path("/proc/cpuinfo").read_text()})
     median = {n: {k: statistics.median(r[k] for r in rs) for k in rs[0] if k != "name"} for n, rs in results.items()}
     ours = median.get("tunesmith")
     lines = [
@@ -249,7 +249,7 @@ def render(results: dict[str, list[dict]], args, load: str) -> str:
         "",
         f"Command: `python benchmarks/dpo_throughput.py {' '.join(sys.argv[1:])}`".rstrip(),
         "",
-        f"Machine: {os.cpu_count()} CPUs, flags {', '.join(flags) or 'no AVX-512'}, torch {torch.__version__}, "
+        f"Machine: {os.cpu_count()} CPUs, flags {cpu_flags()}, torch {torch.__version__}, "
         f"compute dtype {compute_dtype('auto', _device())}; {load}.",
         f"Work: {args.model}, {args.steps} optimizer steps of {args.batch_size} HH-RLHF harmless pairs (both sides "
         f"<= {args.max_len} tokens), LoRA r=16 alpha=32 all linear layers, beta {BETA}, lr {LR}, cosine, 3 warm-up "

@@ -26,6 +26,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from machine import cpu_flags
+
 REPO = Path(__file__).resolve().parents[1]
 SCITLDR = REPO / "data/scitldr"
 RESULTS = REPO / "benchmarks/results/encoder_throughput.md"
@@ -163,15 +165,6 @@ def worker(name: str, args) -> None:
     print("RESULT " + json.dumps(result), flush=True)
 
 
-def _cpu_flags() -> str:
-    try:
-        flags = Path("/proc/cpuinfo").read_text().split("flags", 1)[1].split("\n", 1)[0]
-    except (OSError, IndexError):
-        return platform.processor() or "unknown"
-    wanted = ("avx2", "avx512f", "avx512_bf16", "amx_bf16")
-    return ", ".join(f for f in wanted if f" {f}" in flags) or "no AVX2/AVX-512"
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--steps", type=int, default=20)
@@ -213,7 +206,7 @@ def main() -> None:
     lines = [
         f"# Contrastive encoder training: tunesmith vs SentenceTransformerTrainer ({args.steps} steps x {BATCH} pairs)",
         "",
-        f"CPU: {platform.machine()}, {_cpu_flags()}; float32; medians of {args.repeats} alternating run(s).",
+        f"CPU: {platform.machine()}, {cpu_flags()}; float32; medians of {args.repeats} alternating run(s).",
         "",
         "| trainer | pairs/s | peak RSS (MB) | nDCG@10 (200 test queries) | wall (s) |",
         "|---|---|---|---|---|",

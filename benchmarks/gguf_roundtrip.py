@@ -18,6 +18,7 @@ import time
 from pathlib import Path
 
 import torch
+from machine import cpu_flags
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from tunesmith.data.formats import Message
@@ -27,12 +28,6 @@ from tunesmith.export.gguf import OUTTYPES
 from tunesmith.generation import generate
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-def cpu_flags() -> str:
-    flags = Path("/proc/cpuinfo").read_text().split() if Path("/proc/cpuinfo").exists() else []
-    wanted = sorted({f for f in flags if f.startswith(("avx512f", "avx512_bf16", "amx"))})
-    return " ".join(wanted) or "no AVX-512"
 
 
 def main() -> None:

@@ -28,6 +28,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from machine import cpu_flags
+
 REPO = Path(__file__).resolve().parents[1]
 TRAIN = REPO / "data/e2e_nlg/train.jsonl"
 VALIDATION = REPO / "data/e2e_nlg/validation.jsonl"
@@ -436,16 +438,6 @@ def _ratio(a: float | None, b: float | None) -> str:
     return f"{a / b:.2f}x" if a and b else "-"
 
 
-def _cpu_flags() -> str:
-    """The CPU flags that decide the compute dtype's speed here (see precision.bf16_supported)."""
-    try:
-        flags = Path("/proc/cpuinfo").read_text().split("flags", 1)[1].split("\n", 1)[0].split()
-    except (OSError, IndexError):
-        return "unknown"
-    shown = [f for f in flags if f.startswith(("avx512", "amx")) or f in ("avx2", "fma")]
-    return " ".join(sorted(shown)) or "no AVX2/AVX-512"
-
-
 def render(results: dict[str, dict], args, shape: dict, peak: float, peak_dtype: str) -> str:
     import torch
 
@@ -453,7 +445,7 @@ def render(results: dict[str, dict], args, shape: dict, peak: float, peak_dtype:
     machine = (
         torch.cuda.get_device_name()
         if device.type == "cuda"
-        else f"{platform.processor() or 'CPU'} (flags: {_cpu_flags()})"
+        else f"{platform.processor() or 'CPU'} (flags: {cpu_flags()})"
     )
     precision = (
         "bf16 autocast where supported (tunesmith dtype auto, TRL bf16=True)"
