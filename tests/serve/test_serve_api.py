@@ -17,8 +17,8 @@ import openai
 import pytest
 from serve_helpers import alive, wait_for
 
+from tunesmith.serve.jobs.policy import resolve_hyperparameters
 from tunesmith.serve.store import Store
-from tunesmith.serve.worker import resolve_hyperparameters
 
 
 def jsonl(rows) -> bytes:

@@ -1,0 +1,119 @@
+"""OpenAI-compatible HTTP API: files, fine-tuning jobs, models, chat and text completions.
+
+Every route needs ``Authorization: Bearer KEY``; every file, job and model belongs to the key's
+organisation, and another organisation's id answers exactly like a missing one (404). Every
+error, FastAPI's own request-validation errors included, has OpenAI's shape and a 4xx status for
+bad input: malformed input is a 400, never a 422 or 500.
+
+Routes live in serve/routes/ (one module per resource); this module builds the app.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from tunesmith.serve.errors import APIError, error_response
+from tunesmith.serve.limits import BodyLimit, BodyTooLarge, OrgSlots
+from tunesmith.serve.routes import embeddings, files, inference, jobs, models
+from tunesmith.serve.settings import ServeSettings
+from tunesmith.serve.store import Store
+
+log = logging.getLogger("tunesmith.serve")
+
+
+def create_app(settings: ServeSettings) -> FastAPI:
+    from tunesmith.serve.inference import InferenceEngine
+    from tunesmith.serve.jobs.supervisor import Worker
+
+    store = Store(settings.home)
+    worker = Worker(
+        store,
+        settings.trainer_command,
+        settings.max_running,
+        settings.poll_seconds,
+        settings.train_overrides,
+        settings.procs_per_job,
+    )
+
+    engine = InferenceEngine(max_adapters=settings.max_adapters)
+    # Generation and model loads run here, never in the pool that serves management routes.
+    inference_pool = ThreadPoolExecutor(settings.inference_threads, thread_name_prefix="tunesmith-inference")
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        store.remove_orphans()
+        worker.start()
+        try:
+            yield
+        finally:
+            engine.close()
+            inference_pool.shutdown(wait=False, cancel_futures=True)
+            worker.stop()
+
+    app = FastAPI(title="tunesmith", lifespan=lifespan)
+    app.state.store, app.state.worker, app.state.settings = store, worker, settings
+    app.state.engine, app.state.inference_pool = engine, inference_pool
+    app.state.inference_slots = OrgSlots(settings.max_inference_per_org)
+    app.add_middleware(BodyLimit, json_limit=settings.max_body_bytes, upload_limit=settings.max_upload_bytes)
+    _install_error_handlers(app)
+    files.add_routes(app)
+    jobs.add_routes(app)
+    models.add_routes(app)
+    inference.add_routes(app)
+    embeddings.add_routes(app)
+    return app
+
+
+def _validation_message(errors) -> tuple[str, str | None]:
+    parts, param = [], None
+    for item in errors:
+        loc = [str(p) for p in item.get("loc", ()) if p not in ("body", "query", "path")]
+        where = ".".join(loc)
+        param = param or where or None
+        if item.get("type") == "missing":
+            parts.append(f"missing required parameter {where!r}")
+        elif item.get("type") == "json_invalid":
+            parts.append("the request body is not valid JSON")
+        elif item.get("type") == "extra_forbidden":
+            parts.append(f"unknown parameter {where!r}")
+        else:
+            got = item.get("input")
+            shown = (
+                json.dumps(got)[:100] if isinstance(got, (str, int, float, bool, type(None))) else type(got).__name__
+            )
+            parts.append(f"{where or 'body'}: {item.get('msg')} (got {shown})")
+    return "; ".join(dict.fromkeys(parts)) or "invalid request", param
+
+
+def _install_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(APIError)
+    async def api_error(_: Request, error: APIError):
+        return error_response(error)
+
+    @app.exception_handler(BodyTooLarge)
+    async def body_too_large(_: Request, error: BodyTooLarge):
+        return error_response(error.error)
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(_: Request, error: RequestValidationError):
+        message, param = _validation_message(error.errors())
+        return error_response(APIError(400, message, param=param, code="invalid_request"))
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(_: Request, error: StarletteHTTPException):
+        status = error.status_code
+        code = {404: "not_found", 405: "method_not_allowed"}.get(status)
+        message = "Unknown URL" if status == 404 else str(error.detail)
+        return error_response(APIError(status, message, code=code))
+
+    @app.exception_handler(Exception)
+    async def server_error(_: Request, error: Exception):
+        log.exception("unhandled error")
+        return error_response(APIError(500, f"internal server error: {type(error).__name__}", code="server_error"))

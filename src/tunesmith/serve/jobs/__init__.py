@@ -1,0 +1,1 @@
+"""Fine-tuning jobs: their policy (auto hyperparameters), file validation and supervision."""
