@@ -10,7 +10,6 @@ Routes live in serve/routes/ (one module per resource); this module builds the a
 
 from __future__ import annotations
 
-import json
 import logging
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
@@ -19,7 +18,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from tunesmith.serve.errors import APIError, error_response
+from tunesmith.serve.errors import APIError, error_response, invalid_request
 from tunesmith.serve.limits import BodyLimit, BodyTooLarge, OrgSlots
 from tunesmith.serve.routes import embeddings, files, inference, jobs, models
 from tunesmith.serve.settings import ServeSettings
@@ -71,27 +70,6 @@ def create_app(settings: ServeSettings) -> FastAPI:
     return app
 
 
-def _validation_message(errors) -> tuple[str, str | None]:
-    parts, param = [], None
-    for item in errors:
-        loc = [str(p) for p in item.get("loc", ()) if p not in ("body", "query", "path")]
-        where = ".".join(loc)
-        param = param or where or None
-        if item.get("type") == "missing":
-            parts.append(f"missing required parameter {where!r}")
-        elif item.get("type") == "json_invalid":
-            parts.append("the request body is not valid JSON")
-        elif item.get("type") == "extra_forbidden":
-            parts.append(f"unknown parameter {where!r}")
-        else:
-            got = item.get("input")
-            shown = (
-                json.dumps(got)[:100] if isinstance(got, (str, int, float, bool, type(None))) else type(got).__name__
-            )
-            parts.append(f"{where or 'body'}: {item.get('msg')} (got {shown})")
-    return "; ".join(dict.fromkeys(parts)) or "invalid request", param
-
-
 def _install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(APIError)
     async def api_error(_: Request, error: APIError):
@@ -103,8 +81,7 @@ def _install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(_: Request, error: RequestValidationError):
-        message, param = _validation_message(error.errors())
-        return error_response(APIError(400, message, param=param, code="invalid_request"))
+        return error_response(invalid_request(error.errors()))
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(_: Request, error: StarletteHTTPException):
