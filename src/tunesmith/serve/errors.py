@@ -38,9 +38,12 @@ def error_response(error: APIError) -> JSONResponse:
     return JSONResponse(body, status_code=error.status, headers=error.headers)
 
 
-def not_found(kind: str, ident: str, param: str | None = None) -> APIError:
-    """The same answer for a missing id and another organisation's id."""
-    return APIError(404, f"No such {kind}: {ident}", param=param, code="not_found")
+def found(row: dict | None, kind: str, ident: str, param: str) -> dict:
+    """An organisation's ``row`` as the store returned it; None is a 404, the same answer for a
+    missing id and another organisation's id."""
+    if row is None:
+        raise APIError(404, f"No such {kind}: {ident}", param=param, code="not_found")
+    return row
 
 
 def too_many(message: str, retry_after: int) -> APIError:

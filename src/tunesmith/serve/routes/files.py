@@ -10,7 +10,7 @@ from fastapi import FastAPI, Query, Request
 from fastapi.responses import FileResponse
 from starlette.concurrency import run_in_threadpool
 
-from tunesmith.serve.errors import APIError, in_use, not_found
+from tunesmith.serve.errors import APIError, found, in_use
 from tunesmith.serve.routes.params import Org, page
 from tunesmith.serve.settings import ServeSettings
 from tunesmith.serve.store import Store, new_id
@@ -105,10 +105,7 @@ def add_routes(app: FastAPI) -> None:
         return page(store.list_files(org["id"], purpose, after, limit + 1, order), limit, file_object)
 
     def get_file(org: dict, file_id: str) -> dict:
-        row = store.file(org["id"], file_id)
-        if row is None:
-            raise not_found("file", file_id, param="file_id")
-        return row
+        return found(store.file(org["id"], file_id), "file", file_id, "file_id")
 
     @app.get("/v1/files/{file_id}")
     def retrieve_file(file_id: str, org: Org):

@@ -9,7 +9,7 @@ from typing import Annotated
 
 from fastapi import FastAPI, Query, Request
 
-from tunesmith.serve.errors import APIError, not_found, too_many
+from tunesmith.serve.errors import APIError, found, too_many
 from tunesmith.serve.jobs.request import METHODS, JobRequest
 from tunesmith.serve.routes.params import Limit, Org, json_body, page, parse
 from tunesmith.serve.settings import ServeSettings
@@ -135,10 +135,7 @@ def add_routes(app: FastAPI) -> None:
         return page(store.list_jobs(org["id"], after, limit + 1), limit, job_object)
 
     def get_job(org: dict, job_id: str) -> dict:
-        row = store.job(org["id"], job_id)
-        if row is None:
-            raise not_found("fine-tuning job", job_id, param="fine_tuning_job_id")
-        return row
+        return found(store.job(org["id"], job_id), "fine-tuning job", job_id, "fine_tuning_job_id")
 
     @app.get("/v1/fine_tuning/jobs/{job_id}")
     def retrieve_job(job_id: str, org: Org):
