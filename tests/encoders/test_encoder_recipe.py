@@ -9,6 +9,7 @@ from encoder_helpers import PAPERS
 
 from tunesmith.encoders.model import load_encoder
 from tunesmith.encoders.recipe import HEAD_FILE, train_encoder
+from tunesmith.errors import TunesmithError
 from tunesmith.evaluate.encoders import run_encoder_evaluation
 
 
@@ -102,6 +103,21 @@ def test_resume_ends_with_the_same_weights(encoder_config, tmp_path):
     train_encoder(cfg, resume=True)
     resumed = load_file(tmp_path / "run" / "merged" / "model.safetensors")
     assert all(torch.equal(uninterrupted[k], resumed[k]) for k in uninterrupted)
+
+
+def test_a_nan_loss_stops_an_encoder_run_and_never_reaches_the_metrics(encoder_config, tmp_path, monkeypatch):
+    from tunesmith.encoders.tasks import ContrastiveTask
+
+    loss_sum = ContrastiveTask.loss_sum
+
+    def diverged(self, body, inputs):
+        loss, correct = loss_sum(self, body, inputs)
+        return (loss * float("nan"), correct) if body.training else (loss, correct)
+
+    monkeypatch.setattr(ContrastiveTask, "loss_sum", diverged)
+    with pytest.raises(TunesmithError, match=r"step 1: train_loss=nan.*train.nan_policy: stop"):
+        train_encoder(encoder_config())
+    assert [r["step"] for r in _metrics(tmp_path / "run")] == [0]
 
 
 def test_mlm_head_is_tied_to_the_word_embeddings(encoder_config, tmp_path):

@@ -5,7 +5,8 @@ import shutil
 import pytest
 from fastapi.testclient import TestClient
 
-from tunesmith.serve.api import ServeSettings, create_app
+from tunesmith.serve.app import create_app
+from tunesmith.serve.settings import ServeSettings
 
 MODEL = "ft:tiny-llama-test:acme::abc123"
 

@@ -17,8 +17,8 @@ import openai
 import pytest
 from serve_helpers import alive, wait_for
 
+from tunesmith.serve.jobs.policy import resolve_hyperparameters
 from tunesmith.serve.store import Store
-from tunesmith.serve.worker import resolve_hyperparameters
 
 
 def jsonl(rows) -> bytes:
@@ -287,6 +287,13 @@ BAD_JOBS = [  # (body, param expected in the error)
         "method.supervised.hyperparameters.learning_rate_multiplier",
     ),
     ({"model": "tiny-llama-test", "training_file": "TRAIN", "method": {"type": "reinforcement"}}, "method.type"),
+    ({"model": "tiny-llama-test", "training_file": "TRAIN", "method": {"type": ["dpo"]}}, "method.type"),
+    ({"model": "tiny-llama-test", "training_file": "TRAIN", "method": "dpo"}, "method.type"),
+    (
+        {"model": "tiny-llama-test", "training_file": "TRAIN", "hyperparameters": {"n_epochs": 10**400}},
+        "hyperparameters.n_epochs",
+    ),
+    ({"model": "tiny-llama-test", "training_file": "TRAIN", "hyperparameters": {"beta": 0.1}}, "hyperparameters.beta"),
     ({"model": "tiny-llama-test", "training_file": "TRAIN", "seed": "x"}, "seed"),
     ({"model": "tiny-llama-test", "training_file": "TRAIN", "suffix": "a:b"}, "suffix"),
     ({"model": "tiny-llama-test", "training_file": "TRAIN", "epochs": 3}, "epochs"),

@@ -12,8 +12,8 @@ from serve_helpers import FAKE_TRAINER, alive
 
 from tunesmith.errors import TunesmithError
 from tunesmith.runfolder import lock_holder, locked
+from tunesmith.serve.jobs.supervisor import MAX_ATTEMPTS, STOP_GRACE_SECONDS, Worker
 from tunesmith.serve.store import Store, now
-from tunesmith.serve.worker import MAX_ATTEMPTS, STOP_GRACE_SECONDS, Worker
 
 
 def add_job(store: Store, tmp_path, status: str, attempts: int = 0) -> str:

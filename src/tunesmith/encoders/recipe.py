@@ -36,7 +36,7 @@ from tunesmith.train.checkpoint import (
     save_checkpoint,
 )
 from tunesmith.train.optim import build_optimizer, build_scheduler
-from tunesmith.train.recipe import RUN_MARKERS, RunSummary, attach_method, check_out_dir
+from tunesmith.train.recipe import RUN_MARKERS, RunSummary, attach_method, check_out_dir, write_metrics
 from tunesmith.train.stopping import EarlyStopping
 
 ENCODER_OBJECTIVES = ("mlm", "contrastive", "classification")
@@ -139,7 +139,8 @@ def train_encoder(cfg: Config, resume: bool = False, overwrite: bool = False) ->
         state = TrainerState(0, 0, None, None, 0, 0.0)
         metrics = MetricsLog(out_dir / METRICS, resume_step=None, report_to=cfg.train.report_to)
         val_loss, val_acc = evaluate_loss(task, body, cfg, device)
-        metrics.write({"step": 0, "epoch": 0.0, "val_loss": val_loss, "val_accuracy": val_acc})
+        record = {"step": 0, "epoch": 0.0, "val_loss": val_loss, "val_accuracy": val_acc}
+        write_metrics(metrics, record, cfg.train.nan_policy)
 
     # ---- the loop ----
     started = time.perf_counter() - state.wall_seconds
@@ -225,7 +226,7 @@ def train_encoder(cfg: Config, resume: bool = False, overwrite: bool = False) ->
                 )
                 stopped_early = stopper.should_stop
             if record is not None:
-                metrics.write(record)
+                write_metrics(metrics, record, cfg.train.nan_policy)
 
             state.best_val_loss, state.best_step = stopper.best_loss, stopper.best_step
             state.evals_without_improvement = stopper.evals_without_improvement

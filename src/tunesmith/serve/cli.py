@@ -24,8 +24,9 @@ def default_home() -> Path:
 def _serve(args: argparse.Namespace) -> int:
     import uvicorn
 
-    from tunesmith.serve.api import ServeSettings, create_app
-    from tunesmith.serve.worker import parse_trainer_command
+    from tunesmith.serve.app import create_app
+    from tunesmith.serve.jobs.supervisor import parse_trainer_command
+    from tunesmith.serve.settings import ServeSettings
 
     settings = ServeSettings(
         home=Path(args.home or default_home()),

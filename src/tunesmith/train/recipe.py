@@ -241,7 +241,7 @@ def train(cfg: Config, resume: bool = False, overwrite: bool = False) -> RunSumm
             write_text_atomic(out_dir / "config.yaml", dump_config(cfg))
         state = TrainerState(0, 0, None, None, 0, 0.0)
         metrics = MetricsLog(out_dir / METRICS, None, cfg.train.report_to) if dist.is_main else None
-        _write(
+        write_metrics(
             metrics,
             {"step": 0, "epoch": 0.0, **evaluate(module, objective, data.validation, cfg, dist)},
             cfg.train.nan_policy,
@@ -345,7 +345,7 @@ def train(cfg: Config, resume: bool = False, overwrite: bool = False) -> RunSumm
                 )
                 stopped_early = stopper.should_stop
             if record is not None:
-                _write(metrics, record, cfg.train.nan_policy)
+                write_metrics(metrics, record, cfg.train.nan_policy)
 
             state.best_val_loss, state.best_step = stopper.best_loss, stopper.best_step
             state.evals_without_improvement = stopper.evals_without_improvement
@@ -405,9 +405,10 @@ def train(cfg: Config, resume: bool = False, overwrite: bool = False) -> RunSumm
     return summary
 
 
-def _write(metrics: MetricsLog | None, record: dict, nan_policy: str) -> None:
-    """Rank 0 writes metrics.jsonl; the other processes have none. Every process checks the line
-    (they all hold the same reduced numbers), so a diverged run stops on all of them at once."""
+def write_metrics(metrics: MetricsLog | None, record: dict, nan_policy: str) -> None:
+    """One metrics line, after ``train.nan_policy`` had its say (the encoder recipe writes through
+    this too). Rank 0 writes metrics.jsonl; the other processes have none. Every process checks the
+    line (they all hold the same reduced numbers), so a diverged run stops on all of them at once."""
     stop_if_diverged(record, nan_policy)
     if metrics is not None:
         metrics.write(record)

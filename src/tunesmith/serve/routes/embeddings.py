@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import base64
 import threading
-from typing import Annotated
 
-from fastapi import Depends, FastAPI, Request
+from fastapi import FastAPI, Request
+from starlette.concurrency import run_in_threadpool
 
-from tunesmith.serve.auth import current_org
 from tunesmith.serve.errors import APIError
+from tunesmith.serve.routes.params import Org, json_body
 
 MAX_INPUTS = 2048
 
@@ -48,18 +48,14 @@ def _inputs(raw) -> list[str]:
     return texts
 
 
-def embedding_routes(app: FastAPI) -> None:
-    from starlette.concurrency import run_in_threadpool
-
+def add_routes(app: FastAPI) -> None:
     from tunesmith.models import ENCODER_MODELS
 
     pool = EncoderPool()
 
     @app.post("/v1/embeddings")
-    async def embeddings(request: Request, org: Annotated[dict, Depends(current_org)]):
-        from tunesmith.serve.api import _json_body
-
-        body = await _json_body(request)
+    async def embeddings(request: Request, org: Org):
+        body = await json_body(request)
         texts = _inputs(body.get("input"))
         name = body.get("model")
         if not isinstance(name, str) or not name:

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 import logging
 import math
 import os
@@ -35,141 +34,33 @@ import subprocess
 import sys
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
-from tunesmith.runfolder import lock_holder
+from tunesmith.paths import write_text_atomic
+from tunesmith.runfolder import (
+    CHECKPOINTS,
+    METRICS,
+    checkpoint_path,
+    checkpoint_steps,
+    lock_holder,
+    parse_metrics,
+    read_metrics,
+    read_summary,
+)
+from tunesmith.serve.jobs.policy import BASE_LORA_LR, VAL_FRACTION, resolve_hyperparameters
+from tunesmith.serve.jobs.validate import check_job_files
 from tunesmith.serve.store import TERMINAL, Store, new_id, now
 
 log = logging.getLogger("tunesmith.serve")
 
-BASE_LORA_LR = 2e-4
-AUTO_EPOCHS = 3
-MIN_EXAMPLES_SEEN = 100
-MAX_EXAMPLES_SEEN = 25_000
-MAX_AUTO_EPOCHS = 25
-MAX_AUTO_BATCH = 32
-DPO_BETA = 0.1
+
 MAX_ATTEMPTS = 5  # trainer starts per job (the first, and resumes after a crash of the server)
 STOP_GRACE_SECONDS = 3.0  # SIGTERM, then SIGKILL to a cancelled trainer's group
-VAL_FRACTION = 0.1  # held out of the training file when a job has no validation file (as the trainer does)
-CHECKPOINT_RE = re.compile(r"^step-(\d+)$")
 
 
 def default_trainer_command() -> list[str]:
     return [sys.executable, "-m", "tunesmith", "train"]
-
-
-def resolve_hyperparameters(requested: dict, n_examples: int) -> dict:
-    """Replace "auto" (or missing) hyperparameters with the values a careful user would pick.
-
-    - ``n_epochs``: 3, unless that shows the model fewer than 100 examples in total (tiny sets:
-      raise it so ``n_epochs * n_examples >= 100``, at most 25 epochs) or more than 25,000 (large
-      sets: lower it so the run stays around 25k examples seen, at least 1 epoch). This follows
-      OpenAI's published rule of thumb.
-    - ``batch_size``: about 0.2% of the training examples, rounded, clipped to [1, 32]: small
-      sets still get many optimizer steps, large ones get less noisy gradients.
-    - ``learning_rate_multiplier``: 1.0, which means the base LoRA learning rate 2e-4.
-    """
-    n = max(1, n_examples)
-    epochs = requested.get("n_epochs", "auto")
-    if epochs in (None, "auto"):
-        epochs = AUTO_EPOCHS
-        if n * epochs < MIN_EXAMPLES_SEEN:
-            epochs = min(MAX_AUTO_EPOCHS, math.ceil(MIN_EXAMPLES_SEEN / n))
-        elif n * epochs > MAX_EXAMPLES_SEEN:
-            epochs = max(1, MAX_EXAMPLES_SEEN // n)
-    batch = requested.get("batch_size", "auto")
-    if batch in (None, "auto"):
-        batch = min(MAX_AUTO_BATCH, max(1, round(0.002 * n)))
-    multiplier = requested.get("learning_rate_multiplier", "auto")
-    if multiplier in (None, "auto"):
-        multiplier = 1.0
-    resolved = {"n_epochs": int(epochs), "batch_size": int(batch), "learning_rate_multiplier": float(multiplier)}
-    if requested.get("method") == "dpo":  # beta: "auto" is DPO's usual 0.1
-        beta = requested.get("beta", "auto")
-        resolved |= {"method": "dpo", "beta": DPO_BETA if beta in (None, "auto") else float(beta)}
-    return resolved
-
-
-# --- data validation ----------------------------------------------------------------------------
-
-
-@dataclass
-class DataCheck:
-    ok: bool
-    n_train: int = 0
-    n_validation: int = 0
-    message: str = ""
-    param: str | None = None
-    warnings: list[str] = field(default_factory=list)
-
-
-def _describe(issues, limit: int = 10) -> str:
-    parts = [f"line {i.line}: {i.field + ': ' if i.field else ''}{i.reason}" for i in issues[:limit]]
-    more = f"; and {len(issues) - limit} more" if len(issues) > limit else ""
-    return "; ".join(parts) + more
-
-
-def check_job_files(
-    train: dict, validation: dict | None, model: str, max_seq_len: int = 512, pairs: bool = False
-) -> DataCheck:
-    """Read and check the job's files; every error names the file id, line numbers and reasons.
-
-    ``train`` / ``validation`` are file rows (``id``, ``filename``, ``path``). Uses the data
-    package's reader and validator, so the service refuses exactly what ``tunesmith validate``
-    refuses. ``pairs``: the job is a DPO job, whose files hold preference pairs.
-    """
-    from tunesmith.data.formats import read_examples
-    from tunesmith.data.preference import read_pairs, validate_pairs
-    from tunesmith.errors import TunesmithError
-
-    read = read_pairs if pairs else read_examples
-
-    loaded = {}
-    for param, row in (("training_file", train), ("validation_file", validation)):
-        if row is None:
-            continue
-        name = f"{row['id']} ({row['filename']})"
-        if not Path(row["path"]).is_file():
-            return DataCheck(False, message=f"{param} {row['id']} was deleted", param=param)
-        try:
-            data = read(row["path"])
-        except TunesmithError as error:
-            return DataCheck(False, message=str(error).replace(row["path"], name), param=param)
-        loaded[param] = data
-    issues = {param: [i for i in data.errors] for param, data in loaded.items()}
-    try:  # token-level checks (empty completions, lengths) need the model's tokenizer
-        from tunesmith.data.validate import validate_dataset
-        from tunesmith.models import load_tokenizer
-
-        report, val_report, _, _ = (validate_pairs if pairs else validate_dataset)(
-            loaded["training_file"], load_tokenizer(model), max_seq_len, loaded.get("validation_file")
-        )
-        issues["training_file"] = report.issues
-        if val_report is not None:
-            issues["validation_file"] = val_report.issues
-    except ImportError:
-        pass
-    warnings = []
-    for param, row in (("training_file", train), ("validation_file", validation)):
-        errors = [i for i in issues.get(param, []) if i.severity == "error"]
-        name = f"{row['id']} ({row['filename']})" if row else ""
-        if errors:
-            lines = ", ".join(str(i.line) for i in errors[:20])
-            return DataCheck(
-                False,
-                message=f"{param} {name} has {len(errors)} invalid line(s) (lines {lines}): {_describe(errors)}",
-                param=param,
-            )
-        warned = [i for i in issues.get(param, []) if i.severity != "error"]
-        if warned:
-            warnings.append(f"{param} {name}: {len(warned)} warning(s): {_describe(warned, 5)}")
-    n_val = len(loaded["validation_file"].examples) if "validation_file" in loaded else 0
-    return DataCheck(True, len(loaded["training_file"].examples), n_val, warnings=warnings)
-
-
-# --- the supervisor -----------------------------------------------------------------------------
 
 
 def _kill_group(pid: int, sig: int) -> None:
@@ -180,27 +71,6 @@ def _kill_group(pid: int, sig: int) -> None:
             os.kill(pid, sig)
         except (ProcessLookupError, PermissionError):
             pass
-
-
-def checkpoint_steps(out_dir: Path) -> list[int]:
-    folder = out_dir / "checkpoints"
-    if not folder.is_dir():
-        return []
-    return sorted(int(m.group(1)) for p in folder.iterdir() if p.is_dir() and (m := CHECKPOINT_RE.match(p.name)))
-
-
-def read_metrics(out_dir: Path) -> list[dict]:
-    path = out_dir / "metrics.jsonl"
-    rows = []
-    if path.is_file():
-        for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError:
-                continue
-            if isinstance(row, dict) and isinstance(row.get("step"), int):
-                rows.append(row)
-    return rows
 
 
 def openai_metrics(row: dict) -> dict:
@@ -476,8 +346,7 @@ class Worker:
         }
         config = config_from_dict(apply_overrides(raw, list(self.train_overrides)), "job config")
         path = Path(job["run_dir"]) / "config.yaml"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(dump_config(config), encoding="utf-8")
+        write_text_atomic(path, dump_config(config))
         return path
 
     def _launch(self, job: dict, resume: bool) -> None:
@@ -534,7 +403,7 @@ class Worker:
         return [f"--nproc-per-node={self.procs_per_job}"] if self.procs_per_job > 1 else []
 
     def _tail_metrics(self, run: _Running, job: dict) -> None:
-        path = run.out_dir / "metrics.jsonl"
+        path = run.out_dir / METRICS
         if not path.is_file():
             return
         offset = job["metrics_offset"]
@@ -549,13 +418,9 @@ class Worker:
         end = chunk.rfind(b"\n") + 1  # only whole lines; a half-written one waits for the next tick
         last_step = job["last_metrics_step"]
         total = job["total_steps"]
-        for line in chunk[:end].decode("utf-8", errors="replace").splitlines():
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError:
-                continue
-            step = row.get("step") if isinstance(row, dict) else None
-            if not isinstance(step, int) or step <= last_step:
+        for row in parse_metrics(chunk[:end].decode("utf-8", errors="replace")):
+            step = row["step"]
+            if step <= last_step:
                 continue
             last_step = step
             data = openai_metrics(row)
@@ -583,7 +448,7 @@ class Worker:
             before = [m for m in metrics if m["step"] <= step]
             data = openai_metrics(before[-1]) if before else {"step": step}
             data["step"] = step
-            path = run.out_dir / "checkpoints" / f"step-{step:06d}"
+            path = checkpoint_path(run.out_dir / CHECKPOINTS, step)
             if self.store.add_checkpoint(job["id"], step, data, str(path), f"{model}:ckpt-step-{step}"):
                 self.store.add_event(job["id"], f"Checkpoint created at step {step}")
 
@@ -653,11 +518,7 @@ class Worker:
         adapter = run.out_dir / "adapter"
         if not (adapter / "adapter_config.json").is_file():
             return self._fail(job["id"], "training_crashed", "the trainer exited without writing an adapter")
-        summary = {}
-        try:
-            summary = json.loads((run.out_dir / "summary.json").read_text())
-        except (OSError, json.JSONDecodeError):
-            pass
+        summary = read_summary(run.out_dir) or {}
         csv_path = self.store.files_dir / f"{new_id('file-')}.csv"
         file_id = csv_path.stem
         buffer = io.StringIO()
@@ -673,7 +534,7 @@ class Worker:
                     row.get("val_token_accuracy", ""),
                 ]
             )
-        csv_path.write_text(buffer.getvalue(), encoding="utf-8")
+        write_text_atomic(csv_path, buffer.getvalue())
         self.store.add_file(
             file_id,
             job["org_id"],

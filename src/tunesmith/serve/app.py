@@ -1,0 +1,96 @@
+"""OpenAI-compatible HTTP API: files, fine-tuning jobs, models, chat and text completions.
+
+Every route needs ``Authorization: Bearer KEY``; every file, job and model belongs to the key's
+organisation, and another organisation's id answers exactly like a missing one (404). Every
+error, FastAPI's own request-validation errors included, has OpenAI's shape and a 4xx status for
+bad input: malformed input is a 400, never a 422 or 500.
+
+Routes live in serve/routes/ (one module per resource); this module builds the app.
+"""
+
+from __future__ import annotations
+
+import logging
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from tunesmith.serve.errors import APIError, error_response, invalid_request
+from tunesmith.serve.limits import BodyLimit, BodyTooLarge, OrgSlots
+from tunesmith.serve.routes import embeddings, files, inference, jobs, models
+from tunesmith.serve.settings import ServeSettings
+from tunesmith.serve.store import Store
+
+log = logging.getLogger("tunesmith.serve")
+
+
+def create_app(settings: ServeSettings) -> FastAPI:
+    from tunesmith.serve.inference import InferenceEngine
+    from tunesmith.serve.jobs.supervisor import Worker
+
+    store = Store(settings.home)
+    worker = Worker(
+        store,
+        settings.trainer_command,
+        settings.max_running,
+        settings.poll_seconds,
+        settings.train_overrides,
+        settings.procs_per_job,
+    )
+
+    engine = InferenceEngine(max_adapters=settings.max_adapters)
+    # Generation and model loads run here, never in the pool that serves management routes.
+    inference_pool = ThreadPoolExecutor(settings.inference_threads, thread_name_prefix="tunesmith-inference")
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        store.remove_orphans()
+        worker.start()
+        try:
+            yield
+        finally:
+            engine.close()
+            inference_pool.shutdown(wait=False, cancel_futures=True)
+            worker.stop()
+
+    app = FastAPI(title="tunesmith", lifespan=lifespan)
+    app.state.store, app.state.worker, app.state.settings = store, worker, settings
+    app.state.engine, app.state.inference_pool = engine, inference_pool
+    app.state.inference_slots = OrgSlots(settings.max_inference_per_org)
+    app.add_middleware(BodyLimit, json_limit=settings.max_body_bytes, upload_limit=settings.max_upload_bytes)
+    _install_error_handlers(app)
+    files.add_routes(app)
+    jobs.add_routes(app)
+    models.add_routes(app)
+    inference.add_routes(app)
+    embeddings.add_routes(app)
+    return app
+
+
+def _install_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(APIError)
+    async def api_error(_: Request, error: APIError):
+        return error_response(error)
+
+    @app.exception_handler(BodyTooLarge)
+    async def body_too_large(_: Request, error: BodyTooLarge):
+        return error_response(error.error)
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(_: Request, error: RequestValidationError):
+        return error_response(invalid_request(error.errors()))
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(_: Request, error: StarletteHTTPException):
+        status = error.status_code
+        code = {404: "not_found", 405: "method_not_allowed"}.get(status)
+        message = "Unknown URL" if status == 404 else str(error.detail)
+        return error_response(APIError(status, message, code=code))
+
+    @app.exception_handler(Exception)
+    async def server_error(_: Request, error: Exception):
+        log.exception("unhandled error")
+        return error_response(APIError(500, f"internal server error: {type(error).__name__}", code="server_error"))

@@ -1,0 +1,1 @@
+"""Fine-tuning jobs: their request, policy (auto hyperparameters), file validation and supervision."""

@@ -1,0 +1,46 @@
+"""What a job trains with when the request leaves it to the service ("auto")."""
+
+from __future__ import annotations
+
+import math
+
+BASE_LORA_LR = 2e-4
+AUTO_EPOCHS = 3
+MIN_EXAMPLES_SEEN = 100
+MAX_EXAMPLES_SEEN = 25_000
+MAX_AUTO_EPOCHS = 25
+MAX_AUTO_BATCH = 32
+DPO_BETA = 0.1
+VAL_FRACTION = 0.1  # held out of the training file when a job has no validation file (as the trainer does)
+
+
+def resolve_hyperparameters(requested: dict, n_examples: int) -> dict:
+    """Replace "auto" (or missing) hyperparameters with the values a careful user would pick.
+
+    - ``n_epochs``: 3, unless that shows the model fewer than 100 examples in total (tiny sets:
+      raise it so ``n_epochs * n_examples >= 100``, at most 25 epochs) or more than 25,000 (large
+      sets: lower it so the run stays around 25k examples seen, at least 1 epoch). This follows
+      OpenAI's published rule of thumb.
+    - ``batch_size``: about 0.2% of the training examples, rounded, clipped to [1, 32]: small
+      sets still get many optimizer steps, large ones get less noisy gradients.
+    - ``learning_rate_multiplier``: 1.0, which means the base LoRA learning rate 2e-4.
+    """
+    n = max(1, n_examples)
+    epochs = requested.get("n_epochs", "auto")
+    if epochs in (None, "auto"):
+        epochs = AUTO_EPOCHS
+        if n * epochs < MIN_EXAMPLES_SEEN:
+            epochs = min(MAX_AUTO_EPOCHS, math.ceil(MIN_EXAMPLES_SEEN / n))
+        elif n * epochs > MAX_EXAMPLES_SEEN:
+            epochs = max(1, MAX_EXAMPLES_SEEN // n)
+    batch = requested.get("batch_size", "auto")
+    if batch in (None, "auto"):
+        batch = min(MAX_AUTO_BATCH, max(1, round(0.002 * n)))
+    multiplier = requested.get("learning_rate_multiplier", "auto")
+    if multiplier in (None, "auto"):
+        multiplier = 1.0
+    resolved = {"n_epochs": int(epochs), "batch_size": int(batch), "learning_rate_multiplier": float(multiplier)}
+    if requested.get("method") == "dpo":  # beta: "auto" is DPO's usual 0.1
+        beta = requested.get("beta", "auto")
+        resolved |= {"method": "dpo", "beta": DPO_BETA if beta in (None, "auto") else float(beta)}
+    return resolved

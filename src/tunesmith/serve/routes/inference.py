@@ -1,0 +1,206 @@
+"""/v1/chat/completions and /v1/completions, streamed or whole, on the inference pool."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+from fastapi import FastAPI
+from fastapi.responses import JSONResponse, StreamingResponse
+
+from tunesmith.serve.errors import APIError
+from tunesmith.serve.limits import OrgSlots
+from tunesmith.serve.routes.params import Org
+from tunesmith.serve.schemas import ChatRequest, CompletionRequest, _Generation
+from tunesmith.serve.settings import ServeSettings
+from tunesmith.serve.store import Store, new_id
+
+log = logging.getLogger("tunesmith.serve")
+
+
+def add_routes(app: FastAPI) -> None:
+    from tunesmith.models import BUILTIN_MODELS
+
+    store: Store = app.state.store
+    settings: ServeSettings = app.state.settings
+    engine = app.state.engine
+    pool: ThreadPoolExecutor = app.state.inference_pool
+    slots: OrgSlots = app.state.inference_slots
+
+    def resolve(org: dict, name: str) -> tuple[str, str | None, str | None, str]:
+        if name in BUILTIN_MODELS:
+            return name, None, None, name
+        row = store.model(org["id"], name)
+        if row is None:
+            raise APIError(
+                404,
+                f"The model {name!r} does not exist or you do not have access to it",
+                param="model",
+                code="model_not_found",
+            )
+        return row["base"], row["job_id"], row["adapter_path"], name
+
+    def load_and_encode(base: str, key: str | None, path: str | None, encode, param: str) -> list[int]:
+        """In the inference pool: load the model (and adapter), then the prompt's token ids."""
+        try:
+            engine.prepare(base, key, path)
+        except Exception as error:
+            log.exception("loading %s", base)
+            raise APIError(500, f"could not load the model: {error}", code="model_load_failed") from None
+        prompt_ids = encode(base)
+        context = engine.context_length(base)
+        if len(prompt_ids) >= context:
+            raise APIError(
+                400,
+                f"the prompt is {len(prompt_ids)} tokens; this model's context is {context} tokens",
+                param=param,
+                code="context_length_exceeded",
+            )
+        return prompt_ids
+
+    async def complete(org: dict, body: _Generation, encode, param: str, chat: bool):
+        params = body.sampling(256 if chat else 16)
+        base, key, path, name = resolve(org, body.model)
+        slots.acquire(org["id"])
+        loop = asyncio.get_running_loop()
+        stop = threading.Event()  # set when the client is gone: the generation ends at its next token
+        streaming = False
+        try:
+            prompt_ids = await loop.run_in_executor(pool, load_and_encode, base, key, path, encode, param)
+            deadline = time.monotonic() + settings.generation_timeout
+
+            def pieces():
+                return engine.generate(base, key, path, prompt_ids, params, stop, deadline)
+
+            reply = Reply(name, chat, body.include_usage)
+            if not body.stream:
+                return JSONResponse(reply.whole(await loop.run_in_executor(pool, lambda: list(pieces()))))
+            queue: asyncio.Queue = asyncio.Queue()
+
+            def put(item) -> None:
+                try:
+                    loop.call_soon_threadsafe(queue.put_nowait, item)
+                except RuntimeError:  # the event loop is gone: the server is shutting down
+                    stop.set()
+
+            def produce() -> None:
+                # Runs to the end whatever the client reads: the model is never held by a slow reader.
+                try:
+                    for piece in pieces():
+                        put(piece)
+                except Exception as error:
+                    log.exception("generation failed")
+                    put(error)
+                finally:
+                    slots.release(org["id"])
+                    put(None)
+
+            pool.submit(produce)
+            streaming = True
+            return StreamingResponse(
+                reply.stream(queue, stop),
+                media_type="text/event-stream",
+                headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+            )
+        finally:
+            if not streaming:
+                stop.set()
+                slots.release(org["id"])
+
+    @app.post("/v1/chat/completions")
+    async def chat_completions(body: ChatRequest, org: Org):
+        messages = [message.as_dict() for message in body.messages]
+
+        def encode(base: str) -> list[int]:
+            try:
+                return engine.chat_prompt(base, messages)
+            except Exception as error:
+                raise APIError(
+                    400, f"messages cannot be rendered with the model's chat template: {error}", param="messages"
+                ) from None
+
+        return await complete(org, body, encode, "messages", chat=True)
+
+    @app.post("/v1/completions")
+    async def completions(body: CompletionRequest, org: Org):
+        def encode(base: str) -> list[int]:
+            prompt_ids = engine.text_prompt(base, body.text)
+            if not prompt_ids:
+                raise APIError(400, "prompt must not be empty", param="prompt")
+            return prompt_ids
+
+        return await complete(org, body, encode, "prompt", chat=False)
+
+
+class Reply:
+    """One completion's response: the whole object, or its server-sent event stream."""
+
+    def __init__(self, model: str, chat: bool, include_usage: bool):
+        self.model, self.chat, self.include_usage = model, chat, include_usage
+        self.id = new_id("chatcmpl-" if chat else "cmpl-")
+        self.created = int(time.time())
+
+    @staticmethod
+    def usage(last) -> dict:
+        return {
+            "prompt_tokens": last.prompt_tokens,
+            "completion_tokens": last.completion_tokens,
+            "total_tokens": last.prompt_tokens + last.completion_tokens,
+        }
+
+    def whole(self, pieces: list) -> dict:
+        text, last = "".join(p.text for p in pieces), pieces[-1]
+        choice = {"index": 0, "finish_reason": last.finish_reason, "logprobs": None}
+        choice.update(
+            {"message": {"role": "assistant", "content": text, "refusal": None}} if self.chat else {"text": text}
+        )
+        return {
+            "id": self.id,
+            "object": "chat.completion" if self.chat else "text_completion",
+            "created": self.created,
+            "model": self.model,
+            "choices": [choice],
+            "usage": self.usage(last),
+            "system_fingerprint": None,
+        }
+
+    def _event(self, choices: list, **extra) -> bytes:
+        obj = {
+            "id": self.id,
+            "object": "chat.completion.chunk" if self.chat else "text_completion",
+            "created": self.created,
+            "model": self.model,
+            "choices": choices,
+            **extra,
+        }
+        return f"data: {json.dumps(obj)}\n\n".encode()
+
+    def _chunk(self, delta_or_text, finish=None) -> bytes:
+        choice = {"index": 0, "finish_reason": finish, "logprobs": None}
+        choice.update({"delta": delta_or_text} if self.chat else {"text": delta_or_text})
+        return self._event([choice], system_fingerprint=None)
+
+    async def stream(self, queue: asyncio.Queue, stop: threading.Event):
+        try:
+            if self.chat:
+                yield self._chunk({"role": "assistant", "content": ""})
+            last = None
+            while (piece := await queue.get()) is not None:
+                if isinstance(piece, Exception):
+                    raise piece
+                last = piece
+                if piece.text:
+                    yield self._chunk({"content": piece.text} if self.chat else piece.text)
+            yield self._chunk({} if self.chat else "", last.finish_reason)
+            if self.include_usage:
+                yield self._event([], usage=self.usage(last))
+        except Exception as error:
+            message = {"message": f"generation failed: {error}", "type": "server_error", "param": None}
+            yield f"data: {json.dumps({'error': {**message, 'code': 'server_error'}})}\n\n".encode()
+        finally:
+            stop.set()  # the client left (the stream was cancelled) or all was sent
+        yield b"data: [DONE]\n\n"

@@ -1,0 +1,183 @@
+"""/v1/fine_tuning/jobs: create (the request checked by jobs/request.py and here, trained by
+jobs/supervisor.py), list, retrieve, cancel, events, checkpoints.
+"""
+
+from __future__ import annotations
+
+import random
+from typing import Annotated
+
+from fastapi import FastAPI, Query, Request
+
+from tunesmith.serve.errors import APIError, found, too_many
+from tunesmith.serve.jobs.request import METHODS, JobRequest
+from tunesmith.serve.routes.params import Limit, Org, json_body, page, parse
+from tunesmith.serve.settings import ServeSettings
+from tunesmith.serve.store import TERMINAL, Store, new_id, now
+
+
+def job_object(row: dict) -> dict:
+    method = row["hyperparameters"].get("method", "supervised")
+    hyper = {k: row["hyperparameters"].get(k, "auto") for k in METHODS[method].model_fields}
+    return {
+        "id": row["id"],
+        "object": "fine_tuning.job",
+        "created_at": row["created_at"],
+        "error": row["error"],
+        "fine_tuned_model": row["fine_tuned_model"],
+        "finished_at": row["finished_at"],
+        "hyperparameters": hyper,
+        "model": row["model"],
+        "organization_id": row["org_id"],
+        "result_files": row["result_files"],
+        "seed": row["seed"],
+        "status": row["status"],
+        "trained_tokens": row["trained_tokens"],
+        "training_file": row["training_file"],
+        "validation_file": row["validation_file"],
+        "estimated_finish": row["estimated_finish"],
+        "integrations": [],
+        "metadata": row["metadata"],
+        "user_provided_suffix": row["suffix"],
+        "method": {"type": method, method: {"hyperparameters": hyper}},
+    }
+
+
+def event_object(row: dict) -> dict:
+    return {
+        "id": row["id"],
+        "object": "fine_tuning.job.event",
+        "created_at": row["created_at"],
+        "level": row["level"],
+        "message": row["message"],
+        "type": row["type"],
+        "data": row["data"],
+    }
+
+
+def checkpoint_object(row: dict) -> dict:
+    return {
+        "id": row["id"],
+        "object": "fine_tuning.job.checkpoint",
+        "created_at": row["created_at"],
+        "fine_tuned_model_checkpoint": row["model_name"],
+        "fine_tuning_job_id": row["job_id"],
+        "metrics": row["metrics"],
+        "step_number": row["step"],
+    }
+
+
+def _check_sources(spec: JobRequest, store: Store, org: dict) -> None:
+    """The job's model and files must be the organisation's to fine-tune."""
+    from tunesmith.models import BUILTIN_MODELS
+
+    # A fine-tuned model of the same organisation can be tuned further (SFT then DPO, as OpenAI allows).
+    if spec.model not in BUILTIN_MODELS and store.model(org["id"], spec.model) is None:
+        raise APIError(
+            400,
+            f"model {spec.model!r} cannot be fine-tuned here; available: {', '.join(BUILTIN_MODELS)} "
+            "or a fine-tuned model of your organisation",
+            param="model",
+            code="model_not_available",
+        )
+    for key, file_id in (("training_file", spec.training_file), ("validation_file", spec.validation_file)):
+        if file_id is None:
+            continue
+        row = store.file(org["id"], file_id)
+        if row is None:
+            raise APIError(400, f"invalid {key}: no such file: {file_id}", param=key, code="invalid_file")
+        if row["purpose"] != "fine-tune":
+            raise APIError(
+                400,
+                f"invalid {key}: {file_id} has purpose {row['purpose']!r}, not 'fine-tune'",
+                param=key,
+                code="invalid_file",
+            )
+
+
+def add_routes(app: FastAPI) -> None:
+    store: Store = app.state.store
+    worker = app.state.worker
+
+    settings: ServeSettings = app.state.settings
+
+    @app.post("/v1/fine_tuning/jobs")
+    async def create_job(request: Request, org: Org):
+        # Read as JSON whatever its Content-Type, as it always was (a body parameter would need JSON's).
+        spec = parse(JobRequest, await json_body(request))
+        _check_sources(spec, store, org)
+        cap = settings.max_active_jobs_per_org
+        if store.count_active_jobs(org["id"]) >= cap:
+            raise too_many(f"your organisation already has {cap} unfinished fine-tuning jobs", retry_after=60)
+        job_id = new_id("ftjob-")
+        row = store.add_job(
+            {
+                "id": job_id,
+                "org_id": org["id"],
+                "model": spec.model,
+                "training_file": spec.training_file,
+                "validation_file": spec.validation_file,
+                "suffix": spec.suffix,
+                "seed": random.randint(0, 2**31 - 1) if spec.seed is None else spec.seed,
+                "metadata": spec.metadata,
+                "hyperparameters": spec.job_hyperparameters(),
+                "status": "validating_files",
+                "created_at": now(),
+                "run_dir": str(store.runs_dir / job_id),
+            }
+        )
+        store.add_event(job_id, f"Created fine-tuning job: {job_id}")
+        worker.wake()
+        return job_object(row)
+
+    @app.get("/v1/fine_tuning/jobs")
+    def list_jobs(org: Org, after: str | None = None, limit: Limit = 20):
+        return page(store.list_jobs(org["id"], after, limit + 1), limit, job_object)
+
+    def get_job(org: dict, job_id: str) -> dict:
+        return found(store.job(org["id"], job_id), "fine-tuning job", job_id, "fine_tuning_job_id")
+
+    @app.get("/v1/fine_tuning/jobs/{job_id}")
+    def retrieve_job(job_id: str, org: Org):
+        return job_object(get_job(org, job_id))
+
+    @app.post("/v1/fine_tuning/jobs/{job_id}/cancel")
+    def cancel_job(job_id: str, org: Org):
+        row = get_job(org, job_id)
+        if row["status"] in TERMINAL:
+            raise APIError(
+                400,
+                f"the job is already {row['status']}",
+                param="fine_tuning_job_id",
+                code="job_not_cancellable",
+            )
+        if store.update_job(
+            job_id,
+            only_if_status=("validating_files", "queued", "running"),
+            status="cancelled",
+            finished_at=now(),
+            estimated_finish=None,
+        ):
+            store.add_event(job_id, "Fine-tuning job cancelled")
+            worker.cancel()
+        return job_object(get_job(org, job_id))
+
+    @app.get("/v1/fine_tuning/jobs/{job_id}/events")
+    def list_events(
+        job_id: str,
+        org: Org,
+        after: str | None = None,
+        limit: Annotated[int, Query(ge=1, le=1000)] = 20,
+    ):
+        get_job(org, job_id)
+        return page(store.list_events(job_id, after, limit + 1), limit, event_object)
+
+    @app.get("/v1/fine_tuning/jobs/{job_id}/checkpoints")
+    def list_checkpoints(
+        job_id: str,
+        org: Org,
+        after: str | None = None,
+        limit: Annotated[int, Query(ge=1, le=100)] = 10,
+    ):
+        get_job(org, job_id)
+        return page(store.list_checkpoints(job_id, after, limit + 1), limit, checkpoint_object)

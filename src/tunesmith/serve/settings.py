@@ -1,0 +1,26 @@
+"""What `tunesmith serve` is configured with (its command-line options)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+DEFAULT_MAX_UPLOAD_BYTES = 512 * 1024 * 1024
+DEFAULT_MAX_BODY_BYTES = 4 * 1024 * 1024  # JSON bodies: a long chat history fits many times over
+
+
+@dataclass
+class ServeSettings:
+    home: Path
+    trainer_command: list[str] | None = None  # argv before "CONFIG --overwrite|--resume"
+    max_running: int = 1
+    max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES
+    train_overrides: list[str] = field(default_factory=list)  # dotted config overrides for every job
+    max_adapters: int = 4
+    poll_seconds: float = 0.5
+    procs_per_job: int = 1  # training processes per job (tunesmith train --nproc-per-node)
+    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
+    max_active_jobs_per_org: int = 20  # validating, queued or running
+    max_inference_per_org: int = 4
+    inference_threads: int = 2
+    generation_timeout: float = 120.0  # seconds one generation may compute
