@@ -38,7 +38,6 @@ def create_app(settings: ServeSettings) -> FastAPI:
         settings.max_running,
         settings.poll_seconds,
         settings.train_overrides,
-        settings.procs_per_job,
     )
 
     engine = InferenceEngine(max_adapters=settings.max_adapters)

@@ -36,7 +36,8 @@ CREATE TABLE IF NOT EXISTS jobs (
     error TEXT, fine_tuned_model TEXT, trained_tokens INTEGER, result_files TEXT NOT NULL DEFAULT '[]',
     created_at INTEGER NOT NULL, started_at INTEGER, finished_at INTEGER, estimated_finish INTEGER,
     run_dir TEXT NOT NULL, total_steps INTEGER, pid INTEGER, attempts INTEGER NOT NULL DEFAULT 0,
-    metrics_offset INTEGER NOT NULL DEFAULT 0, last_metrics_step INTEGER NOT NULL DEFAULT 0);
+    metrics_offset INTEGER NOT NULL DEFAULT 0, last_metrics_step INTEGER NOT NULL DEFAULT 0,
+    procs INTEGER NOT NULL DEFAULT 1);
 CREATE INDEX IF NOT EXISTS jobs_status ON jobs(status);
 CREATE TABLE IF NOT EXISTS events (
     seq INTEGER PRIMARY KEY AUTOINCREMENT, id TEXT UNIQUE NOT NULL, job_id TEXT NOT NULL,
@@ -92,6 +93,10 @@ class Store:
         with self._connect() as db:
             db.execute("PRAGMA journal_mode=WAL")
             db.executescript(SCHEMA)
+            # Columns added since the first release, for databases created before them.
+            columns = {row[1] for row in db.execute("PRAGMA table_info(jobs)")}
+            if "procs" not in columns:
+                db.execute("ALTER TABLE jobs ADD COLUMN procs INTEGER NOT NULL DEFAULT 1")
 
     @contextmanager
     def _connect(self):

@@ -122,10 +122,8 @@ class Worker:
         max_running: int = 1,
         poll_seconds: float = 0.5,
         train_overrides: list[str] | None = None,
-        procs_per_job: int = 1,
     ):
         self.store = store
-        self.procs_per_job = procs_per_job
         self.trainer_command = trainer_command or default_trainer_command()
         self.max_running = max_running
         self.poll_seconds = poll_seconds
@@ -364,7 +362,7 @@ class Worker:
             stderr.flush()
             try:
                 proc = subprocess.Popen(
-                    [*self.trainer_command, str(config), flag, *self._procs_flag()],
+                    [*self.trainer_command, str(config), flag, *_procs_flag(job["procs"])],
                     cwd=run_dir,
                     stdin=subprocess.DEVNULL,
                     stdout=stdout,
@@ -396,11 +394,8 @@ class Worker:
                 stderr_path,
             )
         if not resume:
-            on = f" on {self.procs_per_job} processes" if self.procs_per_job > 1 else ""
-            self.store.add_event(job["id"], f"Fine-tuning job started{on}", data={"procs": self.procs_per_job})
-
-    def _procs_flag(self) -> list[str]:
-        return [f"--nproc-per-node={self.procs_per_job}"] if self.procs_per_job > 1 else []
+            on = f" on {job['procs']} processes" if job["procs"] > 1 else ""
+            self.store.add_event(job["id"], f"Fine-tuning job started{on}", data={"procs": job["procs"]})
 
     def _tail_metrics(self, run: _Running, job: dict) -> None:
         path = run.out_dir / METRICS
@@ -569,3 +564,8 @@ class Worker:
 
 def parse_trainer_command(text: str | None) -> list[str] | None:
     return shlex.split(text) if text else None
+
+
+def _procs_flag(procs: int) -> list[str]:
+    """The job trains on the processes it was created for, even after a restart with another setting."""
+    return [f"--nproc-per-node={procs}"] if procs > 1 else []

@@ -10,6 +10,7 @@ from fastapi import FastAPI, Query, Request
 from fastapi.responses import FileResponse
 from starlette.concurrency import run_in_threadpool
 
+from tunesmith.data.store import remove_stores_of
 from tunesmith.serve.errors import APIError, found, in_use
 from tunesmith.serve.routes.params import Org, page
 from tunesmith.serve.settings import ServeSettings
@@ -124,4 +125,5 @@ def add_routes(app: FastAPI) -> None:
             raise in_use(f"file {file_id} is used by fine-tuning job {users[0]}, which has not finished", "file_id")
         store.delete_file(org["id"], file_id)
         Path(row["path"]).unlink(missing_ok=True)
+        remove_stores_of(row["path"])  # its tokens (data/store.py), built when a job trained on it
         return {"id": file_id, "object": "file", "deleted": True}

@@ -40,6 +40,7 @@ def job_object(row: dict) -> dict:
         "metadata": row["metadata"],
         "user_provided_suffix": row["suffix"],
         "method": {"type": method, method: {"hyperparameters": hyper}},
+        "procs": row["procs"],  # tunesmith: training processes (tunesmith serve --procs-per-job)
     }
 
 
@@ -124,6 +125,7 @@ def add_routes(app: FastAPI) -> None:
                 "status": "validating_files",
                 "created_at": now(),
                 "run_dir": str(store.runs_dir / job_id),
+                "procs": settings.procs_per_job,
             }
         )
         store.add_event(job_id, f"Created fine-tuning job: {job_id}")
