@@ -40,6 +40,10 @@ def round_stochastically(value: torch.Tensor, out: torch.Tensor, generator: torc
     out.copy_(((bits + noise) & -65536).view(torch.float32))  # the low 16 bits are zero: exact in bf16
 
 
+# Elements updated at a time by BF16StateAdamW (4 MB of float32).
+SLICE = 1 << 20
+
+
 class BF16StateAdamW(torch.optim.Optimizer):
     """AdamW (decoupled weight decay, bias-corrected moments) whose moments are stored in bfloat16.
 
@@ -78,15 +82,20 @@ class BF16StateAdamW(torch.optim.Optimizer):
                     state["exp_avg_sq"] = torch.zeros_like(p, dtype=torch.bfloat16)
                 state["step"] += 1
                 step = int(state["step"])
-                weight, grad = _local(p), _local(p.grad).float()
-                exp_avg, exp_avg_sq = _local(state["exp_avg"]), _local(state["exp_avg_sq"])
-                m = exp_avg.float().lerp_(grad, 1 - beta1)
-                v = exp_avg_sq.float().mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
-                weight.mul_(1 - group["lr"] * group["weight_decay"])
-                denominator = (v / (1 - beta2**step)).sqrt_().add_(group["eps"])
-                weight.addcdiv_(m, denominator, value=-group["lr"] / (1 - beta1**step))
-                round_stochastically(m, exp_avg, generator)
-                round_stochastically(v, exp_avg_sq, generator)
+                weight, grad = _local(p).view(-1), _local(p.grad).view(-1)
+                exp_avg, exp_avg_sq = _local(state["exp_avg"]).view(-1), _local(state["exp_avg_sq"]).view(-1)
+                # A slice at a time: float32 copies of whole moments (the embedding's: 113 MB each)
+                # would cost at the step's peak more than bfloat16 storage saves.
+                for start in range(0, len(weight), SLICE):
+                    part = slice(start, start + SLICE)
+                    g = grad[part].float()
+                    m = exp_avg[part].float().lerp_(g, 1 - beta1)
+                    v = exp_avg_sq[part].float().mul_(beta2).addcmul_(g, g, value=1 - beta2)
+                    weight[part].mul_(1 - group["lr"] * group["weight_decay"])
+                    denominator = (v / (1 - beta2**step)).sqrt_().add_(group["eps"])
+                    weight[part].addcdiv_(m, denominator, value=-group["lr"] / (1 - beta1**step))
+                    round_stochastically(m, exp_avg[part], generator)
+                    round_stochastically(v, exp_avg_sq[part], generator)
 
 
 def build_optimizer(params: list[torch.nn.Parameter], cfg: TrainConfig) -> torch.optim.Optimizer:
