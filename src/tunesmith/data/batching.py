@@ -6,9 +6,9 @@ compute, never the optimisation: a packed run and a padded run see the same batc
 
 from __future__ import annotations
 
-import random
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 from tunesmith.data.tokenize import IGNORE_INDEX, TokenizedExample
@@ -40,23 +40,28 @@ def shifted_targets(labels: list[int]) -> list[int]:
     return labels[1:] + [IGNORE_INDEX]
 
 
-def epoch_order(lengths: list[int], batch_size: int, seed: int, epoch: int, group_by_length: bool) -> list[int]:
-    """The example order of one epoch: a pure function of (seed, epoch), so resume is exact."""
-    rng = random.Random(seed * 1_000_003 + epoch)
-    order = list(range(len(lengths)))
-    rng.shuffle(order)
+def epoch_order(lengths, batch_size: int, seed: int, epoch: int, group_by_length: bool) -> np.ndarray:
+    """The example order of one epoch: a pure function of (seed, epoch), so resume is exact.
+
+    numpy throughout: a Python shuffle of a million indices took 1.5 s before every run's first step.
+    """
+    rng = np.random.default_rng([seed, epoch])
+    order = rng.permutation(len(lengths))
     if not group_by_length:
         return order
     window = batch_size * LENGTH_GROUP_WINDOW
+    lengths = np.asarray(lengths)
     batches = []
     for start in range(0, len(order), window):
-        chunk = sorted(order[start : start + window], key=lambda i: lengths[i], reverse=True)
+        chunk = order[start : start + window]
+        chunk = chunk[np.argsort(-lengths[chunk], kind="stable")]  # longest first
         batches.extend(chunk[i : i + batch_size] for i in range(0, len(chunk), batch_size))
     # Only full batches are shuffled: a short one mid-epoch would shift every later slice of the
     # order across two length groups, so it goes last.
     full = [b for b in batches if len(b) == batch_size]
-    rng.shuffle(full)
-    return [i for batch in full + [b for b in batches if len(b) < batch_size] for i in batch]
+    short = [b for b in batches if len(b) < batch_size]
+    shuffled = [full[i] for i in rng.permutation(len(full))]
+    return np.concatenate(shuffled + short) if batches else order
 
 
 def pad_batch(examples: list[TokenizedExample], pad_id: int) -> Batch:

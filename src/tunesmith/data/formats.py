@@ -368,9 +368,11 @@ def paragraphs(lines) -> Iterator[Example]:
         yield Example(start, text="\n".join(held))
 
 
-def csv_rows(path: str, text: str, errors: list[LineError]) -> tuple[list[str], Iterator[tuple[int, list[str]]]]:
-    """The header, and (line, cells) of each non-empty row; a row with the wrong field count goes to `errors`."""
-    reader = csv.reader(io.StringIO(text, newline=""))
+def csv_rows(path: str, lines, errors: list[LineError]) -> tuple[list[str], Iterator[tuple[int, list[str]]]]:
+    """The header, and (line, cells) of each non-empty row; a row with the wrong field count goes to `errors`.
+
+    `lines`: the CSV text, or a file opened with newline="" (read lazily)."""
+    reader = csv.reader(io.StringIO(lines, newline="") if isinstance(lines, str) else lines)
     header = next(reader)
 
     def rows() -> Iterator[tuple[int, list[str]]]:

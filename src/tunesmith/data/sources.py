@@ -21,6 +21,7 @@ from tunesmith.data.formats import (
     LineError,
     _read_text,
     csv_mapping,
+    csv_rows,
     detect_from_records,
     json_line,
     paragraphs,
@@ -201,17 +202,9 @@ def _csv_header(name: str) -> list[str]:
 
 def _csv(name: str, source: Source, errors: list[LineError]) -> Iterator[tuple[int, object, int]]:
     with open(name, encoding="utf-8-sig", newline="") as fh:
-        reader = csv.reader(fh)
-        header = next(reader)
+        header, rows = csv_rows(name, fh, errors)
         index = {role: header.index(column) for role, column in source.columns.items()}
-        row_start = reader.line_num + 1
-        for row in reader:
-            line, row_start = row_start, reader.line_num + 1  # a quoted cell may span several lines
-            if not row:
-                continue
-            if len(row) != len(header):
-                errors.append(LineError(name, line, None, f"expected {len(header)} fields, got {len(row)}"))
-                continue
+        for line, row in rows:
             yield line, {role: row[i] for role, i in index.items()}, fh.buffer.tell()  # read-ahead: near enough
 
 

@@ -19,14 +19,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.distributed.checkpoint as dcp
-from torch.distributed.checkpoint.state_dict import (
-    StateDictOptions,
-    get_model_state_dict,
-    get_state_dict,
-    set_model_state_dict,
-    set_optimizer_state_dict,
-)
 
 from tunesmith.paths import publish_dir
 from tunesmith.runfolder import checkpoint_path, list_checkpoints
@@ -37,18 +29,26 @@ KEEP_CHECKPOINTS = 2
 
 # torch.distributed.checkpoint from here on: every process writes its own shard (under DDP, the
 # replicated tensors once), and a checkpoint written by N processes loads on M, resharded.
-# Not strict: the frozen base weights are neither saved nor loaded. The dict to load into is always
-# built from the module itself, and dcp.load fails on any tensor the checkpoint lacks.
-_OPTIONS = StateDictOptions(ignore_frozen_params=True, strict=False)
+# It is imported where used: 1.2 s of imports a run would otherwise pay before its first step.
 _LOSS_PREFIX = "model."
 
 
-def _dcp_io(operation, state: dict, path: Path) -> None:
+def _options():
+    """Not strict: the frozen base weights are neither saved nor loaded. The dict to load into is
+    always built from the module itself, and dcp.load fails on any tensor the checkpoint lacks."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions
+
+    return StateDictOptions(ignore_frozen_params=True, strict=False)
+
+
+def _dcp_io(operation: str, state: dict, path: Path) -> None:
     """dcp.save or dcp.load; without a process group, quietly in this one process."""
+    import torch.distributed.checkpoint as dcp
+
     one_process = not (torch.distributed.is_available() and torch.distributed.is_initialized())
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="torch.distributed is disabled")
-        operation(state, checkpoint_id=path, no_dist=one_process)
+        getattr(dcp, operation)(state, checkpoint_id=path, no_dist=one_process)
 
 
 def _loss_module(module: torch.nn.Module) -> torch.nn.Module:
@@ -58,13 +58,17 @@ def _loss_module(module: torch.nn.Module) -> torch.nn.Module:
 
 def _model_state(module: torch.nn.Module) -> dict:
     """Trained tensors under the base checkpoint's own names (the LossModule's prefix dropped)."""
-    state = get_model_state_dict(_loss_module(module), options=_OPTIONS)
+    from torch.distributed.checkpoint.state_dict import get_model_state_dict
+
+    state = get_model_state_dict(_loss_module(module), options=_options())
     return {name.removeprefix(_LOSS_PREFIX): tensor for name, tensor in state.items()}
 
 
 def _set_model_state(module: torch.nn.Module, state: dict) -> None:
+    from torch.distributed.checkpoint.state_dict import set_model_state_dict
+
     named = {_LOSS_PREFIX + name: tensor for name, tensor in state.items()}
-    set_model_state_dict(_loss_module(module), named, options=_OPTIONS)
+    set_model_state_dict(_loss_module(module), named, options=_options())
 
 
 def _save_sharded(target: Path, dist: Dist, state: dict, write_main: Callable[[Path], None]) -> Path:
@@ -74,7 +78,7 @@ def _save_sharded(target: Path, dist: Dist, state: dict, write_main: Callable[[P
         shutil.rmtree(tmp, ignore_errors=True)  # left by a run killed while saving
         tmp.mkdir(parents=True)
     dist.barrier()
-    _dcp_io(dcp.save, state, tmp)
+    _dcp_io("save", state, tmp)
     torch.save(rng_state(), tmp / f"rng-{dist.rank}.pt")
     if dist.is_main:
         write_main(tmp)
@@ -94,7 +98,7 @@ def save_best(path: Path, module: torch.nn.Module, step: int, val_loss: float, d
 def load_best(path: str | Path, module: torch.nn.Module) -> None:
     """Into a trained LossModule (any world size) or a bare model built the same way."""
     state = _model_state(module)
-    _dcp_io(dcp.load, {"model": state}, Path(path))
+    _dcp_io("load", {"model": state}, Path(path))
     _set_model_state(module, state)
 
 
@@ -125,7 +129,9 @@ class TrainerState:
 def save_checkpoint(
     ckpt_dir: Path, module, optimizer, scheduler, state: TrainerState, dist: Dist = ONE_PROCESS
 ) -> Path:
-    _, optim_state = get_state_dict(_loss_module(module), optimizer, options=_OPTIONS)
+    from torch.distributed.checkpoint.state_dict import get_state_dict
+
+    _, optim_state = get_state_dict(_loss_module(module), optimizer, options=_options())
 
     def write_main(folder: Path) -> None:
         torch.save(scheduler.state_dict(), folder / "scheduler.pt")
@@ -145,12 +151,14 @@ def read_trainer_state(path: Path) -> TrainerState:
 
 def load_checkpoint(path: Path, module, optimizer, scheduler, dist: Dist = ONE_PROCESS) -> TrainerState:
     """Weights, optimizer and schedule, resharded to this world size; this rank's RNG where it had one."""
+    from torch.distributed.checkpoint.state_dict import get_state_dict, set_optimizer_state_dict
+
     loss_module = _loss_module(module)
-    _, optim_state = get_state_dict(loss_module, optimizer, options=_OPTIONS)  # allocates the state to load into
+    _, optim_state = get_state_dict(loss_module, optimizer, options=_options())  # allocates the state to load into
     state = {"model": _model_state(module), "optim": optim_state}
-    _dcp_io(dcp.load, state, path)
+    _dcp_io("load", state, path)
     _set_model_state(module, state["model"])
-    set_optimizer_state_dict(loss_module, optimizer, state["optim"], options=_OPTIONS)
+    set_optimizer_state_dict(loss_module, optimizer, state["optim"], options=_options())
     scheduler.load_state_dict(torch.load(path / "scheduler.pt", weights_only=False))
     rng = path / f"rng-{dist.rank}.pt"
     if rng.is_file():

@@ -262,13 +262,11 @@ class Worker:
                 "validation_file",
             )
         try:
-            check = check_job_files(
-                train,
-                validation,
-                self._start_model(job),
-                self._max_seq_len(),
-                pairs=job["hyperparameters"].get("method") == "dpo",
-            )
+            dpo = job["hyperparameters"].get("method") == "dpo"
+            # The data settings the trainer will get; batch size and epochs do not change them.
+            sizing = {"n_epochs": 1, "batch_size": 1, "learning_rate_multiplier": 1.0, "beta": 0.1}
+            data = self._job_config(job, {**job["hyperparameters"], **sizing}, 1).data
+            check = check_job_files(train, validation, self._start_model(job), data, job["seed"], pairs=dpo)
         except Exception as error:  # a bug or an unreadable tokenizer: fail this job only
             log.exception("validating %s", job["id"])
             return self._fail(job["id"], "validation_error", f"could not validate the files: {error}")
@@ -277,19 +275,16 @@ class Worker:
             return self._fail(job["id"], code, check.message, check.param)
         for warning in check.warnings:
             self.store.add_event(job["id"], warning, level="warn")
-        n_train = check.n_train
-        if validation is None:  # the trainer holds out VAL_FRACTION of the training file for validation
-            if n_train < 2:
-                return self._fail(
-                    job["id"],
-                    "invalid_training_file",
-                    f"training_file {train['id']} ({train['filename']}) has {n_train} example; give "
-                    "a validation_file or at least 2 training examples",
-                    "training_file",
-                )
-            n_train -= max(1, round(VAL_FRACTION * n_train))
-        hyper = resolve_hyperparameters(job["hyperparameters"], check.n_train)
-        total_steps = math.ceil(n_train / hyper["batch_size"]) * hyper["n_epochs"]
+        if not check.n_validation:  # without a validation file the trainer holds out VAL_FRACTION
+            return self._fail(
+                job["id"],
+                "invalid_training_file",
+                f"training_file {train['id']} ({train['filename']}) has {check.n_examples} example; give "
+                "a validation_file or at least 2 training examples",
+                "training_file",
+            )
+        hyper = resolve_hyperparameters(job["hyperparameters"], check.n_examples)
+        total_steps = math.ceil(check.n_train / hyper["batch_size"]) * hyper["n_epochs"]
         if self.store.update_job(
             job["id"],
             only_if_status=("validating_files",),
@@ -299,27 +294,19 @@ class Worker:
         ):
             self.store.add_event(
                 job["id"],
-                f"Validated training file: {check.n_train} examples"
+                f"Validated training file: {check.n_examples} examples"
                 + (f", validation file: {check.n_validation} examples" if validation else "")
                 + f"; hyperparameters: n_epochs={hyper['n_epochs']}, batch_size={hyper['batch_size']}, "
                 f"learning_rate_multiplier={hyper['learning_rate_multiplier']} ({total_steps} steps)",
             )
             self._wake.set()
 
-    def _max_seq_len(self) -> int:
-        """Where the trainer will cut examples: the config's default or a --train-override of it,
-        so validation warns about the truncation the job will really have."""
-        from tunesmith.config import DataConfig, apply_overrides
-
-        data = apply_overrides({"data": {}}, list(self.train_overrides))["data"]
-        return data.get("max_seq_len", DataConfig.model_fields["max_seq_len"].default)
-
-    def _write_config(self, job: dict) -> Path:
-        from tunesmith.config import apply_overrides, config_from_dict, dump_config
+    def _job_config(self, job: dict, hyper: dict, total: int):
+        """The trainer's Config for `job` with resolved hyperparameters `hyper` and `total` steps."""
+        from tunesmith.config import apply_overrides, config_from_dict
 
         train = self.store.file(job["org_id"], job["training_file"])
         validation = self.store.file(job["org_id"], job["validation_file"]) if job["validation_file"] else None
-        hyper, total = job["hyperparameters"], max(1, job["total_steps"] or 1)
         raw = {
             "model": self._start_model(job),
             "data": {
@@ -342,7 +329,12 @@ class Worker:
             "eval": {"samples": 0},  # the before/after sample table is for the CLI; the API has events
             "out_dir": str(Path(job["run_dir"]) / "out"),
         }
-        config = config_from_dict(apply_overrides(raw, list(self.train_overrides)), "job config")
+        return config_from_dict(apply_overrides(raw, list(self.train_overrides)), "job config")
+
+    def _write_config(self, job: dict) -> Path:
+        from tunesmith.config import dump_config
+
+        config = self._job_config(job, job["hyperparameters"], max(1, job["total_steps"] or 1))
         path = Path(job["run_dir"]) / "config.yaml"
         write_text_atomic(path, dump_config(config))
         return path

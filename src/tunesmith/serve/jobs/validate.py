@@ -1,15 +1,22 @@
-"""A job's files checked before it is queued, with the data package's reader and validator."""
+"""A job's files checked before it is queued, by the trainer's own data preparation.
+
+`prepare_data` runs on the data settings the trainer will get (format, max_seq_len and overlength
+overrides, validation split and seed), so the service refuses exactly what the trainer would, and
+the token store it builds is the trainer's cache hit.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from pathlib import Path
+
+from tunesmith.config import DataConfig
 
 
 @dataclass
 class DataCheck:
     ok: bool
-    n_train: int = 0
+    n_examples: int = 0  # in the training file: what the auto hyperparameters are sized by
+    n_train: int = 0  # what the trainer steps through (after the validation split; text: packed blocks)
     n_validation: int = 0
     message: str = ""
     param: str | None = None
@@ -23,58 +30,55 @@ def _describe(issues, limit: int = 10) -> str:
 
 
 def check_job_files(
-    train: dict, validation: dict | None, model: str, max_seq_len: int = 512, pairs: bool = False
+    train: dict, validation: dict | None, model: str, data: DataConfig, seed: int, pairs: bool = False
 ) -> DataCheck:
-    """Read and check the job's files; every error names the file id, line numbers and reasons.
-
-    ``train`` / ``validation`` are file rows (``id``, ``filename``, ``path``). Uses the data
-    package's reader and validator, so the service refuses exactly what ``tunesmith validate``
-    refuses. ``pairs``: the job is a DPO job, whose files hold preference pairs.
-    """
-    from tunesmith.data.formats import read_examples
-    from tunesmith.data.preference import read_pairs, validate_pairs
+    """The job's data as the trainer will prepare it; every error names the file id, line numbers
+    and reasons. ``train`` / ``validation`` are file rows (``id``, ``filename``, ``path``);
+    ``pairs``: the job is a DPO job, whose files must hold preference pairs."""
+    from tunesmith.data.prepare import prepare_data
     from tunesmith.errors import TunesmithError
+    from tunesmith.models import load_tokenizer
 
-    read = read_pairs if pairs else read_examples
+    rows = {"training_file": train, "validation_file": validation}
+    names = {param: f"{row['id']} ({row['filename']})" for param, row in rows.items() if row}
 
-    loaded = {}
-    for param, row in (("training_file", train), ("validation_file", validation)):
-        if row is None:
-            continue
-        name = f"{row['id']} ({row['filename']})"
-        if not Path(row["path"]).is_file():
-            return DataCheck(False, message=f"{param} {row['id']} was deleted", param=param)
-        try:
-            data = read(row["path"])
-        except TunesmithError as error:
-            return DataCheck(False, message=str(error).replace(row["path"], name), param=param)
-        loaded[param] = data
-    issues = {param: [i for i in data.errors] for param, data in loaded.items()}
-    try:  # token-level checks (empty completions, lengths) need the model's tokenizer
-        from tunesmith.data.validate import validate_dataset
-        from tunesmith.models import load_tokenizer
+    def named(text: str) -> str:  # file ids, never the server's paths
+        for param, row in rows.items():
+            if row:
+                text = text.replace(row["path"], names[param])
+        return text
 
-        report, val_report, _, _ = (validate_pairs if pairs else validate_dataset)(
-            loaded["training_file"], load_tokenizer(model), max_seq_len, loaded.get("validation_file")
+    try:
+        prepared = prepare_data(data, load_tokenizer(model), seed, strict=False)
+    except TunesmithError as error:
+        param = "validation_file" if validation and validation["path"] in str(error) else "training_file"
+        return DataCheck(False, message=named(str(error)), param=param)
+    if prepared.pairs != pairs:
+        what = (
+            "does not hold preference pairs, which a dpo job trains on (OpenAI DPO JSONL or prompt/chosen/rejected)"
+            if pairs
+            else "holds preference pairs: train on them with method.name=dpo (method type dpo)"
         )
-        issues["training_file"] = report.issues
-        if val_report is not None:
-            issues["validation_file"] = val_report.issues
-    except ImportError:
-        pass
+        return DataCheck(False, message=f"training_file {names['training_file']} {what}", param="training_file")
+    # Without a validation file the held-out split's report (duplicates, overlap) is the training file's.
+    reports = {"training_file": [prepared.train_report], "validation_file": []}
+    reports["validation_file" if validation else "training_file"].append(prepared.validation_report)
     warnings = []
-    for param, row in (("training_file", train), ("validation_file", validation)):
-        errors = [i for i in issues.get(param, []) if i.severity == "error"]
-        name = f"{row['id']} ({row['filename']})" if row else ""
-        if errors:
+    for param, found in reports.items():
+        found = [r for r in found if r is not None]
+        errors = [i for r in found for i in r.issues if i.severity == "error"]
+        n_errors = sum(r.n_errors for r in found)
+        notes = "".join(f"; {note}" for r in found for note in r.notes)
+        if n_errors:
             lines = ", ".join(str(i.line) for i in errors[:20])
-            return DataCheck(
-                False,
-                message=f"{param} {name} has {len(errors)} invalid line(s) (lines {lines}): {_describe(errors)}",
-                param=param,
-            )
-        warned = [i for i in issues.get(param, []) if i.severity != "error"]
-        if warned:
-            warnings.append(f"{param} {name}: {len(warned)} warning(s): {_describe(warned, 5)}")
-    n_val = len(loaded["validation_file"].examples) if "validation_file" in loaded else 0
-    return DataCheck(True, len(loaded["training_file"].examples), n_val, warnings=warnings)
+            message = f"{param} {names[param]} has {n_errors} invalid line(s) (lines {lines}): {_describe(errors)}"
+            return DataCheck(False, message=named(message + notes), param=param)
+        warned = [i for r in found for i in r.issues if i.severity != "error"]
+        n_warned = sum(r.n_warnings for r in found)
+        if n_warned:
+            warnings.append(named(f"{param} {names[param]}: {n_warned} warning(s): {_describe(warned, 5)}"))
+    n_examples = prepared.train_report.n_examples
+    if not validation and prepared.validation_report is not None:
+        n_examples += prepared.validation_report.n_examples
+    n_validation = len(prepared.validation) if prepared.validation is not None else 0
+    return DataCheck(True, n_examples, len(prepared.train), n_validation, warnings=warnings)
