@@ -200,14 +200,13 @@ def train(cfg: Config, resume: bool = False, overwrite: bool = False) -> RunSumm
     if compile_model:
         output_layer(model)[0].compile()
     # On CPU glibc's heap would fragment around the saved activations (kernels/arena.py). Full
-    # fine-tuning under bf16 autocast saves autocast's bf16 copy of every trained weight, which
-    # autocast's cache holds anyway: an arena would copy 270 MB a micro-batch for nothing (measured
-    # 486 -> 573 tokens/s without it). So LoRA runs and float32 full fine-tuning (whose saved
-    # weights are the parameters, which the arena leaves in place) get one; every CPU run gets the
-    # fixed threshold. torch.compile cannot trace the arena's hooks (and plans its own buffers).
+    # fine-tuning saves autocast's bf16 copy of every trained weight, which autocast's cache holds
+    # anyway: an arena would copy 270 MB a micro-batch for nothing (measured 486 -> 573 tokens/s
+    # without it); in float32 it did not help either (peak RSS 3,862 -> 4,240 MB), so only a lean
+    # LoRA run gets one; every CPU run gets the fixed threshold. torch.compile cannot trace the
+    # arena's hooks (and plans its own buffers).
     heap_fixed = device.type == "cpu" and cfg.train.fast_paths and fix_mmap_threshold()
-    saves_activations_only = lean is not None or dtype == torch.float32
-    arena = ActivationArena() if heap_fixed and saves_activations_only and not compile_model else None
+    arena = ActivationArena() if heap_fixed and lean is not None and not compile_model else None
     # The loss is the forward that DDP / FSDP2 wrap; on one process it runs as it is.
     # Before wrapping, on the whole model: work before the first step (DPO's reference log-probs).
     objective.setup(model, data)
