@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 import subprocess
 import sys
@@ -13,8 +14,6 @@ import pytest
 from serve_helpers import wait_for
 from test_serve_api import chat_rows, jsonl, upload
 
-from tunesmith.config import DataConfig
-from tunesmith.data.prepare import prepare_data
 from tunesmith.data.store import store_root
 from tunesmith.serve.store import Store
 
@@ -105,8 +104,13 @@ def test_hostile_bodies_get_4xx_and_limits_hold_while_streaming(fake_server):
     )
 
 
-def test_job_cap_and_deleting_what_a_job_uses(fake_server, tmp_path, monkeypatch, smol_tokenizer):
-    monkeypatch.setenv("TUNESMITH_HOME", str(tmp_path / "tunesmith-home"))  # the server's too
+def _stores_of(path) -> list:
+    """The token stores (data/store.py) built from the file at `path`, in the home the server shares."""
+    metas = store_root().glob("*/meta.json") if store_root().is_dir() else []
+    return [m.parent for m in metas if str(path) in json.loads(m.read_text())["files"]]
+
+
+def test_job_cap_and_deleting_what_a_job_uses(fake_server):
     server = fake_server(args=["--max-jobs-per-org", "2"], env={"FAKE_STEP_SECONDS": "0.2"})
     acme, other = server.client(server.key("acme")), server.client(server.key("other"))
     train = upload(acme, chat_rows(10))
@@ -126,13 +130,11 @@ def test_job_cap_and_deleting_what_a_job_uses(fake_server, tmp_path, monkeypatch
 
     done = [wait_for(acme, job.id) for job in jobs]
     assert [job.status for job in done] == ["succeeded", "succeeded"], [job.error for job in done]
-    # The fake trainer tokenizes nothing: build the token store a real trainer would have.
     uploaded = server.home / "files" / f"{train.id}.jsonl"
-    prepare_data(DataConfig(train=str(uploaded), val_fraction=0.0, max_seq_len=256), smol_tokenizer)
-    assert [p for p in store_root().iterdir() if p.is_dir()]
+    assert _stores_of(uploaded)  # validating the jobs tokenized it (the store the trainer then maps)
     assert acme.files.delete(train.id).deleted
     assert not uploaded.exists()
-    assert not [p for p in store_root().iterdir() if p.is_dir()]  # its tokens went with it
+    assert not _stores_of(uploaded)  # its tokens went with it
     run = server.home / "runs" / done[0].id / "out"
     assert (run / "adapter").is_dir()
     assert acme.models.delete(done[0].fine_tuned_model).deleted
