@@ -30,7 +30,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
 from machine import cpu_flags
-from train_throughput import _device, _peak_rss_mb, _sync, _throughput  # noqa: E402
+from train_throughput import _device, _peak_rss_mb, _sync, _throughput, clock_recipe_steps  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 PAIRS = REPO / "data/hh_rlhf_harmless/train.jsonl"
@@ -123,15 +123,7 @@ def run_tunesmith(args, train: Path, validation: Path) -> dict:
     from tunesmith.train import recipe
 
     device = _device()
-    step_ends: list[float] = []
-
-    class TimedProgress(recipe.TrainProgress):
-        def advance(self, step, *rest, **kw):
-            _sync(device)
-            step_ends.append(time.perf_counter())
-            super().advance(step, *rest, **kw)
-
-    recipe.TrainProgress = TimedProgress
+    step_ends = clock_recipe_steps(device)
     out = Path(tempfile.mkdtemp(prefix="bench-dpo-tunesmith-"))
     cfg = _config(args.model, train, validation, args, out)
     recipe.train(cfg, overwrite=True)

@@ -130,6 +130,23 @@ def _sync(device) -> None:
         torch.cuda.synchronize()
 
 
+def clock_recipe_steps(device) -> list[float]:
+    """The end time of every optimizer step tunesmith's recipe takes from now on in this process
+    (where TRL's on_step_end fires), filled in as it trains."""
+    from tunesmith.train import recipe
+
+    step_ends: list[float] = []
+
+    class TimedProgress(recipe.TrainProgress):
+        def advance(self, step, *rest, **kw):
+            _sync(device)
+            step_ends.append(time.perf_counter())
+            super().advance(step, *rest, **kw)
+
+    recipe.TrainProgress = TimedProgress
+    return step_ends
+
+
 def _peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
 
@@ -179,16 +196,7 @@ def run_tunesmith(run: Run, args) -> dict:
     from tunesmith.train import recipe
 
     device = _device()
-    step_ends: list[float] = []
-
-    class TimedProgress(recipe.TrainProgress):
-        # Timestamp the end of every optimizer step, where TRL's on_step_end fires.
-        def advance(self, step, *rest, **kw):
-            _sync(device)
-            step_ends.append(time.perf_counter())
-            super().advance(step, *rest, **kw)
-
-    recipe.TrainProgress = TimedProgress
+    step_ends = clock_recipe_steps(device)
     out = Path(tempfile.mkdtemp(prefix="bench-tunesmith-"))
     train = {
         "max_steps": args.steps,
