@@ -131,14 +131,10 @@ class StepBatches:
         epoch, index = divmod(step, self.steps_per_epoch)
         chosen = self._order(epoch)[index * self.per_step : (index + 1) * self.per_step]
         share = split_by_tokens(self.lengths[chosen].tolist(), self.dist.world_size)[self.dist.rank]
-        mine = [self.examples[chosen[position]] for position in share]
+        items = [self.examples[i] for i in chosen]  # gathered once: this process's share is among them
+        mine = [items[position] for position in share]
         batches = [self.objective.batch(group) for group in split_evenly(mine, self.cfg.train.grad_accum)]
-        return Step(
-            batches,
-            [self.examples[i] for i in chosen],
-            int(self.lengths[chosen].sum()),
-            int(self.label_counts[chosen].sum()),
-        )
+        return Step(batches, items, int(self.lengths[chosen].sum()), int(self.label_counts[chosen].sum()))
 
 
 class Prefetched:
