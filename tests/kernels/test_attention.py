@@ -19,28 +19,29 @@ def _inputs(lengths, heads, kv_heads, dtype=torch.float32):
     return [torch.randn(1, h, tokens, 16, dtype=dtype, requires_grad=True) for h in (heads, kv_heads, kv_heads)]
 
 
-def _one_by_one(q, k, v, lengths):
+def _one_by_one(q, k, v, lengths, causal=True):
     outs, at = [], 0
     for n in lengths:
         piece = slice(at, at + n)
         out = F.scaled_dot_product_attention(
-            q[:, :, piece], k[:, :, piece], v[:, :, piece], is_causal=True, enable_gqa=q.shape[1] != k.shape[1]
+            q[:, :, piece], k[:, :, piece], v[:, :, piece], is_causal=causal, enable_gqa=q.shape[1] != k.shape[1]
         )
         outs.append(out.transpose(1, 2))
         at += n
     return torch.cat(outs, 1)
 
 
+@pytest.mark.parametrize("causal", [True, False])  # decoders / encoders
 @pytest.mark.parametrize("fused", [False, True])  # the CPU kernel / the SDPA kernel CUDA takes
 @pytest.mark.parametrize("heads, kv_heads", [(4, 4), (9, 3), (4, 1)])
 @pytest.mark.parametrize("lengths", [[5], [7, 1, 12, 3], [30, 2, 30]])
-def test_outputs_and_gradients_equal_each_example_alone(heads, kv_heads, lengths, fused, monkeypatch):
-    kernel = attention.causal_attention
-    monkeypatch.setattr(attention, "causal_attention", lambda *a: kernel(*a, fused=fused))
+def test_outputs_and_gradients_equal_each_example_alone(heads, kv_heads, lengths, fused, causal, monkeypatch):
+    kernel = attention.segment_attention
+    monkeypatch.setattr(attention, "segment_attention", lambda *a: kernel(*a, fused=fused))
     q, k, v = _inputs(lengths, heads, kv_heads)
-    segments = attention.segments(lengths, torch.device("cpu"))
+    segments = attention.segments(lengths, torch.device("cpu"), causal=causal)
     packed, _ = attention.packed_attention(_Layer(heads, kv_heads), q, k, v, None, segments=segments)
-    alone = _one_by_one(q, k, v, lengths)
+    alone = _one_by_one(q, k, v, lengths, causal)
     assert packed.shape == alone.shape == (1, sum(lengths), heads, 16)
     assert torch.allclose(packed, alone, atol=1e-5)
 

@@ -1,13 +1,15 @@
-"""Attention for packed micro-batches: every example attends only to itself, with no mask.
+"""Attention for packed micro-batches: every example attends only to itself.
 
 A packed micro-batch is a single row holding all its examples back to back, so the projections
 and MLPs, nearly all of the compute, run on real tokens only. Attention alone is done per example:
 queries, keys and values are gathered into an [examples, longest, ...] layout padded on the right,
 where plain causal attention is exact for every real position (it never sees the padding after it),
-so no [tokens, tokens] block mask is built. The padding costs attention FLOPs only, well under 1% of
-the model's for fine-tuning-sized examples. On CUDA the causal attention is SDPA's flash kernel; on
-CPU it is a matmul version that recomputes its probabilities in backward (measured ~2x faster than
-SDPA's CPU flash kernel at these lengths, and like it, it keeps no [longest, longest] matrices).
+so no [tokens, tokens] block mask is built. Encoders attend both ways: there a mask of
+[examples, longest] hides each example's padding keys, still nothing of [tokens, tokens] size. The
+padding costs attention FLOPs only, well under 1% of the model's for fine-tuning-sized examples.
+On CUDA the attention is SDPA's flash kernel; on CPU it is a matmul version that recomputes its
+probabilities in backward (measured ~2x faster than SDPA's CPU flash kernel at these lengths, and
+like it, it keeps no [longest, longest] matrices).
 
 Models loaded by tunesmith use this implementation; without segments it is transformers' SDPA.
 """
@@ -34,9 +36,12 @@ class Segments:
     scatter: torch.Tensor  # [tokens]: where each row token goes in the flattened [examples, longest]
     gather: torch.Tensor  # [examples * longest]: the row token each slot holds (padding: any token)
     shape: tuple[int, int]  # (examples, longest)
+    # Bidirectional attention (encoders): [examples, 1, longest], 0 at real keys and -inf at padding.
+    # None: causal, where the padding after an example is never seen anyway.
+    key_mask: torch.Tensor | None = None
 
 
-def segments(lengths: list[int], device: torch.device) -> Segments:
+def segments(lengths: list[int], device: torch.device, causal: bool = True) -> Segments:
     # Rounded up, as batch rows are (batching.ROW_MULTIPLE): fewer distinct shapes to build kernels for.
     longest = -(-max(lengths) // 16) * 16
     offsets = torch.arange(longest)
@@ -44,14 +49,15 @@ def segments(lengths: list[int], device: torch.device) -> Segments:
     scatter = (torch.arange(len(lengths))[:, None] * longest + offsets)[real]
     gather = torch.zeros(len(lengths) * longest, dtype=torch.long)
     gather[scatter] = torch.arange(len(scatter))
-    return Segments(scatter.to(device), gather.to(device), (len(lengths), longest))
+    key_mask = None if causal else torch.zeros(real.shape).masked_fill_(~real, float("-inf"))[:, None].to(device)
+    return Segments(scatter.to(device), gather.to(device), (len(lengths), longest), key_mask)
 
 
 def _by_example(rows: torch.Tensor, segments: Segments, kv_heads: int) -> torch.Tensor:
     """[tokens, h, dim] -> [examples, kv_heads, h // kv_heads * longest, dim].
 
     The padding slots after each example hold copies of some real token: causal attention never
-    lets a real position see them, and their outputs are dropped."""
+    lets a real position see them, the bidirectional key mask hides them, and their outputs are dropped."""
     return _stack_groups(rows.index_select(0, segments.gather), segments, kv_heads)
 
 
@@ -72,14 +78,19 @@ def _to_rows(padded: torch.Tensor, segments: Segments) -> torch.Tensor:
     return out.reshape(examples * longest, kv_heads * groups, dim).index_select(0, segments.scatter)
 
 
-def _probs(query, key, scaling: float) -> torch.Tensor:
-    """softmax(scaling * q k^T + causal mask) in float32, queries as in `_by_example`."""
+def _probs(query, key, scaling: float, key_mask: torch.Tensor | None) -> torch.Tensor:
+    """softmax(scaling * q k^T + mask) in float32, queries as in `_by_example`; the mask is causal, or
+    hides the padding keys (`Segments.key_mask`)."""
     examples, kv_heads, rows, dim = query.shape
     longest = key.shape[2]
-    future = torch.full((longest, longest), float("-inf"), dtype=query.dtype, device=query.device).triu(1)
+    if key_mask is None:
+        mask = torch.full((longest, longest), float("-inf"), dtype=query.dtype, device=query.device).triu(1)
+        mask = mask.repeat(rows // longest, 1)
+    else:
+        mask = key_mask.to(query.dtype).repeat_interleave(kv_heads, 0)
     # One fused kernel for scaling * q k^T + mask, over [examples * kv_heads] matrices.
     scores = torch.baddbmm(
-        future.repeat(rows // longest, 1),
+        mask,
         query.reshape(-1, rows, dim),
         key.reshape(-1, longest, dim).transpose(1, 2),
         alpha=scaling,
@@ -87,8 +98,9 @@ def _probs(query, key, scaling: float) -> torch.Tensor:
     return scores.softmax(-1, dtype=torch.float32).view(examples, kv_heads, rows, longest)
 
 
-class _CausalAttention(torch.autograd.Function):
-    """Per-example causal attention of packed rows ([tokens, heads, dim] each), saving only them.
+class _SegmentAttention(torch.autograd.Function):
+    """Per-example attention (causal or bidirectional) of packed rows ([tokens, heads, dim] each),
+    saving only them.
 
     The query heads that share a key/value head are stacked along the rows, so keys and values are
     never repeated. Backward rebuilds the per-example layout and recomputes the probabilities, as
@@ -102,7 +114,7 @@ class _CausalAttention(torch.autograd.Function):
         ctx.segments, ctx.scaling = segments, scaling
         kv_heads = key.shape[1]
         q, k, v = (_by_example(t, segments, kv_heads) for t in (query, key, value))
-        return _to_rows(_probs(q, k, scaling).to(v.dtype) @ v, segments)
+        return _to_rows(_probs(q, k, scaling, segments.key_mask).to(v.dtype) @ v, segments)
 
     @staticmethod
     def backward(ctx, grad_rows):
@@ -114,7 +126,7 @@ class _CausalAttention(torch.autograd.Function):
         grad_slots = grad_rows.new_zeros(segments.gather.numel(), *grad_rows.shape[1:])
         grad_out = _stack_groups(grad_slots.index_copy_(0, segments.scatter, grad_rows), segments, kv_heads)
         del grad_slots
-        probs = _probs(query, key, scaling)
+        probs = _probs(query, key, scaling, segments.key_mask)
         grad_value = probs.to(value.dtype).transpose(-1, -2) @ grad_out
         grad_scores = (grad_out @ value.transpose(-1, -2)).float()
         row_dot = (grad_scores * probs).sum(-1, keepdim=True)
@@ -123,20 +135,22 @@ class _CausalAttention(torch.autograd.Function):
         return (*(_to_rows(g, segments) for g in grads), None, None)
 
 
-def causal_attention(query, key, value, segments: Segments, scaling: float, fused: bool | None = None):
+def segment_attention(query, key, value, segments: Segments, scaling: float, fused: bool | None = None):
     """Packed rows [tokens, heads, dim] in, [tokens, heads, dim] out. `fused` (default: on CUDA) takes
     SDPA's flash kernels, which on this project's CPU were ~2x slower than the matmul version for
     fine-tuning lengths."""
     if fused is None:
         fused = query.device.type == "cuda"
     if not fused:
-        return _CausalAttention.apply(query, key, value, segments, scaling)
+        return _SegmentAttention.apply(query, key, value, segments, scaling)
     examples, longest = segments.shape
     kv_heads, dim = key.shape[1], key.shape[2]
     # The stacked rows are the query heads in transformers' order (head h reads kv head h // groups).
     heads = _by_example(query, segments, kv_heads).view(examples, query.shape[1], longest, dim)
     k, v = (_by_example(t, segments, kv_heads) for t in (key, value))
-    out = F.scaled_dot_product_attention(heads, k, v, is_causal=True, scale=scaling, enable_gqa=True)
+    causal = segments.key_mask is None
+    mask = None if causal else segments.key_mask[:, None].to(heads.dtype)
+    out = F.scaled_dot_product_attention(heads, k, v, mask, is_causal=causal, scale=scaling, enable_gqa=True)
     return _to_rows(out.view(examples, kv_heads, -1, dim), segments)
 
 
@@ -163,7 +177,7 @@ def packed_attention(
     # [1, h, tokens, dim] -> [tokens, h, dim]: the layout the projections wrote and o_proj reads.
     rows = [t[0].transpose(0, 1).to(dtype).contiguous() for t in (query, key, value)]
     scaling = scaling if scaling is not None else query.shape[-1] ** -0.5
-    return causal_attention(*rows, segments, scaling).unsqueeze(0), None
+    return segment_attention(*rows, segments, scaling).unsqueeze(0), None
 
 
 AttentionInterface.register(NAME, packed_attention)
