@@ -133,6 +133,13 @@ class EncoderConfig(_Strict):
     hard_negatives: int = Field(
         0, ge=0, description="`contrastive`: add this many BM25-mined hard negatives per pair (pairs without one)."
     )
+    dropout: float | None = Field(
+        0.0,
+        ge=0.0,
+        lt=1.0,
+        description="Dropout of the encoder body while training (hidden and attention). 0 lets BERT models train "
+        "on packed batches (encoders/model.py); null keeps the checkpoint's (BERT: 0.1).",
+    )
 
 
 class EarlyStoppingConfig(_Strict):

@@ -5,7 +5,7 @@ import json
 import pytest
 import torch
 
-from tunesmith.encoders.model import Pooling, pool, read_pooling
+from tunesmith.encoders.model import Pooling, load_encoder, pool, read_pooling, set_dropout
 from tunesmith.errors import TunesmithError
 
 NORMALIZE = {"idx": 2, "name": "2", "path": "2_Normalize", "type": "sentence_transformers.models.Normalize"}
@@ -44,3 +44,39 @@ def test_pooling_ignores_padding():
     assert pool(hidden, mask, "mean").tolist() == [[2.0, 3.0]]
     assert pool(hidden, mask, "max").tolist() == [[3.0, 4.0]]
     assert pool(hidden, mask, "cls").tolist() == [[1.0, 2.0]]
+
+
+TEXTS = ["a short query", "a much longer document about graph neural networks and molecules " * 3, "x", "mid length"]
+
+
+@pytest.mark.parametrize("mode", ["mean", "cls", "max"])
+def test_packed_batches_give_the_padded_embeddings_and_gradients(tiny_bert, mode):
+    """BERT runs packed (texts back to back, each attending to itself): the embeddings and the
+    weight gradients must be those of the padded batch any model type takes."""
+    encoder = load_encoder(tiny_bert)
+    encoder.pooling = Pooling(mode, True, 64)
+    set_dropout(encoder.model, 0.0)
+    encoder.model.train()
+    assert encoder.packs() and "lengths" in encoder.batch(TEXTS)
+
+    def run(batch):
+        encoder.model.zero_grad()
+        embedded = encoder.embed(batch)
+        (embedded * torch.linspace(-1, 1, embedded.numel()).view_as(embedded)).sum().backward()
+        return embedded.detach(), [p.grad.clone() for p in encoder.model.parameters() if p.grad is not None]
+
+    packed, packed_grads = run(encoder.batch(TEXTS, 16))
+    padded, padded_grads = run(encoder.tokenize(TEXTS, 16))
+    assert torch.allclose(packed, padded, atol=1e-5)
+    assert len(packed_grads) == len(padded_grads)
+    for got, expected in zip(packed_grads, padded_grads, strict=True):
+        assert torch.allclose(got, expected, atol=1e-5, rtol=1e-4)
+
+
+def test_attention_dropout_while_training_falls_back_to_padded_batches(tiny_bert):
+    encoder = load_encoder(tiny_bert)
+    set_dropout(encoder.model, 0.1)
+    encoder.model.train()
+    assert not encoder.packs() and "attention_mask" in encoder.batch(TEXTS)
+    encoder.model.eval()  # no dropout at inference: packed again
+    assert encoder.packs()

@@ -4,6 +4,12 @@ A sentence-transformers folder says how to pool (``1_Pooling/config.json``), how
 (``sentence_bert_config.json``) and whether embeddings are normalised (a ``Normalize`` module); a
 plain BERT-family folder gets mean pooling, its position limit and normalisation. Training, eval,
 export and the service all embed through `Encoder.embed`, so they cannot disagree.
+
+BERT models run packed batches: all texts of a batch back to back in one row, no padding, each
+attending only to itself (kernels/attention.py), pooled per text. The projections and MLPs, nearly
+all of the compute, then see real tokens only, and attention keeps no [text, text] matrices.
+Attention dropout cannot be applied to the packed kernel: a model that trains with it gets padded
+batches, as every model type this list does not name.
 """
 
 from __future__ import annotations
@@ -16,10 +22,14 @@ import numpy as np
 import torch
 
 from tunesmith.errors import TunesmithError
+from tunesmith.kernels import attention
 from tunesmith.models import resolve_model_path
 
 POOLING_MODES = ("mean", "cls", "max")
 DEFAULT_MAX_SEQ_LEN = 512
+# Model types whose attention goes through transformers' AttentionInterface and whose position ids
+# count from 0 in each text (RoBERTa's start after the padding index), checked by a packed-vs-padded test.
+PACKED_MODEL_TYPES = ("bert",)
 
 
 @dataclass(frozen=True)
@@ -66,24 +76,79 @@ def pool(hidden: torch.Tensor, attention_mask: torch.Tensor, mode: str) -> torch
     return (hidden * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1e-9)
 
 
+def pool_packed(hidden: torch.Tensor, lengths: torch.Tensor, mode: str) -> torch.Tensor:
+    """[tokens, dim] of texts back to back -> [texts, dim]."""
+    starts = lengths.cumsum(0) - lengths
+    if mode == "cls":
+        return hidden[starts]
+    owner = torch.repeat_interleave(torch.arange(len(lengths), device=hidden.device), lengths)
+    if mode == "max":
+        empty = hidden.new_full((len(lengths), hidden.shape[1]), torch.finfo(hidden.dtype).min)
+        return empty.scatter_reduce(0, owner[:, None].expand_as(hidden), hidden, "amax")
+    sums = hidden.new_zeros(len(lengths), hidden.shape[1]).index_add_(0, owner, hidden)
+    return sums / lengths[:, None].to(hidden.dtype)
+
+
+def set_dropout(model: torch.nn.Module, probability: float) -> None:
+    """Every dropout of the model (hidden, attention, embeddings) and its config, so a save keeps it."""
+    for module in model.modules():
+        if isinstance(module, torch.nn.Dropout):
+            module.p = probability
+    for key in ("hidden_dropout_prob", "attention_probs_dropout_prob"):
+        if hasattr(model.config, key):
+            setattr(model.config, key, probability)
+
+
 class Encoder:
     """A transformer body (`AutoModel`), its tokenizer and pooling."""
 
     def __init__(self, model, tokenizer, pooling: Pooling, path: str):
         self.model, self.tokenizer, self.pooling, self.path = model, tokenizer, pooling, path
 
+    def _limit(self, max_len: int | None) -> int:
+        return min(max_len or self.pooling.max_seq_len, self.pooling.max_seq_len)
+
     def tokenize(self, texts: list[str], max_len: int | None = None) -> dict[str, torch.Tensor]:
-        limit = min(max_len or self.pooling.max_seq_len, self.pooling.max_seq_len)
+        """A padded batch: what any model type takes."""
+        limit = self._limit(max_len)
         return self.tokenizer(texts, truncation=True, max_length=limit, padding=True, return_tensors="pt")
 
-    def embed(self, batch: dict[str, torch.Tensor], body=None) -> torch.Tensor:
-        """Pooled (and, if the checkpoint says so, unit-length) embeddings of a tokenized batch.
+    def packs(self) -> bool:
+        """Whether batches go packed: a packed model type, and no attention dropout while training."""
+        config = self.model.config
+        dropout = self.model.training and getattr(config, "attention_probs_dropout_prob", 0.0) > 0
+        return config._attn_implementation == attention.NAME and not dropout
 
-        `body` replaces the transformer (a PEFT-wrapped copy while training)."""
+    def batch(self, texts: list[str], max_len: int | None = None) -> dict:
+        """The texts as the model runs them best: packed where it can (see the module doc), else padded."""
+        if not self.packs():
+            return self.tokenize(texts, max_len)
+        ids = self.tokenizer(texts, truncation=True, max_length=self._limit(max_len)).input_ids
+        lengths = torch.tensor([len(x) for x in ids])
+        starts = torch.repeat_interleave(lengths.cumsum(0) - lengths, lengths)
+        positions = torch.arange(int(lengths.sum())) - starts
+        return {
+            "input_ids": torch.tensor([t for x in ids for t in x])[None],
+            "position_ids": positions[None],
+            "lengths": lengths,
+        }
+
+    def pooled(self, batch: dict, body=None) -> torch.Tensor:
+        """[texts, dim] pooled as the checkpoint says, not normalised. `body` replaces the
+        transformer (a PEFT-wrapped copy while training)."""
         device = next(self.model.parameters()).device
         batch = {k: v.to(device) for k, v in batch.items()}
-        hidden = (body or self.model)(**batch).last_hidden_state
-        pooled = pool(hidden, batch["attention_mask"], self.pooling.mode)
+        if "lengths" not in batch:
+            hidden = (body or self.model)(**batch).last_hidden_state
+            return pool(hidden, batch["attention_mask"], self.pooling.mode)
+        lengths = batch.pop("lengths")
+        segments = attention.segments(lengths.tolist(), device, causal=False)
+        hidden = (body or self.model)(**batch, segments=segments).last_hidden_state
+        return pool_packed(hidden[0], lengths, self.pooling.mode)
+
+    def embed(self, batch: dict, body=None) -> torch.Tensor:
+        """Pooled (and, if the checkpoint says so, unit-length) embeddings of a batch from `batch()`."""
+        pooled = self.pooled(batch, body)
         return torch.nn.functional.normalize(pooled, dim=-1) if self.pooling.normalize else pooled
 
     @torch.no_grad()
@@ -98,7 +163,7 @@ class Encoder:
         starts = list(range(0, len(order), batch_size))
         for start in tracked(starts, progress) if progress else starts:
             chosen = order[start : start + batch_size]
-            out[chosen] = self.embed(self.tokenize([texts[i] for i in chosen])).float().cpu().numpy()
+            out[chosen] = self.embed(self.batch([texts[i] for i in chosen])).float().cpu().numpy()
         self.model.train(was_training)
         return out
 
@@ -115,6 +180,8 @@ def load_encoder(name_or_path: str) -> Encoder:
     if any(a.endswith("ForCausalLM") for a in config.architectures or []):
         raise TunesmithError(f"{name_or_path!r} is a decoder ({config.model_type}); encoder objectives need an encoder")
     model = AutoModel.from_pretrained(path, dtype=torch.float32)
+    if config.model_type in PACKED_MODEL_TYPES:
+        model.set_attn_implementation(attention.NAME)  # SDPA's where a batch is padded
     tokenizer = AutoTokenizer.from_pretrained(path)
     limit = getattr(config, "max_position_embeddings", DEFAULT_MAX_SEQ_LEN)
     return Encoder(model, tokenizer, read_pooling(Path(path), limit), path)

@@ -19,11 +19,10 @@ import torch
 from tunesmith.config import Config, dump_config
 from tunesmith.data.batching import epoch_order
 from tunesmith.encoders.export import save_encoder
-from tunesmith.encoders.model import Encoder, load_encoder
+from tunesmith.encoders.model import Encoder, load_encoder, set_dropout
 from tunesmith.encoders.tasks import ClassificationTask, ContrastiveTask, MaskedLMTask
 from tunesmith.errors import TunesmithError
 from tunesmith.export import plot_losses
-from tunesmith.kernels.arena import fix_mmap_threshold
 from tunesmith.paths import atomic_file, write_dir_atomic, write_text_atomic
 from tunesmith.precision import autocast, default_device
 from tunesmith.progress import TrainProgress, peak_rss_mb
@@ -99,6 +98,8 @@ def train_encoder(cfg: Config, resume: bool = False, overwrite: bool = False) ->
     # ---- setup: everything that can fail on bad input happens before out_dir is touched ----
     encoder = load_encoder(cfg.model)
     task = _build_task(cfg, encoder)
+    if cfg.encoder.dropout is not None:
+        set_dropout(encoder.model, cfg.encoder.dropout)
     if not task.validation:
         raise TunesmithError("no validation data: give data.validation or a data.val_fraction > 0")
     per_step = cfg.train.batch_size * cfg.train.grad_accum
@@ -106,8 +107,6 @@ def train_encoder(cfg: Config, resume: bool = False, overwrite: bool = False) ->
     total_steps = cfg.train.max_steps or max(1, math.ceil(cfg.train.epochs * steps_per_epoch))
 
     device = default_device()
-    if device.type == "cpu":
-        fix_mmap_threshold()  # glibc's heap fragments around saved activations otherwise (kernels/arena.py)
     torch.manual_seed(cfg.train.seed)
     body = attach_method(encoder.model, cfg, "FEATURE_EXTRACTION").to(device)
     head = task.head.to(device)

@@ -14,7 +14,7 @@ import torch.nn.functional as F
 
 from tunesmith.config import Config
 from tunesmith.encoders.data import Pair, read_labelled, read_pairs, read_texts
-from tunesmith.encoders.model import Encoder, pool
+from tunesmith.encoders.model import Encoder
 from tunesmith.encoders.objectives import Temperature, contrastive_loss, mask_tokens, mlm_head, mlm_loss
 from tunesmith.errors import TunesmithError
 
@@ -27,7 +27,7 @@ class Prepared:
 
 
 def _tokens(batch: dict) -> int:
-    return int(batch["attention_mask"].sum())
+    return int(batch["lengths"].sum() if "lengths" in batch else batch["attention_mask"].sum())
 
 
 def split_off(items: list, fraction: float, seed: int) -> tuple[list, list]:
@@ -77,16 +77,17 @@ class ContrastiveTask:
 
     def prepare(self, pairs: list[Pair], generator: torch.Generator) -> Prepared:
         docs = [p.positive for p in pairs] + [n for p in pairs for n in self.negatives[id(p)]]
-        queries = self.encoder.tokenize([p.query for p in pairs], self.max_len)
-        documents = self.encoder.tokenize(docs, self.max_len)
+        # Queries and documents run apart: in one batch the short queries would take the documents'
+        # length in the padded layout (of the whole batch, or of packed attention).
+        batches = [self.encoder.batch(texts, self.max_len) for texts in ([p.query for p in pairs], docs)]
         # The same abstract can be the positive of several queries: it is no negative for them.
         same = torch.tensor([[d == p.positive and j != i for j, d in enumerate(docs)] for i, p in enumerate(pairs)])
-        inputs = {"queries": queries, "documents": documents, "same_text": same}
-        return Prepared(inputs, len(pairs), _tokens(queries) + _tokens(documents))
+        inputs = {"batches": batches, "queries": len(pairs), "same_text": same}
+        return Prepared(inputs, len(pairs), sum(_tokens(b) for b in batches))
 
     def loss_sum(self, body, inputs: dict) -> tuple[torch.Tensor, int]:
-        q = self.encoder.embed(inputs["queries"], body)
-        d = self.encoder.embed(inputs["documents"], body)
+        embedded = torch.cat([self.encoder.embed(batch, body) for batch in inputs["batches"]])
+        q, d = embedded[: inputs["queries"]], embedded[inputs["queries"] :]
         loss = contrastive_loss(q, d, self.head(), inputs["same_text"].to(q.device))
         return loss * len(q), 0
 
@@ -180,14 +181,12 @@ class ClassificationTask:
         return f"{len(self.train)} training texts, {len(self.validation)} validation texts, labels {self.labels}"
 
     def prepare(self, items, generator: torch.Generator) -> Prepared:
-        batch = self.encoder.tokenize([x.text for x in items], self.max_len)
+        batch = self.encoder.batch([x.text for x in items], self.max_len)
         target = torch.tensor([self.labels.index(x.label) for x in items])
         return Prepared({"batch": batch, "target": target}, len(items), _tokens(batch))
 
     def loss_sum(self, body, inputs: dict) -> tuple[torch.Tensor, int]:
-        batch = inputs["batch"]
-        hidden = body(**batch).last_hidden_state
-        logits = self.head(pool(hidden, batch["attention_mask"], self.encoder.pooling.mode))
+        logits = self.head(self.encoder.pooled(inputs["batch"], body))
         target = inputs["target"].to(logits.device)
         loss = F.cross_entropy(logits.float(), target, reduction="sum")
         return loss, int((logits.argmax(-1) == target).sum())

@@ -145,7 +145,6 @@ def _classifier_predictions(run_dir: Path, texts: list[str], batch_size: int) ->
     import torch
     from safetensors import safe_open
 
-    from tunesmith.encoders.model import pool
     from tunesmith.encoders.recipe import HEAD_FILE
 
     path = run_dir / HEAD_FILE
@@ -159,9 +158,7 @@ def _classifier_predictions(run_dir: Path, texts: list[str], batch_size: int) ->
     predictions = []
     with torch.no_grad():
         for start in range(0, len(texts), batch_size):
-            batch = encoder.tokenize(texts[start : start + batch_size])
-            hidden = encoder.model(**batch).last_hidden_state
-            logits = pool(hidden, batch["attention_mask"], encoder.pooling.mode) @ weight.T + bias
+            logits = encoder.pooled(encoder.batch(texts[start : start + batch_size])) @ weight.T + bias
             predictions += [labels[i] for i in logits.argmax(-1).tolist()]
     return predictions, encoder
 
