@@ -1,10 +1,10 @@
 """A stand-in for `python -m tunesmith train CONFIG --overwrite|--resume` with the same outputs.
 
-Writes metrics.jsonl lines, atomically renamed checkpoints/step-NNNNNN folders, adapter/ and
-summary.json through tunesmith.runfolder (as the real trainer does), at FAKE_STEP_SECONDS per
-step, holding the run folder's lock as the real trainer does. FAKE_TRAINER_MODE=crash dies
-half-way, =usererror exits 2 with one stderr line, =nan writes NaN and infinite numbers into
-metrics.jsonl raw, as a trainer outside tunesmith.runfolder could.
+Writes metrics.jsonl lines, atomically renamed checkpoints/step-NNNNNN folders, adapter/ (merged/
+for an encoder job) and summary.json through tunesmith.runfolder (as the real trainer does), at
+FAKE_STEP_SECONDS per step, holding the run folder's lock as the real trainer does.
+FAKE_TRAINER_MODE=crash dies half-way, =usererror exits 2 with one stderr line, =nan writes NaN
+and infinite numbers into metrics.jsonl raw, as a trainer outside tunesmith.runfolder could.
 """
 
 import json
@@ -82,8 +82,12 @@ for step in range(start + 1, total + 1):
         (tmp / "state.json").write_text(json.dumps({"step": step}))
         tmp.rename(checkpoint_path(out / CHECKPOINTS, step))
 
-(out / "adapter").mkdir(exist_ok=True)
-(out / "adapter" / "adapter_config.json").write_text("{}")
+# A decoder job serves its LoRA adapter; an encoder (contrastive) job trains all weights and serves
+# the exported folder.
+encoder = config["method"]["objective"] == "contrastive"
+folder, marker = ("merged", "config.json") if encoder else ("adapter", "adapter_config.json")
+(out / folder).mkdir(exist_ok=True)
+(out / folder / marker).write_text("{}")
 write_summary(
     out, {"steps": total, "trained_tokens": 1000 * total, "best_step": total, "best_val_loss": 0.1, "wall_seconds": 1.0}
 )

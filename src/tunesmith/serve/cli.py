@@ -101,7 +101,12 @@ def add_serve_commands(subparsers) -> None:
     serve.add_argument(
         "--procs-per-job", type=int, default=1, help="Processes that train each job (one per GPU; torch.distributed)."
     )
-    serve.add_argument("--max-adapters", type=int, default=4, help="Fine-tuned adapters kept in memory per base.")
+    serve.add_argument(
+        "--max-adapters",
+        type=int,
+        default=4,
+        help="Fine-tuned models kept in memory: LoRA adapters per decoder base, and fine-tuned encoders.",
+    )
     serve.add_argument(
         "--max-body-kb", type=float, default=4096, help="Largest JSON request body, in KiB (413 over it)."
     )

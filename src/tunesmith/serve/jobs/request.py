@@ -23,6 +23,7 @@ from pydantic import (
 from pydantic_core import PydanticCustomError
 
 from tunesmith.serve.errors import rule
+from tunesmith.serve.names import is_encoder
 
 
 def _setting(kind: type, low: float, high: float):
@@ -164,6 +165,21 @@ class JobRequest(BaseModel):
     integrations: Annotated[Any, PlainValidator(_no_integrations)] = None
     method: Method | None = None
     hyperparameters: Hyperparameters | None = None  # after method: _one_place reads it
+
+    @field_validator("method")
+    @classmethod
+    def _fits_model(cls, method: Method | None, info: ValidationInfo):
+        """An encoder's only method is supervised (contrastive, on query/positive pairs): DPO tunes a
+        decoder's answers and has no meaning for an embedding model."""
+        model = info.data.get("model")
+        if method and method.type == "dpo" and model and is_encoder(model):
+            raise rule(
+                "{where} 'dpo' tunes a decoder on preference pairs; {model} is an embedding model, "
+                "fine-tuned on query/positive pairs with method type 'supervised'",
+                key="type",
+                model=repr(model),
+            )
+        return method
 
     @field_validator("hyperparameters")
     @classmethod

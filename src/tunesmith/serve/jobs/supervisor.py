@@ -48,8 +48,9 @@ from tunesmith.runfolder import (
     read_metrics,
     read_summary,
 )
-from tunesmith.serve.jobs.policy import BASE_LORA_LR, VAL_FRACTION, resolve_hyperparameters
-from tunesmith.serve.jobs.validate import check_job_files
+from tunesmith.serve.jobs.policy import BASE_ENCODER_LR, BASE_LORA_LR, VAL_FRACTION, resolve_hyperparameters
+from tunesmith.serve.jobs.validate import DataCheck, check_job_files, check_pair_files
+from tunesmith.serve.names import is_encoder, root_base
 from tunesmith.serve.store import TERMINAL, Store, new_id, now
 
 log = logging.getLogger("tunesmith.serve")
@@ -97,8 +98,23 @@ def fine_tuned_model_name(job: dict, org_name: str) -> str:
     """``ft:{base}:{org}:{suffix}:{job-suffix}`` (empty suffix stays empty, as in OpenAI's names)."""
     org = re.sub(r"[^a-z0-9-]+", "-", org_name.lower()).strip("-") or "org"
     # A model tuned from a fine-tuned one is named after the root base, as OpenAI names it.
-    base = job["model"].split(":")[1] if job["model"].startswith("ft:") else job["model"]
-    return f"ft:{base}:{org}:{job['suffix'] or ''}:{job['id'][-8:]}"
+    return f"ft:{root_base(job['model'])}:{org}:{job['suffix'] or ''}:{job['id'][-8:]}"
+
+
+def _trained_model(job: dict, out_dir: Path) -> tuple[Path, str]:
+    """What a finished job serves and the file that shows it was written: a decoder's LoRA adapter,
+    or an encoder's exported sentence-transformers folder (encoder jobs train all weights)."""
+    if is_encoder(job["model"]):
+        return out_dir / "merged", "config.json"
+    return out_dir / "adapter", "adapter_config.json"
+
+
+def _method(encoder: bool, hyper: dict) -> dict:
+    """The config's method: OpenAI's supervised method is LoRA SFT on a decoder and contrastive
+    fine-tuning on an encoder (the only way an embedding model learns from pairs)."""
+    if encoder:
+        return {"name": "full", "objective": "contrastive"}
+    return {"name": "dpo", "beta": hyper["beta"]} if hyper.get("method") == "dpo" else {"name": "lora"}
 
 
 @dataclass
@@ -262,11 +278,7 @@ class Worker:
                 "validation_file",
             )
         try:
-            dpo = job["hyperparameters"].get("method") == "dpo"
-            # The data settings the trainer will get; batch size and epochs do not change them.
-            sizing = {"n_epochs": 1, "batch_size": 1, "learning_rate_multiplier": 1.0, "beta": 0.1}
-            data = self._job_config(job, {**job["hyperparameters"], **sizing}, 1).data
-            check = check_job_files(train, validation, self._start_model(job), data, job["seed"], pairs=dpo)
+            check = self.check_files(job, train, validation)
         except Exception as error:  # a bug or an unreadable tokenizer: fail this job only
             log.exception("validating %s", job["id"])
             return self._fail(job["id"], "validation_error", f"could not validate the files: {error}")
@@ -283,7 +295,7 @@ class Worker:
                 "a validation_file or at least 2 training examples",
                 "training_file",
             )
-        hyper = resolve_hyperparameters(job["hyperparameters"], check.n_examples)
+        hyper = resolve_hyperparameters(job["hyperparameters"], check.n_examples, is_encoder(job["model"]))
         total_steps = math.ceil(check.n_train / hyper["batch_size"]) * hyper["n_epochs"]
         if self.store.update_job(
             job["id"],
@@ -301,10 +313,22 @@ class Worker:
             )
             self._wake.set()
 
+    def check_files(self, job: dict, train: dict, validation: dict | None) -> DataCheck:
+        """The job's files (rows of the store) read by its trainer's own readers, on the data
+        settings and seed its config will have."""
+        # Batch size and epochs do not change the data settings.
+        sizing = {"n_epochs": 1, "batch_size": 1, "learning_rate_multiplier": 1.0, "beta": 0.1}
+        config = self._job_config(job, {**job["hyperparameters"], **sizing}, 1)
+        if is_encoder(job["model"]):
+            return check_pair_files(train, validation, config.data, config.train.seed)
+        dpo = job["hyperparameters"].get("method") == "dpo"
+        return check_job_files(train, validation, self._start_model(job), config.data, config.train.seed, pairs=dpo)
+
     def _job_config(self, job: dict, hyper: dict, total: int):
         """The trainer's Config for `job` with resolved hyperparameters `hyper` and `total` steps."""
         from tunesmith.config import apply_overrides, config_from_dict
 
+        encoder = is_encoder(job["model"])
         train = self.store.file(job["org_id"], job["training_file"])
         validation = self.store.file(job["org_id"], job["validation_file"]) if job["validation_file"] else None
         raw = {
@@ -314,11 +338,11 @@ class Worker:
                 "validation": validation["path"] if validation else None,
                 "val_fraction": VAL_FRACTION,
             },
-            "method": {"name": "dpo", "beta": hyper["beta"]} if hyper.get("method") == "dpo" else {"name": "lora"},
+            "method": _method(encoder, hyper),
             "train": {
                 "epochs": hyper["n_epochs"],
                 "batch_size": hyper["batch_size"],
-                "lr": BASE_LORA_LR * hyper["learning_rate_multiplier"],
+                "lr": (BASE_ENCODER_LR if encoder else BASE_LORA_LR) * hyper["learning_rate_multiplier"],
                 "seed": job["seed"],
                 # ~100 metrics lines, ~10 evaluations and ~5 checkpoints per run, whatever its length
                 "log_every": math.ceil(total / 100),
@@ -502,9 +526,11 @@ class Worker:
         return message[:2000]
 
     def _finish(self, job: dict, run: _Running, org_name: str) -> None:
-        adapter = run.out_dir / "adapter"
-        if not (adapter / "adapter_config.json").is_file():
-            return self._fail(job["id"], "training_crashed", "the trainer exited without writing an adapter")
+        weights, marker = _trained_model(job, run.out_dir)
+        if not (weights / marker).is_file():
+            return self._fail(
+                job["id"], "training_crashed", f"the trainer exited without writing {weights.name}/{marker}"
+            )
         summary = read_summary(run.out_dir) or {}
         csv_path = self.store.files_dir / f"{new_id('file-')}.csv"
         file_id = csv_path.stem
@@ -535,8 +561,8 @@ class Worker:
         if final_step and final_step not in run.seen_checkpoints:  # the final model is a checkpoint too
             rows = [m for m in read_metrics(run.out_dir) if m["step"] <= final_step]
             data = {**(openai_metrics(rows[-1]) if rows else {}), "step": final_step}
-            self.store.add_checkpoint(job["id"], final_step, data, str(adapter), f"{model}:ckpt-step-{final_step}")
-        self.store.add_model(model, job["org_id"], job["id"], self._start_model(job), str(adapter))
+            self.store.add_checkpoint(job["id"], final_step, data, str(weights), f"{model}:ckpt-step-{final_step}")
+        self.store.add_model(model, job["org_id"], job["id"], self._start_model(job), str(weights))
         if self.store.update_job(
             job["id"],
             only_if_status=("running",),

@@ -2,14 +2,17 @@
 
 `prepare_data` runs on the data settings the trainer will get (format, max_seq_len and overlength
 overrides, validation split and seed), so the service refuses exactly what the trainer would, and
-the token store it builds is the trainer's cache hit.
+the token store it builds is the trainer's cache hit. An encoder job's pairs are read by the
+contrastive trainer's own reader and split the same way.
 """
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 
 from tunesmith.config import DataConfig
+from tunesmith.errors import TunesmithError
 
 
 @dataclass
@@ -29,6 +32,27 @@ def _describe(issues, limit: int = 10) -> str:
     return "; ".join(parts) + more
 
 
+class _Files:
+    """A job's file rows (``id``, ``filename``, ``path``) by parameter, named as the client knows them."""
+
+    def __init__(self, train: dict, validation: dict | None):
+        self.rows = {"training_file": train, "validation_file": validation}
+        self.names = {param: f"{row['id']} ({row['filename']})" for param, row in self.rows.items() if row}
+
+    def named(self, text: str) -> str:
+        """``text`` with file ids, never the server's paths."""
+        for param, row in self.rows.items():
+            if row:
+                text = text.replace(row["path"], self.names[param])
+        return text
+
+    def refused(self, message: str) -> DataCheck:
+        """A reader refused the data with ``message``, which names the file it is about."""
+        validation = self.rows["validation_file"]
+        param = "validation_file" if validation and validation["path"] in message else "training_file"
+        return DataCheck(False, message=self.named(message), param=param)
+
+
 def check_job_files(
     train: dict, validation: dict | None, model: str, data: DataConfig, seed: int, pairs: bool = False
 ) -> DataCheck:
@@ -36,23 +60,14 @@ def check_job_files(
     and reasons. ``train`` / ``validation`` are file rows (``id``, ``filename``, ``path``);
     ``pairs``: the job is a DPO job, whose files must hold preference pairs."""
     from tunesmith.data.prepare import prepare_data
-    from tunesmith.errors import TunesmithError
     from tunesmith.models import load_tokenizer
 
-    rows = {"training_file": train, "validation_file": validation}
-    names = {param: f"{row['id']} ({row['filename']})" for param, row in rows.items() if row}
-
-    def named(text: str) -> str:  # file ids, never the server's paths
-        for param, row in rows.items():
-            if row:
-                text = text.replace(row["path"], names[param])
-        return text
-
+    files = _Files(train, validation)
+    names, named = files.names, files.named
     try:
         prepared = prepare_data(data, load_tokenizer(model), seed, strict=False)
     except TunesmithError as error:
-        param = "validation_file" if validation and validation["path"] in str(error) else "training_file"
-        return DataCheck(False, message=named(str(error)), param=param)
+        return files.refused(str(error))
     if prepared.pairs != pairs:
         what = (
             "does not hold preference pairs, which a dpo job trains on (OpenAI DPO JSONL or prompt/chosen/rejected)"
@@ -82,3 +97,20 @@ def check_job_files(
         n_examples += prepared.validation_report.n_examples
     n_validation = len(prepared.validation) if prepared.validation is not None else 0
     return DataCheck(True, n_examples, len(prepared.train), n_validation, warnings=warnings)
+
+
+def check_pair_files(train: dict, validation: dict | None, data: DataConfig, seed: int) -> DataCheck:
+    """An encoder job's ``{"query", "positive", "negative"?}`` lines as the contrastive trainer reads
+    and splits them (encoders/tasks.py); the first bad line refuses the job with its line and field."""
+    from tunesmith.encoders.data import read_pairs
+    from tunesmith.encoders.tasks import split_off
+
+    files = _Files(train, validation)
+    try:
+        pairs = read_pairs(data.train, "train")
+        held = read_pairs(data.validation, "validation") if data.validation else None
+    except TunesmithError as error:
+        # The reader says "PATH:7: positive: missing key"; once PATH is a file id, "line 7" reads better.
+        return files.refused(re.sub(r"^(.+?):(\d+): ", r"\1 line \2: ", str(error)))
+    kept, held = (pairs, held) if held is not None else split_off(pairs, data.val_fraction, seed)
+    return DataCheck(True, len(pairs), len(kept), len(held))

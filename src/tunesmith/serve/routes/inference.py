@@ -14,6 +14,7 @@ from fastapi.responses import JSONResponse, StreamingResponse
 
 from tunesmith.serve.errors import APIError
 from tunesmith.serve.limits import OrgSlots
+from tunesmith.serve.names import is_encoder
 from tunesmith.serve.routes.params import Org
 from tunesmith.serve.schemas import ChatRequest, CompletionRequest, _Generation
 from tunesmith.serve.settings import ServeSettings
@@ -34,6 +35,13 @@ def add_routes(app: FastAPI) -> None:
     def resolve(org: dict, name: str) -> tuple[str, str | None, str | None, str]:
         if name in BUILTIN_MODELS:
             return name, None, None, name
+        if is_encoder(name):
+            raise APIError(
+                404,
+                f"The model {name!r} is an embedding model, which does not generate text: use it with /v1/embeddings",
+                param="model",
+                code="model_not_found",
+            )
         row = store.model(org["id"], name)
         if row is None:
             raise APIError(

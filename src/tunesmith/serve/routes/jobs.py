@@ -8,9 +8,11 @@ import random
 from typing import Annotated
 
 from fastapi import FastAPI, Query, Request
+from starlette.concurrency import run_in_threadpool
 
 from tunesmith.serve.errors import APIError, found, too_many
 from tunesmith.serve.jobs.request import METHODS, JobRequest
+from tunesmith.serve.names import is_encoder
 from tunesmith.serve.routes.params import Limit, Org, json_body, page, parse
 from tunesmith.serve.settings import ServeSettings
 from tunesmith.serve.store import TERMINAL, Store, new_id, now
@@ -68,21 +70,25 @@ def checkpoint_object(row: dict) -> dict:
     }
 
 
-def _check_sources(spec: JobRequest, store: Store, org: dict) -> None:
-    """The job's model and files must be the organisation's to fine-tune."""
-    from tunesmith.models import BUILTIN_MODELS
+def _check_sources(spec: JobRequest, store: Store, org: dict) -> list[dict | None]:
+    """The job's model and files must be the organisation's to fine-tune; the rows of its training
+    and validation files (None for none)."""
+    from tunesmith.models import BUILTIN_MODELS, ENCODER_MODELS
 
+    bases = BUILTIN_MODELS + ENCODER_MODELS
     # A fine-tuned model of the same organisation can be tuned further (SFT then DPO, as OpenAI allows).
-    if spec.model not in BUILTIN_MODELS and store.model(org["id"], spec.model) is None:
+    if spec.model not in bases and store.model(org["id"], spec.model) is None:
         raise APIError(
             400,
-            f"model {spec.model!r} cannot be fine-tuned here; available: {', '.join(BUILTIN_MODELS)} "
+            f"model {spec.model!r} cannot be fine-tuned here; available: {', '.join(bases)} "
             "or a fine-tuned model of your organisation",
             param="model",
             code="model_not_available",
         )
+    rows = []
     for key, file_id in (("training_file", spec.training_file), ("validation_file", spec.validation_file)):
         if file_id is None:
+            rows.append(None)
             continue
         row = store.file(org["id"], file_id)
         if row is None:
@@ -94,6 +100,8 @@ def _check_sources(spec: JobRequest, store: Store, org: dict) -> None:
                 param=key,
                 code="invalid_file",
             )
+        rows.append(row)
+    return rows
 
 
 def add_routes(app: FastAPI) -> None:
@@ -106,28 +114,33 @@ def add_routes(app: FastAPI) -> None:
     async def create_job(request: Request, org: Org):
         # Read as JSON whatever its Content-Type, as it always was (a body parameter would need JSON's).
         spec = parse(JobRequest, await json_body(request))
-        _check_sources(spec, store, org)
+        train, validation = _check_sources(spec, store, org)
         cap = settings.max_active_jobs_per_org
         if store.count_active_jobs(org["id"]) >= cap:
             raise too_many(f"your organisation already has {cap} unfinished fine-tuning jobs", retry_after=60)
         job_id = new_id("ftjob-")
-        row = store.add_job(
-            {
-                "id": job_id,
-                "org_id": org["id"],
-                "model": spec.model,
-                "training_file": spec.training_file,
-                "validation_file": spec.validation_file,
-                "suffix": spec.suffix,
-                "seed": random.randint(0, 2**31 - 1) if spec.seed is None else spec.seed,
-                "metadata": spec.metadata,
-                "hyperparameters": spec.job_hyperparameters(),
-                "status": "validating_files",
-                "created_at": now(),
-                "run_dir": str(store.runs_dir / job_id),
-                "procs": settings.procs_per_job,
-            }
-        )
+        job = {
+            "id": job_id,
+            "org_id": org["id"],
+            "model": spec.model,
+            "training_file": spec.training_file,
+            "validation_file": spec.validation_file,
+            "suffix": spec.suffix,
+            "seed": random.randint(0, 2**31 - 1) if spec.seed is None else spec.seed,
+            "metadata": spec.metadata,
+            "hyperparameters": spec.job_hyperparameters(),
+            "status": "validating_files",
+            "created_at": now(),
+            "run_dir": str(store.runs_dir / job_id),
+            "procs": settings.procs_per_job,
+        }
+        if is_encoder(spec.model):
+            # Pairs are read in a moment, without a tokenizer: a bad line is this request's 400, not a
+            # failed job (a decoder's files are tokenized, which takes too long to wait for here).
+            check = await run_in_threadpool(worker.check_files, job, train, validation)
+            if not check.ok:
+                raise APIError(400, check.message, param=check.param, code=f"invalid_{check.param}")
+        row = store.add_job(job)
         store.add_event(job_id, f"Created fine-tuning job: {job_id}")
         worker.wake()
         return job_object(row)

@@ -11,6 +11,7 @@ from fastapi.responses import FileResponse
 from starlette.concurrency import run_in_threadpool
 
 from tunesmith.serve.errors import APIError
+from tunesmith.serve.names import is_encoder
 from tunesmith.serve.routes.params import Org
 from tunesmith.serve.store import Store
 
@@ -43,6 +44,14 @@ def add_routes(app: FastAPI) -> None:
         from tunesmith.export import export_run
         from tunesmith.export.gguf import OUTTYPES
 
+        if is_encoder(model_id):
+            fine_tune(org, model_id)  # another organisation's model answers 404, as a missing one
+            raise APIError(
+                400,
+                f"{model_id!r} is an embedding model: GGUF export is for the models that generate text",
+                param="model",
+                code="model_not_exportable",
+            )
         if format != "gguf":
             raise APIError(400, f"format {format!r} is not supported; use format=gguf", param="format")
         if outtype not in OUTTYPES:
@@ -71,7 +80,7 @@ def add_routes(app: FastAPI) -> None:
 
     @app.delete("/v1/models/{model_id:path}")
     def delete_model(model_id: str, org: Org):
-        if model_id in BUILTIN_MODELS:
+        if model_id in BUILTIN_MODELS + ENCODER_MODELS:
             raise APIError(
                 400,
                 f"{model_id!r} is a base model; only fine-tuned models can be deleted",
