@@ -4,7 +4,7 @@ from pathlib import Path
 import pytest
 
 from tunesmith.config import config_from_dict
-from tunesmith.models import DEFAULT_MODEL, TINY_TEST_MODEL, load_model, load_tokenizer
+from tunesmith.models import DEFAULT_MODEL, MINILM_L6, TINY_TEST_MODEL, load_model, load_tokenizer, resolve_model_path
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -19,6 +19,28 @@ def smol_tokenizer():
 def tiny_model_name():
     load_model(TINY_TEST_MODEL)  # build the cached folder once per session
     return TINY_TEST_MODEL
+
+
+@pytest.fixture(scope="session")
+def tiny_bert(tmp_path_factory):
+    """A plain HF folder: BertModel with random weights from a fixed seed, and a real WordPiece tokenizer."""
+    import torch
+    from transformers import AutoTokenizer, BertConfig, BertModel
+
+    folder = tmp_path_factory.mktemp("tiny-bert")
+    tokenizer = AutoTokenizer.from_pretrained(resolve_model_path(MINILM_L6))
+    config = BertConfig(
+        vocab_size=tokenizer.vocab_size,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=128,
+    )
+    torch.manual_seed(0)
+    BertModel(config).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return str(folder)
 
 
 @pytest.fixture(scope="session")

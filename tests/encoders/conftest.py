@@ -1,4 +1,4 @@
-"""A tiny random BERT built on the fly (all-MiniLM-L6-v2's tokenizer, 2 layers of width 32)."""
+"""Encoder test data: a tiny BEIR folder and configs for the tiny random BERT (tests/conftest.py)."""
 
 import json
 
@@ -6,29 +6,6 @@ import pytest
 from encoder_helpers import PAPERS
 
 from tunesmith.config import config_from_dict
-from tunesmith.models import MINILM_L6, resolve_model_path
-
-
-@pytest.fixture(scope="session")
-def tiny_bert(tmp_path_factory):
-    """A plain HF folder: BertModel with random weights from a fixed seed, and a real WordPiece tokenizer."""
-    import torch
-    from transformers import AutoTokenizer, BertConfig, BertModel
-
-    folder = tmp_path_factory.mktemp("tiny-bert")
-    tokenizer = AutoTokenizer.from_pretrained(resolve_model_path(MINILM_L6))
-    config = BertConfig(
-        vocab_size=tokenizer.vocab_size,
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        intermediate_size=64,
-        max_position_embeddings=128,
-    )
-    torch.manual_seed(0)
-    BertModel(config).save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-    return str(folder)
 
 
 @pytest.fixture(scope="session")

@@ -5,7 +5,6 @@ OpenAI's ``supervised`` method on an encoder is contrastive fine-tuning on query
 
 from __future__ import annotations
 
-import importlib.util
 import io
 import json
 import sys
@@ -22,16 +21,9 @@ from tunesmith.encoders.model import load_encoder
 from tunesmith.models import MINILM_L6
 from tunesmith.serve.store import Store
 
-# The encoder tests' papers and tiny random BERT (tests/encoders), shared rather than copied.
-ENCODER_TESTS = Path(__file__).parents[1] / "encoders"
-sys.path.append(str(ENCODER_TESTS))
+# The encoder tests' papers (tests/encoders), shared rather than copied.
+sys.path.append(str(Path(__file__).parents[1] / "encoders"))
 from encoder_helpers import PAPERS  # noqa: E402
-
-# Loaded under a name of its own: every test folder's conftest is a module called "conftest".
-_spec = importlib.util.spec_from_file_location("encoder_conftest", ENCODER_TESTS / "conftest.py")
-_encoder_conftest = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(_encoder_conftest)
-tiny_bert = _encoder_conftest.tiny_bert
 
 PAIRS = [{"query": title, "positive": abstract} for title, abstract in PAPERS]
 TEXTS = ["protein structure prediction", "Clients share only noisy updates."]
