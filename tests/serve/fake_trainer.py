@@ -84,7 +84,7 @@ for step in range(start + 1, total + 1):
 
 # A decoder job serves its LoRA adapter; an encoder (contrastive) job trains all weights and serves
 # the exported folder.
-encoder = config["method"]["objective"] == "contrastive"
+encoder = config.get("method", {}).get("objective") == "contrastive"
 folder, marker = ("merged", "config.json") if encoder else ("adapter", "adapter_config.json")
 (out / folder).mkdir(exist_ok=True)
 (out / folder / marker).write_text("{}")
