@@ -78,9 +78,8 @@ def pool(hidden: torch.Tensor, attention_mask: torch.Tensor, mode: str) -> torch
 
 def pool_packed(hidden: torch.Tensor, lengths: torch.Tensor, mode: str) -> torch.Tensor:
     """[tokens, dim] of texts back to back -> [texts, dim]."""
-    starts = lengths.cumsum(0) - lengths
     if mode == "cls":
-        return hidden[starts]
+        return hidden[lengths.cumsum(0) - lengths]
     owner = torch.repeat_interleave(torch.arange(len(lengths), device=hidden.device), lengths)
     if mode == "max":
         empty = hidden.new_full((len(lengths), hidden.shape[1]), torch.finfo(hidden.dtype).min)
