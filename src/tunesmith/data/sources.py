@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import csv
 import glob
-import hashlib
 import json
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+
+import xxhash
 
 from tunesmith.data.formats import (
     FORMATS,
@@ -120,8 +121,11 @@ def first_keys(spec: str) -> set[str]:
 
 
 def content_hash(files: tuple[str, ...]) -> str:
-    """A digest of the files' bytes (and names' order): what the token store is keyed by."""
-    digest = hashlib.blake2b(digest_size=16)
+    """A digest of the files' bytes (and names' order): what the token store is keyed by.
+
+    xxh3-128 reads ~6 GB/s here against blake2b's 0.6: at a million examples this hash is on the
+    path to the first step of every run, and a cache key needs no cryptographic strength."""
+    digest = xxhash.xxh3_128()
     for name in files:
         with open(name, "rb") as fh:
             while block := fh.read(1 << 22):

@@ -16,7 +16,6 @@ processes ask at once one builds and the others wait and then map it.
 from __future__ import annotations
 
 import fcntl
-import hashlib
 import json
 import os
 import shutil
@@ -25,12 +24,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import xxhash
 
 from tunesmith.data.formats import LineError
 from tunesmith.data.tokenize import IGNORE_INDEX, TokenizedExample
 from tunesmith.paths import tunesmith_home
 
-STORE_VERSION = 1
+STORE_VERSION = 2  # 2: digests are xxh3-128
 META = "meta.json"
 # Per-example arrays; `tokens` takes uint16 when the vocabulary fits (half the disk and page cache).
 ARRAYS = {
@@ -53,7 +53,7 @@ def store_root() -> Path:
 
 
 def _digest_file(path: Path) -> str:
-    digest = hashlib.blake2b(digest_size=16)
+    digest = xxhash.xxh3_128()
     with open(path, "rb") as fh:
         while block := fh.read(1 << 22):
             digest.update(block)
@@ -70,7 +70,7 @@ class StoreWriter:
         self.tmp.mkdir(parents=True)
         self.dtypes = {name: np.dtype(dtype or tokens_dtype) for name, dtype in ARRAYS.items()}
         self.files = {name: open(self.tmp / f"{name}.bin", "wb") for name in ARRAYS}
-        self.digests = {name: hashlib.blake2b(digest_size=16) for name in ARRAYS}
+        self.digests = {name: xxhash.xxh3_128() for name in ARRAYS}
         self.counts = dict.fromkeys(ARRAYS, 0)
 
     def append(self, arrays: dict[str, np.ndarray]) -> None:
@@ -180,7 +180,7 @@ def open_store(path: Path) -> TokenStore | None:
             dtype = np.dtype(meta["dtypes"][name])
             if file.stat().st_size != meta["counts"][name] * dtype.itemsize:
                 raise ValueError(f"{name} is cut short")
-            # Reads every byte once per open (about 1 s per GB): a flipped bit must never become a token.
+            # Reads every byte once per open (about 0.15 s per GB): a flipped bit must never become a token.
             if _digest_file(file) != meta["digests"][name]:
                 raise ValueError(f"{name} does not match its digest")
             arrays[name] = np.memmap(file, dtype=dtype, mode="r") if meta["counts"][name] else np.zeros(0, dtype)
