@@ -12,7 +12,6 @@ from __future__ import annotations
 import hashlib
 import multiprocessing
 import os
-import sys
 from collections import deque
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, replace
@@ -25,7 +24,7 @@ from tunesmith.data.formats import Example, LineError, csv_example, json_line, r
 from tunesmith.data.issues import IssueLog
 from tunesmith.data.sources import Source, records
 from tunesmith.data.store import StoreWriter, TokenStore, open_store, token_dtype
-from tunesmith.data.tokenize import IGNORE_INDEX, encode_text, tokenize_example
+from tunesmith.data.tokenize import IGNORE_INDEX, encode_text, tokenize_chats
 from tunesmith.errors import TunesmithError
 from tunesmith.progress import WorkProgress
 
@@ -114,25 +113,28 @@ def tokenize_chunk(chunk: list[tuple[int, int, object, bool]]) -> ChunkResult:
     tokenizer, options = _worker["tokenizer"], _worker["options"]
     result = ChunkResult({}, [], 0, 0, 0)
     ids_parts, mask_parts, lengths, label_counts, lines, files, hashes = [], [], [], [], [], [], []
+    parsed = []
     for file_index, line, value, raw in chunk:
-        name = options.files[file_index]
         example, problems = _example(options, file_index, line, value, raw)
         if example is None:
             result.issues += problems
-            continue
+        else:
+            parsed.append((file_index, line, example))
+    chats = iter(tokenize_chats(tokenizer, [example for *_, example in parsed if example.text is None]))
+    for file_index, line, example in parsed:
+        name = options.files[file_index]
         if example.text is not None:
             ids = encode_text(tokenizer, example.text)
             mask = [1] * len(ids)
         else:
-            try:
-                whole = tokenize_example(tokenizer, example, sys.maxsize)
-            except TunesmithError as error:
-                result.issues.append(LineError(name, line, None, str(error).removeprefix(f"line {line}: ")))
+            whole = next(chats)
+            if isinstance(whole, TunesmithError):
+                result.issues.append(LineError(name, line, None, str(whole).removeprefix(f"line {line}: ")))
                 continue
-            if not any(label != IGNORE_INDEX for label in whole.labels):
+            if not any(label != IGNORE_INDEX for label in whole[1]):
                 result.issues.append(LineError(name, line, None, "no tokens to train on"))
                 continue
-            fitted = _fit(whole.input_ids, whole.labels, name, line, options, result)
+            fitted = _fit(*whole, name, line, options, result)
             if fitted is None:
                 continue
             ids, labels = fitted

@@ -32,8 +32,14 @@ def tokenize_example(tokenizer, example: Example, max_seq_len: int) -> Tokenized
         ids = encode_text(tokenizer, example.text)
         labels = list(ids)
     else:
-        ids, labels = _tokenize_chat(tokenizer, example)
+        ids, labels = _raise(tokenize_chats(tokenizer, [example])[0])
     return TokenizedExample(ids[:max_seq_len], labels[:max_seq_len], example.line, len(ids))
+
+
+def _raise(result):
+    if isinstance(result, TunesmithError):
+        raise result
+    return result
 
 
 def tokenize_examples(tokenizer, examples: list[Example], max_seq_len: int) -> list[TokenizedExample]:
@@ -68,11 +74,24 @@ def _eos_id(tokenizer) -> int:
     return tokenizer.eos_token_id
 
 
-def _tokenize_chat(tokenizer, example: Example) -> tuple[list[int], list[int]]:
-    text, spans = _render_with_label_spans(tokenizer, example)
-    # The Rust tokenizer itself: the same ids as tokenizer(...), without ~0.3 ms of Python per call
-    # (a third of tokenizing a 100-token example).
-    encoded = tokenizer.backend_tokenizer.encode(text, add_special_tokens=False)
+def tokenize_chats(tokenizer, examples: list[Example]) -> list[tuple[list[int], list[int]] | TunesmithError]:
+    """(ids, labels) of each chat example, or the error that stops it, whole (no truncation).
+
+    The rendered texts go to the Rust tokenizer in one call: the same ids as tokenizer(...) per
+    text without its Python per call, and ~40% less time per text than encode() one at a time.
+    """
+    rendered = []
+    for example in examples:
+        try:
+            rendered.append(_render_with_label_spans(tokenizer, example))
+        except TunesmithError as error:
+            rendered.append(error)
+    texts = [r[0] for r in rendered if not isinstance(r, TunesmithError)]
+    encodings = iter(tokenizer.backend_tokenizer.encode_batch(texts, add_special_tokens=False))
+    return [r if isinstance(r, TunesmithError) else _labelled(next(encodings), r[1]) for r in rendered]
+
+
+def _labelled(encoded, spans: list[tuple[int, int]]) -> tuple[list[int], list[int]]:
     ids = np.array(encoded.ids, dtype=np.int64)
     offsets = np.array(encoded.offsets, dtype=np.int64).reshape(-1, 2)
     # A token is trained if any of its characters is; a token merging the header's newline with
