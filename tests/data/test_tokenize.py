@@ -101,3 +101,26 @@ def test_raw_text_is_packed_into_full_blocks_with_eos_between_texts(smol_tokeniz
     first_of_third = first_of_second + len(smol_tokenizer(texts[1], add_special_tokens=False)["input_ids"]) + 1
     owners = [1 if b * 5 < first_of_second else 3 if b * 5 < first_of_third else 7 for b in range(len(blocks))]
     assert [block.line for block in blocks] == owners
+
+
+def test_chat_renderer_renders_what_apply_chat_template_renders(smol_tokenizer, monkeypatch):
+    """The compiled template is called directly only where it gives apply_chat_template's exact
+    text; a template it renders differently (stood in for by a patched compiler) falls back."""
+    import tunesmith.data.tokenize as tokenize
+
+    example = Example(1, messages=[Message(m["role"], m["content"], m.get("weight", 1)) for m in TURNS])
+    render = tokenize.chat_renderer(smol_tokenizer, example)
+    assert render.__name__ == "direct"
+    for end in range(1, len(TURNS) + 1):
+        for prompt in (False, True):
+            expected = smol_tokenizer.apply_chat_template(TURNS[:end], tokenize=False, add_generation_prompt=prompt)
+            assert render(example.messages[:end], prompt) == expected
+
+    class Shouting:
+        def render(self, **context):
+            return "HELLO"
+
+    monkeypatch.setattr(tokenize, "_compile_jinja_template", lambda template: Shouting())
+    fallback = tokenize.chat_renderer(smol_tokenizer, example)
+    assert fallback.__name__ == "checked"
+    assert tokenize_example(smol_tokenizer, example, 4096).input_ids == _rendered_ids(smol_tokenizer, example)
