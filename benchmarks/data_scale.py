@@ -7,8 +7,9 @@ Builds N synthetic chat examples by recombining the shipped E2E data (a prompt o
 reference of another; ~104 tokens each with SmolLM2's template), then measures, each in a fresh
 process: tunesmith's validation + tokenisation into the token store (wall time, examples/s, peak
 RSS of the process and its workers together, store size), the time from `tunesmith train` start to
-its first optimizer step on a cache hit (tiny test model, so the time is the data path's, not the
-model's), and TRL's SFTTrainer dataset preparation (datasets.map with the same number of processes)
+its first optimizer step on a cache hit (median of three, and the imports alone beside it; tiny
+test model, so the time is the data path's, not the model's), and TRL's SFTTrainer dataset preparation
+(datasets.map with the same number of processes)
 on the same examples in TRL's conversational prompt/completion format, loading the JSON included.
 """
 
@@ -19,6 +20,7 @@ import json
 import os
 import platform
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -120,6 +122,17 @@ def _tunesmith_first_step(path: str, validation: str, out_dir: str) -> None:
     main(["train", str(config), "--overwrite"])
 
 
+def _imports() -> None:
+    """What `tunesmith train` imports before it reads its config (time since process start)."""
+    import psutil
+
+    started = psutil.Process().create_time()
+    import tunesmith.cli
+    import tunesmith.train.recipe  # noqa: F401
+
+    print(json.dumps({"seconds": time.time() - started}))
+
+
 def _trl_prepare(path: str, workers: int) -> None:
     import datasets
     from trl import SFTConfig, SFTTrainer
@@ -164,7 +177,12 @@ def main() -> None:
         measure(["_first_step", validation, validation, str(work)], home)
         shutil.rmtree(work / f"home_{n}" / "cache" / "store", ignore_errors=True)  # a cold start
         cold = measure(["_prepare", str(ours), validation, str(args.workers)], home)
-        first = measure(["_first_step", str(ours), validation, str(work)], home)
+        # This machine's speed drifts by ~20% over minutes: medians of three fresh processes, and the
+        # imports alone (torch and transformers' Llama, which any trainer pays) measured beside them.
+        first = statistics.median(
+            measure(["_first_step", str(ours), validation, str(work)], home)["seconds"] for _ in range(3)
+        )
+        imports = statistics.median(measure(["_imports"], {})["seconds"] for _ in range(3))
         row = {
             "n": n,
             "tunesmith_seconds": cold["seconds"],
@@ -172,7 +190,8 @@ def main() -> None:
             "tunesmith_rss_mb": cold["peak_rss_mb"],
             "store_mb": cold["store_mb"],
             "hit_s": cold["hit_seconds"],
-            "first_step_s": first["seconds"],
+            "first_step_s": first,
+            "imports_s": imports,
         }
         if n in trl_sizes:
             trl = measure(["_trl", str(theirs), str(args.workers)], {"HF_DATASETS_CACHE": str(work / f"hf_{n}")})
@@ -186,8 +205,8 @@ def main() -> None:
     )
     print(
         "| examples | tunesmith validate + tokenize | examples/s | peak RSS (with workers) | store on disk "
-        "| prepare_data, cache hit | `tunesmith train` to first step, cache hit | TRL SFTTrainer prep "
-        "| TRL examples/s | TRL peak RSS |"
+        "| prepare_data, cache hit | `tunesmith train` to first step, cache hit (of which imports) "
+        "| TRL SFTTrainer prep | TRL examples/s | TRL peak RSS |"
     )
     print("|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
@@ -199,7 +218,7 @@ def main() -> None:
         print(
             f"| {r['n']:,} | {r['tunesmith_seconds']:.0f} s | {r['tunesmith_rate']:,.0f} | "
             f"{r['tunesmith_rss_mb']:,.0f} MB | {r['store_mb']:,.0f} MB | {r['hit_s']:.1f} s | "
-            f"{r['first_step_s']:.1f} s | {trl} |"
+            f"{r['first_step_s']:.1f} s ({r['imports_s']:.1f} s) | {trl} |"
         )
 
 
@@ -209,6 +228,8 @@ if __name__ == "__main__":
         _tunesmith_prepare(sys.argv[2], sys.argv[3], int(sys.argv[4]))
     elif mode == "_first_step":
         _tunesmith_first_step(sys.argv[2], sys.argv[3], sys.argv[4])
+    elif mode == "_imports":
+        _imports()
     elif mode == "_trl":
         _trl_prepare(sys.argv[2], int(sys.argv[3]))
     else:
