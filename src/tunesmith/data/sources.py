@@ -127,11 +127,16 @@ def content_hash(files: tuple[str, ...]) -> str:
     path to the first step of every run, and a cache key needs no cryptographic strength."""
     digest = xxhash.xxh3_128()
     for name in files:
-        with open(name, "rb") as fh:
-            while block := fh.read(1 << 22):
-                digest.update(block)
+        hash_file(digest, name)
         digest.update(b"\0file\0")
     return digest.hexdigest()
+
+
+def hash_file(digest, path) -> None:
+    """Feed the bytes of the file at `path` to `digest`, 4 MB at a time."""
+    with open(path, "rb") as fh:
+        while block := fh.read(1 << 22):
+            digest.update(block)
 
 
 def records(source: Source, errors: list[LineError]) -> Iterator[tuple[str, int, object, int]]:

@@ -27,6 +27,7 @@ import numpy as np
 import xxhash
 
 from tunesmith.data.formats import LineError
+from tunesmith.data.sources import hash_file
 from tunesmith.data.tokenize import IGNORE_INDEX, TokenizedExample
 from tunesmith.paths import tunesmith_home
 
@@ -54,9 +55,7 @@ def store_root() -> Path:
 
 def _digest_file(path: Path) -> str:
     digest = xxhash.xxh3_128()
-    with open(path, "rb") as fh:
-        while block := fh.read(1 << 22):
-            digest.update(block)
+    hash_file(digest, path)
     return digest.hexdigest()
 
 

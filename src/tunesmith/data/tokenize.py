@@ -84,8 +84,9 @@ def tokenize_chats(tokenizer, examples: list[Example]) -> list[tuple[list[int], 
 
     The rendered texts go to the Rust tokenizer in one call: the same ids as tokenizer(...) per
     text without its Python per call, and ~40% less time per text than encode() one at a time.
+    Checking the direct renderer costs four renders, so a single example takes apply_chat_template.
     """
-    render = chat_renderer(tokenizer, examples[0]) if examples else None
+    render = chat_renderer(tokenizer, examples[0]) if len(examples) > 1 else _checked_renderer(tokenizer)
     rendered = []
     for example in examples:
         try:
@@ -145,11 +146,7 @@ def chat_renderer(tokenizer, sample: Example):
     renders `sample` (with and without the generation prompt) to exactly the same text.
     """
 
-    def checked(messages, add_generation_prompt=False):
-        return tokenizer.apply_chat_template(
-            _dicts(messages), tokenize=False, add_generation_prompt=add_generation_prompt
-        )
-
+    checked = _checked_renderer(tokenizer)
     if _compile_jinja_template is None or not isinstance(tokenizer.chat_template, str):
         return checked
     context = dict(tokenizer.special_tokens_map)
@@ -164,6 +161,15 @@ def chat_renderer(tokenizer, sample: Example):
     except Exception:  # jinja raises its own types; the checked path reports them per example
         same = False
     return direct if same else checked
+
+
+def _checked_renderer(tokenizer):
+    def checked(messages, add_generation_prompt=False):
+        return tokenizer.apply_chat_template(
+            _dicts(messages), tokenize=False, add_generation_prompt=add_generation_prompt
+        )
+
+    return checked
 
 
 def _dicts(messages) -> list[dict]:
