@@ -35,7 +35,7 @@ REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "benchmarks/results/distributed.md"
 
 
-def config(model: str, out_dir: Path, procs: int, most: int, steps: int, batch_size: int) -> dict:
+def config(model: str, out_dir: Path, procs: int, most: int, steps: int, batch_size: int, checkpointing: bool) -> dict:
     return {
         "model": model,
         "data": {
@@ -54,16 +54,21 @@ def config(model: str, out_dir: Path, procs: int, most: int, steps: int, batch_s
             "save_every": steps + 1,
             "log_every": 1,
             "seed": 0,
+            "gradient_checkpointing": checkpointing,
         },
         "eval": {"samples": 0},
         "out_dir": str(out_dir),
     }
 
 
-def run(model: str, procs: int, most: int, steps: int, batch_size: int, warmup: int, folder: Path) -> dict:
+def run(args, procs: int, folder: Path) -> dict:
     out = folder / f"p{procs}-{time.monotonic_ns()}"
     path = out.with_suffix(".yaml")
-    path.write_text(yaml.safe_dump(config(model, out, procs, most, steps, batch_size)))
+    path.write_text(
+        yaml.safe_dump(
+            config(args.model, out, procs, args.procs, args.steps, args.batch_size, args.gradient_checkpointing)
+        )
+    )
     threads = max(1, (os.cpu_count() or 1) // procs)
     command = [sys.executable, "-m", "tunesmith", "train", str(path), "--overwrite", f"--nproc-per-node={procs}"]
     started = time.perf_counter()
@@ -77,7 +82,7 @@ def run(model: str, procs: int, most: int, steps: int, batch_size: int, warmup: 
         (b["trained_tokens"] - a["trained_tokens"], b["tokens_per_second"])
         for a, b in zip(step_rows, step_rows[1:], strict=False)
     ]
-    timed = timed[max(0, warmup - 1) :]
+    timed = timed[max(0, args.warmup - 1) :]
     tokens, seconds = sum(t for t, _ in timed), sum(t / rate for t, rate in timed)
     last = rows[-1]
     return {
@@ -107,7 +112,8 @@ def render(results: list[dict], args) -> str:
     lines = [
         f"# Full fine-tuning, 1 vs {args.procs} processes (FSDP2)",
         "",
-        f"`python benchmarks/distributed.py --steps {args.steps} --repeats {args.repeats}`: {args.model}, "
+        f"`python benchmarks/distributed.py --steps {args.steps} --repeats {args.repeats}"
+        f"{' --gradient-checkpointing' if args.gradient_checkpointing else ''}`: {args.model}, "
         f"E2E train, global batch {args.batch_size * args.procs} examples, {args.steps} steps "
         f"(throughput after {args.warmup}), median of {args.repeats} alternating runs. "
         f"{device()}; dtype: auto (bf16 autocast on GPUs and CPUs with avx512_bf16/AMX, else float32). "
@@ -137,6 +143,12 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--batch-size", type=int, default=4, help="per process; one process accumulates --procs")
     parser.add_argument("--repeats", type=int, default=1)
+    parser.add_argument(
+        "--gradient-checkpointing",
+        action="store_true",
+        help="train.gradient_checkpointing on both sides: activations recomputed per layer, so the state "
+        "FSDP2 shards is most of a process's memory",
+    )
     parser.add_argument("--note", default="", help="a sentence for the table, e.g. the load on the machine")
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args()
@@ -144,7 +156,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="tunesmith-dist-") as tmp:
         for _ in range(args.repeats):
             for procs in (1, args.procs):
-                results.append(run(args.model, procs, args.procs, args.steps, args.batch_size, args.warmup, Path(tmp)))
+                results.append(run(args, procs, Path(tmp)))
                 print(json.dumps(results[-1]), flush=True)
     table = render(results, args)
     args.out.parent.mkdir(parents=True, exist_ok=True)

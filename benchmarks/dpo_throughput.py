@@ -40,7 +40,7 @@ LR, BETA = 5e-4, 0.1
 VALIDATION_PAIRS = 64
 
 RUNS = {
-    "tunesmith": "tunesmith defaults: both sides of every pair packed in one row, reference = adapter disabled",
+    "tunesmith": "tunesmith defaults: every pair in one packed row, its prompt once, reference = adapter disabled",
     "trl-defaults": "DPOTrainer defaults (padded, gradient checkpointing, reference = adapter disabled)",
     "trl-no-checkpointing": "DPOTrainer, gradient_checkpointing=False",
     "trl-padding-free": "DPOTrainer, padding_free=True, gradient_checkpointing=False",

@@ -52,6 +52,41 @@ def test_outputs_and_gradients_equal_each_example_alone(heads, kv_heads, lengths
         assert ((g - e).norm() / e.norm()).item() <= 1e-5, name
 
 
+@pytest.mark.parametrize("fused", [False, True])
+@pytest.mark.parametrize("heads, kv_heads", [(4, 4), (9, 3)])
+def test_a_shared_prefix_attends_as_if_copied_into_each_example(heads, kv_heads, fused, monkeypatch):
+    """Row [P1 A1 B1 C P2 A2 B2 pad]: A1 and B1 continue P1 (a DPO prompt and its two answers), C
+    stands alone. Each continuation must see exactly what it would as one example with its own
+    copy of the prefix, and the prefix's gradient is the sum over its copies."""
+    kernel = attention.segment_attention
+    monkeypatch.setattr(attention, "segment_attention", lambda *a: kernel(*a, fused=fused))
+    lengths, parents = [6, 3, 5, 4, 9, 1, 2, 3], [-1, 0, 0, -1, -1, 4, 4, -1]
+    q, k, v = _inputs(lengths, heads, kv_heads)
+    segments = attention.segments(lengths, torch.device("cpu"), parents=parents)
+    assert segments.shape == (6, 16)  # P1+A1, P1+B1, C, P2+A2, P2+B2, pad: the prefixes are no examples of their own
+    packed, _ = attention.packed_attention(_Layer(heads, kv_heads), q, k, v, None, segments=segments)
+
+    starts = torch.tensor([0, *lengths]).cumsum(0).tolist()
+    own = [list(range(starts[i], starts[i + 1])) for i in range(len(lengths))]
+    examples = [own[0] + own[1], own[0] + own[2], own[3], own[4] + own[5], own[4] + own[6], own[7]]
+    copied = [t[:, :, sum(examples, [])] for t in (q, k, v)]
+    alone = _one_by_one(*copied, [len(e) for e in examples])
+    # Each row token's output from its first copy: prefix tokens from the first continuation.
+    first = {}
+    for slot, token in enumerate(sum(examples, [])):
+        first.setdefault(token, slot)
+    expected = alone[:, [first[t] for t in range(sum(lengths))]]
+    assert torch.allclose(packed, expected, atol=1e-5)
+
+    upstream = torch.randn_like(packed)
+    got = torch.autograd.grad((packed * upstream).sum(), (q, k, v))
+    expected_grads = torch.autograd.grad((expected * upstream).sum(), (q, k, v))
+    for name, g, e in zip("qkv", got, expected_grads, strict=True):
+        assert ((g - e).norm() / e.norm()).item() <= 1e-5, name
+    # The prefixes' keys and values get gradient from both of their continuations.
+    assert got[1][:, :, own[0]].abs().sum() > 0
+
+
 def test_under_autocast_it_runs_in_bfloat16_close_to_float32():
     lengths = [20, 9, 33]
     q, k, v = _inputs(lengths, 9, 3)

@@ -18,7 +18,7 @@ from tunesmith.data.tokenize import IGNORE_INDEX
 from tunesmith.kernels.fused_lora import fuse_lora
 from tunesmith.kernels.lean import LeanStorage
 from tunesmith.models import load_model
-from tunesmith.train.dpo import DPOObjective, pair_batch, reference_logps, sequence_logps
+from tunesmith.train.dpo import DPOObjective, pair_batch, reference_logps, sequence_logps, shared_prefix
 from tunesmith.train.objective import evaluate_model
 
 PAIRS = [
@@ -197,10 +197,18 @@ def test_adapter_disabled_gives_exactly_the_base_models_logps(tiny_model_name, p
     assert not torch.allclose(tuned, expected)  # the adapter is real, and on again afterwards
 
 
-def test_sides_sharing_a_packed_row_give_the_logps_of_separate_rows(tiny_model_name, pairs):
+def test_sides_sharing_a_packed_row_and_their_prompt_give_the_logps_of_separate_rows(tiny_model_name, pairs):
+    """One row holds every pair's prompt once (all but its last token) and both answers after it."""
+    batch = pair_batch(pairs, 2, True).sequences
+    prompts = [shared_prefix(p) for p in pairs]
+    answers = [min(i for i, t in enumerate(p.chosen.labels) if t != IGNORE_INDEX) for p in pairs]
+    assert prompts == [a - 1 for a in answers]
+    sides = sum(len(s.input_ids) for p in pairs for s in (p.chosen, p.rejected))
+    assert batch.n_tokens == sides - sum(prompts)
+    assert batch.parents[:3] == [-1, 0, 0]
     model = load_model(tiny_model_name).model.eval()
     with torch.no_grad():
-        shared = sequence_logps(model, pair_batch(pairs, 2, True).sequences, 2 * len(pairs), 1024)
+        shared = sequence_logps(model, batch, 2 * len(pairs), 1024)
         alone = [
             sequence_logps(model, make_batch([side], 2, False), 1, 1024)[0]
             for p in pairs

@@ -33,6 +33,8 @@ class Batch:
     n_tokens: int  # real tokens, padding excluded
     n_label_tokens: int
     lengths: list[int] | None = None  # packed layout only: segment lengths in row order (examples, padding tail)
+    # Packed layout with shared prefixes only: the segment each segment continues, or -1 (attention.segments).
+    parents: list[int] | None = None
 
 
 def shifted_targets(labels: list[int]) -> list[int]:
@@ -85,14 +87,39 @@ def pack_batch(examples: list[TokenizedExample], pad_id: int) -> Batch:
     example attending only to itself; positions restart at 0 for every example. The padding tail
     is one more segment, walled off like an example and carrying no labels.
     """
-    lengths = [len(e.input_ids) for e in examples]
-    n_tokens = sum(lengths)
+    return pack_groups([[e] for e in examples], [0] * len(examples), pad_id)
+
+
+def pack_groups(groups: list[list[TokenizedExample]], shared: list[int], pad_id: int) -> Batch:
+    """`pack_batch` for groups of examples whose first `shared` tokens are the same and predict no
+    label (a prompt with several answers): those tokens are placed once, as a segment that each
+    example's tail continues (`Batch.parents`, attention.segments), and positions run on into the tails."""
+    ids, targets, positions, lengths, parents = [], [], [], [], []
+    for group, n in zip(groups, shared, strict=True):
+        parent = len(lengths) if n else -1
+        if n:
+            ids += group[0].input_ids[:n]
+            targets += [IGNORE_INDEX] * n
+            positions += range(n)
+            lengths.append(n)
+            parents.append(-1)
+        for e in group:
+            ids += e.input_ids[n:]
+            targets += shifted_targets(e.labels)[n:]
+            positions += range(n, len(e.input_ids))
+            lengths.append(len(e.input_ids) - n)
+            parents.append(parent)
+    n_tokens = len(ids)
     tail = -n_tokens % ROW_MULTIPLE
-    ids = torch.tensor([t for e in examples for t in e.input_ids] + [pad_id] * tail)[None]
-    targets = torch.tensor([t for e in examples for t in shifted_targets(e.labels)] + [IGNORE_INDEX] * tail)[None]
-    positions = torch.cat([torch.arange(n) for n in lengths + [tail]])[None]
+    if tail:
+        lengths.append(tail)
+        parents.append(-1)
+    ids = torch.tensor(ids + [pad_id] * tail)[None]
+    targets = torch.tensor(targets + [IGNORE_INDEX] * tail)[None]
+    positions = torch.tensor(positions + list(range(tail)))[None]
     n_labels = int((targets != IGNORE_INDEX).sum())
-    return Batch(ids, targets, None, positions, n_tokens, n_labels, lengths + [tail] if tail else lengths)
+    shares = any(p >= 0 for p in parents)
+    return Batch(ids, targets, None, positions, n_tokens, n_labels, lengths, parents if shares else None)
 
 
 def make_batch(examples: list[TokenizedExample], pad_id: int, packing: bool) -> Batch:

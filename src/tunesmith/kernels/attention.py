@@ -33,15 +33,26 @@ NAME = "tunesmith_packed"
 class Segments:
     """Where each example of a packed row lives."""
 
-    scatter: torch.Tensor  # [tokens]: where each row token goes in the flattened [examples, longest]
+    scatter: torch.Tensor  # [tokens]: the slot of the flattened [examples, longest] whose output a row token takes
     gather: torch.Tensor  # [examples * longest]: the row token each slot holds (padding: any token)
     shape: tuple[int, int]  # (examples, longest)
     # Bidirectional attention (encoders): [examples, 1, longest], 0 at real keys and -inf at padding.
     # None: causal, where the padding after an example is never seen anyway.
     key_mask: torch.Tensor | None = None
+    # Shared prefixes only: (the real slots, the row token of each): a token held by several slots
+    # takes its gradient from all of them.
+    copies: tuple[torch.Tensor, torch.Tensor] | None = None
 
 
-def segments(lengths: list[int], device: torch.device, causal: bool = True) -> Segments:
+def segments(
+    lengths: list[int], device: torch.device, causal: bool = True, parents: list[int] | None = None
+) -> Segments:
+    """The layout of a packed row of segments with these lengths. `parents[i]` >= 0: segment i
+    continues that earlier segment (a shared prompt, DPO), so its example is the parent's tokens
+    and then its own; a segment with children is no example of its own (its outputs are taken
+    from its first child's)."""
+    if parents is not None and any(p >= 0 for p in parents):
+        return _shared_segments(lengths, parents, device)
     # Rounded up, as batch rows are (batching.ROW_MULTIPLE): fewer distinct shapes to build kernels for.
     longest = -(-max(lengths) // 16) * 16
     offsets = torch.arange(longest)
@@ -51,6 +62,26 @@ def segments(lengths: list[int], device: torch.device, causal: bool = True) -> S
     gather[scatter] = torch.arange(len(scatter))
     key_mask = None if causal else torch.zeros(real.shape).masked_fill_(~real, float("-inf"))[:, None].to(device)
     return Segments(scatter.to(device), gather.to(device), (len(lengths), longest), key_mask)
+
+
+def _shared_segments(lengths: list[int], parents: list[int], device: torch.device) -> Segments:
+    starts = torch.tensor([0, *lengths]).cumsum(0).tolist()
+    own = [torch.arange(starts[i], starts[i + 1]) for i in range(len(lengths))]
+    examples = []
+    for i in sorted(set(range(len(lengths))) - set(parents)):
+        chain = [i]
+        while parents[chain[-1]] >= 0:
+            chain.append(parents[chain[-1]])
+        examples.append(torch.cat([own[j] for j in reversed(chain)]))
+    longest = -(-max(len(e) for e in examples) // 16) * 16
+    slots = torch.cat([k * longest + torch.arange(len(e)) for k, e in enumerate(examples)])
+    tokens = torch.cat(examples)
+    gather = torch.zeros(len(examples) * longest, dtype=torch.long)
+    gather[slots] = tokens
+    # A prefix token's output comes from its first copy (every copy computes the same).
+    scatter = torch.empty(starts[-1], dtype=torch.long).scatter_reduce_(0, tokens, slots, "amin", include_self=False)
+    copies = (slots.to(device), tokens.to(device))
+    return Segments(scatter.to(device), gather.to(device), (len(examples), longest), None, copies)
 
 
 def _by_example(rows: torch.Tensor, segments: Segments, kv_heads: int) -> torch.Tensor:
@@ -69,13 +100,19 @@ def _stack_groups(slots: torch.Tensor, segments: Segments, kv_heads: int) -> tor
     return stacked.reshape(examples, kv_heads, h // kv_heads * longest, dim)
 
 
-def _to_rows(padded: torch.Tensor, segments: Segments) -> torch.Tensor:
-    """The inverse of `_by_example` for the real tokens: [tokens, h, dim]."""
+def _to_rows(padded: torch.Tensor, segments: Segments, summed: bool = False) -> torch.Tensor:
+    """The inverse of `_by_example` for the real tokens: [tokens, h, dim]. `summed`: a token held
+    by several slots (a shared prefix) gets the sum of them, as a gradient must."""
     examples, longest = segments.shape
     _, kv_heads, rows, dim = padded.shape
     groups = rows // longest
     out = padded.view(examples, kv_heads, groups, longest, dim).permute(0, 3, 1, 2, 4)
-    return out.reshape(examples * longest, kv_heads * groups, dim).index_select(0, segments.scatter)
+    out = out.reshape(examples * longest, kv_heads * groups, dim)
+    if not summed or segments.copies is None:
+        return out.index_select(0, segments.scatter)
+    slots, tokens = segments.copies
+    summed_rows = out.new_zeros(len(segments.scatter), *out.shape[1:])
+    return summed_rows.index_add_(0, tokens, out.index_select(0, slots))
 
 
 def _probs(query, key, scaling: float, key_mask: torch.Tensor | None) -> torch.Tensor:
@@ -132,7 +169,7 @@ class _SegmentAttention(torch.autograd.Function):
         row_dot = (grad_scores * probs).sum(-1, keepdim=True)
         grad_scores = grad_scores.sub_(row_dot).mul_(probs).mul_(scaling).to(query.dtype)
         grads = (grad_scores @ key, grad_scores.transpose(-1, -2) @ query, grad_value)
-        return (*(_to_rows(g, segments) for g in grads), None, None)
+        return (*(_to_rows(g, segments, summed=True) for g in grads), None, None)
 
 
 def segment_attention(query, key, value, segments: Segments, scaling: float, fused: bool | None = None):

@@ -9,8 +9,10 @@ Costs, kept low:
 * one model in memory. With LoRA the reference is the same model with the adapter disabled (one
   no-grad forward per micro-batch); with full fine-tuning the reference log-probs are computed
   once before training, one no-grad pass over the data, and stored with the tokenized pairs;
-* the two sides of every pair of a micro-batch go through the model packed back to back in one
-  row (each attends only to itself, kernels/attention.py), no padding;
+* the pairs of a micro-batch go through the model packed in one row, no padding, and the prompt
+  of each pair once: its tokens (all but the last, which predicts each answer's first token) are
+  a segment that both answers continue (kernels/attention.py), so a pair costs its prompt once
+  and two answers, not two whole sequences;
 * log-probs only at answer positions, through the label-only output layer of train/loss.py: no
   [batch, seq, vocab] logits.
 """
@@ -24,7 +26,7 @@ import torch
 import torch.nn.functional as F
 
 from tunesmith.config import Config
-from tunesmith.data.batching import Batch, make_batch
+from tunesmith.data.batching import Batch, make_batch, pack_groups
 from tunesmith.data.preference import TokenizedPair
 from tunesmith.data.tokenize import IGNORE_INDEX
 from tunesmith.errors import TunesmithError
@@ -57,8 +59,24 @@ class PairBatch:
         return self.sequences.n_label_tokens
 
 
+def shared_prefix(pair: TokenizedPair) -> int:
+    """Leading tokens that both sides hold and that predict no label: the prompt but its last token."""
+
+    def first_label(side) -> int:
+        return next((i for i, label in enumerate(side.labels) if label != IGNORE_INDEX), len(side.labels))
+
+    limit = min(first_label(pair.chosen), first_label(pair.rejected)) - 1
+    n = 0
+    while n < limit and pair.chosen.input_ids[n] == pair.rejected.input_ids[n]:
+        n += 1
+    return n
+
+
 def pair_batch(pairs: list[TokenizedPair], pad_id: int, packing: bool) -> PairBatch:
-    sequences = make_batch([side for p in pairs for side in (p.chosen, p.rejected)], pad_id, packing)
+    if packing:
+        sequences = pack_groups([[p.chosen, p.rejected] for p in pairs], [shared_prefix(p) for p in pairs], pad_id)
+    else:
+        sequences = make_batch([side for p in pairs for side in (p.chosen, p.rejected)], pad_id, False)
     chosen_labels = sum(label_count(p.chosen) for p in pairs)
     stored = all(isinstance(p, ScoredPair) for p in pairs)
     reference = torch.tensor([p.reference for p in pairs]) if stored else None
@@ -70,9 +88,10 @@ def sequence_logps(model, batch: Batch, n_sequences: int, chunk_size: int, fast:
     losses, _ = label_token_losses(model, batch, chunk_size, fast)
     if batch.lengths is None:  # padded: one sequence per row
         owner = torch.arange(batch.targets.shape[0], device=losses.device)[:, None].expand_as(batch.targets)
-    else:  # packed: the row's segments in order (a padding tail last, with no labels)
-        segments = torch.arange(len(batch.lengths), device=losses.device)
-        owner = segments.repeat_interleave(torch.tensor(batch.lengths, device=losses.device))[None]
+    else:  # packed: the row's segments in order (a padding tail last, with no labels), shared prompts skipped
+        prompts = set(batch.parents or ())
+        sequence = torch.tensor([i not in prompts for i in range(len(batch.lengths))]).cumsum(0) - 1
+        owner = sequence.repeat_interleave(torch.tensor(batch.lengths)).to(losses.device)[None]
     owner = owner[batch.targets != IGNORE_INDEX]
     sums = torch.zeros(max(n_sequences, len(batch.lengths or ())), device=losses.device, dtype=losses.dtype)
     return -sums.index_add(0, owner, losses)[:n_sequences]
@@ -139,8 +158,9 @@ class DPOObjective:
         return sequence_logps(model, sequences, 2 * batch.n_pairs, train.loss_chunk_size, train.fast_paths)
 
     def sizes(self, items: list[TokenizedPair]) -> tuple[np.ndarray, np.ndarray]:
-        """Tokens and label tokens of each pair (both sides)."""
-        lengths = [len(p.chosen.input_ids) + len(p.rejected.input_ids) for p in items]
+        """Tokens (as `pair_batch` lays them out) and label tokens of each pair (both sides)."""
+        packing = self.cfg.data.packing
+        lengths = [len(p.chosen.input_ids) + len(p.rejected.input_ids) - packing * shared_prefix(p) for p in items]
         labels = [label_count(p.chosen) + label_count(p.rejected) for p in items]
         return np.array(lengths, dtype=np.int64), np.array(labels, dtype=np.int64)
 

@@ -45,7 +45,7 @@ def hidden_states(model, batch: Batch) -> torch.Tensor:
         # An all-ones mask tells transformers there is nothing to mask, so it builds no block mask
         # from the restarting positions; the packed attention walls the examples off itself.
         inputs["attention_mask"] = torch.ones_like(batch.input_ids)
-        inputs["segments"] = attention.segments(batch.lengths, batch.input_ids.device)
+        inputs["segments"] = attention.segments(batch.lengths, batch.input_ids.device, parents=batch.parents)
     return decoder(**inputs).last_hidden_state
 
 
