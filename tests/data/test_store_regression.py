@@ -12,6 +12,7 @@ import torch
 
 from tests.conftest import REPO
 from tunesmith.config import config_from_dict
+from tunesmith.data import batching
 from tunesmith.data.prepare import prepare_data
 from tunesmith.train.distributed import ONE_PROCESS
 from tunesmith.train.objective import SFTObjective
@@ -48,6 +49,8 @@ def _config(tmp_path, validation, group_by_length):
 @pytest.mark.parametrize("validation,group_by_length", [(None, False), (None, True), ("validation.jsonl", False)])
 def test_store_matches_the_in_memory_pipeline(tmp_path, monkeypatch, smol_tokenizer, validation, group_by_length):
     monkeypatch.setenv("TUNESMITH_HOME", str(tmp_path / "home"))
+    # The rows in the layout the digests were taken with: every example whole, no shared prompt.
+    monkeypatch.setattr(batching, "shareable_prefix", lambda examples, start=0: start)
     cfg = _config(tmp_path, validation, group_by_length)
     data = prepare_data(cfg.data, smol_tokenizer, cfg.train.seed, cfg.train.batch_size, cfg.train.grad_accum)
     train = [(e.input_ids, e.labels, e.line) for e in (data.train[i] for i in range(len(data.train)))]

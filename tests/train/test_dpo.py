@@ -11,14 +11,14 @@ import torch.nn.functional as F
 from peft import LoraConfig, get_peft_model
 
 from tunesmith.config import config_from_dict
-from tunesmith.data.batching import make_batch
+from tunesmith.data.batching import make_batch, shareable_prefix
 from tunesmith.data.formats import Message
 from tunesmith.data.preference import PreferencePair, tokenize_pair
 from tunesmith.data.tokenize import IGNORE_INDEX
 from tunesmith.kernels.fused_lora import fuse_lora
 from tunesmith.kernels.lean import LeanStorage
 from tunesmith.models import load_model
-from tunesmith.train.dpo import DPOObjective, pair_batch, reference_logps, sequence_logps, shared_prefix
+from tunesmith.train.dpo import DPOObjective, pair_batch, reference_logps, sequence_logps
 from tunesmith.train.objective import evaluate_model
 
 PAIRS = [
@@ -198,14 +198,16 @@ def test_adapter_disabled_gives_exactly_the_base_models_logps(tiny_model_name, p
 
 
 def test_sides_sharing_a_packed_row_and_their_prompt_give_the_logps_of_separate_rows(tiny_model_name, pairs):
-    """One row holds every pair's prompt once (all but its last token) and both answers after it."""
+    """One row holds what all pairs begin with once, then each pair's prompt once (all but its
+    last token, which predicts each answer's first), then both answers."""
     batch = pair_batch(pairs, 2, True).sequences
-    prompts = [shared_prefix(p) for p in pairs]
+    sides = [s for p in pairs for s in (p.chosen, p.rejected)]
+    common = shareable_prefix(sides)
+    prompts = [shareable_prefix([p.chosen, p.rejected]) for p in pairs]
     answers = [min(i for i, t in enumerate(p.chosen.labels) if t != IGNORE_INDEX) for p in pairs]
-    assert prompts == [a - 1 for a in answers]
-    sides = sum(len(s.input_ids) for p in pairs for s in (p.chosen, p.rejected))
-    assert batch.n_tokens == sides - sum(prompts)
-    assert batch.parents[:3] == [-1, 0, 0]
+    assert 0 < common < min(prompts) and prompts == [a - 1 for a in answers]
+    assert batch.n_tokens == sum(len(s.input_ids) for s in sides) - sum(prompts) - (len(pairs) - 1) * common
+    assert batch.parents[:4] == [-1, 0, 1, 1]  # common start, the first pair's prompt, its two answers
     model = load_model(tiny_model_name).model.eval()
     with torch.no_grad():
         shared = sequence_logps(model, batch, 2 * len(pairs), 1024)

@@ -97,3 +97,28 @@ def test_a_packed_batch_refuses_a_model_without_packed_attention(tiny, examples,
             labelled_loss(tiny, make_batch(examples, pad_id, True), 1024)
     finally:
         tiny.set_attn_implementation(attention.NAME)
+
+
+def test_the_prompt_all_examples_share_is_computed_once_with_the_gradients_of_separate_rows(
+    tiny_model_name, examples, pad_id
+):
+    """The E2E examples begin with the same system prompt and instruction: a packed row holds those
+    tokens once, and the loss and every weight's gradient are those of padded rows."""
+    packed, padded = make_batch(examples, pad_id, True), make_batch(examples, pad_id, False)
+    assert packed.parents is not None and packed.parents[0] == -1
+    assert set(packed.parents[1 : len(examples) + 1]) == {0}  # every example continues the shared prompt
+    shared = packed.lengths[0]
+    assert shared > 20 and packed.n_tokens == padded.n_tokens - (len(examples) - 1) * shared
+
+    model = load_model(tiny_model_name).model.train()
+    grads = []
+    for batch in (packed, padded):
+        parts = labelled_loss(model, batch, 1024)
+        parts.loss_sum.backward()
+        grads.append({n: p.grad.clone() for n, p in model.named_parameters()})
+        model.zero_grad(set_to_none=True)
+        grads[-1]["loss"] = parts.loss_sum.detach()
+    got, expected = grads
+    assert got.keys() == expected.keys()
+    for name, grad in expected.items():
+        assert ((got[name] - grad).norm() / grad.norm()).item() <= 1e-5, name

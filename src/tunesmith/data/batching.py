@@ -85,38 +85,54 @@ def pack_batch(examples: list[TokenizedExample], pad_id: int) -> Batch:
 
     Example boundaries travel as `lengths`, which tunesmith's packed attention uses to keep each
     example attending only to itself; positions restart at 0 for every example. The padding tail
-    is one more segment, walled off like an example and carrying no labels.
+    is one more segment, walled off like an example and carrying no labels. The prompt tokens all
+    examples begin with (a system prompt, a task instruction) are placed once: see `pack_groups`.
     """
-    return pack_groups([[e] for e in examples], [0] * len(examples), pad_id)
+    return pack_groups([[e] for e in examples], pad_id)
 
 
-def pack_groups(groups: list[list[TokenizedExample]], shared: list[int], pad_id: int) -> Batch:
-    """`pack_batch` for groups of examples whose first `shared` tokens are the same and predict no
-    label (a prompt with several answers): those tokens are placed once, as a segment that each
-    example's tail continues (`Batch.parents`, attention.segments), and positions run on into the tails."""
+def shareable_prefix(examples: list[TokenizedExample], start: int = 0) -> int:
+    """The end of the tokens that every example holds from `start` on and that predict no label:
+    never past the token before an example's first label, which predicts that label (its target
+    differs between the examples)."""
+    limit = min(next((i for i, label in enumerate(e.labels) if label != IGNORE_INDEX), len(e.labels)) for e in examples)
+    end, first = start, examples[0].input_ids
+    while end < limit - 1 and all(e.input_ids[end] == first[end] for e in examples[1:]):
+        end += 1
+    return end
+
+
+def pack_groups(groups: list[list[TokenizedExample]], pad_id: int) -> Batch:
+    """`pack_batch` for groups of examples that may share a prompt (a DPO pair's two answers). What
+    every example begins with is placed once, then each group's own shared prompt once, then each
+    example's tail: a prefix is a segment of its own that what follows continues (`Batch.parents`;
+    attention.segments attends each example to its prefixes and itself, as if they were copied),
+    and positions run on from the prefix into the tails. Outputs and gradients are those of
+    separate examples; the prefixes' tokens are computed once instead of once per example."""
+    examples = [e for group in groups for e in group]
+    common = shareable_prefix(examples) if len(examples) > 1 else 0
     ids, targets, positions, lengths, parents = [], [], [], [], []
-    for group, n in zip(groups, shared, strict=True):
-        parent = len(lengths) if n else -1
-        if n:
-            ids += group[0].input_ids[:n]
-            targets += [IGNORE_INDEX] * n
-            positions += range(n)
-            lengths.append(n)
-            parents.append(-1)
+
+    def place(tokens: list[int], labels: list[int] | None, start: int, parent: int) -> int:
+        ids.extend(tokens)
+        targets.extend(shifted_targets(labels)[start:] if labels else [IGNORE_INDEX] * len(tokens))
+        positions.extend(range(start, start + len(tokens)))
+        lengths.append(len(tokens))
+        parents.append(parent)
+        return len(lengths) - 1
+
+    root = place(examples[0].input_ids[:common], None, 0, -1) if common else -1
+    for group in groups:
+        shared, parent = common, root
+        if len(group) > 1 and (shared := shareable_prefix(group, common)) > common:
+            parent = place(group[0].input_ids[common:shared], None, common, root)
         for e in group:
-            ids += e.input_ids[n:]
-            targets += shifted_targets(e.labels)[n:]
-            positions += range(n, len(e.input_ids))
-            lengths.append(len(e.input_ids) - n)
-            parents.append(parent)
+            place(e.input_ids[shared:], e.labels, shared, parent)
     n_tokens = len(ids)
     tail = -n_tokens % ROW_MULTIPLE
     if tail:
-        lengths.append(tail)
-        parents.append(-1)
-    ids = torch.tensor(ids + [pad_id] * tail)[None]
-    targets = torch.tensor(targets + [IGNORE_INDEX] * tail)[None]
-    positions = torch.tensor(positions + list(range(tail)))[None]
+        place([pad_id] * tail, None, 0, -1)
+    ids, targets, positions = (torch.tensor(t)[None] for t in (ids, targets, positions))
     n_labels = int((targets != IGNORE_INDEX).sum())
     shares = any(p >= 0 for p in parents)
     return Batch(ids, targets, None, positions, n_tokens, n_labels, lengths, parents if shares else None)

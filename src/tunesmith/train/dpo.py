@@ -10,9 +10,9 @@ Costs, kept low:
   no-grad forward per micro-batch); with full fine-tuning the reference log-probs are computed
   once before training, one no-grad pass over the data, and stored with the tokenized pairs;
 * the pairs of a micro-batch go through the model packed in one row, no padding, and the prompt
-  of each pair once: its tokens (all but the last, which predicts each answer's first token) are
-  a segment that both answers continue (kernels/attention.py), so a pair costs its prompt once
-  and two answers, not two whole sequences;
+  of each pair once (data/batching.py pack_groups): its tokens (all but the last, which predicts
+  each answer's first token) are a segment that both answers continue, so a pair costs its prompt
+  once and two answers, not two whole sequences;
 * log-probs only at answer positions, through the label-only output layer of train/loss.py: no
   [batch, seq, vocab] logits.
 """
@@ -59,22 +59,9 @@ class PairBatch:
         return self.sequences.n_label_tokens
 
 
-def shared_prefix(pair: TokenizedPair) -> int:
-    """Leading tokens that both sides hold and that predict no label: the prompt but its last token."""
-
-    def first_label(side) -> int:
-        return next((i for i, label in enumerate(side.labels) if label != IGNORE_INDEX), len(side.labels))
-
-    limit = min(first_label(pair.chosen), first_label(pair.rejected)) - 1
-    n = 0
-    while n < limit and pair.chosen.input_ids[n] == pair.rejected.input_ids[n]:
-        n += 1
-    return n
-
-
 def pair_batch(pairs: list[TokenizedPair], pad_id: int, packing: bool) -> PairBatch:
     if packing:
-        sequences = pack_groups([[p.chosen, p.rejected] for p in pairs], [shared_prefix(p) for p in pairs], pad_id)
+        sequences = pack_groups([[p.chosen, p.rejected] for p in pairs], pad_id)
     else:
         sequences = make_batch([side for p in pairs for side in (p.chosen, p.rejected)], pad_id, False)
     chosen_labels = sum(label_count(p.chosen) for p in pairs)
@@ -158,9 +145,8 @@ class DPOObjective:
         return sequence_logps(model, sequences, 2 * batch.n_pairs, train.loss_chunk_size, train.fast_paths)
 
     def sizes(self, items: list[TokenizedPair]) -> tuple[np.ndarray, np.ndarray]:
-        """Tokens (as `pair_batch` lays them out) and label tokens of each pair (both sides)."""
-        packing = self.cfg.data.packing
-        lengths = [len(p.chosen.input_ids) + len(p.rejected.input_ids) - packing * shared_prefix(p) for p in items]
+        """Tokens and label tokens of each pair (both sides)."""
+        lengths = [len(p.chosen.input_ids) + len(p.rejected.input_ids) for p in items]
         labels = [label_count(p.chosen) + label_count(p.rejected) for p in items]
         return np.array(lengths, dtype=np.int64), np.array(labels, dtype=np.int64)
 
