@@ -52,6 +52,8 @@ def segments(
     and then its own; a segment with children is no example of its own (its outputs are taken
     from its first child's)."""
     if parents is not None and any(p >= 0 for p in parents):
+        if not causal:  # a shared prefix would attend to the tokens of every example after it
+            raise ValueError("shared prefixes are for causal attention only")
         return _shared_segments(lengths, parents, device)
     # Rounded up, as batch rows are (batching.ROW_MULTIPLE): fewer distinct shapes to build kernels for.
     longest = -(-max(lengths) // 16) * 16
