@@ -31,6 +31,16 @@ def _one_by_one(q, k, v, lengths, causal=True):
     return torch.cat(outs, 1)
 
 
+def _assert_same_gradients(got_out, expected_out, inputs) -> tuple[torch.Tensor, ...]:
+    """q, k, v gradients of both outputs under one random upstream gradient: within 1e-5 relative."""
+    upstream = torch.randn_like(expected_out)
+    got = torch.autograd.grad((got_out * upstream).sum(), inputs)
+    expected = torch.autograd.grad((expected_out * upstream).sum(), inputs)
+    for name, g, e in zip("qkv", got, expected, strict=True):
+        assert ((g - e).norm() / e.norm()).item() <= 1e-5, name
+    return got
+
+
 @pytest.mark.parametrize("causal", [True, False])  # decoders / encoders
 @pytest.mark.parametrize("fused", [False, True])  # the CPU kernel / the SDPA kernel CUDA takes
 @pytest.mark.parametrize("heads, kv_heads", [(4, 4), (9, 3), (4, 1)])
@@ -45,11 +55,7 @@ def test_outputs_and_gradients_equal_each_example_alone(heads, kv_heads, lengths
     assert packed.shape == alone.shape == (1, sum(lengths), heads, 16)
     assert torch.allclose(packed, alone, atol=1e-5)
 
-    upstream = torch.randn_like(alone)
-    got = torch.autograd.grad((packed * upstream).sum(), (q, k, v))
-    expected = torch.autograd.grad((alone * upstream).sum(), (q, k, v))
-    for name, g, e in zip("qkv", got, expected, strict=True):
-        assert ((g - e).norm() / e.norm()).item() <= 1e-5, name
+    _assert_same_gradients(packed, alone, (q, k, v))
 
 
 @pytest.mark.parametrize("fused", [False, True])
@@ -78,11 +84,7 @@ def test_a_shared_prefix_attends_as_if_copied_into_each_example(heads, kv_heads,
     expected = alone[:, [first[t] for t in range(sum(lengths))]]
     assert torch.allclose(packed, expected, atol=1e-5)
 
-    upstream = torch.randn_like(packed)
-    got = torch.autograd.grad((packed * upstream).sum(), (q, k, v))
-    expected_grads = torch.autograd.grad((expected * upstream).sum(), (q, k, v))
-    for name, g, e in zip("qkv", got, expected_grads, strict=True):
-        assert ((g - e).norm() / e.norm()).item() <= 1e-5, name
+    got = _assert_same_gradients(packed, expected, (q, k, v))
     # The prefixes' keys and values get gradient from both of their continuations.
     assert got[1][:, :, own[0]].abs().sum() > 0
 

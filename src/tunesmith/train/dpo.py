@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 
 from tunesmith.config import Config
-from tunesmith.data.batching import Batch, make_batch, pack_groups
+from tunesmith.data.batching import Batch, pack_groups, pad_batch
 from tunesmith.data.preference import TokenizedPair
 from tunesmith.data.tokenize import IGNORE_INDEX
 from tunesmith.errors import TunesmithError
@@ -60,10 +60,8 @@ class PairBatch:
 
 
 def pair_batch(pairs: list[TokenizedPair], pad_id: int, packing: bool) -> PairBatch:
-    if packing:
-        sequences = pack_groups([[p.chosen, p.rejected] for p in pairs], pad_id)
-    else:
-        sequences = make_batch([side for p in pairs for side in (p.chosen, p.rejected)], pad_id, False)
+    groups = [[p.chosen, p.rejected] for p in pairs]
+    sequences = pack_groups(groups, pad_id) if packing else pad_batch([side for g in groups for side in g], pad_id)
     chosen_labels = sum(label_count(p.chosen) for p in pairs)
     stored = all(isinstance(p, ScoredPair) for p in pairs)
     reference = torch.tensor([p.reference for p in pairs]) if stored else None
@@ -159,7 +157,7 @@ class DPOObjective:
 
     def batch(self, items: list[TokenizedPair]) -> PairBatch:
         if not items:  # a process without pairs still runs a forward (train/objective.py: unlabelled)
-            return PairBatch(make_batch([unlabelled(self.pad_id)], self.pad_id, False), 0, 0, torch.zeros(0, 2))
+            return PairBatch(pad_batch([unlabelled(self.pad_id)], self.pad_id), 0, 0, torch.zeros(0, 2))
         return pair_batch(items, self.pad_id, self.cfg.data.packing)
 
     def start_step(self, items: list[TokenizedPair]) -> None:
