@@ -42,12 +42,12 @@ def _assert_same_gradients(got_out, expected_out, inputs) -> tuple[torch.Tensor,
 
 
 @pytest.mark.parametrize("causal", [True, False])  # decoders / encoders
-@pytest.mark.parametrize("fused", [False, True])  # the CPU kernel / the SDPA kernel CUDA takes
+@pytest.mark.parametrize("kernel", ["matmul", "flash", "sdpa"])  # CPU bf16 / CPU float32 / CUDA
 @pytest.mark.parametrize("heads, kv_heads", [(4, 4), (9, 3), (4, 1)])
 @pytest.mark.parametrize("lengths", [[5], [7, 1, 12, 3], [30, 2, 30]])
-def test_outputs_and_gradients_equal_each_example_alone(heads, kv_heads, lengths, fused, causal, monkeypatch):
-    kernel = attention.segment_attention
-    monkeypatch.setattr(attention, "segment_attention", lambda *a: kernel(*a, fused=fused))
+def test_outputs_and_gradients_equal_each_example_alone(heads, kv_heads, lengths, kernel, causal, monkeypatch):
+    segment_attention = attention.segment_attention
+    monkeypatch.setattr(attention, "segment_attention", lambda *a: segment_attention(*a, kernel=kernel))
     q, k, v = _inputs(lengths, heads, kv_heads)
     segments = attention.segments(lengths, torch.device("cpu"), causal=causal)
     packed, _ = attention.packed_attention(_Layer(heads, kv_heads), q, k, v, None, segments=segments)
@@ -58,14 +58,14 @@ def test_outputs_and_gradients_equal_each_example_alone(heads, kv_heads, lengths
     _assert_same_gradients(packed, alone, (q, k, v))
 
 
-@pytest.mark.parametrize("fused", [False, True])
+@pytest.mark.parametrize("kernel", ["matmul", "flash", "sdpa"])
 @pytest.mark.parametrize("heads, kv_heads", [(4, 4), (9, 3)])
-def test_a_shared_prefix_attends_as_if_copied_into_each_example(heads, kv_heads, fused, monkeypatch):
+def test_a_shared_prefix_attends_as_if_copied_into_each_example(heads, kv_heads, kernel, monkeypatch):
     """Row [P1 A1 B1 C P2 A2 B2 pad]: A1 and B1 continue P1 (a DPO prompt and its two answers), C
     stands alone. Each continuation must see exactly what it would as one example with its own
     copy of the prefix, and the prefix's gradient is the sum over its copies."""
-    kernel = attention.segment_attention
-    monkeypatch.setattr(attention, "segment_attention", lambda *a: kernel(*a, fused=fused))
+    segment_attention = attention.segment_attention
+    monkeypatch.setattr(attention, "segment_attention", lambda *a: segment_attention(*a, kernel=kernel))
     lengths, parents = [6, 3, 5, 4, 9, 1, 2, 3], [-1, 0, 0, -1, -1, 4, 4, -1]
     q, k, v = _inputs(lengths, heads, kv_heads)
     segments = attention.segments(lengths, torch.device("cpu"), parents=parents)

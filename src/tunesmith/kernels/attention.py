@@ -7,9 +7,10 @@ where plain causal attention is exact for every real position (it never sees the
 so no [tokens, tokens] block mask is built. Encoders attend both ways: there a mask of
 [examples, longest] hides each example's padding keys, still nothing of [tokens, tokens] size. The
 padding costs attention FLOPs only, well under 1% of the model's for fine-tuning-sized examples.
-On CUDA, and for encoders, the attention is SDPA's flash kernel; causal attention on CPU is a
-matmul version that recomputes its probabilities in backward (measured ~2x faster than SDPA's CPU
-flash kernel at these lengths, and like it, it keeps no [longest, longest] matrices).
+Three kernels compute it (`segment_attention` picks one): on CUDA, SDPA (flash); on CPU, the CPU
+flash kernel for float32 and encoders, and for causal bf16 a matmul version that recomputes its
+probabilities in backward (measured ~2x faster than SDPA's CPU flash kernel in bf16 at these
+lengths). Neither CPU kernel keeps [longest, longest] matrices, and both save only the packed rows.
 
 Models loaded by tunesmith use this implementation; without segments it is transformers' SDPA.
 """
@@ -109,12 +110,16 @@ def _to_rows(padded: torch.Tensor, segments: Segments, summed: bool = False) -> 
     _, kv_heads, rows, dim = padded.shape
     groups = rows // longest
     out = padded.view(examples, kv_heads, groups, longest, dim).permute(0, 3, 1, 2, 4)
-    out = out.reshape(examples * longest, kv_heads * groups, dim)
+    return _real_slots(out.reshape(examples * longest, kv_heads * groups, dim), segments, summed)
+
+
+def _real_slots(slots: torch.Tensor, segments: Segments, summed: bool) -> torch.Tensor:
+    """[examples * longest, h, dim] -> [tokens, h, dim], as `_to_rows`."""
     if not summed or segments.copies is None:
-        return out.index_select(0, segments.scatter)
-    slots, tokens = segments.copies
-    summed_rows = out.new_zeros(len(segments.scatter), *out.shape[1:])
-    return summed_rows.index_add_(0, tokens, out.index_select(0, slots))
+        return slots.index_select(0, segments.scatter)
+    copies, tokens = segments.copies
+    summed_rows = slots.new_zeros(len(segments.scatter), *slots.shape[1:])
+    return summed_rows.index_add_(0, tokens, slots.index_select(0, copies))
 
 
 def _probs(query, key, scaling: float, key_mask: torch.Tensor | None) -> torch.Tensor:
@@ -135,6 +140,13 @@ def _probs(query, key, scaling: float, key_mask: torch.Tensor | None) -> torch.T
         alpha=scaling,
     )
     return scores.softmax(-1, dtype=torch.float32).view(examples, kv_heads, rows, longest)
+
+
+def _grad_slots(grad_rows: torch.Tensor, segments: Segments) -> torch.Tensor:
+    """[tokens, h, dim] -> [examples * longest, h, dim], zero (not copied) at the padding: the
+    dropped outputs have no gradient."""
+    grad_slots = grad_rows.new_zeros(segments.gather.numel(), *grad_rows.shape[1:])
+    return grad_slots.index_copy_(0, segments.scatter, grad_rows)
 
 
 class _SegmentAttention(torch.autograd.Function):
@@ -161,10 +173,7 @@ class _SegmentAttention(torch.autograd.Function):
         saved = ctx.saved_tensors  # read once: under non-reentrant checkpointing a second read fails
         kv_heads = saved[1].shape[1]
         query, key, value = (_by_example(t, segments, kv_heads) for t in saved)
-        # Zero (not copied) at the padding: the dropped outputs have no gradient.
-        grad_slots = grad_rows.new_zeros(segments.gather.numel(), *grad_rows.shape[1:])
-        grad_out = _stack_groups(grad_slots.index_copy_(0, segments.scatter, grad_rows), segments, kv_heads)
-        del grad_slots
+        grad_out = _stack_groups(_grad_slots(grad_rows, segments), segments, kv_heads)
         probs = _probs(query, key, scaling, segments.key_mask)
         grad_value = probs.to(value.dtype).transpose(-1, -2) @ grad_out
         grad_scores = (grad_out @ value.transpose(-1, -2)).float()
@@ -174,16 +183,66 @@ class _SegmentAttention(torch.autograd.Function):
         return (*(_to_rows(g, segments, summed=True) for g in grads), None, None)
 
 
-def segment_attention(query, key, value, segments: Segments, scaling: float, fused: bool | None = None):
-    """Packed rows [tokens, heads, dim] in, [tokens, heads, dim] out. `fused` (default: on CUDA, and
-    for bidirectional segments) takes SDPA's flash kernels. On this project's CPUs they were ~2x
-    slower than the matmul version for causal attention at fine-tuning lengths, but faster for an
-    encoder's bidirectional attention (MiniLM contrastive training, 2 AVX2 cores: 10.2 against 9.4
-    pairs/s, 2.3 against 2.7 GB peak RSS)."""
-    if fused is None:
-        fused = query.device.type == "cuda" or segments.key_mask is not None
-    if not fused:
+_FLASH = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu.default
+_FLASH_BACKWARD = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu_backward.default
+
+
+def _heads(rows: torch.Tensor, segments: Segments) -> torch.Tensor:
+    """[tokens, h, dim] -> [examples, h, longest, dim], SDPA's layout, as a view of the gathered
+    [examples, longest, h, dim] (the padding slots as in `_by_example`)."""
+    examples, longest = segments.shape
+    return rows.index_select(0, segments.gather).view(examples, longest, *rows.shape[1:]).transpose(1, 2)
+
+
+def _heads_to_rows(heads: torch.Tensor, segments: Segments, summed: bool = False) -> torch.Tensor:
+    """The inverse of `_heads` (`summed` as in `_to_rows`), for any strides the kernel wrote."""
+    examples, h, longest, dim = heads.shape
+    return _real_slots(heads.transpose(1, 2).reshape(examples * longest, h, dim), segments, summed)
+
+
+class _FlashSegmentAttention(torch.autograd.Function):
+    """Per-example attention (causal or bidirectional) through the CPU flash kernel that SDPA calls,
+    saving the packed rows (queries, keys, values, the output, which o_proj keeps anyway) and the
+    log-sum-exp only: SDPA's autograd would keep the padded per-example copies of all four (SmolLM2
+    LoRA, float32: +230 MB peak RSS). The kernel attends query head h to key head h // groups itself."""
+
+    @staticmethod
+    def forward(ctx, query, key, value, segments: Segments, scaling: float):
+        mask = None if segments.key_mask is None else segments.key_mask[:, None].to(query.dtype)
+        q, k, v = (_heads(t, segments) for t in (query, key, value))
+        out, lse = _FLASH(q, k, v, 0.0, mask is None, attn_mask=mask, scale=scaling)
+        rows = _heads_to_rows(out, segments)
+        ctx.save_for_backward(query, key, value, rows, lse)
+        ctx.segments, ctx.scaling = segments, scaling
+        return rows
+
+    @staticmethod
+    def backward(ctx, grad_rows):
+        segments, scaling = ctx.segments, ctx.scaling
+        saved = ctx.saved_tensors
+        q, k, v, out = (_heads(t, segments) for t in saved[:4])
+        examples, longest = segments.shape
+        grad_out = _grad_slots(grad_rows, segments).view(examples, longest, *grad_rows.shape[1:]).transpose(1, 2)
+        mask = None if segments.key_mask is None else segments.key_mask[:, None].to(q.dtype)
+        grads = _FLASH_BACKWARD(grad_out, q, k, v, out, saved[4], 0.0, mask is None, attn_mask=mask, scale=scaling)
+        return (*(_heads_to_rows(g, segments, summed=True) for g in grads), None, None)
+
+
+def segment_attention(query, key, value, segments: Segments, scaling: float, kernel: str | None = None):
+    """Packed rows [tokens, heads, dim] in, [tokens, heads, dim] out. `kernel`: "sdpa" (the default on
+    CUDA), "flash" (CPU: float32, and bidirectional segments) or "matmul" (CPU: causal bf16). Measured
+    on CPU: the matmul version was ~2x faster than SDPA's flash kernel for causal bf16 attention at
+    fine-tuning lengths (avx512_bf16 CPU), slower in float32 (SmolLM2-135M LoRA on E2E, 2 AVX-512
+    cores without bf16, steps alternating in one process: 269 against SDPA's 284 tokens/s); for an
+    encoder's bidirectional attention SDPA was faster too (MiniLM contrastive training, 2 AVX2 cores:
+    10.2 against 9.4 pairs/s, 2.3 against 2.7 GB peak RSS)."""
+    if kernel is None:
+        causal_bf16 = segments.key_mask is None and query.dtype != torch.float32
+        kernel = "sdpa" if query.device.type == "cuda" else "matmul" if causal_bf16 else "flash"
+    if kernel == "matmul":
         return _SegmentAttention.apply(query, key, value, segments, scaling)
+    if kernel == "flash":
+        return _FlashSegmentAttention.apply(query, key, value, segments, scaling)
     examples, longest = segments.shape
     kv_heads, dim = key.shape[1], key.shape[2]
     # The stacked rows are the query heads in transformers' order (head h reads kv head h // groups).
