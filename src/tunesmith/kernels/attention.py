@@ -230,15 +230,19 @@ class _FlashSegmentAttention(torch.autograd.Function):
 
 def segment_attention(query, key, value, segments: Segments, scaling: float, kernel: str | None = None):
     """Packed rows [tokens, heads, dim] in, [tokens, heads, dim] out. `kernel`: "sdpa" (the default on
-    CUDA), "flash" (CPU: float32, and bidirectional segments) or "matmul" (CPU: causal bf16). Measured
-    on CPU: the matmul version was ~2x faster than SDPA's flash kernel for causal bf16 attention at
-    fine-tuning lengths (avx512_bf16 CPU), slower in float32 (SmolLM2-135M LoRA on E2E, 2 AVX-512
-    cores without bf16, steps alternating in one process: 269 against SDPA's 284 tokens/s); for an
-    encoder's bidirectional attention SDPA was faster too (MiniLM contrastive training, 2 AVX2 cores:
-    10.2 against 9.4 pairs/s, 2.3 against 2.7 GB peak RSS)."""
+    CUDA and for bidirectional segments), "flash" (CPU: causal float32) or "matmul" (CPU: causal bf16).
+    Measured on CPU: the matmul version was ~2x faster than SDPA's flash kernel for causal bf16
+    attention at fine-tuning lengths (avx512_bf16 CPU), slower in float32 (SmolLM2-135M LoRA on E2E, 2
+    AVX-512 cores without bf16, steps alternating in one process: 257 against "flash"'s 267 tokens/s,
+    same peak RSS; SDPA's own autograd: 284 tokens/s but +230 MB). For an encoder's bidirectional
+    attention SDPA beat the matmul version (MiniLM contrastive training, 2 AVX2 cores: 10.2 against
+    9.4 pairs/s, 2.3 against 2.7 GB peak RSS) and matched "flash" (AVX-512: 13.3 pairs/s both, ~70 MB
+    less peak RSS)."""
     if kernel is None:
-        causal_bf16 = segments.key_mask is None and query.dtype != torch.float32
-        kernel = "sdpa" if query.device.type == "cuda" else "matmul" if causal_bf16 else "flash"
+        if query.device.type == "cuda" or segments.key_mask is not None:
+            kernel = "sdpa"
+        else:
+            kernel = "flash" if query.dtype == torch.float32 else "matmul"
     if kernel == "matmul":
         return _SegmentAttention.apply(query, key, value, segments, scaling)
     if kernel == "flash":
