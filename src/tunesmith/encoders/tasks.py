@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -54,14 +55,16 @@ class ContrastiveTask:
         self.train, self.validation = train, validation
         self.negatives = {id(p): [p.negative] if p.negative else [] for p in train + validation}
         if cfg.encoder.hard_negatives:
-            self._mine(cfg.encoder.hard_negatives)
+            # A BEIR folder's whole corpus is searched (what retrieval will rank), pairs files their positives.
+            corpus = read_texts(cfg.data.train) if Path(cfg.data.train).is_dir() else []
+            self._mine(cfg.encoder.hard_negatives, corpus)
         self.head = Temperature(cfg.encoder.temperature, cfg.encoder.learnable_temperature)
 
-    def _mine(self, wanted: int) -> None:
-        """For each pair, the BM25 top documents for its query among all positives, minus its own."""
+    def _mine(self, wanted: int, corpus: list[str]) -> None:
+        """For each pair, the BM25 top documents for its query among all positives and `corpus`, minus its own."""
         from tunesmith.evaluate.bm25 import BM25
 
-        docs = sorted({p.positive for p in self.train + self.validation})
+        docs = sorted({p.positive for p in self.train + self.validation} | set(corpus))
         index = BM25(docs)
         for pair in self.train + self.validation:
             have = self.negatives[id(pair)]
