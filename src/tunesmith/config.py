@@ -131,7 +131,9 @@ class EncoderConfig(_Strict):
     )
     learnable_temperature: bool = Field(False, description="`contrastive`: train the temperature too (CLIP-style).")
     hard_negatives: int = Field(
-        0, ge=0, description="`contrastive`: add this many BM25-mined hard negatives per pair (pairs without one), searched "
+        0,
+        ge=0,
+        description="`contrastive`: add this many BM25-mined hard negatives per pair (pairs without one), searched "
         "for in a BEIR folder's whole corpus, or among the pairs' positives.",
     )
     dropout: float | None = Field(

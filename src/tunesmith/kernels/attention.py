@@ -234,10 +234,10 @@ def segment_attention(query, key, value, segments: Segments, scaling: float, ker
     Measured on CPU: the matmul version was ~2x faster than SDPA's flash kernel for causal bf16
     attention at fine-tuning lengths (avx512_bf16 CPU), slower in float32 (SmolLM2-135M LoRA on E2E, 2
     AVX-512 cores without bf16, steps alternating in one process: 257 against "flash"'s 267 tokens/s
-    at the same peak RSS; in another such run 269 against SDPA's 284, whose autograd cost +230 MB). For an encoder's bidirectional
-    attention SDPA beat the matmul version (MiniLM contrastive training, 2 AVX2 cores: 10.2 against
-    9.4 pairs/s, 2.3 against 2.7 GB peak RSS) and matched "flash" (AVX-512: 13.3 pairs/s both, ~70 MB
-    less peak RSS)."""
+    at the same peak RSS; in another such run 269 against SDPA's 284, whose autograd cost +230 MB).
+    For an encoder's bidirectional attention SDPA beat the matmul version (MiniLM contrastive
+    training, 2 AVX2 cores: 10.2 against 9.4 pairs/s, 2.3 against 2.7 GB peak RSS) and matched
+    "flash" (AVX-512: 13.3 pairs/s both, ~70 MB less peak RSS)."""
     if kernel is None:
         if query.device.type == "cuda" or segments.key_mask is not None:
             kernel = "sdpa"
