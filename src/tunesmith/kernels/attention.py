@@ -200,6 +200,11 @@ def _heads_to_rows(heads: torch.Tensor, segments: Segments, summed: bool = False
     return _real_slots(heads.transpose(1, 2).reshape(examples * longest, h, dim), segments, summed)
 
 
+def _head_mask(segments: Segments, dtype: torch.dtype) -> torch.Tensor | None:
+    """The key mask in `_heads`' layout ([examples, 1, 1, longest]); None: causal."""
+    return None if segments.key_mask is None else segments.key_mask[:, None].to(dtype)
+
+
 class _FlashSegmentAttention(torch.autograd.Function):
     """Per-example attention (causal or bidirectional) through the CPU flash kernel that SDPA calls,
     saving the packed rows (queries, keys, values, the output, which o_proj keeps anyway) and the
@@ -208,7 +213,7 @@ class _FlashSegmentAttention(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, query, key, value, segments: Segments, scaling: float):
-        mask = None if segments.key_mask is None else segments.key_mask[:, None].to(query.dtype)
+        mask = _head_mask(segments, query.dtype)
         q, k, v = (_heads(t, segments) for t in (query, key, value))
         out, lse = _FLASH(q, k, v, 0.0, mask is None, attn_mask=mask, scale=scaling)
         rows = _heads_to_rows(out, segments)
@@ -223,7 +228,7 @@ class _FlashSegmentAttention(torch.autograd.Function):
         q, k, v, out = (_heads(t, segments) for t in saved[:4])
         examples, longest = segments.shape
         grad_out = _grad_slots(grad_rows, segments).view(examples, longest, *grad_rows.shape[1:]).transpose(1, 2)
-        mask = None if segments.key_mask is None else segments.key_mask[:, None].to(q.dtype)
+        mask = _head_mask(segments, q.dtype)
         grads = _FLASH_BACKWARD(grad_out, q, k, v, out, saved[4], 0.0, mask is None, attn_mask=mask, scale=scaling)
         return (*(_heads_to_rows(g, segments, summed=True) for g in grads), None, None)
 
@@ -253,7 +258,7 @@ def segment_attention(query, key, value, segments: Segments, scaling: float, ker
     heads = _by_example(query, segments, kv_heads).view(examples, query.shape[1], longest, dim)
     k, v = (_by_example(t, segments, kv_heads) for t in (key, value))
     causal = segments.key_mask is None
-    mask = None if causal else segments.key_mask[:, None].to(heads.dtype)
+    mask = _head_mask(segments, heads.dtype)
     out = F.scaled_dot_product_attention(heads, k, v, mask, is_causal=causal, scale=scaling, enable_gqa=True)
     return _to_rows(out.view(examples, kv_heads, -1, dim), segments)
 
