@@ -22,6 +22,7 @@ import argparse
 import json
 import platform
 import resource
+import shlex
 import statistics
 import subprocess
 import sys
@@ -216,6 +217,8 @@ def main() -> None:
 
     lines = [
         f"# Contrastive encoder training: tunesmith vs SentenceTransformerTrainer ({args.steps} steps x {BATCH} pairs)",
+        "",
+        f"Command: `{shlex.join(['python', 'benchmarks/encoder_throughput.py', *sys.argv[1:]])}`",
         "",
         f"CPU: {platform.machine()}, {cpu_flags()}; float32; medians of {args.repeats} alternating run(s).",
         "",

@@ -7,10 +7,11 @@ where plain causal attention is exact for every real position (it never sees the
 so no [tokens, tokens] block mask is built. Encoders attend both ways: there a mask of
 [examples, longest] hides each example's padding keys, still nothing of [tokens, tokens] size. The
 padding costs attention FLOPs only, well under 1% of the model's for fine-tuning-sized examples.
-Three kernels compute it (`segment_attention` picks one): on CUDA, SDPA (flash); on CPU, the CPU
-flash kernel for float32 and encoders, and for causal bf16 a matmul version that recomputes its
-probabilities in backward (measured ~2x faster than SDPA's CPU flash kernel in bf16 at these
-lengths). Neither CPU kernel keeps [longest, longest] matrices, and both save only the packed rows.
+Three kernels compute it (`segment_attention` picks one): SDPA (flash) on CUDA and for encoders;
+for causal attention on CPU, the CPU flash kernel in float32, and in bf16 a matmul version that
+recomputes its probabilities in backward (measured ~2x faster than SDPA's CPU flash kernel in bf16
+at these lengths). Neither causal CPU kernel keeps [longest, longest] matrices, and both save only
+the packed rows.
 
 Models loaded by tunesmith use this implementation; without segments it is transformers' SDPA.
 """
