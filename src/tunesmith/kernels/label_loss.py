@@ -1,5 +1,5 @@
 """The label-only output-layer loss: cross-entropy of `hidden @ weight^T` for the label rows alone,
-keeping no logits (see OutputLayerLoss)."""
+keeping logits only while they are small (see OutputLayerLoss)."""
 
 from __future__ import annotations
 
@@ -7,6 +7,10 @@ import torch
 
 # Rows of lm_head cast and multiplied at a time: the float32 weight is never copied whole.
 VOCAB_PIECE = 8192
+# Logits up to this size are kept for backward instead of recomputed. An E2E micro-batch's ~250
+# labels x 49k vocabulary are ~50 MB in float32; recomputing them took ~60 ms of a ~3 s float32
+# LoRA step on SmolLM2-135M (2 cores).
+KEEP_BYTES = 64 * 2**20
 
 
 def _in_piece(targets: torch.Tensor, start: int, width: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -24,12 +28,19 @@ class OutputLayerLoss(torch.autograd.Function):
     and VOCAB_PIECE rows of the weight in the compute dtype exist at any time, where a plain
     cross-entropy would hold [rows, vocab] logits, their softmax and its gradient, and autocast a
     bf16 copy of the whole (tied, float32) weight: ~200 MB for 300 labels of a 49k vocabulary.
+
+    With `keep` (a pass that will run backward) and logits of at most KEEP_BYTES in the compute
+    dtype, forward writes them into one tensor that backward reads instead of recomputing: the
+    same values, the matmul done once.
     """
 
     @staticmethod
-    def forward(ctx, hidden, weight, targets, chunk_size: int, dtype: torch.dtype):
+    def forward(ctx, hidden, weight, targets, chunk_size: int, dtype: torch.dtype, keep: bool):
         hidden = hidden.to(dtype)
         rows, device = len(targets), hidden.device
+        kept = None
+        if keep and rows * weight.shape[0] * hidden.element_size() <= KEEP_BYTES:
+            kept = torch.empty((rows, weight.shape[0]), dtype=dtype, device=device)
         top = torch.full((rows,), float("-inf"), device=device)
         total = torch.zeros(rows, device=device)
         best = torch.full((rows,), float("-inf"), device=device)
@@ -39,7 +50,10 @@ class OutputLayerLoss(torch.autograd.Function):
             cast = weight[first : first + VOCAB_PIECE].to(dtype)
             for start in range(0, rows, chunk_size):
                 piece = slice(start, start + chunk_size)
-                logits = (hidden[piece] @ cast.t()).float()
+                logits = hidden[piece] @ cast.t()
+                if kept is not None:
+                    kept[piece, first : first + logits.shape[1]] = logits
+                logits = logits.float()
                 value, index = logits.max(-1)
                 best_index[piece] = torch.where(value > best[piece], index + first, best_index[piece])
                 best[piece] = torch.maximum(best[piece], value)
@@ -51,7 +65,8 @@ class OutputLayerLoss(torch.autograd.Function):
                 top[piece] = new_top
         lse = top + total.log()
         ctx.save_for_backward(hidden, weight, targets, lse)
-        ctx.chunk_size = chunk_size
+        # An attribute, not a saved tensor: the activation arena would copy it (kernels/arena.py).
+        ctx.chunk_size, ctx.kept = chunk_size, kept
         correct = (best_index == targets).sum()
         ctx.mark_non_differentiable(correct)
         return lse - target_logit, correct
@@ -66,7 +81,11 @@ class OutputLayerLoss(torch.autograd.Function):
             cast = weight[first : first + VOCAB_PIECE].to(hidden.dtype)
             for start in range(0, len(targets), ctx.chunk_size):
                 piece = slice(start, start + ctx.chunk_size)
-                grad_logits = (hidden[piece] @ cast.t()).float().sub_(lse[piece, None]).exp_()
+                if ctx.kept is None:
+                    logits = hidden[piece] @ cast.t()
+                else:
+                    logits = ctx.kept[piece, first : first + cast.shape[0]]
+                grad_logits = logits.float().sub_(lse[piece, None]).exp_()
                 inside, column = _in_piece(targets[piece], first, grad_logits.shape[1])
                 grad_logits.scatter_add_(1, column[:, None], -inside[:, None].float())
                 grad_logits = grad_logits.mul_(grad_losses[piece, None]).to(hidden.dtype)
@@ -74,4 +93,5 @@ class OutputLayerLoss(torch.autograd.Function):
                     grad_hidden[piece] += grad_logits @ cast
                 if grad_weight is not None:
                     grad_weight[first : first + VOCAB_PIECE] += grad_logits.t() @ hidden[piece]
-        return None if grad_hidden is None else grad_hidden.to(hidden.dtype), grad_weight, None, None, None
+        ctx.kept = None
+        return None if grad_hidden is None else grad_hidden.to(hidden.dtype), grad_weight, None, None, None, None

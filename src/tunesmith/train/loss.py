@@ -56,7 +56,9 @@ def label_token_losses(model, batch: Batch, chunk_size: int, fast: bool = True) 
     keep = batch.targets != IGNORE_INDEX
     targets = batch.targets[keep]
     if fast:
-        return OutputLayerLoss.apply(hidden[keep], head.weight, targets, chunk_size, active_dtype(hidden))
+        return OutputLayerLoss.apply(
+            hidden[keep], head.weight, targets, chunk_size, active_dtype(hidden), torch.is_grad_enabled()
+        )
     logits = head(hidden).float()[keep]
     return F.cross_entropy(logits, targets, reduction="none"), (logits.detach().argmax(-1) == targets).sum()
 
