@@ -100,7 +100,7 @@ class _LoRAMLP(torch.autograd.Function):
         gate, up, down = tensors[0:4], tensors[4:8], tensors[8:12]
         g, xa_gate = _forward(x, *gate, s_gate)
         u, xa_up = _forward(x, *up, s_up)
-        out, xa_down = _forward(F.silu(g) * u, *down, s_down)
+        out, xa_down = _forward(F.silu(g).mul_(u), *down, s_down)
         ctx.save_for_backward(x, g, u, xa_gate, xa_up, xa_down, *tensors)
         ctx.scalings = (s_gate, s_up, s_down)
         return out
@@ -114,11 +114,13 @@ class _LoRAMLP(torch.autograd.Function):
             tensors[8:12],
         )
         s_gate, s_up, s_down = ctx.scalings
+        # In place where a [tokens, intermediate] tensor is not read again: each new one is a few MB
+        # that glibc maps and the kernel zero-fills page by page (kernels/arena.py pins the threshold).
         act = F.silu(g)
         grad_h, grad_a_down, grad_b_down = _backward(grad, act * u, xa_down, w_down, a_down, b_down, s_down, True)
-        grad_u = grad_h * act
-        del act
-        grad_g = torch.ops.aten.silu_backward(grad_h.mul_(u), g)
+        grad_u = act.mul_(grad_h)
+        grad_g = grad_h.mul_(u)
+        torch.ops.aten.silu_backward.grad_input(grad_g, g, grad_input=grad_g)
         need_x = ctx.needs_input_grad[0]
         grad_x, grad_a_gate, grad_b_gate = _backward(grad_g, x, xa_gate, w_gate, a_gate, b_gate, s_gate, need_x)
         grad_x_up, grad_a_up, grad_b_up = _backward(grad_u, x, xa_up, w_up, a_up, b_up, s_up, need_x)
