@@ -8,7 +8,8 @@
 Each configuration runs in its own process (a fresh interpreter: no warm caches, its own peak RSS)
 and prints one JSON line. Throughput is non-padding tokens over the wall-clock time from the end
 of warm-up step W to the end of the last step (W = --warmup, default 3), both trainers timed at the
-same point (the end of each optimizer step). With --repeats R the table shows the median of R runs.
+same point (the end of each optimizer step). With --repeats R the table shows the median of R runs;
+the repeats go round the configurations (A B A B ...), so the machine's drift hits each alike.
 The validation loss of every run is computed by one function (tunesmith's SFT validation pass,
 train/objective.py, float32, mean cross-entropy over completion tokens + end-of-turn) on the final
 weights. See README.md.
@@ -473,7 +474,7 @@ def render(results: dict[str, dict], args, shape: dict, peak: float, peak_dtype:
         f"(lr {LR['full']}); cosine schedule, 3 warm-up steps, grad-norm clip 1.0; {precision}; compute "
         f"dtype here: {peak_dtype}.",
         f"Timing: tokens/s over steps {args.warmup + 1}..{args.steps} (first {args.warmup} excluded), "
-        f"median of {args.repeats} run(s), each in a fresh process. Mean example "
+        f"median of {args.repeats} run(s) taken in turn, each in a fresh process. Mean example "
         f"{shape['mean_example_tokens']:.0f} tokens, {shape['label_share']:.0%} of them labelled.",
         "Validation loss: float32 mean CE over completion tokens of data/e2e_nlg/validation.jsonl, by "
         "tunesmith's SFT validation pass (train/objective.py) on each run's final weights (one function for all runs).",
@@ -563,12 +564,14 @@ def main() -> None:
     shape = data_shape(args.model, args.max_len)
     flops = {m: model_flops(args.model, m, shape) for m in {r.method for r in chosen}}
     results: dict[str, dict] = {}
-    for run in chosen:
-        repeats = []
-        for i in range(args.repeats):
+    runs_of: dict[str, list[dict]] = {run.name: [] for run in chosen}
+    # Repeats go round the configurations, so a machine that speeds up or slows down over the
+    # benchmark (shared CPUs drift by tens of percent over minutes) weighs on all of them alike.
+    for i in range(args.repeats):
+        for run in chosen:
             started = time.perf_counter()
             result = run_in_subprocess(run, args, shape)
-            repeats.append(result)
+            runs_of[run.name].append(result)
             print(
                 f"{run.name} [{i + 1}/{args.repeats}]: {result['tokens_per_second']:.0f} tokens/s, "
                 f"peak RSS {result['peak_rss_mb']:.0f} MB, val loss {result['val_loss']:.4f} "
@@ -576,6 +579,8 @@ def main() -> None:
                 file=sys.stderr,
                 flush=True,
             )
+    for run in chosen:
+        repeats = runs_of[run.name]
         # The run with the median tokens/s (the lower one of an even count), with its own RSS and loss.
         median = sorted(repeats, key=lambda r: r["tokens_per_second"])[(len(repeats) - 1) // 2]
         median["mfu"] = median["tokens_per_second"] * flops[run.method] / peak
