@@ -131,11 +131,23 @@ def test_full_fine_tuning_shards_state_with_fsdp2_and_takes_the_same_steps(make_
     train(one)
     assert "2 processes (fsdp)" in result.stderr
     assert _train_losses(tmp_path / "two") == pytest.approx(_train_losses(tmp_path / "one"), rel=1e-4)
+    # The tied embedding is split by vocabulary rows: argmax hits are counted across the split.
+    hits = {r: [m["train_token_accuracy"] for m in _metrics(tmp_path / r) if "train_loss" in m] for r in ("two", "one")}
+    assert hits["two"] == pytest.approx(hits["one"], abs=0.011)  # one near-tie may fall either way
     diff = _max_abs_diff(tmp_path / "two/merged/model.safetensors", tmp_path / "one/merged/model.safetensors")
     assert diff <= 1e-4
     # Trained weights and AdamW state held by each process between steps: half of one process's.
     held_two, held_one = _metrics(tmp_path / "two")[-1]["state_mb"], _metrics(tmp_path / "one")[-1]["state_mb"]
     assert 0.45 <= held_two / held_one <= 0.55
+    # The step-2 checkpoints (sharded weights, the split embedding, AdamW state) resume at the other
+    # world size: 2 -> 1 and 1 -> 2.
+    shutil.copytree(tmp_path / "two", tmp_path / "two_on_one")
+    train(_config(make_tiny_config, tmp_path / "two_on_one", method="full", grad_accum=2), resume=True)
+    shutil.copytree(tmp_path / "one", tmp_path / "one_on_two")
+    _ok(_launch(_config(make_tiny_config, tmp_path / "one_on_two", method="full", grad_accum=1), "--resume"))
+    for resumed in ("two_on_one", "one_on_two"):
+        diff = _max_abs_diff(tmp_path / resumed / "merged/model.safetensors", tmp_path / "two/merged/model.safetensors")
+        assert diff <= 1e-4
 
 
 def test_dpo_on_all_weights_under_fsdp2_takes_the_same_steps(make_tiny_config, write_pairs, tmp_path):

@@ -31,14 +31,31 @@ _ALIGN = 64
 _M_MMAP_THRESHOLD = -3
 
 
+def _glibc(function: str):
+    """A glibc malloc function, or None where the C library is not glibc."""
+    try:
+        return getattr(ctypes.CDLL(ctypes.util.find_library("c")), function)
+    except (OSError, AttributeError, TypeError):
+        return None
+
+
 def fix_mmap_threshold(nbytes: int = 4 * 2**20) -> bool:
     """Pin glibc's mmap threshold (process-wide); False where the C library is not glibc."""
-    name = ctypes.util.find_library("c")
-    try:
-        mallopt = ctypes.CDLL(name).mallopt
-    except (OSError, AttributeError, TypeError):
-        return False
-    return bool(mallopt(_M_MMAP_THRESHOLD, nbytes))
+    mallopt = _glibc("mallopt")
+    return mallopt is not None and bool(mallopt(_M_MMAP_THRESHOLD, nbytes))
+
+
+def release_free_heap() -> bool:
+    """Return the heap's free pages to the system (glibc's malloc_trim); False elsewhere.
+
+    For runs without an arena (full fine-tuning), once a step: the step's gradients and optimizer
+    temporaries are freed by then, and the holes they leave between long-lived tensors are not at
+    the heap's top, so glibc keeps them. Measured on SmolLM2-135M full fine-tuning in float32
+    (2 cores, batch 4 x 2, 4 steps): peak RSS 2,954 -> 2,923 MB on one process, and on each of two
+    FSDP2 processes 1,970 -> 1,862 MB; the call takes 6-57 ms of a multi-second step.
+    """
+    malloc_trim = _glibc("malloc_trim")
+    return malloc_trim is not None and bool(malloc_trim(0))
 
 
 class ArenaReusedError(RuntimeError):

@@ -37,32 +37,8 @@ class OutputLayerLoss(torch.autograd.Function):
     @staticmethod
     def forward(ctx, hidden, weight, targets, chunk_size: int, dtype: torch.dtype, keep: bool):
         hidden = hidden.to(dtype)
-        rows, device = len(targets), hidden.device
-        kept = None
-        if keep and rows * weight.shape[0] * hidden.element_size() <= KEEP_BYTES:
-            kept = torch.empty((rows, weight.shape[0]), dtype=dtype, device=device)
-        top = torch.full((rows,), float("-inf"), device=device)
-        total = torch.zeros(rows, device=device)
-        best = torch.full((rows,), float("-inf"), device=device)
-        best_index = torch.zeros(rows, dtype=torch.long, device=device)
-        target_logit = torch.zeros(rows, device=device)
-        for first in range(0, weight.shape[0], VOCAB_PIECE):
-            cast = weight[first : first + VOCAB_PIECE].to(dtype)
-            for start in range(0, rows, chunk_size):
-                piece = slice(start, start + chunk_size)
-                logits = hidden[piece] @ cast.t()
-                if kept is not None:
-                    kept[piece, first : first + logits.shape[1]] = logits
-                logits = logits.float()
-                value, index = logits.max(-1)
-                best_index[piece] = torch.where(value > best[piece], index + first, best_index[piece])
-                best[piece] = torch.maximum(best[piece], value)
-                inside, column = _in_piece(targets[piece], first, logits.shape[1])
-                target_logit[piece] += logits.gather(1, column[:, None]).squeeze(1) * inside
-                new_top = torch.maximum(top[piece], value)
-                rescale = (top[piece] - new_top).exp_()
-                total[piece] = total[piece] * rescale + logits.sub_(new_top[:, None]).exp_().sum(-1)
-                top[piece] = new_top
+        kept = kept_logits(keep, len(targets), weight.shape[0], hidden)
+        top, total, target_logit, _, best_index = vocabulary_stats(hidden, weight, targets, chunk_size, kept)
         lse = top + total.log()
         ctx.save_for_backward(hidden, weight, targets, lse)
         # An attribute, not a saved tensor: the activation arena would copy it (kernels/arena.py).
@@ -74,24 +50,70 @@ class OutputLayerLoss(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_losses, _):
         hidden, weight, targets, lse = ctx.saved_tensors
-        # Summed over vocabulary pieces in float32, as one matmul over the whole vocabulary would.
-        grad_hidden = torch.zeros(hidden.shape, device=hidden.device) if ctx.needs_input_grad[0] else None
-        grad_weight = torch.zeros_like(weight) if ctx.needs_input_grad[1] else None
-        for first in range(0, weight.shape[0], VOCAB_PIECE):
-            cast = weight[first : first + VOCAB_PIECE].to(hidden.dtype)
-            for start in range(0, len(targets), ctx.chunk_size):
-                piece = slice(start, start + ctx.chunk_size)
-                if ctx.kept is None:
-                    logits = hidden[piece] @ cast.t()
-                else:
-                    logits = ctx.kept[piece, first : first + cast.shape[0]]
-                grad_logits = logits.float().sub_(lse[piece, None]).exp_()
-                inside, column = _in_piece(targets[piece], first, grad_logits.shape[1])
-                grad_logits.scatter_add_(1, column[:, None], -inside[:, None].float())
-                grad_logits = grad_logits.mul_(grad_losses[piece, None]).to(hidden.dtype)
-                if grad_hidden is not None:
-                    grad_hidden[piece] += grad_logits @ cast
-                if grad_weight is not None:
-                    grad_weight[first : first + VOCAB_PIECE] += grad_logits.t() @ hidden[piece]
+        grad_hidden, grad_weight = vocabulary_grads(
+            hidden, weight, targets, lse, grad_losses, ctx.chunk_size, ctx.kept, ctx.needs_input_grad[:2]
+        )
         ctx.kept = None
         return None if grad_hidden is None else grad_hidden.to(hidden.dtype), grad_weight, None, None, None, None
+
+
+def kept_logits(keep: bool, rows: int, vocab: int, hidden: torch.Tensor) -> torch.Tensor | None:
+    """A [rows, vocab] buffer for the logits backward will read, where `keep` and KEEP_BYTES allow."""
+    if keep and rows * vocab * hidden.element_size() <= KEEP_BYTES:
+        return torch.empty((rows, vocab), dtype=hidden.dtype, device=hidden.device)
+    return None
+
+
+def vocabulary_stats(hidden, weight, targets, chunk_size: int, kept, offset: int = 0):
+    """Per row of `hidden`, over the vocabulary rows `weight` holds (ids `offset` onwards): the
+    largest logit, the sum of exp(logit - largest), the target's logit (0 where the target is not
+    among them), and the best logit with its id (the lowest id on ties). Fills `kept` if given."""
+    rows, device = len(targets), hidden.device
+    top = torch.full((rows,), float("-inf"), device=device)
+    total = torch.zeros(rows, device=device)
+    best = torch.full((rows,), float("-inf"), device=device)
+    best_index = torch.zeros(rows, dtype=torch.long, device=device)
+    target_logit = torch.zeros(rows, device=device)
+    for first in range(0, weight.shape[0], VOCAB_PIECE):
+        cast = weight[first : first + VOCAB_PIECE].to(hidden.dtype)
+        for start in range(0, rows, chunk_size):
+            piece = slice(start, start + chunk_size)
+            logits = hidden[piece] @ cast.t()
+            if kept is not None:
+                kept[piece, first : first + logits.shape[1]] = logits
+            logits = logits.float()
+            value, index = logits.max(-1)
+            best_index[piece] = torch.where(value > best[piece], index + first + offset, best_index[piece])
+            best[piece] = torch.maximum(best[piece], value)
+            inside, column = _in_piece(targets[piece], first + offset, logits.shape[1])
+            target_logit[piece] += logits.gather(1, column[:, None]).squeeze(1) * inside
+            new_top = torch.maximum(top[piece], value)
+            rescale = (top[piece] - new_top).exp_()
+            total[piece] = total[piece] * rescale + logits.sub_(new_top[:, None]).exp_().sum(-1)
+            top[piece] = new_top
+    return top, total, target_logit, best, best_index
+
+
+def vocabulary_grads(hidden, weight, targets, lse, grad_losses, chunk_size: int, kept, wanted, offset: int = 0):
+    """(d loss / d hidden in float32, d loss / d weight) for the vocabulary rows `weight` holds,
+    given each row's log-sum-exp over the whole vocabulary; None where `wanted` says so."""
+    # Summed over vocabulary pieces in float32, as one matmul over the whole vocabulary would.
+    grad_hidden = torch.zeros(hidden.shape, device=hidden.device) if wanted[0] else None
+    grad_weight = torch.zeros_like(weight) if wanted[1] else None
+    for first in range(0, weight.shape[0], VOCAB_PIECE):
+        cast = weight[first : first + VOCAB_PIECE].to(hidden.dtype)
+        for start in range(0, len(targets), chunk_size):
+            piece = slice(start, start + chunk_size)
+            if kept is None:
+                logits = hidden[piece] @ cast.t()
+            else:
+                logits = kept[piece, first : first + cast.shape[0]]
+            grad_logits = logits.float().sub_(lse[piece, None]).exp_()
+            inside, column = _in_piece(targets[piece], first + offset, grad_logits.shape[1])
+            grad_logits.scatter_add_(1, column[:, None], -inside[:, None].float())
+            grad_logits = grad_logits.mul_(grad_losses[piece, None]).to(hidden.dtype)
+            if grad_hidden is not None:
+                grad_hidden[piece] += grad_logits @ cast
+            if grad_weight is not None:
+                grad_weight[first : first + VOCAB_PIECE] += grad_logits.t() @ hidden[piece]
+    return grad_hidden, grad_weight

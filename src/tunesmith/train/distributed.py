@@ -34,6 +34,7 @@ from torch import nn
 from tunesmith.errors import TunesmithError
 from tunesmith.precision import default_device
 from tunesmith.train.loss import output_layer
+from tunesmith.train.vocab_shard import VocabShardedEmbedding, shard_vocabulary
 
 EXIT_USER_ERROR = 2
 
@@ -162,8 +163,12 @@ def resolve_strategy(strategy: str, method: str) -> str:
     return strategy
 
 
-def wrap(module: LossModule, strategy: str, dist: Dist) -> nn.Module:
-    """`module` as this world size trains it: itself on one process, else under DDP or FSDP2."""
+def wrap(module: LossModule, strategy: str, dist: Dist, shard_vocab: bool) -> nn.Module:
+    """`module` as this world size trains it: itself on one process, else under DDP or FSDP2.
+
+    FSDP2 with `shard_vocab` (the label-only loss, which knows how) splits a tied embedding by
+    vocabulary rows instead of keeping it in the root unit (train/vocab_shard.py).
+    """
     if dist.world_size == 1:
         return module
     if strategy == "ddp":
@@ -176,12 +181,13 @@ def wrap(module: LossModule, strategy: str, dist: Dist) -> nn.Module:
     from torch.distributed.fsdp import fully_shard
 
     mesh = init_device_mesh(dist.device.type, (dist.world_size,))
-    decoder, _ = output_layer(module.model)
-    # One unit per decoder layer: a layer's weights exist whole only while it runs. Embeddings,
-    # final norm and the (tied) output layer are the root's unit.
+    decoder, head = output_layer(module.model)
+    # One unit per decoder layer: a layer's weights exist whole only while it runs. The final norm
+    # (and embeddings and output layer where they are not split by vocabulary) are the root's unit.
     for layer in decoder.layers:
         fully_shard(layer, mesh=mesh)
-    return fully_shard(module, mesh=mesh)
+    split = shard_vocabulary(module.model, head, mesh) if shard_vocab else set()
+    return fully_shard(module, mesh=mesh, ignored_params=split)
 
 
 def unwrapped(wrapped: nn.Module) -> LossModule:
@@ -207,9 +213,13 @@ def whole_weights(wrapped: nn.Module):
     forwards (greedy generation on the same prompts does).
     """
     if hasattr(wrapped, "unshard") and hasattr(wrapped, "reshard"):
+        model = unwrapped(wrapped).model
+        embedding = model.get_input_embeddings()
+        split = isinstance(embedding, VocabShardedEmbedding)
         wrapped.unshard()
         try:
-            yield
+            with embedding.whole(output_layer(model)[1]) if split else contextlib.nullcontext():
+                yield
         finally:
             wrapped.reshard()
     else:

@@ -19,6 +19,7 @@ from tunesmith.data.tokenize import IGNORE_INDEX
 from tunesmith.kernels import attention
 from tunesmith.kernels.label_loss import OutputLayerLoss
 from tunesmith.precision import active_dtype
+from tunesmith.train.vocab_shard import is_vocab_sharded, sharded_label_losses
 
 
 @dataclass
@@ -56,9 +57,8 @@ def label_token_losses(model, batch: Batch, chunk_size: int, fast: bool = True) 
     keep = batch.targets != IGNORE_INDEX
     targets = batch.targets[keep]
     if fast:
-        return OutputLayerLoss.apply(
-            hidden[keep], head.weight, targets, chunk_size, active_dtype(hidden), torch.is_grad_enabled()
-        )
+        losses = sharded_label_losses if is_vocab_sharded(head.weight) else OutputLayerLoss.apply
+        return losses(hidden[keep], head.weight, targets, chunk_size, active_dtype(hidden), torch.is_grad_enabled())
     logits = head(hidden).float()[keep]
     return F.cross_entropy(logits, targets, reduction="none"), (logits.detach().argmax(-1) == targets).sum()
 

@@ -20,7 +20,7 @@ from tunesmith.data.batching import epoch_order
 from tunesmith.data.prepare import PreparedData, prepare_data
 from tunesmith.errors import TunesmithError
 from tunesmith.export import plot_losses, save_adapter, save_merged
-from tunesmith.kernels.arena import ActivationArena, fix_mmap_threshold
+from tunesmith.kernels.arena import ActivationArena, fix_mmap_threshold, release_free_heap
 from tunesmith.kernels.fused_lora import fuse_lora
 from tunesmith.kernels.lean import LeanStorage
 from tunesmith.models import load_model
@@ -203,10 +203,11 @@ def train(cfg: Config, resume: bool = False, overwrite: bool = False) -> RunSumm
     # arena's hooks (and plans its own buffers).
     heap_fixed = device.type == "cpu" and cfg.train.fast_paths and fix_mmap_threshold()
     arena = ActivationArena() if heap_fixed and lean is not None and not compile_model else None
+    trim_heap = heap_fixed and arena is None
     # The loss is the forward that DDP / FSDP2 wrap; on one process it runs as it is.
     # Before wrapping, on the whole model: work before the first step (DPO's reference log-probs).
     objective.setup(model, data)
-    module = distributed.wrap(LossModule(model, objective), strategy, dist)
+    module = distributed.wrap(LossModule(model, objective), strategy, dist, shard_vocab=cfg.train.fast_paths)
     module.train()
     # MFU = achieved model FLOPs / this machine's measured matmul peak (timed once, then cached).
     peak_flops = measured_peak_flops(device, dtype)
@@ -294,6 +295,8 @@ def train(cfg: Config, resume: bool = False, overwrite: bool = False) -> RunSumm
             optimizer.step()
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
+            if trim_heap:
+                release_free_heap()
             state.step = step
             window_seconds += time.perf_counter() - step_start
 
