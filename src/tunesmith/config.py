@@ -249,7 +249,8 @@ class DistributedConfig(_Strict):
         "auto",
         description="How several processes share a run (`tunesmith train --nproc-per-node N`): ddp copies the "
         "model to every process and averages gradients; fsdp (FSDP2 `fully_shard` per decoder layer) shards "
-        "weights, gradients and AdamW state, so memory per process falls with their number; auto = ddp for "
+        "weights, gradients and AdamW state, so memory per process falls with their number (a tied embedding "
+        "is split by vocabulary rows, with train.fast_paths); auto = ddp for "
         "LoRA, fsdp for full fine-tuning. One process ignores it.",
     )
     timeout_s: int = Field(
