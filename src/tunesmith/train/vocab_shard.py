@@ -27,13 +27,15 @@ from torch import nn
 from tunesmith.kernels.label_loss import kept_logits, vocabulary_grads, vocabulary_stats
 
 
-def _gather_rows(rows: torch.Tensor, group) -> tuple[torch.Tensor, list[int]]:
-    """Every process's `rows` (first dimensions may differ) in rank order, and how many each had."""
+def _gather_rows(rows: torch.Tensor, group, sizes: list[int] | None = None) -> tuple[torch.Tensor, list[int]]:
+    """Every process's `rows` (first dimensions may differ) in rank order, and how many each had;
+    `sizes` where an earlier gather of as many rows already told them."""
     world = dist.get_world_size(group)
-    count = torch.tensor([len(rows)], device=rows.device)
-    counts = [torch.empty_like(count) for _ in range(world)]
-    dist.all_gather(counts, count, group=group)
-    sizes = [int(c) for c in counts]
+    if sizes is None:
+        count = torch.tensor([len(rows)], device=rows.device)
+        counts = [torch.empty_like(count) for _ in range(world)]
+        dist.all_gather(counts, count, group=group)
+        sizes = [int(c) for c in counts]
     padded = rows.new_zeros((max(sizes), *rows.shape[1:]))
     padded[: len(rows)] = rows
     parts = [torch.empty_like(padded) for _ in range(world)]
@@ -61,13 +63,13 @@ class _ShardedLookup(torch.autograd.Function):
         if padding_idx is not None:  # as nn.Embedding: the padding row gets no gradient
             mine &= flat != padding_idx
         ctx.save_for_backward(flat[mine] - offset, mine)
-        ctx.local_shape, ctx.group = local.shape, group
+        ctx.local_shape, ctx.group, ctx.sizes = local.shape, group, sizes
         return partial[_own(sizes, dist.get_rank(group))].view(*ids.shape, local.shape[1])
 
     @staticmethod
     def backward(ctx, grad_out):
         rows, mine = ctx.saved_tensors
-        grads, _ = _gather_rows(grad_out.reshape(-1, ctx.local_shape[1]), ctx.group)
+        grads, _ = _gather_rows(grad_out.reshape(-1, ctx.local_shape[1]), ctx.group, ctx.sizes)
         grad_local = grad_out.new_zeros(ctx.local_shape).index_add_(0, rows, grads[mine])
         return grad_local.div_(dist.get_world_size(ctx.group)), None, None, None, None
 
@@ -79,7 +81,7 @@ class _ShardedLabelLoss(torch.autograd.Function):
     def forward(ctx, hidden, local, targets, offset: int, chunk_size: int, dtype: torch.dtype, keep: bool, group):
         rank = dist.get_rank(group)
         every, sizes = _gather_rows(hidden.to(dtype), group)
-        every_target, _ = _gather_rows(targets, group)
+        every_target, _ = _gather_rows(targets, group, sizes)
         kept = kept_logits(keep, len(every), len(local), every)
         top, total, target_logit, best, best_index = vocabulary_stats(
             every, local, every_target, chunk_size, kept, offset
@@ -106,7 +108,7 @@ class _ShardedLabelLoss(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_losses, _):
         every, local, every_target, lse = ctx.saved_tensors
-        every_grad, _ = _gather_rows(grad_losses.contiguous(), ctx.group)
+        every_grad, _ = _gather_rows(grad_losses.contiguous(), ctx.group, ctx.sizes)
         wanted = (True, ctx.needs_input_grad[1])
         grad_every, grad_local = vocabulary_grads(
             every, local, every_target, lse, every_grad, ctx.chunk_size, ctx.kept, wanted, ctx.offset
