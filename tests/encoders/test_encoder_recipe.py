@@ -29,13 +29,16 @@ def test_contrastive_run_exports_and_evaluates(encoder_config, method, tmp_path)
     assert (run / "merged" / "modules.json").is_file() and (run / "summary.json").is_file()
     assert (run / "adapter" / "adapter_config.json").is_file() == (method == "lora")
     result = run_encoder_evaluation(cfg, None, str(tmp_path / "eval"))
-    assert set(result["variants"]) == {"bm25", "zero_shot", "finetuned"}
+    assert set(result["variants"]) == {"bm25", "zero_shot", "finetuned", "hybrid_zero_shot", "hybrid_finetuned"}
+    assert result["hybrid_gain"]["ndcg@10"]["baseline"] in {"bm25", "zero_shot", "hybrid_zero_shot"}
+    assert set(result["hybrid_gain_vs_each"]) == {"bm25", "zero_shot", "hybrid_zero_shot"}
     assert result["items"] == 2 and result["corpus"] == len(PAPERS)
     assert set(result["gain"]["ndcg@10"]) == {"baseline", "value", "low", "high"}
     assert set(result["gain_vs_each"]) == {"bm25", "zero_shot"}
     for name in ("eval.json", "report.html", "report.md"):
         assert (tmp_path / "eval" / name).is_file()
-    assert "BM25" in (tmp_path / "eval" / "report.md").read_text()
+    report = (tmp_path / "eval" / "report.md").read_text()
+    assert "BM25" in report and "## Does fine-tuning help hybrid search?" in report
 
 
 def test_export_round_trip_through_sentence_transformers(encoder_config, tmp_path):

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from tunesmith.evaluate.bm25 import BM25
-from tunesmith.evaluate.retrieval_metrics import query_metrics, rank, retrieval_stats
+from tunesmith.evaluate.retrieval_metrics import fuse, query_metrics, rank, retrieval_stats
 
 L3, L5 = math.log2(3), math.log2(5)
 
@@ -72,6 +72,16 @@ def test_retrieval_stats_are_means_in_percent():
     assert stats["mrr@10"].score() == pytest.approx(75.0)
     assert stats["p@10"].score() == pytest.approx(15.0)
     assert stats["ndcg@10"].score() == pytest.approx(100 * (CASES[0][4]["ndcg@10"] + 1) / 2)
+
+
+def test_reciprocal_rank_fusion_hand_computed():
+    lexical = np.array([[0, 1, 2], [4, 3, 1]])
+    dense = np.array([[2, 0, 3], [3, 4, 0]])
+    # k 1, query 0: doc 0 = 1/2 + 1/3, doc 2 = 1/4 + 1/2, doc 1 = 1/3, doc 3 = 1/4 (only one list holds each).
+    # Query 1: docs 4 and 3 tie at 1/2 + 1/3, so corpus order puts 3 first; then 1 and 0 tie at 1/4.
+    assert fuse([lexical, dense], k=1, depth=3).tolist() == [[0, 2, 1], [3, 4, 0]]
+    # k 60 (the default) flattens the ranks: a document both lists hold beats one list's winner.
+    assert fuse([np.array([[5, 6, 7]]), np.array([[8, 9, 7]])]).tolist() == [[7, 5, 8, 6, 9]]
 
 
 def test_bm25_prefers_documents_sharing_rare_query_words():

@@ -3,7 +3,9 @@
 Retrieval (`eval.task: retrieval`, `data.test` a BEIR folder): every test query ranks the whole
 corpus; variants are BM25, the base encoder zero-shot and the fine-tuned encoder, and the gain is
 the fine-tune minus the better of the two baselines (paired bootstrap over queries), plus its
-difference to each baseline on its own.
+difference to each baseline on its own. Hybrid search, BM25 fused with each encoder by reciprocal
+rank, is scored too: `hybrid_gain` is BM25 + fine-tune minus the best system without the fine-tune
+(BM25 + base encoder included), which answers "does fine-tuning help the search I would deploy?".
 
 Classification (`method.objective: classification`): the base encoder with a linear probe (logistic
 regression on its frozen embeddings, fitted on the training file) against the fine-tuned encoder
@@ -28,7 +30,7 @@ from tunesmith.encoders.model import Encoder, load_encoder
 from tunesmith.errors import TunesmithError
 from tunesmith.evaluate import metrics
 from tunesmith.evaluate.bm25 import BM25
-from tunesmith.evaluate.retrieval_metrics import DEPTH, rank, retrieval_stats
+from tunesmith.evaluate.retrieval_metrics import DEPTH, RRF_K, fuse, rank, retrieval_stats
 from tunesmith.evaluate.run import (
     _ci,
     _model_folder,
@@ -43,6 +45,7 @@ from tunesmith.paths import atomic_file, tunesmith_home
 
 SIDE_BY_SIDE = 10
 RETRIEVAL_BASES = ("bm25", "zero_shot")
+HYBRID_BASES = ("bm25", "zero_shot", "hybrid_zero_shot")
 
 
 def _cache_key(encoder: Encoder, texts: list[str]) -> str:
@@ -76,19 +79,24 @@ def _variant(stats: dict, config: Config, outputs: list[str], mean_tokens: float
     }
 
 
+def _vs_each(variants: dict, tuned: str, bases: tuple[str, ...], config: Config) -> dict:
+    """`tuned` minus each base on its own, per metric (paired bootstrap)."""
+    return {
+        base: {
+            name: metrics.paired_difference(
+                stats, variants[base]["stats"][name], config.eval.bootstrap_resamples, config.eval.seed
+            ).as_dict()
+            for name, stats in variants[tuned]["stats"].items()
+        }
+        for base in bases
+    }
+
+
 def _finish(result: dict, config: Config, run_dir: Path | None, out_dir: str, bases: tuple[str, ...]) -> dict:
     variants = result["variants"]
     result["gain"] = gains(variants, config.eval, bases)
     if "finetuned" in variants:
-        result["gain_vs_each"] = {
-            base: {
-                name: metrics.paired_difference(
-                    stats, variants[base]["stats"][name], config.eval.bootstrap_resamples, config.eval.seed
-                ).as_dict()
-                for name, stats in variants["finetuned"]["stats"].items()
-            }
-            for base in bases
-        }
+        result["gain_vs_each"] = _vs_each(variants, "finetuned", bases, config)
         result["training"] = read_training_summary(run_dir)
         result["loss_curve"] = read_loss_curve(run_dir)
     else:
@@ -122,6 +130,7 @@ def run_retrieval_evaluation(config: Config, finetuned: str | None, out_dir: str
         corpus = embed_cached(encoder, test.corpus, "documents", config.eval.batch_size)
         asked = encoder.encode(queries, config.eval.batch_size)
         rankings[variant] = rank(asked @ corpus.T)
+        rankings[f"hybrid_{variant}"] = fuse([rankings["bm25"], rankings[variant]])
         mean_tokens = _mean_tokens(encoder, queries)
     for variant, ranked in rankings.items():
         outputs = [test.corpus[r[0]][:200] for r in ranked[:SIDE_BY_SIDE]]
@@ -136,8 +145,12 @@ def run_retrieval_evaluation(config: Config, finetuned: str | None, out_dir: str
     ]
     result["notes"].append(
         f"{count} queries ranked against all {len(test.corpus)} documents (top {DEPTH} kept); BM25 = Okapi "
-        "(k1 1.5, b 0.75) on lower-cased words; metrics in percent."
+        f"(k1 1.5, b 0.75) on lower-cased words; hybrid = BM25 and the encoder's top {DEPTH} fused by "
+        f"reciprocal rank (k {RRF_K}); metrics in percent."
     )
+    if "hybrid_finetuned" in result["variants"]:
+        result["hybrid_gain"] = gains(result["variants"], config.eval, HYBRID_BASES, tuned="hybrid_finetuned")
+        result["hybrid_gain_vs_each"] = _vs_each(result["variants"], "hybrid_finetuned", HYBRID_BASES, config)
     return _finish(result, config, run_dir, out_dir, RETRIEVAL_BASES)
 
 

@@ -23,6 +23,8 @@ VARIANT_TITLES = {
     "zero_shot": "base, zero-shot",
     "few_shot": "base, few-shot",
     "finetuned": "fine-tuned",
+    "hybrid_zero_shot": "BM25 + base (hybrid)",
+    "hybrid_finetuned": "BM25 + fine-tuned (hybrid)",
 }
 PLOT_FILE = "loss_curve.png"
 
@@ -73,11 +75,15 @@ def _quality(result: dict) -> Section:
     return Section("quality", "Quality", ["variant", *names], rows, notes)
 
 
-def _gain(result: dict) -> Section:
-    rows = [
+def _gain_rows(gains: dict) -> list[list[str]]:
+    return [
         [name, VARIANT_TITLES[g["baseline"]], _with_ci(g, 2), "yes" if g["low"] > 0 or g["high"] < 0 else "no"]
-        for name, g in result.get("gain", {}).items()
+        for name, g in gains.items()
     ]
+
+
+def _gain(result: dict) -> Section:
+    rows = _gain_rows(result.get("gain", {}))
     notes = (
         [
             "Fine-tuned minus the better base variant on the same items; paired bootstrap interval. "
@@ -87,6 +93,15 @@ def _gain(result: dict) -> Section:
         else ["no fine-tuned model evaluated."]
     )
     return Section("gain", "Did fine-tuning help?", ["metric", "vs", "difference", "interval excludes 0"], rows, notes)
+
+
+def _hybrid_gain(result: dict) -> Section:
+    notes = [
+        "BM25 + fine-tuned (reciprocal rank fusion) minus the best system without the fine-tune, BM25 + base "
+        "encoder included; paired bootstrap interval."
+    ]
+    headers = ["metric", "vs", "difference", "interval excludes 0"]
+    return Section("hybrid", "Does fine-tuning help hybrid search?", headers, _gain_rows(result["hybrid_gain"]), notes)
 
 
 def _cost(result: dict) -> Section:
@@ -183,7 +198,8 @@ STYLE = (
 
 
 def write_reports(result: dict, folder: Path) -> None:
-    sections = [_quality(result), _gain(result), _cost(result), _forgetting(result), _samples(result)]
+    hybrid = [_hybrid_gain(result)] if result.get("hybrid_gain") else []
+    sections = [_quality(result), _gain(result), *hybrid, _cost(result), _forgetting(result), _samples(result)]
     title = f"tunesmith eval: {result['model']} on {result['test_file']} ({result['task']})"
     plot = _loss_plot(result.get("loss_curve"))
     missing = "not available: the run folder has no metrics.jsonl."

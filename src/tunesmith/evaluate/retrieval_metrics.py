@@ -4,6 +4,10 @@ nDCG@10 (linear gain: the relevance grade, log2 discount, ideal = the query's ju
 sorted by grade), MRR@10, Recall@100 and P@10, as BEIR and trec_eval define them. A ranking is the
 documents sorted by score, best first; tied scores keep corpus order, so every score is
 reproducible (trec_eval also breaks ties deterministically, by document id).
+
+Hybrid search fuses rankings by reciprocal rank (`fuse`), as Elasticsearch, OpenSearch and Vespa
+combine a lexical and a dense retriever: no weights to tune, and the two systems' scores, on
+incomparable scales, are never mixed.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ from tunesmith.evaluate.metrics import ItemStats, _share
 
 CUTOFFS = {"ndcg@10": 10, "mrr@10": 10, "recall@100": 100, "p@10": 10}
 DEPTH = max(CUTOFFS.values())
+RRF_K = 60  # Cormack, Clarke and Buettcher (SIGIR 2009); the default of the search engines above
 
 
 def rank(scores: np.ndarray, depth: int = DEPTH) -> np.ndarray:
@@ -31,6 +36,19 @@ def rank(scores: np.ndarray, depth: int = DEPTH) -> np.ndarray:
             rows.append(keep[np.argsort(-row[keep], kind="stable")][:depth])
         return np.stack(rows)
     return np.argsort(-scores, axis=1, kind="stable")[:, :depth]
+
+
+def fuse(rankings: list[np.ndarray], k: int = RRF_K, depth: int = DEPTH) -> np.ndarray:
+    """Reciprocal rank fusion of [queries, depth] rankings: a document scores the sum of 1 / (k + its
+    rank, from 1) over the rankings that hold it; best first, ties in corpus order."""
+    fused = []
+    for lists in zip(*rankings, strict=True):
+        scores: dict[int, float] = {}
+        for ranking in lists:
+            for place, doc in enumerate(ranking.tolist(), start=1):
+                scores[doc] = scores.get(doc, 0.0) + 1.0 / (k + place)
+        fused.append(sorted(scores, key=lambda doc: (-scores[doc], doc))[:depth])
+    return np.array(fused, dtype=np.int64)
 
 
 def query_metrics(ranking: list[int], relevant: dict[int, int]) -> dict[str, float]:

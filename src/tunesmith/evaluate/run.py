@@ -210,13 +210,14 @@ def _evaluate_variant(model, tokenizer, prompts, items, settings: EvalConfig) ->
 LOWER_IS_BETTER = {"perplexity"}
 
 
-def gains(variants: dict, settings: EvalConfig, bases: tuple[str, ...] = ("zero_shot", "few_shot")) -> dict:
-    """Fine-tuned minus the better of the `bases` variants, per metric, with a paired bootstrap interval."""
-    if "finetuned" not in variants:
+def gains(
+    variants: dict, settings: EvalConfig, bases: tuple[str, ...] = ("zero_shot", "few_shot"), tuned: str = "finetuned"
+) -> dict:
+    """The `tuned` variant minus the better of the `bases` variants, per metric, with a paired bootstrap interval."""
+    if tuned not in variants:
         return {}
-    tuned = variants["finetuned"]["stats"]
     out = {}
-    for name, stats in tuned.items():
+    for name, stats in variants[tuned]["stats"].items():
         sign = -1.0 if name in LOWER_IS_BETTER else 1.0
         best = max([v for v in bases if v in variants], key=lambda v: sign * variants[v]["metrics"][name]["value"])
         diff = metrics.paired_difference(
@@ -440,8 +441,9 @@ def format_summary(result: dict) -> str:
     lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip() for row in rows]
     lines.insert(1, "  ".join("-" * w for w in widths))
     extra = [
-        f"fine-tuned vs {g['baseline']}: {name} {g['value']:+.2f} [{g['low']:+.2f}, {g['high']:+.2f}]"
-        for name, g in result.get("gain", {}).items()
+        f"{who} vs {g['baseline']}: {name} {g['value']:+.2f} [{g['low']:+.2f}, {g['high']:+.2f}]"
+        for key, who in (("gain", "fine-tuned"), ("hybrid_gain", "hybrid_finetuned"))
+        for name, g in result.get(key, {}).items()
     ]
     if result.get("forgetting"):
         extra.append(
