@@ -143,6 +143,13 @@ class EncoderConfig(_Strict):
         description="Dropout of the encoder body while training (hidden and attention). 0 lets BERT models train "
         "on packed batches (encoders/model.py); null keeps the checkpoint's (BERT: 0.1).",
     )
+    max_seq_len: int | None = Field(
+        None,
+        ge=8,
+        description="Tokens the encoder reads per text, in training, in evaluation (the base encoder too) and in "
+        "the export; longer texts are cut. null keeps the checkpoint's sentence-transformers max_seq_length "
+        "(all-MiniLM-L6-v2: 256); at most its position embeddings (512).",
+    )
 
 
 class EarlyStoppingConfig(_Strict):

@@ -41,16 +41,18 @@ def test_contrastive_run_exports_and_evaluates(encoder_config, method, tmp_path)
     assert "BM25" in report and "## Does fine-tuning help hybrid search?" in report
 
 
-def test_export_round_trip_through_sentence_transformers(encoder_config, tmp_path):
+@pytest.mark.parametrize("max_seq_len", [None, 16])
+def test_export_round_trip_through_sentence_transformers(encoder_config, tmp_path, max_seq_len):
     from sentence_transformers import SentenceTransformer
     from transformers import AutoModel
 
-    train_encoder(encoder_config())
+    train_encoder(encoder_config(encoder={"max_seq_len": max_seq_len}))
     folder = tmp_path / "run" / "merged"
     texts = [text for _, text in PAPERS] + ["a short one", "a much longer sentence " * 20]
     ours = load_encoder(str(folder)).encode(texts, batch_size=3)
-    theirs = SentenceTransformer(str(folder), device="cpu").encode(texts, batch_size=4, convert_to_numpy=True)
-    assert np.abs(ours - theirs).max() <= 1e-5
+    theirs = SentenceTransformer(str(folder), device="cpu")
+    assert theirs.max_seq_length == (max_seq_len or 128)  # the tiny BERT's positions when not set
+    assert np.abs(ours - theirs.encode(texts, batch_size=4, convert_to_numpy=True)).max() <= 1e-5
     assert isinstance(AutoModel.from_pretrained(folder), torch.nn.Module)  # also a plain HF folder
 
 
@@ -121,6 +123,11 @@ def test_a_nan_loss_stops_an_encoder_run_and_never_reaches_the_metrics(encoder_c
     with pytest.raises(TunesmithError, match=r"step 1: train_loss=nan.*train.nan_policy: stop"):
         train_encoder(encoder_config())
     assert [r["step"] for r in _metrics(tmp_path / "run")] == [0]
+
+
+def test_max_seq_len_beyond_the_position_embeddings_is_refused(encoder_config):
+    with pytest.raises(TunesmithError, match="encoder.max_seq_len 200 is more than .* has positions for \\(128\\)"):
+        train_encoder(encoder_config(encoder={"max_seq_len": 200}))
 
 
 def test_mlm_head_is_tied_to_the_word_embeddings(encoder_config, tmp_path):

@@ -15,7 +15,7 @@ batches, as every model type this list does not name.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -167,8 +167,9 @@ class Encoder:
         return out
 
 
-def load_encoder(name_or_path: str) -> Encoder:
-    """A built-in encoder name, a sentence-transformers / BERT-family folder, or an encoder run folder."""
+def load_encoder(name_or_path: str, max_seq_len: int | None = None) -> Encoder:
+    """A built-in encoder name, a sentence-transformers / BERT-family folder, or an encoder run folder;
+    `max_seq_len` replaces the checkpoint's own limit."""
     from transformers import AutoConfig, AutoModel, AutoTokenizer
 
     from tunesmith.models import _quiet_transformers
@@ -183,4 +184,11 @@ def load_encoder(name_or_path: str) -> Encoder:
         model.set_attn_implementation(attention.NAME)  # SDPA's where a batch is padded
     tokenizer = AutoTokenizer.from_pretrained(path)
     limit = getattr(config, "max_position_embeddings", DEFAULT_MAX_SEQ_LEN)
-    return Encoder(model, tokenizer, read_pooling(Path(path), limit), path)
+    pooling = read_pooling(Path(path), limit)
+    if max_seq_len is not None:
+        if max_seq_len > limit:
+            raise TunesmithError(
+                f"encoder.max_seq_len {max_seq_len} is more than {name_or_path} has positions for ({limit})"
+            )
+        pooling = replace(pooling, max_seq_len=max_seq_len)
+    return Encoder(model, tokenizer, pooling, path)

@@ -96,7 +96,7 @@ def train_encoder(cfg: Config, resume: bool = False, overwrite: bool = False) ->
     check_out_dir(out_dir, resume, overwrite)
 
     # ---- setup: everything that can fail on bad input happens before out_dir is touched ----
-    encoder = load_encoder(cfg.model)
+    encoder = load_encoder(cfg.model, cfg.encoder.max_seq_len)
     task = _build_task(cfg, encoder)
     if cfg.encoder.dropout is not None:
         set_dropout(encoder.model, cfg.encoder.dropout)

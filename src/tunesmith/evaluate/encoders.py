@@ -123,10 +123,12 @@ def run_retrieval_evaluation(config: Config, finetuned: str | None, out_dir: str
 
     index = BM25(test.corpus)
     rankings["bm25"] = rank(np.stack([index.scores(q) for q in queries]))
-    names = [("zero_shot", config.model)] + ([("finetuned", _model_folder(run_dir))] if run_dir else [])
+    # The fine-tune's export carries the encoder.max_seq_len it was trained with; the base reads as many.
+    names = [("zero_shot", config.model, config.encoder.max_seq_len)]
+    names += [("finetuned", _model_folder(run_dir), None)] if run_dir else []
     mean_tokens = None
-    for variant, model in names:
-        encoder = load_encoder(model)
+    for variant, model, max_seq_len in names:
+        encoder = load_encoder(model, max_seq_len)
         corpus = embed_cached(encoder, test.corpus, "documents", config.eval.batch_size)
         asked = encoder.encode(queries, config.eval.batch_size)
         rankings[variant] = rank(asked @ corpus.T)
@@ -189,7 +191,7 @@ def run_encoder_classification(config: Config, finetuned: str | None, out_dir: s
     run_dir = _run_folder(finetuned, config)
     result = empty_result(config, "encoder classification", run_dir, len(test), len(test))
 
-    base = load_encoder(config.model)
+    base = load_encoder(config.model, config.encoder.max_seq_len)
     size = config.eval.batch_size
     probe = LogisticRegression(max_iter=2000, random_state=config.eval.seed)
     probe.fit(embed_cached(base, [x.text for x in train], "training texts", size), [x.label for x in train])
