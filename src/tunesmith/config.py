@@ -248,6 +248,11 @@ class EvalConfig(_Strict):
     seed: int = Field(0, description="Seed for few-shot draws, sampling and bootstrap resampling.")
     bootstrap_resamples: int = Field(1000, ge=10, description="Resamples for the 95% confidence intervals.")
     general_text: str | None = Field(None, description="General-text file for the forgetting monitor.")
+    decoder: str | None = Field(
+        None,
+        description="Encoder classification: also score this decoder (built-in name, HF folder or .gguf) zero-shot "
+        "and few-shot on the same test texts, each prompted with the label set: an encoder or an LLM for this task?",
+    )
     samples: int = Field(5, ge=0, description="Held-out items printed side by side after training.")
 
 

@@ -72,7 +72,8 @@ def test_mlm_run_lowers_masked_token_loss(encoder_config, tmp_path, whole_word):
     assert encoder.encode(["protein folding"]).shape == (1, 32)
 
 
-def test_classification_run_reports_against_a_linear_probe(encoder_config, tmp_path):
+@pytest.mark.parametrize("with_decoder", [False, True])
+def test_classification_run_reports_against_a_linear_probe(encoder_config, tmp_path, with_decoder, tiny_model_name):
     rows = [{"text": text, "label": "bio" if i in (0, 4) else "ml"} for i, (_, text) in enumerate(PAPERS)] * 2
     train, test = tmp_path / "train.jsonl", tmp_path / "test.jsonl"
     train.write_text("".join(json.dumps(r) + "\n" for r in rows))
@@ -80,15 +81,25 @@ def test_classification_run_reports_against_a_linear_probe(encoder_config, tmp_p
     cfg = encoder_config(
         method={"name": "full", "objective": "classification"},
         data={"train": str(train), "validation": str(test), "test": str(test)},
-        eval={"task": "classification"},
+        eval={"task": "classification", "decoder": tiny_model_name if with_decoder else None, "few_shot_k": 2},
         train={"max_steps": 6, "batch_size": 4, "lr": 3e-3, "eval_every": 3},
     )
     train_encoder(cfg)
     assert (tmp_path / "run" / HEAD_FILE).is_file()
     result = run_encoder_evaluation(cfg, None, str(tmp_path / "eval"))
-    assert set(result["variants"]) == {"linear_probe", "finetuned"}
+    decoders = ["decoder_zero_shot", "decoder_few_shot"] if with_decoder else []
+    assert list(result["variants"]) == ["linear_probe", *decoders, "finetuned"]
     assert set(result["variants"]["finetuned"]["metrics"]) == {"accuracy", "macro_f1"}
-    assert result["gain"]["accuracy"]["baseline"] == "linear_probe"
+    assert set(result["gain_vs_each"]) == {"linear_probe", *decoders}
+    best = max(["linear_probe", *decoders], key=lambda v: result["variants"][v]["metrics"]["accuracy"]["value"])
+    assert result["gain"]["accuracy"]["baseline"] == best
+    if with_decoder:
+        # Prompted with the label set, scored on the same six texts; the few-shot prompts are longer.
+        zero, few = (result["variants"][v] for v in decoders)
+        assert set(zero["metrics"]) == {"accuracy", "macro_f1", "parse_rate"}
+        assert few["cost"]["prompt_tokens"] > zero["cost"]["prompt_tokens"]
+        assert result["few_shot"] is None  # the decoder's bookkeeping stays out of the encoder's result
+        assert "decoder, few-shot" in (tmp_path / "eval" / "report.md").read_text()
 
 
 def test_resume_ends_with_the_same_weights(encoder_config, tmp_path):

@@ -9,7 +9,9 @@ rank, is scored too: `hybrid_gain` is BM25 + fine-tune minus the best system wit
 
 Classification (`method.objective: classification`): the base encoder with a linear probe (logistic
 regression on its frozen embeddings, fitted on the training file) against the fine-tuned encoder
-and head.
+and head; with `eval.decoder`, also that LLM zero-shot and few-shot (evaluate/run.py's constrained
+label scoring) on the same texts, so the gain is over the best of an encoder and an LLM without
+training.
 
 Embeddings are computed in length-sorted batches, normalised once, and cached under
 `$TUNESMITH_HOME/embeddings` keyed by the model's weights, its pooling and the texts, so the base
@@ -20,28 +22,32 @@ from __future__ import annotations
 
 import hashlib
 import json
+import tempfile
 from pathlib import Path
 
 import numpy as np
 
-from tunesmith.config import Config
-from tunesmith.encoders.data import read_beir, read_labelled
+from tunesmith.config import Config, config_from_dict
+from tunesmith.encoders.data import LabelledText, read_beir, read_labelled
 from tunesmith.encoders.model import Encoder, load_encoder
 from tunesmith.errors import TunesmithError
 from tunesmith.evaluate import metrics
 from tunesmith.evaluate.bm25 import BM25
 from tunesmith.evaluate.retrieval_metrics import DEPTH, RRF_K, fuse, rank, retrieval_stats
 from tunesmith.evaluate.run import (
+    _base_variants,
     _ci,
     _model_folder,
     _run_folder,
     empty_result,
     gains,
+    load_test_items,
     read_loss_curve,
     read_training_summary,
     write_result,
 )
 from tunesmith.paths import atomic_file, tunesmith_home
+from tunesmith.precision import autocast, default_device
 
 SIDE_BY_SIDE = 10
 RETRIEVAL_BASES = ("bm25", "zero_shot")
@@ -178,6 +184,37 @@ def _classifier_predictions(run_dir: Path, texts: list[str], batch_size: int) ->
     return predictions, encoder
 
 
+def _decoder_prompt(text: str, labels: list[str]) -> str:
+    return f"Classify the text into one of {', '.join(labels)}.\nText: {text}"
+
+
+def _decoder_variants(
+    config: Config, train: list[LabelledText], test: list[LabelledText], labels: list[str]
+) -> dict[str, dict]:
+    """`eval.decoder` zero-shot and few-shot on the same texts, scored as `tunesmith eval` scores an
+    LLM classifier; the training texts are its few-shot examples."""
+    with tempfile.TemporaryDirectory(prefix="tunesmith-decoder-") as folder:
+        files = {}
+        for split, rows in (("train", train), ("test", test)):
+            files[split] = str(Path(folder) / f"{split}.jsonl")
+            lines = [json.dumps({"prompt": _decoder_prompt(x.text, labels), "completion": x.label}) for x in rows]
+            Path(files[split]).write_text("\n".join(lines) + "\n", encoding="utf-8")
+        settings = {**config.eval.model_dump(), "task": "classification", "labels": labels, "general_text": None}
+        decoder = config_from_dict(
+            {
+                "model": config.eval.decoder,
+                "out_dir": folder,
+                "data": files,
+                "eval": settings,
+                "train": {"dtype": config.train.dtype},
+            }
+        )
+        scratch = empty_result(decoder, "classification", None, len(test), len(test))
+        with autocast(decoder.train.dtype, default_device()):
+            _base_variants(decoder, load_test_items(decoder), scratch)
+    return {f"decoder_{name}": variant for name, variant in scratch["variants"].items()}
+
+
 def run_encoder_classification(config: Config, finetuned: str | None, out_dir: str) -> dict:
     from sklearn.linear_model import LogisticRegression
 
@@ -205,14 +242,28 @@ def run_encoder_classification(config: Config, finetuned: str | None, out_dir: s
             "macro_f1": metrics.macro_f1_stats(guesses, gold, labels),
         }
         result["variants"][variant] = _variant(stats, config, guesses, tokens)
+    bases = ("linear_probe",)
+    if config.eval.decoder:
+        decoded = _decoder_variants(config, train, test, labels)
+        result["variants"] = {"linear_probe": result["variants"].pop("linear_probe"), **decoded, **result["variants"]}
+        bases += tuple(decoded)
+        shots = decoded.get("decoder_few_shot", {}).get("shots")
+        result["notes"].append(
+            f"decoder: {config.eval.decoder}, prompted with the label set"
+            + (f"; few-shot: {shots:.1f} training texts per prompt on average." if shots is not None else ".")
+        )
     result["samples"] = [
-        {"input": texts[i][:300], "references": [gold[i]], **{v: predicted[v][i] for v in predicted}}
+        {
+            "input": texts[i][:300],
+            "references": [gold[i]],
+            **{v: d["outputs"][i] for v, d in result["variants"].items()},
+        }
         for i in range(min(SIDE_BY_SIDE, len(test)))
     ]
     result["notes"].append(
         f"linear probe: logistic regression on the base encoder's frozen embeddings of {len(train)} training texts."
     )
-    return _finish(result, config, run_dir, out_dir, ("linear_probe",))
+    return _finish(result, config, run_dir, out_dir, bases)
 
 
 def run_encoder_evaluation(config: Config, finetuned: str | None, out_dir: str) -> dict:

@@ -22,6 +22,8 @@ VARIANT_TITLES = {
     "linear_probe": "base, linear probe",
     "zero_shot": "base, zero-shot",
     "few_shot": "base, few-shot",
+    "decoder_zero_shot": "decoder, zero-shot",
+    "decoder_few_shot": "decoder, few-shot",
     "finetuned": "fine-tuned",
     "hybrid_zero_shot": "BM25 + base (hybrid)",
     "hybrid_finetuned": "BM25 + fine-tuned (hybrid)",
