@@ -69,7 +69,8 @@ def label_logprobs(
     Same scores as ``continuation_logprobs`` on each (prompt, label) pair, but each prompt is run
     once: its KV cache is copied per label and all labels (minus their last token, which is only
     predicted) are run in one short forward. A label's first token is scored from the prompt's
-    last hidden state. ``batch_size`` counts prompts.
+    last hidden state. ``batch_size`` bounds the rows of the label pass (prompts x labels), so
+    the copied caches take no more memory than a batch of ``batch_size`` prompts.
     """
     if any(not p for p in prompts):
         raise ValueError("every prompt needs at least one token to condition the continuation on")
@@ -92,7 +93,8 @@ def label_logprobs(
     later_targets = torch.tensor([t for ids in label_ids for t in ids[1:]], dtype=torch.long, device=device)
     results: list[list[tuple[float, int]]] = [[] for _ in prompts]
     with torch.inference_mode():
-        for batch in batches_by_length([len(p) for p in prompts], batch_size, "scoring labels"):
+        per_batch = max(1, batch_size // n_labels) if width else batch_size
+        for batch in batches_by_length([len(p) for p in prompts], per_batch, "scoring labels"):
             ids, mask = left_padded([prompts[i] for i in batch], pad_id)
             ids, mask = ids.to(device), mask.to(device)
             rows = len(batch)
