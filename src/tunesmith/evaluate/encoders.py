@@ -247,10 +247,9 @@ def run_encoder_classification(config: Config, finetuned: str | None, out_dir: s
         decoded = _decoder_variants(config, train, test, labels)
         result["variants"] = {"linear_probe": result["variants"].pop("linear_probe"), **decoded, **result["variants"]}
         bases += tuple(decoded)
-        shots = decoded.get("decoder_few_shot", {}).get("shots")
         result["notes"].append(
-            f"decoder: {config.eval.decoder}, prompted with the label set"
-            + (f"; few-shot: {shots:.1f} training texts per prompt on average." if shots is not None else ".")
+            f"decoder: {config.eval.decoder}, prompted with the label set; few-shot: "
+            f"{decoded['decoder_few_shot']['shots']:.1f} training texts per prompt on average."
         )
     result["samples"] = [
         {

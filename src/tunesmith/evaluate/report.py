@@ -29,6 +29,7 @@ VARIANT_TITLES = {
     "hybrid_finetuned": "BM25 + fine-tuned (hybrid)",
 }
 PLOT_FILE = "loss_curve.png"
+GAIN_HEADERS = ["metric", "vs", "difference", "interval excludes 0"]
 
 
 @dataclass
@@ -94,7 +95,7 @@ def _gain(result: dict) -> Section:
         if rows
         else ["no fine-tuned model evaluated."]
     )
-    return Section("gain", "Did fine-tuning help?", ["metric", "vs", "difference", "interval excludes 0"], rows, notes)
+    return Section("gain", "Did fine-tuning help?", GAIN_HEADERS, rows, notes)
 
 
 def _hybrid_gain(result: dict) -> Section:
@@ -102,8 +103,9 @@ def _hybrid_gain(result: dict) -> Section:
         "BM25 + fine-tuned (reciprocal rank fusion) minus the best system without the fine-tune, BM25 + base "
         "encoder included; paired bootstrap interval."
     ]
-    headers = ["metric", "vs", "difference", "interval excludes 0"]
-    return Section("hybrid", "Does fine-tuning help hybrid search?", headers, _gain_rows(result["hybrid_gain"]), notes)
+    return Section(
+        "hybrid", "Does fine-tuning help hybrid search?", GAIN_HEADERS, _gain_rows(result["hybrid_gain"]), notes
+    )
 
 
 def _cost(result: dict) -> Section:
