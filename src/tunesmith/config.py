@@ -130,6 +130,13 @@ class EncoderConfig(_Strict):
         0.05, gt=0.0, description="`contrastive`: softmax temperature of the cosine scores (0.05 = scale 20)."
     )
     learnable_temperature: bool = Field(False, description="`contrastive`: train the temperature too (CLIP-style).")
+    scoring: Literal["pooled", "maxsim"] = Field(
+        "pooled",
+        description="`contrastive`: how a query scores a document, in training and in retrieval evaluation. "
+        "pooled: cosine of the pooled embeddings (the checkpoint's pooling). maxsim: late interaction "
+        "(ColBERT): each query token's best cosine among the document's tokens, averaged over the query; "
+        "evaluation then also scores the base encoder this way.",
+    )
     hard_negatives: int = Field(
         0,
         ge=0,
@@ -291,6 +298,15 @@ class Config(_Strict):
             if self.data.packing and "packing" in self.data.model_fields_set:
                 raise ValueError("data.packing=true needs the packed attention of train.fast_paths=true")
             self.data.packing = False  # packed rows need the packed attention kernel
+        return self
+
+    @model_validator(mode="after")
+    def _maxsim_is_for_retrieval(self):
+        if self.encoder.scoring == "maxsim" and self.method.objective != "contrastive":
+            raise ValueError(
+                f"encoder.scoring=maxsim scores queries against documents: it needs method.objective=contrastive, "
+                f"not {self.method.objective}"
+            )
         return self
 
     @model_validator(mode="after")

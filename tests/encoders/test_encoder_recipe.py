@@ -5,7 +5,7 @@ import json
 import numpy as np
 import pytest
 import torch
-from encoder_helpers import PAPERS
+from encoder_helpers import PAPERS, plain_maxsim
 
 from tunesmith.encoders.model import load_encoder
 from tunesmith.encoders.recipe import HEAD_FILE, train_encoder
@@ -41,6 +41,40 @@ def test_contrastive_run_exports_and_evaluates(encoder_config, method, tmp_path)
     assert "BM25" in report and "## Does fine-tuning help hybrid search?" in report
 
 
+def test_late_interaction_run_is_scored_against_the_base_scored_the_same_way(encoder_config, tmp_path):
+    from sentence_transformers import SentenceTransformer
+
+    cfg = encoder_config(encoder={"scoring": "maxsim", "hard_negatives": 1})
+    summary = train_encoder(cfg)
+    assert summary.best_val_loss < summary.initial_val_loss
+    result = run_encoder_evaluation(cfg, None, str(tmp_path / "eval"))
+    encoders = {"zero_shot", "zero_shot_maxsim", "finetuned"}
+    assert set(result["variants"]) == {"bm25", *encoders, *(f"hybrid_{v}" for v in encoders)}
+    assert set(result["gain_vs_each"]) == {"bm25", "zero_shot", "zero_shot_maxsim"}
+    assert set(result["hybrid_gain_vs_each"]) == {
+        "bm25",
+        *encoders - {"finetuned"},
+        "hybrid_zero_shot",
+        "hybrid_zero_shot_maxsim",
+    }
+    assert "late interaction" in (tmp_path / "eval" / "report.md").read_text()
+    # The fine-tune's ranking is MaxSim over what sentence-transformers gives as the export's token embeddings.
+    folder = str(tmp_path / "run" / "merged")
+    model = SentenceTransformer(folder, device="cpu")
+    queries = [title for title, _ in PAPERS[6:8]]
+    embedded = [
+        [torch.nn.functional.normalize(t, dim=-1) for t in model.encode(texts, output_value="token_embeddings")]
+        for texts in (queries, [text for _, text in PAPERS])
+    ]
+    top = plain_maxsim(*embedded).argmax(1).tolist()
+    assert [s["finetuned"] for s in result["samples"]] == [f"top 1: {PAPERS[i][1][:200]}" for i in top]
+
+
+def test_maxsim_is_refused_outside_contrastive_training(encoder_config):
+    with pytest.raises(TunesmithError, match="encoder.scoring=maxsim .* needs method.objective=contrastive"):
+        encoder_config(method={"objective": "classification"}, encoder={"scoring": "maxsim"})
+
+
 @pytest.mark.parametrize("max_seq_len", [None, 16])
 def test_export_round_trip_through_sentence_transformers(encoder_config, tmp_path, max_seq_len):
     from sentence_transformers import SentenceTransformer
@@ -53,6 +87,11 @@ def test_export_round_trip_through_sentence_transformers(encoder_config, tmp_pat
     theirs = SentenceTransformer(str(folder), device="cpu")
     assert theirs.max_seq_length == (max_seq_len or 128)  # the tiny BERT's positions when not set
     assert np.abs(ours - theirs.encode(texts, batch_size=4, convert_to_numpy=True)).max() <= 1e-5
+    # Late interaction reads every token's vector: sentence-transformers' token embeddings, normalised.
+    tokens, lengths = load_encoder(str(folder)).encode_tokens(texts, batch_size=3)
+    their_tokens = theirs.encode(texts, batch_size=4, output_value="token_embeddings")
+    assert lengths.tolist() == [len(t) for t in their_tokens]
+    assert (tokens - torch.nn.functional.normalize(torch.cat(their_tokens), dim=-1)).abs().max() <= 1e-5
     assert isinstance(AutoModel.from_pretrained(folder), torch.nn.Module)  # also a plain HF folder
 
 

@@ -5,8 +5,16 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+from encoder_helpers import plain_maxsim
 
-from tunesmith.encoders.objectives import IGNORE_INDEX, Temperature, contrastive_loss, mask_tokens
+from tunesmith.encoders.objectives import (
+    IGNORE_INDEX,
+    Temperature,
+    contrastive_loss,
+    cosine_scores,
+    mask_tokens,
+    maxsim_scores,
+)
 
 MASK_ID, VOCAB = 103, 30522
 
@@ -78,7 +86,7 @@ def test_contrastive_loss_equals_plain_implementation(batch, negatives, scale):
     generator = torch.Generator().manual_seed(batch + negatives)
     queries = torch.randn(batch, 16, generator=generator)
     documents = torch.randn(batch + negatives, 16, generator=generator)
-    ours = contrastive_loss(queries, documents, scale)
+    ours = contrastive_loss(cosine_scores(queries, documents), scale)
     assert ours.item() == pytest.approx(plain_mnrl(queries, documents, scale).item(), rel=1e-5, abs=1e-6)
 
 
@@ -87,7 +95,7 @@ def test_duplicate_positives_are_not_negatives():
     documents = torch.randn(3, 8)
     documents[2] = documents[0]  # queries 0 and 2 share one abstract
     same = torch.tensor([[False, False, True], [False, False, False], [True, False, False]])
-    ours = contrastive_loss(queries, documents, 20.0, same)
+    ours = contrastive_loss(cosine_scores(queries, documents), 20.0, same)
     kept = [[0, 1], [0, 1, 2], [1, 2]]
     # Row by row: -log softmax over the documents that are not the same text as the positive.
     rows = []
@@ -103,3 +111,25 @@ def test_temperature_is_a_parameter_only_when_learnable():
     learnable = Temperature(0.001, learnable=True)
     assert [p.numel() for p in learnable.parameters()] == [1]
     assert learnable().item() == 100.0  # capped like CLIP's logit scale
+
+
+def test_maxsim_scores_equal_plain_implementation_values_and_gradients():
+    generator = torch.Generator().manual_seed(0)
+    query_lengths, document_lengths = torch.tensor([1, 3, 5]), torch.tensor([4, 2, 7, 1])
+    queries = F.normalize(torch.randn(int(query_lengths.sum()), 8, generator=generator), dim=-1).requires_grad_()
+    documents = F.normalize(torch.randn(int(document_lengths.sum()), 8, generator=generator), dim=-1)
+    # A document whose best match for the first query is negative: padding must not read as 0. (No
+    # exact ties: at a tie any split of the gradient is right, and the two implementations differ.)
+    documents[:4] = F.normalize(-queries[:1].detach() + 0.1 * torch.randn(4, 8, generator=generator), dim=-1)
+    documents.requires_grad_()
+    ours = maxsim_scores(queries, query_lengths, documents, document_lengths)
+    q_split, d_split = queries.split(query_lengths.tolist()), documents.split(document_lengths.tolist())
+    plain = plain_maxsim(list(q_split), list(d_split))
+    assert ours.shape == (3, 4)
+    assert torch.allclose(ours, plain, atol=1e-6)
+    assert ours[0, 0] < 0
+    weights = torch.randn(3, 4, generator=generator)
+    ours_grads = torch.autograd.grad((ours * weights).sum(), (queries, documents))
+    plain_grads = torch.autograd.grad((plain * weights).sum(), (queries, documents))
+    for a, b in zip(ours_grads, plain_grads, strict=True):
+        assert torch.allclose(a, b, atol=1e-6)

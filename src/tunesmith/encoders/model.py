@@ -132,39 +132,72 @@ class Encoder:
             "lengths": lengths,
         }
 
-    def pooled(self, batch: dict, body=None) -> torch.Tensor:
-        """[texts, dim] pooled as the checkpoint says, not normalised. `body` replaces the
-        transformer (a PEFT-wrapped copy while training)."""
+    def _hidden(self, batch: dict, body) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """(last hidden state, text lengths, attention mask): [texts, seq, dim] and the mask for a
+        padded batch, [tokens, dim] back to back and None for a packed one."""
         device = next(self.model.parameters()).device
         batch = {k: v.to(device) for k, v in batch.items()}
         if "lengths" not in batch:
             hidden = (body or self.model)(**batch).last_hidden_state
-            return pool(hidden, batch["attention_mask"], self.pooling.mode)
+            return hidden, batch["attention_mask"].sum(1), batch["attention_mask"]
         lengths = batch.pop("lengths")
         segments = attention.segments(lengths.tolist(), device, causal=False)
-        hidden = (body or self.model)(**batch, segments=segments).last_hidden_state
-        return pool_packed(hidden[0], lengths, self.pooling.mode)
+        return (body or self.model)(**batch, segments=segments).last_hidden_state[0], lengths, None
+
+    def pooled(self, batch: dict, body=None) -> torch.Tensor:
+        """[texts, dim] pooled as the checkpoint says, not normalised. `body` replaces the
+        transformer (a PEFT-wrapped copy while training)."""
+        hidden, lengths, mask = self._hidden(batch, body)
+        if mask is not None:
+            return pool(hidden, mask, self.pooling.mode)
+        return pool_packed(hidden, lengths, self.pooling.mode)
 
     def embed(self, batch: dict, body=None) -> torch.Tensor:
         """Pooled (and, if the checkpoint says so, unit-length) embeddings of a batch from `batch()`."""
         pooled = self.pooled(batch, body)
         return torch.nn.functional.normalize(pooled, dim=-1) if self.pooling.normalize else pooled
 
-    @torch.no_grad()
-    def encode(self, texts: list[str], batch_size: int = 64, progress: str | None = None) -> np.ndarray:
-        """Embeddings in input order, float32; batches are sorted by length so little is padding."""
+    def token_embeddings(self, batch: dict, body=None) -> tuple[torch.Tensor, torch.Tensor]:
+        """(every token's unit-length embedding, [tokens, dim] texts back to back; each text's length):
+        what late interaction (`objectives.maxsim_scores`) scores."""
+        hidden, lengths, mask = self._hidden(batch, body)
+        tokens = hidden if mask is None else hidden[mask.bool()]
+        return torch.nn.functional.normalize(tokens, dim=-1), lengths
+
+    def _sorted_batches(self, texts: list[str], batch_size: int, progress: str | None):
+        """(chosen indices, batch) in eval mode, longest texts first so batches hold little padding."""
         from tunesmith.progress import tracked
 
         was_training = self.model.training
         self.model.eval()
         order = sorted(range(len(texts)), key=lambda i: len(texts[i]), reverse=True)
-        out = np.zeros((len(texts), self.model.config.hidden_size), dtype=np.float32)
         starts = list(range(0, len(order), batch_size))
-        for start in tracked(starts, progress) if progress else starts:
-            chosen = order[start : start + batch_size]
-            out[chosen] = self.embed(self.batch([texts[i] for i in chosen])).float().cpu().numpy()
-        self.model.train(was_training)
+        try:
+            for start in tracked(starts, progress) if progress else starts:
+                chosen = order[start : start + batch_size]
+                yield chosen, self.batch([texts[i] for i in chosen])
+        finally:
+            self.model.train(was_training)
+
+    @torch.no_grad()
+    def encode(self, texts: list[str], batch_size: int = 64, progress: str | None = None) -> np.ndarray:
+        """Embeddings in input order, float32."""
+        out = np.zeros((len(texts), self.model.config.hidden_size), dtype=np.float32)
+        for chosen, batch in self._sorted_batches(texts, batch_size, progress):
+            out[chosen] = self.embed(batch).float().cpu().numpy()
         return out
+
+    @torch.no_grad()
+    def encode_tokens(
+        self, texts: list[str], batch_size: int = 64, progress: str | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """`token_embeddings` of all texts in input order, float32 on the CPU."""
+        per_text: list[torch.Tensor] = [torch.empty(0)] * len(texts)
+        for chosen, batch in self._sorted_batches(texts, batch_size, progress):
+            tokens, lengths = self.token_embeddings(batch)
+            for i, piece in zip(chosen, tokens.float().cpu().split(lengths.tolist()), strict=True):
+                per_text[i] = piece
+        return torch.cat(per_text), torch.tensor([len(t) for t in per_text])
 
 
 def load_encoder(name_or_path: str, max_seq_len: int | None = None) -> Encoder:

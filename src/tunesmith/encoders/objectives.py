@@ -46,17 +46,70 @@ def mask_tokens(
     return masked, labels
 
 
-def contrastive_loss(
-    queries: torch.Tensor, documents: torch.Tensor, scale: torch.Tensor | float, same_text: torch.Tensor | None = None
+def cosine_scores(queries: torch.Tensor, documents: torch.Tensor) -> torch.Tensor:
+    """[queries, documents] cosine similarities of pooled embeddings."""
+    return F.normalize(queries, dim=-1) @ F.normalize(documents, dim=-1).T
+
+
+class _BestMatch(torch.autograd.Function):
+    """[query tokens, documents]: each query token's best dot product among each document's tokens
+    (`padded`: [documents * longest, dim], every document's tokens then copies of its last). Backward
+    reads only the best token of each pair, as ColBERT trains: autograd through `amax` would keep the
+    [query tokens, documents * longest] similarities and run two matmuls of that size again."""
+
+    @staticmethod
+    def forward(ctx, queries, padded, longest: int):
+        similarities = (queries @ padded.T).view(len(queries), -1, longest)
+        best, where = similarities.max(-1)
+        ctx.save_for_backward(queries, padded, where)
+        ctx.longest = longest
+        return best
+
+    @staticmethod
+    def backward(ctx, grad):
+        queries, padded, where = ctx.saved_tensors
+        grad_queries, grad_padded = torch.zeros_like(queries), torch.zeros_like(padded)
+        # One document at a time: all of them at once would gather [query tokens, documents, dim].
+        for doc in range(where.shape[1]):
+            slots = where[:, doc] + doc * ctx.longest
+            weight = grad[:, doc, None]
+            grad_queries.addcmul_(weight, padded.index_select(0, slots))
+            grad_padded.index_add_(0, slots, weight * queries)
+        return grad_queries, grad_padded, None
+
+
+def maxsim_scores(
+    queries: torch.Tensor, query_lengths: torch.Tensor, documents: torch.Tensor, document_lengths: torch.Tensor
 ) -> torch.Tensor:
-    """Multiple-negatives ranking loss: query i's positive is document i; every other document in the
-    batch (the other positives, then any hard negatives) is a negative. Cosine similarity x scale,
-    cross-entropy over the documents. `same_text[i, j]` (True where document j is the same text as
-    positive i, j != i) removes such false negatives from query i's softmax."""
-    scores = F.normalize(queries, dim=-1) @ F.normalize(documents, dim=-1).T * scale
+    """Late interaction (ColBERT's MaxSim): [queries, documents] scores, each the mean over a query's
+    tokens of that token's best similarity among the document's tokens. Tokens come back to back
+    ([tokens, dim], unit length), each text's given by its length.
+
+    A rare term keeps its own vector instead of being averaged into one embedding per text, which
+    is what BM25 rewards and mean pooling loses."""
+    longest = int(document_lengths.max())
+    starts = document_lengths.cumsum(0) - document_lengths
+    offsets = torch.arange(longest, device=documents.device)
+    # Padding slots repeat the document's last token: the max is the same without a mask.
+    slots = starts[:, None] + torch.minimum(offsets, document_lengths[:, None] - 1)
+    best = _BestMatch.apply(queries, documents.index_select(0, slots.reshape(-1)), longest)
+    owner = torch.repeat_interleave(torch.arange(len(query_lengths), device=queries.device), query_lengths)
+    sums = best.new_zeros(len(query_lengths), len(document_lengths)).index_add_(0, owner, best)
+    return sums / query_lengths[:, None].to(sums.dtype)
+
+
+def contrastive_loss(
+    scores: torch.Tensor, scale: torch.Tensor | float, same_text: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Multiple-negatives ranking loss over [queries, documents] similarities (`cosine_scores` or
+    `maxsim_scores`): query i's positive is document i; every other document in the batch (the other
+    positives, then any hard negatives) is a negative. Similarity x scale, cross-entropy over the
+    documents. `same_text[i, j]` (True where document j is the same text as positive i, j != i)
+    removes such false negatives from query i's softmax."""
+    scores = scores * scale
     if same_text is not None:
         scores = scores.masked_fill(same_text, float("-inf"))
-    return F.cross_entropy(scores, torch.arange(len(queries), device=queries.device))
+    return F.cross_entropy(scores, torch.arange(len(scores), device=scores.device))
 
 
 class Temperature(torch.nn.Module):

@@ -16,7 +16,15 @@ import torch.nn.functional as F
 from tunesmith.config import Config
 from tunesmith.encoders.data import Pair, read_labelled, read_pairs, read_texts
 from tunesmith.encoders.model import Encoder
-from tunesmith.encoders.objectives import Temperature, contrastive_loss, mask_tokens, mlm_head, mlm_loss
+from tunesmith.encoders.objectives import (
+    Temperature,
+    contrastive_loss,
+    cosine_scores,
+    mask_tokens,
+    maxsim_scores,
+    mlm_head,
+    mlm_loss,
+)
 from tunesmith.errors import TunesmithError
 
 
@@ -43,10 +51,11 @@ def split_off(items: list, fraction: float, seed: int) -> tuple[list, list]:
 
 
 class ContrastiveTask:
-    """(query, positive[, negatives]) with in-batch negatives; hard negatives optionally mined with BM25."""
+    """(query, positive[, negatives]) with in-batch negatives; hard negatives optionally mined with BM25;
+    scored by pooled cosine or late interaction (`encoder.scoring`)."""
 
     def __init__(self, cfg: Config, encoder: Encoder):
-        self.encoder, self.max_len = encoder, cfg.data.max_seq_len
+        self.encoder, self.max_len, self.scoring = encoder, cfg.data.max_seq_len, cfg.encoder.scoring
         train = read_pairs(cfg.data.train, "train")
         if cfg.data.validation:
             validation = read_pairs(cfg.data.validation, "validation")
@@ -89,10 +98,15 @@ class ContrastiveTask:
         return Prepared(inputs, len(pairs), sum(_tokens(b) for b in batches))
 
     def loss_sum(self, body, inputs: dict) -> tuple[torch.Tensor, int]:
-        embedded = torch.cat([self.encoder.embed(batch, body) for batch in inputs["batches"]])
-        q, d = embedded[: inputs["queries"]], embedded[inputs["queries"] :]
-        loss = contrastive_loss(q, d, self.head(), inputs["same_text"].to(q.device))
-        return loss * len(q), 0
+        if self.scoring == "maxsim":
+            (queries, query_lengths), (docs, doc_lengths) = (
+                self.encoder.token_embeddings(b, body) for b in inputs["batches"]
+            )
+            scores = maxsim_scores(queries, query_lengths, docs, doc_lengths)
+        else:
+            scores = cosine_scores(*(self.encoder.embed(batch, body) for batch in inputs["batches"]))
+        loss = contrastive_loss(scores, self.head(), inputs["same_text"].to(scores.device))
+        return loss * inputs["queries"], 0
 
 
 class MaskedLMTask:

@@ -3,9 +3,12 @@
 Retrieval (`eval.task: retrieval`, `data.test` a BEIR folder): every test query ranks the whole
 corpus; variants are BM25, the base encoder zero-shot and the fine-tuned encoder, and the gain is
 the fine-tune minus the better of the two baselines (paired bootstrap over queries), plus its
-difference to each baseline on its own. Hybrid search, BM25 fused with each encoder by reciprocal
-rank, is scored too: `hybrid_gain` is BM25 + fine-tune minus the best system without the fine-tune
-(BM25 + base encoder included), which answers "does fine-tuning help the search I would deploy?".
+difference to each baseline on its own. With `encoder.scoring: maxsim` the fine-tune ranks by late
+interaction (ColBERT's MaxSim over token embeddings), and the base encoder is scored that way too
+(`zero_shot_maxsim`), so the gain is over the base however it is used. Hybrid search, BM25 fused
+with each encoder by reciprocal rank, is scored too: `hybrid_gain` is BM25 + fine-tune minus the
+best system without the fine-tune (BM25 + base encoder included), which answers "does fine-tuning
+help the search I would deploy?".
 
 Classification (`method.objective: classification`): the base encoder with a linear probe (logistic
 regression on its frozen embeddings, fitted on the training file) against the fine-tuned encoder
@@ -50,8 +53,9 @@ from tunesmith.paths import atomic_file, tunesmith_home
 from tunesmith.precision import autocast, default_device
 
 SIDE_BY_SIDE = 10
-RETRIEVAL_BASES = ("bm25", "zero_shot")
-HYBRID_BASES = ("bm25", "zero_shot", "hybrid_zero_shot")
+# Late interaction: query tokens x document tokens scored at a time (a [queries, documents] block of
+# MaxSim): ~256 MB of float32 similarities at 32 tokens a query and 256 a document.
+LATE_QUERIES, LATE_DOCUMENTS = 64, 128
 
 
 def _cache_key(encoder: Encoder, texts: list[str]) -> str:
@@ -110,6 +114,30 @@ def _finish(result: dict, config: Config, run_dir: Path | None, out_dir: str, ba
     return write_result(result, out_dir)
 
 
+def _late_interaction_scores(encoder: Encoder, queries: list[str], corpus: list[str], batch_size: int) -> np.ndarray:
+    """[queries, documents] MaxSim scores (`objectives.maxsim_scores`) over the whole corpus, in blocks."""
+    import torch
+
+    from tunesmith.encoders.objectives import maxsim_scores
+
+    # Documents of similar length share a block: each block is padded to its longest.
+    order = sorted(range(len(corpus)), key=lambda i: len(corpus[i]))
+    progress = f"embedding {len(corpus)} documents' tokens"
+    docs = _blocks(*encoder.encode_tokens([corpus[i] for i in order], batch_size, progress), LATE_DOCUMENTS)
+    asked = _blocks(*encoder.encode_tokens(queries, batch_size), LATE_QUERIES)
+    with torch.no_grad():
+        rows = [torch.cat([maxsim_scores(*q, *d) for d in docs], dim=1) for q in asked]
+    scores = np.empty((len(queries), len(corpus)), dtype=np.float32)
+    scores[:, order] = torch.cat(rows).numpy()
+    return scores
+
+
+def _blocks(tokens, lengths, texts_per_block: int) -> list[tuple]:
+    """(tokens, lengths) of texts back to back -> the same for each run of `texts_per_block` texts."""
+    counts = lengths.split(texts_per_block)
+    return list(zip(tokens.split([int(c.sum()) for c in counts]), counts, strict=True))
+
+
 def _mean_tokens(encoder: Encoder, texts: list[str]) -> float:
     return float(np.mean([len(ids) for ids in encoder.tokenizer(texts, truncation=True).input_ids]))
 
@@ -129,17 +157,25 @@ def run_retrieval_evaluation(config: Config, finetuned: str | None, out_dir: str
 
     index = BM25(test.corpus)
     rankings["bm25"] = rank(np.stack([index.scores(q) for q in queries]))
+    late = config.encoder.scoring == "maxsim"
     # The fine-tune's export carries the encoder.max_seq_len it was trained with; the base reads as many.
+    # The base is scored as its checkpoint says (pooled) and, for a late-interaction fine-tune, the same
+    # way as the fine-tune: the gain is then over the base used either way.
     names = [("zero_shot", config.model, config.encoder.max_seq_len)]
     names += [("finetuned", _model_folder(run_dir), None)] if run_dir else []
     mean_tokens = None
     for variant, model, max_seq_len in names:
         encoder = load_encoder(model, max_seq_len)
-        corpus = embed_cached(encoder, test.corpus, "documents", config.eval.batch_size)
-        asked = encoder.encode(queries, config.eval.batch_size)
-        rankings[variant] = rank(asked @ corpus.T)
-        rankings[f"hybrid_{variant}"] = fuse([rankings["bm25"], rankings[variant]])
+        if variant == "zero_shot" or not late:
+            corpus = embed_cached(encoder, test.corpus, "documents", config.eval.batch_size)
+            rankings[variant] = rank(encoder.encode(queries, config.eval.batch_size) @ corpus.T)
+        if late:
+            rankings[f"{variant}_maxsim" if variant == "zero_shot" else variant] = rank(
+                _late_interaction_scores(encoder, queries, test.corpus, config.eval.batch_size)
+            )
         mean_tokens = _mean_tokens(encoder, queries)
+    for variant in [v for v in rankings if v != "bm25"]:
+        rankings[f"hybrid_{variant}"] = fuse([rankings["bm25"], rankings[variant]])
     for variant, ranked in rankings.items():
         outputs = [test.corpus[r[0]][:200] for r in ranked[:SIDE_BY_SIDE]]
         result["variants"][variant] = _variant(retrieval_stats(ranked, relevant), config, outputs, mean_tokens)
@@ -156,10 +192,12 @@ def run_retrieval_evaluation(config: Config, finetuned: str | None, out_dir: str
         f"(k1 1.5, b 0.75) on lower-cased words; hybrid = BM25 and the encoder's top {DEPTH} fused by "
         f"reciprocal rank (k {RRF_K}); metrics in percent."
     )
+    bases = tuple(v for v in rankings if v != "finetuned" and not v.startswith("hybrid_"))
     if "hybrid_finetuned" in result["variants"]:
-        result["hybrid_gain"] = gains(result["variants"], config.eval, HYBRID_BASES, tuned="hybrid_finetuned")
-        result["hybrid_gain_vs_each"] = _vs_each(result["variants"], "hybrid_finetuned", HYBRID_BASES, config)
-    return _finish(result, config, run_dir, out_dir, RETRIEVAL_BASES)
+        hybrid_bases = tuple(v for v in rankings if v not in ("finetuned", "hybrid_finetuned"))
+        result["hybrid_gain"] = gains(result["variants"], config.eval, hybrid_bases, tuned="hybrid_finetuned")
+        result["hybrid_gain_vs_each"] = _vs_each(result["variants"], "hybrid_finetuned", hybrid_bases, config)
+    return _finish(result, config, run_dir, out_dir, bases)
 
 
 def _classifier_predictions(run_dir: Path, texts: list[str], batch_size: int) -> tuple[list[str], Encoder]:

@@ -21,11 +21,13 @@ VARIANT_TITLES = {
     "bm25": "BM25",
     "linear_probe": "base, linear probe",
     "zero_shot": "base, zero-shot",
+    "zero_shot_maxsim": "base, zero-shot, late interaction (MaxSim)",
     "few_shot": "base, few-shot",
     "decoder_zero_shot": "decoder, zero-shot",
     "decoder_few_shot": "decoder, few-shot",
     "finetuned": "fine-tuned",
     "hybrid_zero_shot": "BM25 + base (hybrid)",
+    "hybrid_zero_shot_maxsim": "BM25 + base late interaction (hybrid)",
     "hybrid_finetuned": "BM25 + fine-tuned (hybrid)",
 }
 PLOT_FILE = "loss_curve.png"
