@@ -73,6 +73,18 @@ def test_packed_batches_give_the_padded_embeddings_and_gradients(tiny_bert, mode
         assert torch.allclose(got, expected, atol=1e-5, rtol=1e-4)
 
 
+def test_token_embeddings_are_the_same_packed_or_padded(tiny_bert):
+    """Late interaction reads every real token, unit length, texts back to back: padding never appears."""
+    encoder = load_encoder(tiny_bert)
+    packed, packed_lengths = encoder.token_embeddings(encoder.batch(TEXTS, 16))
+    padded, padded_lengths = encoder.token_embeddings(encoder.tokenize(TEXTS, 16))
+    assert (
+        packed_lengths.tolist() == padded_lengths.tolist() == [len(encoder.tokenizer(t).input_ids[:16]) for t in TEXTS]
+    )
+    assert torch.allclose(packed, padded, atol=1e-5)
+    assert torch.allclose(packed.norm(dim=-1), torch.ones(len(packed)))
+
+
 def test_attention_dropout_while_training_falls_back_to_padded_batches(tiny_bert):
     encoder = load_encoder(tiny_bert)
     set_dropout(encoder.model, 0.1)
