@@ -99,10 +99,8 @@ class ContrastiveTask:
 
     def loss_sum(self, body, inputs: dict) -> tuple[torch.Tensor, int]:
         if self.scoring == "maxsim":
-            (queries, query_lengths), (docs, doc_lengths) = (
-                self.encoder.token_embeddings(b, body) for b in inputs["batches"]
-            )
-            scores = maxsim_scores(queries, query_lengths, docs, doc_lengths)
+            queries, docs = (self.encoder.token_embeddings(batch, body) for batch in inputs["batches"])
+            scores = maxsim_scores(*queries, *docs)
         else:
             scores = cosine_scores(*(self.encoder.embed(batch, body) for batch in inputs["batches"]))
         loss = contrastive_loss(scores, self.head(), inputs["same_text"].to(scores.device))
