@@ -248,6 +248,11 @@ class EvalConfig(_Strict):
         None, ge=1, description="Prompt-token budget for few-shot; null = model context minus max_new_tokens."
     )
     max_items: int | None = Field(None, ge=1, description="Evaluate only the first N test items.")
+    qrels: str = Field(
+        "test",
+        pattern=r"^[\w.-]+$",
+        description="Retrieval: the judgements of data.test's BEIR folder to evaluate, qrels/<name>.tsv.",
+    )
     max_new_tokens: int = Field(64, ge=1, description="Generation length limit.")
     batch_size: int = Field(16, ge=1, description="Generation batch size.")
     temperature: float = Field(0.0, ge=0.0, description="Sampling temperature; 0 = greedy decoding.")

@@ -1,6 +1,7 @@
 """The encoder recipe end to end on a tiny random BERT: each objective trains, exports and evaluates."""
 
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -68,6 +69,25 @@ def test_late_interaction_run_is_scored_against_the_base_scored_the_same_way(enc
     ]
     top = plain_maxsim(*embedded).argmax(1).tolist()
     assert [s["finetuned"] for s in result["samples"]] == [f"top 1: {PAPERS[i][1][:200]}" for i in top]
+
+
+def test_retrieval_evaluation_reads_the_judgements_named_by_eval_qrels(encoder_config, beir_folder, tmp_path):
+    folder = tmp_path / "beir"
+    shutil.copytree(beir_folder, folder)
+    with (folder / "queries.jsonl").open("a") as queries:
+        queries.write(json.dumps({"_id": "q6-2", "text": PAPERS[6][0].lower()}) + "\n")
+    judgements = ["query-id\tcorpus-id\tscore", "q6\td6\t1", "q6-2\td6\t1", "q7\td7\t1"]
+    (folder / "qrels" / "test_all.tsv").write_text("\n".join(judgements) + "\n")
+    result = run_encoder_evaluation(
+        encoder_config(data={"test": str(folder)}, eval={"qrels": "test_all"}), None, str(tmp_path / "eval")
+    )
+    assert result["items"] == 3
+    assert any("The 3 queries are 2 groups" in note for note in result["notes"])
+    missing = encoder_config(data={"test": str(folder)}, eval={"qrels": "test_every"})
+    with pytest.raises(TunesmithError, match=r"no qrels/test_every.tsv \(found: dev.tsv, test.tsv, test_all.tsv"):
+        run_encoder_evaluation(missing, None, str(tmp_path / "eval2"))
+    with pytest.raises(TunesmithError, match="eval.qrels"):
+        encoder_config(eval={"qrels": "../train"})
 
 
 def test_maxsim_is_refused_outside_contrastive_training(encoder_config):

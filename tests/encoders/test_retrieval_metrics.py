@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 
 from tunesmith.evaluate.bm25 import BM25
-from tunesmith.evaluate.retrieval_metrics import fuse, query_metrics, rank, retrieval_stats
+from tunesmith.evaluate.metrics import bootstrap, paired_difference
+from tunesmith.evaluate.retrieval_metrics import fuse, query_groups, query_metrics, rank, retrieval_stats
 
 L3, L5 = math.log2(3), math.log2(5)
 
@@ -72,6 +73,26 @@ def test_retrieval_stats_are_means_in_percent():
     assert stats["mrr@10"].score() == pytest.approx(75.0)
     assert stats["p@10"].score() == pytest.approx(15.0)
     assert stats["ndcg@10"].score() == pytest.approx(100 * (CASES[0][4]["ndcg@10"] + 1) / 2)
+
+
+def test_queries_judged_against_the_same_documents_are_resampled_together():
+    """Several queries written for one document (SciTLDR's TLDRs of one paper) are one bootstrap
+    unit: asking every query twice changes neither a score nor its interval, alone or paired."""
+    assert query_groups([{1: 1}, {1: 1}, {1: 2}, {1: 1, 2: 1}, {2: 1, 1: 1}]) == [0, 0, 1, 2, 2]
+    rng = np.random.default_rng(0)
+    scores, other = rng.random((30, 50)), rng.random((30, 50))
+    relevant = [{i: 1} for i in range(30)]
+    twice = [r for r in relevant for _ in (0, 1)]
+    once = retrieval_stats(rank(scores), relevant)
+    repeated = retrieval_stats(rank(np.repeat(scores, 2, axis=0)), twice)
+    once_other = retrieval_stats(rank(other), relevant)
+    repeated_other = retrieval_stats(rank(np.repeat(other, 2, axis=0)), twice)
+    for name in once:
+        assert len(repeated[name].rows) == 30
+        assert bootstrap(repeated[name]) == bootstrap(once[name])
+        assert paired_difference(repeated[name], repeated_other[name]) == paired_difference(
+            once[name], once_other[name]
+        )
 
 
 def test_reciprocal_rank_fusion_hand_computed():

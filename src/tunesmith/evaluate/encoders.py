@@ -36,7 +36,7 @@ from tunesmith.encoders.model import Encoder, load_encoder
 from tunesmith.errors import TunesmithError
 from tunesmith.evaluate import metrics
 from tunesmith.evaluate.bm25 import BM25
-from tunesmith.evaluate.retrieval_metrics import DEPTH, RRF_K, fuse, rank, retrieval_stats
+from tunesmith.evaluate.retrieval_metrics import DEPTH, RRF_K, fuse, query_groups, rank, retrieval_stats
 from tunesmith.evaluate.run import (
     _base_variants,
     _ci,
@@ -145,7 +145,7 @@ def _mean_tokens(encoder: Encoder, texts: list[str]) -> float:
 def run_retrieval_evaluation(config: Config, finetuned: str | None, out_dir: str) -> dict:
     if not config.data.test:
         raise TunesmithError("data.test is not set: retrieval evaluation needs a BEIR folder with qrels/test.tsv")
-    test = read_beir(config.data.test, "test")
+    test = read_beir(config.data.test, config.eval.qrels)
     count = min(len(test.query_ids), config.eval.max_items or len(test.query_ids))
     query_ids, queries = test.query_ids[:count], test.queries[:count]
     position = {doc: i for i, doc in enumerate(test.corpus_ids)}
@@ -187,6 +187,12 @@ def run_retrieval_evaluation(config: Config, finetuned: str | None, out_dir: str
         }
         for i in range(min(SIDE_BY_SIDE, count))
     ]
+    groups = len(set(query_groups(relevant)))
+    if groups < count:
+        result["notes"].append(
+            f"The {count} queries are {groups} groups judged against the same documents (several queries "
+            "written for one document); the bootstrap resamples groups, not queries."
+        )
     result["notes"].append(
         f"{count} queries ranked against all {len(test.corpus)} documents (top {DEPTH} kept); BM25 = Okapi "
         f"(k1 1.5, b 0.75) on lower-cased words; hybrid = BM25 and the encoder's top {DEPTH} fused by "

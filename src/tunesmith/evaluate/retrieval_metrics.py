@@ -66,7 +66,23 @@ def query_metrics(ranking: list[int], relevant: dict[int, int]) -> dict[str, flo
     }
 
 
+def query_groups(relevant: list[dict[int, int]]) -> list[int]:
+    """Each query's group: queries with the same judgements (documents and grades) share one."""
+    groups: dict[frozenset, int] = {}
+    return [groups.setdefault(frozenset(rel.items()), len(groups)) for rel in relevant]
+
+
 def retrieval_stats(rankings: np.ndarray, relevant: list[dict[int, int]]) -> dict[str, ItemStats]:
-    """Each metric's per-query rows ([value, 1]), so the bootstrap resamples queries."""
+    """Each metric as the mean over queries, with one row ([sum of values, queries]) per group of
+    queries judged against the same documents, so the bootstrap resamples those groups: several
+    queries written for one document (SciTLDR's TLDRs of one paper) are not independent draws, and
+    resampling them one by one would make the intervals too narrow. Queries with their own
+    judgements are groups of one."""
     per_query = [query_metrics(list(r), rel) for r, rel in zip(rankings, relevant, strict=True)]
-    return {name: ItemStats(np.array([[q[name], 1.0] for q in per_query]).reshape(-1, 2), _share) for name in CUTOFFS}
+    group = query_groups(relevant)
+    stats = {}
+    for name in CUTOFFS:
+        rows = np.zeros((max(group, default=-1) + 1, 2))
+        np.add.at(rows, group, np.array([[q[name], 1.0] for q in per_query]).reshape(-1, 2))
+        stats[name] = ItemStats(rows, _share)
+    return stats
