@@ -43,8 +43,8 @@ def convert(source: Path, target: Path) -> dict[str, int]:
             if split != "dev" or len(qrels) <= DEV_QUERIES:
                 qrels.append(f"{query}\t{doc}\t1")
             if split == "test":
-                extra += [_query(f"{query}-{k}", text) for k, text in enumerate(tldrs[1:], 2)]
                 ids = [query] + [f"{query}-{k}" for k in range(2, len(tldrs) + 1)]
+                extra += [_query(q, text) for q, text in zip(ids[1:], tldrs[1:], strict=True)]
                 every_test_tldr += [f"{q}\t{doc}\t1" for q in ids]
         (target / "qrels" / f"{split}.tsv").write_text("\n".join(qrels) + "\n", encoding="utf-8")
         counts[split] = len(qrels) - 1
