@@ -1,10 +1,12 @@
 """The CLI's contract: one line and exit 2 on bad input, nothing half-written."""
 
+import argparse
 import json
+from importlib.metadata import version
 
 import pytest
 
-from tunesmith.cli import main
+from tunesmith.cli import build_parser, main
 from tunesmith.config import dump_config
 
 
@@ -97,3 +99,45 @@ def test_train_with_a_test_file_evaluates_against_the_base_model(tmp_path, small
     assert set(eval_json["variants"]) == {"zero_shot", "few_shot", "finetuned"}
     assert (tmp_path / "run/report.html").is_file()
     assert "finetuned" in capsys.readouterr().out
+
+
+def _parsers(parser: argparse.ArgumentParser, name: str = "tunesmith"):
+    """Every parser of the command tree with its command line, e.g. ("tunesmith keys create", parser)."""
+    yield name, parser
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for command, child in action.choices.items():
+                yield from _parsers(child, f"{name} {command}")
+
+
+def test_every_command_flag_and_positional_has_a_description():
+    undocumented = []
+    for name, parser in _parsers(build_parser()):
+        for action in parser._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                undocumented += [f"{name} {a.dest}" for a in action._choices_actions if not (a.help or "").strip()]
+            elif not (action.help or "").strip():
+                undocumented.append(f"{name} {'/'.join(action.option_strings) or action.dest}")
+    assert undocumented == []
+    commands = {name for name, _ in _parsers(build_parser())}
+    assert {"tunesmith serve", "tunesmith keys create", "tunesmith keys revoke", "tunesmith validate"} <= commands
+
+
+def test_version_comes_from_the_package_metadata(capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(["--version"])
+    assert exit_.value.code == 0
+    assert capsys.readouterr().out.strip() == f"tunesmith {version('tunesmith')}"
+
+
+def test_help_lists_the_exit_codes(capsys):
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    out = capsys.readouterr().out
+    for code, meaning in [
+        ("0", "success"),
+        ("1", "data has errors"),
+        ("2", "usage or input error"),
+        ("130", "interrupted"),
+    ]:
+        assert any(line.split()[:1] == [code] and meaning in line for line in out.splitlines()), code

@@ -12,6 +12,13 @@ import sys
 from tunesmith.errors import TunesmithError
 
 EXIT_USER_ERROR = 2
+EXIT_INTERRUPTED = 130
+
+EPILOG = """exit codes:
+  0    success
+  1    validate: the data has errors (the report lists them)
+  2    usage or input error (bad flag, config key, value or file): one line on stderr
+  130  interrupted (Ctrl-C)"""
 
 
 def _train(args) -> int:
@@ -157,11 +164,19 @@ def _export(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="tunesmith", description="Fine-tune pre-trained language models.")
-    sub = parser.add_subparsers(dest="command", required=True)
+    from importlib.metadata import version
+
+    parser = argparse.ArgumentParser(
+        prog="tunesmith",
+        description="Fine-tune pre-trained language models.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {version('tunesmith')}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("train", help="fine-tune a model from a YAML config")
-    p.add_argument("config")
+    p.add_argument("config", help="YAML run config (see docs/configuration.md)")
     p.add_argument("overrides", nargs="*", help="dotted overrides, e.g. train.lr=1e-4")
     mode = p.add_mutually_exclusive_group()
     mode.add_argument("--resume", action="store_true", help="continue from the last checkpoint in out_dir")
@@ -180,37 +195,44 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.set_defaults(func=_train)
 
-    p = sub.add_parser("validate", help="check a data file before any compute")
-    p.add_argument("data")
-    p.add_argument("--model", default="smollm2-135m-instruct")
-    p.add_argument("--validation")
-    p.add_argument("--format", default="auto")
+    p = sub.add_parser("validate", help="check a data file before any compute (exit 1 if it has errors)")
+    p.add_argument("data", help="training data file, glob or folder (JSONL, JSON, CSV, .txt, Parquet)")
+    p.add_argument(
+        "--model", default="smollm2-135m-instruct", help="whose tokenizer and chat template count the tokens"
+    )
+    p.add_argument("--validation", help="validation file, checked the same way")
+    p.add_argument("--format", default="auto", help="data format (default: auto-detected); see data.format")
     p.add_argument("--columns", help="CSV column mapping, e.g. prompt=mr,completion=ref")
-    p.add_argument("--system")
-    p.add_argument("--max-seq-len", type=int, default=512)
-    p.add_argument("--overlength", choices=("error", "drop", "truncate_prompt"), default="error")
-    p.add_argument("--batch-size", type=int, default=8)
-    p.add_argument("--grad-accum", type=int, default=1)
+    p.add_argument("--system", help="system prompt added to every example that has none")
+    p.add_argument("--max-seq-len", type=int, default=512, help="tokens per example (default %(default)s)")
+    p.add_argument(
+        "--overlength",
+        choices=("error", "drop", "truncate_prompt"),
+        default="error",
+        help="examples longer than --max-seq-len: an error (default), dropped, or the prompt's start cut",
+    )
+    p.add_argument("--batch-size", type=int, default=8, help="examples per micro-batch, for steps per epoch")
+    p.add_argument("--grad-accum", type=int, default=1, help="micro-batches per optimizer step, for steps per epoch")
     p.set_defaults(func=_validate)
 
     p = sub.add_parser("generate", help="answer one prompt with a base or fine-tuned model")
     p.add_argument("--model", default="smollm2-135m-instruct", help="built-in name, HF folder or run out_dir")
-    p.add_argument("--prompt", required=True)
-    p.add_argument("--system")
-    p.add_argument("--max-new-tokens", type=int, default=128)
-    p.add_argument("--temperature", type=float, default=0.0)
-    p.add_argument("--top-p", type=float, default=1.0)
+    p.add_argument("--prompt", required=True, help="the user message to answer")
+    p.add_argument("--system", help="system prompt")
+    p.add_argument("--max-new-tokens", type=int, default=128, help="generation length limit (default %(default)s)")
+    p.add_argument("--temperature", type=float, default=0.0, help="sampling temperature; 0 (default): greedy")
+    p.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling mass, with temperature > 0")
     p.set_defaults(func=_generate)
 
     p = sub.add_parser("eval", help="base zero-shot and few-shot vs the fine-tuned model on held-out data")
-    p.add_argument("config")
+    p.add_argument("config", help="YAML run config (its data.test is evaluated)")
     p.add_argument("overrides", nargs="*", help="dotted overrides, e.g. eval.max_items=100")
     p.add_argument("--finetuned", help="run folder of the fine-tune (default: the config's out_dir)")
     p.add_argument("--out", help="where report.html/report.md/eval.json go (default: the config's out_dir)")
     p.set_defaults(func=_eval)
 
     p = sub.add_parser("export", help="a run's model as GGUF (llama.cpp, LM Studio), for Ollama, or its LoRA as GGUF")
-    p.add_argument("run_dir")
+    p.add_argument("run_dir", help="run folder of a finished `tunesmith train`")
     p.add_argument("--to", default="gguf", help="gguf (default), ollama (GGUF + Modelfile) or gguf-lora")
     p.add_argument("--outtype", default="f16", help="f32, f16 (default), bf16 or q8_0; gguf-lora: f32, f16, bf16")
     p.add_argument("--out", help="file (gguf, gguf-lora) or folder (ollama); default: inside RUN_DIR")
@@ -241,7 +263,7 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_USER_ERROR
     except KeyboardInterrupt:
         print("tunesmith: interrupted", file=sys.stderr)
-        return 130
+        return EXIT_INTERRUPTED
 
 
 def run() -> None:
