@@ -43,6 +43,49 @@ def test_bad_input_is_one_line_exit_2_and_writes_nothing(tmp_path, config, capsy
     assert not (tmp_path / "run").exists()
 
 
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (
+            ["validate", "DATA", "--format", "chat"],
+            "tunesmith: error: --format: Input should be 'auto', 'messages', 'prompt_completion', 'alpaca', 'csv', "
+            "'text', 'openai_dpo' or 'chosen_rejected' (got 'chat')",
+        ),
+        (
+            ["validate", "DATA", "--max-seq-len", "4"],
+            "--max-seq-len: Input should be greater than or equal to 8 (got 4)",
+        ),
+        (["validate", "DATA", "--batch-size", "0"], "--batch-size: Input should be greater than or equal to 1 (got 0)"),
+        (["validate", "DATA", "--grad-accum", "-1"], "--grad-accum: Input should be greater than or equal to 1"),
+        (["validate", "DATA", "--columns", "prompt"], "--columns 'prompt' must look like prompt=mr,completion=ref"),
+        (["validate", "DATA", "--overlength", "cut"], "argument --overlength: invalid choice: 'cut'"),
+        (["validate", "DATA", "--max-seq-len", "many"], "argument --max-seq-len: invalid int value: 'many'"),
+        (["generate", "--prompt", "hi", "--top-p", "2"], "--top-p: Input should be less than or equal to 1 (got 2.0)"),
+        (["generate", "--prompt", "hi", "--temperature", "-1"], "--temperature: Input should be greater than or equal"),
+        (["generate", "--prompt", "hi", "--max-new-tokens", "0"], "--max-new-tokens: Input should be greater than"),
+        (["generate"], "the following arguments are required: --prompt (see `tunesmith generate --help`)"),
+        (["train"], "the following arguments are required: config (see `tunesmith train --help`)"),
+        (["trian", "cfg.yaml"], "argument COMMAND: invalid choice: 'trian'"),
+        (["train", "cfg.yaml", "--resume", "--overwrite"], "argument --overwrite: not allowed with argument --resume"),
+        (["validate", "DATA", "--bogus"], "unrecognized arguments: --bogus"),
+        ([], "the following arguments are required: COMMAND"),
+    ],
+)
+def test_usage_errors_are_one_line_and_exit_2(tmp_path, capsys, argv, message):
+    data = tmp_path / "data.jsonl"
+    data.write_text('{"prompt": "a", "completion": "b"}\n')
+    argv = [str(data) if a == "DATA" else a for a in argv]
+    try:
+        code = main(argv)
+    except SystemExit as exit_:  # argparse's own errors leave through sys.exit
+        code = exit_.code
+    assert code == 2
+    captured = capsys.readouterr()
+    err = captured.err
+    assert message in err and err.startswith("tunesmith: error: ")
+    assert err.count("\n") == 1 and "Traceback" not in err and captured.out == ""
+
+
 def test_bad_data_lines_stop_training_before_anything_is_written(tmp_path, small_e2e, config, capsys):
     bad = tmp_path / "bad.jsonl"
     good = (small_e2e / "train.jsonl").read_text()

@@ -21,6 +21,13 @@ EPILOG = """exit codes:
   130  interrupted (Ctrl-C)"""
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse whose usage errors are one line like every other error (the usage is in --help)."""
+
+    def error(self, message: str):
+        self.exit(EXIT_USER_ERROR, f"tunesmith: error: {message} (see `{self.prog} --help`)\n")
+
+
 def _train(args) -> int:
     import contextlib
     from pathlib import Path
@@ -113,11 +120,13 @@ def _columns(text: str | None) -> dict[str, str] | None:
 
 
 def _validate(args) -> int:
-    from tunesmith.config import DataConfig
+    from tunesmith.config import DataConfig, TrainConfig, from_flags
     from tunesmith.data.prepare import prepare_data
     from tunesmith.models import load_tokenizer
 
-    cfg = DataConfig(
+    cfg = from_flags(
+        DataConfig,
+        {"train": "DATA"},
         train=args.data,
         validation=args.validation,
         val_fraction=0.0,
@@ -127,29 +136,34 @@ def _validate(args) -> int:
         overlength=args.overlength,
         system=args.system,
     )
+    steps = from_flags(TrainConfig, {}, batch_size=args.batch_size, grad_accum=args.grad_accum)
     prepared = prepare_data(
-        cfg, load_tokenizer(args.model), batch_size=args.batch_size, grad_accum=args.grad_accum, strict=False
+        cfg, load_tokenizer(args.model), batch_size=steps.batch_size, grad_accum=steps.grad_accum, strict=False
     )
     print(prepared.render())
     return 0 if prepared.ok else 1
 
 
 def _generate(args) -> int:
+    from tunesmith.config import EvalConfig, from_flags
     from tunesmith.data.formats import Message
     from tunesmith.evaluate.baselines import encode_chat
     from tunesmith.generation import generate
     from tunesmith.models import load_model
 
+    sampling = from_flags(
+        EvalConfig, {}, max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_p=args.top_p
+    )
     loaded = load_model(args.model)
     messages = ([Message("system", args.system)] if args.system else []) + [Message("user", args.prompt)]
     out = generate(
         loaded.model,
         loaded.tokenizer,
         [encode_chat(loaded.tokenizer, messages)],
-        max_new_tokens=args.max_new_tokens,
+        max_new_tokens=sampling.max_new_tokens,
         batch_size=1,
-        temperature=args.temperature,
-        top_p=args.top_p,
+        temperature=sampling.temperature,
+        top_p=sampling.top_p,
     )
     print(out.texts[0].strip())
     return 0
@@ -166,7 +180,7 @@ def _export(args) -> int:
 def build_parser() -> argparse.ArgumentParser:
     from importlib.metadata import version
 
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="tunesmith",
         description="Fine-tune pre-trained language models.",
         epilog=EPILOG,
@@ -177,7 +191,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("train", help="fine-tune a model from a YAML config")
     p.add_argument("config", help="YAML run config (see docs/configuration.md)")
-    p.add_argument("overrides", nargs="*", help="dotted overrides, e.g. train.lr=1e-4")
+    p.add_argument("overrides", nargs="*", default=[], help="dotted overrides, e.g. train.lr=1e-4")
     mode = p.add_mutually_exclusive_group()
     mode.add_argument("--resume", action="store_true", help="continue from the last checkpoint in out_dir")
     mode.add_argument("--overwrite", action="store_true", help="replace a run already in out_dir")
@@ -226,7 +240,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("eval", help="base zero-shot and few-shot vs the fine-tuned model on held-out data")
     p.add_argument("config", help="YAML run config (its data.test is evaluated)")
-    p.add_argument("overrides", nargs="*", help="dotted overrides, e.g. eval.max_items=100")
+    p.add_argument("overrides", nargs="*", default=[], help="dotted overrides, e.g. eval.max_items=100")
     p.add_argument("--finetuned", help="run folder of the fine-tune (default: the config's out_dir)")
     p.add_argument("--out", help="where report.html/report.md/eval.json go (default: the config's out_dir)")
     p.set_defaults(func=_eval)
@@ -251,7 +265,7 @@ def main(argv: list[str] | None = None) -> int:
     # argparse cannot take positionals after an option (`train cfg.yaml --overwrite a.b=1`):
     # overrides that land after a flag arrive here as leftovers.
     if extra and hasattr(args, "overrides") and all("=" in e and not e.startswith("-") for e in extra):
-        args.overrides += extra
+        args.overrides = [*args.overrides, *extra]
     elif extra:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
     try:

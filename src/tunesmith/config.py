@@ -347,8 +347,26 @@ def _explain(error: ValidationError, source: str) -> str:
         elif item["type"] == "missing":
             lines.append(f"missing key {key!r}")
         else:
-            lines.append(f"{key or 'config'}: {item['msg']} (got {item.get('input')!r})")
+            lines.append(_bad_value(key or "config", item))
     return f"{source}: invalid config: " + "; ".join(lines)
+
+
+def _bad_value(name: str, item) -> str:
+    # pydantic's message names the accepted values: a Literal's choices, a bound's limit.
+    return f"{name}: {item['msg']} (got {item.get('input')!r})"
+
+
+def from_flags(section: type[BaseModel], flags: dict[str, str], **values: Any) -> BaseModel:
+    """A config section built from command-line flags, so they obey the config's own rules; a bad value is
+    one line naming its flag. `flags` maps fields to flags where the flag is not `--field-name`."""
+    try:
+        return section(**values)
+    except ValidationError as error:
+        problems = []
+        for item in error.errors():
+            field = str(item["loc"][0]) if item["loc"] else ""
+            problems.append(_bad_value(flags.get(field, "--" + field.replace("_", "-")), item))
+        raise TunesmithError("; ".join(problems)) from None
 
 
 def _parse_override(text: str) -> tuple[list[str], Any]:
