@@ -27,6 +27,14 @@ def config(make_tiny_config, tmp_path):
     "overrides, message",
     [
         (["train.lerning_rate=0.1"], "unknown key 'train.lerning_rate' (did you mean 'train.lr'?)"),
+        (
+            ["train.lrr=1"],
+            "tunesmith: error: override 'train.lrr=1': unknown key 'train.lrr' (did you mean 'train.lr'?)",
+        ),
+        (
+            ["learning_rate=1e-4"],
+            "override 'learning_rate=1e-4': unknown key 'learning_rate' (did you mean 'train.lr'?)",
+        ),
         (["train.lr=-1"], "train.lr: Input should be greater than 0"),
         (["method.r=0"], "method.r: Input should be greater than or equal to 1"),
         (["train.batch_size=0"], "train.batch_size: Input should be greater than or equal to 1"),

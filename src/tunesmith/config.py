@@ -6,13 +6,13 @@ and wrong types are errors that name the key and suggest the nearest valid one.
 
 from __future__ import annotations
 
-import difflib
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from tunesmith.config_names import did_you_mean
 from tunesmith.errors import TunesmithError
 
 PREFERENCE_FORMATS = ("openai_dpo", "chosen_rejected")
@@ -324,31 +324,39 @@ class Config(_Strict):
         return self
 
 
-def _field_names(model: type[BaseModel], prefix: str = "") -> list[str]:
+def field_names(model: type[BaseModel], prefix: str = "") -> list[str]:
     names = []
     for name, field in model.model_fields.items():
         names.append(prefix + name)
         sub = field.annotation
         for candidate in getattr(sub, "__args__", (sub,)):
             if isinstance(candidate, type) and issubclass(candidate, BaseModel):
-                names.extend(_field_names(candidate, prefix + name + "."))
+                names.extend(field_names(candidate, prefix + name + "."))
     return names
 
 
-def _explain(error: ValidationError, source: str) -> str:
-    known = _field_names(Config)
-    lines = []
+def _explain(error: ValidationError, source: str, overrides: list[str]) -> str:
+    known = field_names(Config)
+    problems: dict[str, list[str]] = {}
     for item in error.errors():
         key = ".".join(str(p) for p in item["loc"])
         if item["type"] == "extra_forbidden":
-            close = difflib.get_close_matches(key, known, n=1, cutoff=0.5)
-            hint = f" (did you mean {close[0]!r}?)" if close else ""
-            lines.append(f"unknown key {key!r}{hint}")
+            problem = f"unknown key {key!r}{did_you_mean(key, known)}"
         elif item["type"] == "missing":
-            lines.append(f"missing key {key!r}")
+            problem = f"missing key {key!r}"
         else:
-            lines.append(_bad_value(key or "config", item))
-    return f"{source}: invalid config: " + "; ".join(lines)
+            problem = _bad_value(key or "config", item)
+        problems.setdefault(_origin(key, source, overrides), []).append(problem)
+    return "; ".join(f"{origin}: {'; '.join(lines)}" for origin, lines in problems.items())
+
+
+def _origin(key: str, source: str, overrides: list[str]) -> str:
+    """Who set `key`: the last override that wrote it or a section around it, else the file."""
+    for text in reversed(overrides):
+        written = text.split("=", 1)[0].strip()
+        if key and (key == written or key.startswith(written + ".") or written.startswith(key + ".")):
+            return f"override {text!r}"
+    return f"{source}: invalid config"
 
 
 def _bad_value(name: str, item) -> str:
@@ -389,11 +397,13 @@ def apply_overrides(raw: dict, overrides: list[str]) -> dict:
     return raw
 
 
-def config_from_dict(raw: dict, source: str = "config") -> Config:
+def config_from_dict(raw: dict, source: str = "config", overrides: list[str] | None = None) -> Config:
+    """Validate `raw` with dotted `overrides` applied; an error names the override or `source` that caused it."""
+    overrides = list(overrides or [])
     try:
-        return Config.model_validate(raw)
+        return Config.model_validate(apply_overrides(raw, overrides))
     except ValidationError as error:
-        raise TunesmithError(_explain(error, source)) from None
+        raise TunesmithError(_explain(error, source, overrides)) from None
 
 
 def load_config(path: str | Path, overrides: list[str] | None = None) -> Config:
@@ -407,7 +417,7 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> Config:
         raise TunesmithError(f"{path}: not valid YAML: {error}") from None
     if not isinstance(raw, dict):
         raise TunesmithError(f"{path}: the config must be a mapping of keys to values")
-    return config_from_dict(apply_overrides(raw, overrides or []), str(path))
+    return config_from_dict(raw, str(path), overrides)
 
 
 def dump_config(config: Config) -> str:

@@ -10,7 +10,7 @@ import json
 import os
 from pathlib import Path
 
-from tunesmith.config import Config, apply_overrides, config_from_dict, load_config
+from tunesmith.config import Config, config_from_dict, load_config
 from tunesmith.models import LoadedModel, load_model
 from tunesmith.runfolder import locked
 
@@ -21,7 +21,7 @@ def as_config(config: Config | dict | str | Path, overrides: dict | None = None)
     if isinstance(config, (str, Path)):
         return load_config(config, texts)
     raw = config.model_dump(mode="json") if isinstance(config, Config) else json.loads(json.dumps(config))
-    return config_from_dict(apply_overrides(raw, texts))
+    return config_from_dict(raw, overrides=texts)
 
 
 def recipe_and_evaluation(cfg: Config):
