@@ -192,3 +192,19 @@ def test_help_lists_the_exit_codes(capsys):
         ("130", "interrupted"),
     ]:
         assert any(line.split()[:1] == [code] and meaning in line for line in out.splitlines()), code
+
+
+def test_csv_without_a_mapping_shows_the_flag_and_yaml_that_fix_it(tmp_path, tiny_model_name, capsys):
+    import re
+
+    import yaml
+
+    data = tmp_path / "e2e.csv"
+    data.write_text("mr,ref\nname[Aromi],Aromi is a place.\nname[Bibimbap],Bibimbap is a house.\n")
+    assert main(["validate", str(data), "--model", tiny_model_name]) == 2
+    err = capsys.readouterr().err
+    flag, snippet = re.findall(r"`([^`]+)`", err)[:2]
+    assert flag == "--columns prompt=mr,completion=ref"
+    assert yaml.safe_load(snippet) == {"columns": {"prompt": "mr", "completion": "ref"}}
+    assert main(["validate", str(data), "--model", tiny_model_name, *flag.split()]) == 0
+    assert "2 examples" in capsys.readouterr().out

@@ -260,7 +260,14 @@ def test_csv_rows_report_their_physical_line(tmp_path):
         ),
         ("odd.jsonl", '{"question": "q", "answer": "a"}\n', {}, "first object has keys answer, question"),
         ("arr.json", "[\n{,\n]", {}, "{path}:2: invalid JSON array"),
-        ("e2e.csv", "mr,ref\na,b\n", {}, "{path}: CSV needs a column mapping"),
+        (
+            "e2e.csv",
+            "mr,ref\na,b\n",
+            {},
+            "{path}: CSV needs a column mapping naming its prompt and completion columns: "
+            "`--columns prompt=mr,completion=ref` (validate) or `columns: {{prompt: mr, completion: ref}}` under "
+            "`data:` (config); its header has: mr, ref",
+        ),
         ("e2e.csv", "mr,ref\na,b\n", {"columns": {"prompt": "mr", "completion": "text"}}, "column 'text'"),
         ("e2e.csv", "mr,ref\na,b\n", {"columns": {"prompt": "mr"}}, "mapping needs prompt and completion"),
         ("a.jsonl", '{"text": "a"}\n', {"columns": {"prompt": "a"}}, "only applies to CSV files"),

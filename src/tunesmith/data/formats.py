@@ -416,8 +416,11 @@ def csv_example(path: str, line: int, cells: dict[str, str], mapping: dict[str, 
 def csv_mapping(path: str, header: list[str], columns: dict[str, str] | None) -> dict[str, str]:
     if columns is None:
         if not {"prompt", "completion"} <= set(header):
+            prompt, completion = [*header, "COLUMN", "COLUMN"][:2]  # the header's own names make the example
             raise TunesmithError(
-                f"{path}: CSV needs a column mapping, e.g. columns={{'prompt': ..., 'completion': ...}}; "
+                f"{path}: CSV needs a column mapping naming its prompt and completion columns: "
+                f"`--columns prompt={prompt},completion={completion}` (validate) or "
+                f"`columns: {{prompt: {prompt}, completion: {completion}}}` under `data:` (config); "
                 f"its header has: {', '.join(header)}"
             )
         return {role: role for role in CSV_COLUMNS if role in header}
