@@ -1,12 +1,17 @@
 """The config's contract with its user: errors that say what to write instead, and who wrote the wrong thing."""
 
-import pytest
+from pathlib import Path
 
-from tunesmith.config import Config, config_from_dict, field_names, load_config
+import pytest
+from pydantic import BaseModel
+
+from tunesmith.config import Config, config_from_dict, field_names, load_config, main
+from tunesmith.config_docs import COMMAND, render_markdown
 from tunesmith.config_names import FOREIGN_NAMES, NOTES
 from tunesmith.errors import TunesmithError
 
 DATA = {"train": "train.jsonl"}
+REFERENCE = Path(__file__).resolve().parents[1] / "docs/configuration.md"
 
 
 def _error(raw: dict, overrides=(), source="cfg.yaml") -> str:
@@ -108,3 +113,66 @@ def test_load_config_blames_the_override_not_the_yaml(tmp_path):
     with pytest.raises(TunesmithError) as error:
         load_config(path, ["train.lrr=1"])
     assert str(error.value) == "override 'train.lrr=1': unknown key 'train.lrr' (did you mean 'train.lr'?)"
+
+
+def _row(markdown: str, key: str) -> list[str]:
+    """The table cells of `key`'s row: key, type, default, description."""
+    (row,) = [line for line in markdown.splitlines() if line.startswith(f"| `{key}` |")]
+    return [cell.strip() for cell in row.strip("|").split(" | ")]
+
+
+def test_the_committed_configuration_reference_is_up_to_date():
+    assert REFERENCE.read_text(encoding="utf-8") == render_markdown(Config), (
+        f"docs/configuration.md is stale: run `{COMMAND}` and commit it"
+    )
+
+
+def _fields(model, prefix=""):
+    """(dotted key, FieldInfo) of every field of every section, nested ones too."""
+    for name, field in model.model_fields.items():
+        yield prefix + name, field
+        for candidate in getattr(field.annotation, "__args__", (field.annotation,)):
+            if isinstance(candidate, type) and issubclass(candidate, BaseModel):
+                yield from _fields(candidate, f"{prefix}{name}.")
+
+
+def test_the_reference_has_every_key_with_its_description():
+    markdown = render_markdown(Config)
+    fields = dict(_fields(Config))
+    assert list(fields) == field_names(Config)
+    for key, field in fields.items():
+        assert field.description, f"{key} has no description"
+        assert _row(markdown, key)[3] == field.description.replace("|", "\\|"), key
+    for section in ("data", "method", "train", "train.early_stopping", "eval", "distributed", "encoder"):
+        assert f"\n## {section}\n" in markdown
+
+
+@pytest.mark.parametrize(
+    "key, type_, default",
+    [
+        ("model", "string", "`smollm2-135m-instruct`"),
+        ("data.train", "string", "**required**"),
+        ("data.max_seq_len", "integer, ≥ 8", "`512`"),
+        ("train.nan_policy", "one of `stop`, `continue`", "`stop`"),
+        ("train.lr", "number, > 0 and ≤ 1.0", "`0.0002`"),
+        ("train.max_grad_norm", "number or null, > 0", "`1.0`"),
+        ("train.early_stopping", "section [`train.early_stopping`](#trainearly_stopping) or null", "`null`"),
+        ("train.early_stopping.patience", "integer, ≥ 1", "`3`"),
+        ("train.report_to", "list of `tensorboard`, `mlflow`", "`[]`"),
+        ("method.target_modules", "list of string or `all-linear`", "`all-linear`"),
+        ("data.columns", "mapping of string to string or null", "`null`"),
+        ("data.packing", "boolean", "`true`"),
+        ("eval.task", "one of `generation`, `classification`, `text`, `retrieval`, `preference`", "`generation`"),
+        ("eval.decoder", "string or null", "`null`"),
+        ("method", "section [`method`](#method)", "see its section"),
+    ],
+)
+def test_the_reference_gives_each_key_its_type_choices_and_default(key, type_, default):
+    assert _row(render_markdown(Config), key)[1:3] == [type_, default]
+
+
+def test_the_command_writes_the_reference(tmp_path, capsys):
+    target = tmp_path / "docs/configuration.md"
+    assert main(["--markdown", str(target)]) == 0
+    assert target.read_text(encoding="utf-8") == render_markdown(Config)
+    assert capsys.readouterr().out.strip() == str(target)

@@ -1,7 +1,8 @@
 """The one typed run configuration: YAML file + dotted overrides (``train.lr=1e-4``).
 
-Every field has a description (it is the documentation the README table is made from); unknown keys
-and wrong types are errors that name the key and suggest the nearest valid one.
+Every field has a description: `python -m tunesmith.config --markdown` makes docs/configuration.md from them
+(tunesmith.config_docs). Unknown keys and wrong types are errors that name the key, the override or file that
+set it, and suggest the nearest valid one (tunesmith.config_names).
 """
 
 from __future__ import annotations
@@ -39,7 +40,11 @@ class DataConfig(_Strict):
         description="Data format; `auto` detects it from the file and says which it chose "
         "(`openai_dpo` and `chosen_rejected` are preference pairs, for method.name=dpo).",
     )
-    columns: dict[str, str] | None = Field(None, description="CSV column mapping, e.g. {prompt: mr, completion: ref}.")
+    columns: dict[str, str] | None = Field(
+        None,
+        description="CSV column mapping: which column is the prompt, the completion (and optionally the system "
+        "prompt), e.g. {prompt: mr, completion: ref}; `tunesmith validate` takes --columns prompt=mr,completion=ref.",
+    )
     system: str | None = Field(
         None, description="System prompt added to every example that has none (also used by eval)."
     )
@@ -170,7 +175,9 @@ class TrainConfig(_Strict):
     batch_size: int = Field(8, ge=1, description="Examples per micro-batch.")
     grad_accum: int = Field(1, ge=1, description="Micro-batches per optimizer step.")
     lr: float = Field(2e-4, gt=0, le=1.0, description="Peak learning rate.")
-    optimizer: Literal["adamw", "sgd"] = Field("adamw", description="Optimizer.")
+    optimizer: Literal["adamw", "sgd"] = Field(
+        "adamw", description="AdamW (fused where the device allows), or SGD with momentum 0.9."
+    )
     optimizer_state_dtype: Literal["float32", "bfloat16"] = Field(
         "float32",
         description="Storage of AdamW's two moments. bfloat16 halves the optimizer state; the update is still "
@@ -237,7 +244,11 @@ class EvalConfig(_Strict):
         "retrieval (nDCG@10, MRR@10, Recall@100, P@10 of an encoder over a BEIR folder), "
         "preference (held-out pairs: preference accuracy and log-prob margins).",
     )
-    labels: list[str] | None = Field(None, description="Label set for classification.")
+    labels: list[str] | None = Field(
+        None,
+        description="Decoder classification: the label set the model chooses from (required there; every test "
+        "answer must be one of them). Encoder classification takes its labels from the training data.",
+    )
     few_shot_k: int | None = Field(
         None, ge=0, description="In-context examples; null = the most that fit the context, up to 8."
     )
@@ -288,7 +299,11 @@ class DistributedConfig(_Strict):
 class Config(_Strict):
     model: str = Field("smollm2-135m-instruct", description="Built-in name, HF folder or .gguf path.")
     data: DataConfig = Field(description="Where the data is and how to read it.")
-    method: MethodConfig = Field(default_factory=MethodConfig, description="LoRA or full fine-tuning.")
+    method: MethodConfig = Field(
+        default_factory=MethodConfig,
+        description="What is trained: a LoRA adapter, all weights, or DPO on preference pairs; and the objective "
+        "(decoder SFT, or an encoder objective).",
+    )
     train: TrainConfig = Field(default_factory=TrainConfig, description="Optimisation settings.")
     eval: EvalConfig = Field(default_factory=EvalConfig, description="Held-out evaluation settings.")
     distributed: DistributedConfig = Field(
@@ -422,3 +437,28 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> Config:
 
 def dump_config(config: Config) -> str:
     return yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False)
+
+
+def main(argv: list[str] | None = None) -> int:
+    import argparse
+
+    from tunesmith.config_docs import render_markdown
+    from tunesmith.paths import write_text_atomic
+
+    parser = argparse.ArgumentParser(prog="python -m tunesmith.config", description="The configuration reference.")
+    parser.add_argument(
+        "--markdown",
+        nargs="?",
+        const="docs/configuration.md",
+        required=True,
+        metavar="PATH",
+        help="write the Markdown reference of every config key to PATH (default: %(const)s)",
+    )
+    args = parser.parse_args(argv)
+    write_text_atomic(args.markdown, render_markdown(Config))
+    print(args.markdown)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
