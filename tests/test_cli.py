@@ -6,6 +6,7 @@ from importlib.metadata import version
 
 import pytest
 
+import tunesmith
 from tunesmith.cli import build_parser, main
 from tunesmith.config import dump_config
 
@@ -179,6 +180,7 @@ def test_version_comes_from_the_package_metadata(capsys):
         main(["--version"])
     assert exit_.value.code == 0
     assert capsys.readouterr().out.strip() == f"tunesmith {version('tunesmith')}"
+    assert tunesmith.__version__ == version("tunesmith")  # the package's own constant agrees with pyproject
 
 
 def test_help_lists_the_exit_codes(capsys):
@@ -208,3 +210,19 @@ def test_csv_without_a_mapping_shows_the_flag_and_yaml_that_fix_it(tmp_path, tin
     assert yaml.safe_load(snippet) == {"columns": {"prompt": "mr", "completion": "ref"}}
     assert main(["validate", str(data), "--model", tiny_model_name, *flag.split()]) == 0
     assert "2 examples" in capsys.readouterr().out
+
+
+def test_the_repository_ships_the_apache_2_licence_that_pyproject_declares():
+    import tomllib
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    licence = (root / "LICENSE").read_text(encoding="utf-8")
+    assert tomllib.loads((root / "pyproject.toml").read_text())["project"]["license"] == "Apache-2.0"
+    assert "Apache License\n                           Version 2.0, January 2004" in licence
+    sections = ["Definitions", "Grant of Copyright License", "Grant of Patent License", "Redistribution"]
+    sections += ["Submission of Contributions", "Trademarks", "Disclaimer of Warranty", "Limitation of Liability"]
+    sections += ["Accepting Warranty or Additional Liability"]
+    for number, title in enumerate(sections, 1):
+        assert f"   {number}. {title}." in licence, title
+    assert "END OF TERMS AND CONDITIONS" in licence and "Copyright 2026 The tunesmith authors" in licence
