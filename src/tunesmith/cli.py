@@ -1,6 +1,7 @@
 """`tunesmith` command line: thin fronts over the library functions.
 
-User errors (TunesmithError) print one line and exit 2; `validate` exits 1 when the data has errors.
+Usage and input errors (argparse's, TunesmithError) print one line and exit 2; `validate` exits 1 when the
+data has errors; Ctrl-C exits 130 (EPILOG lists them in --help).
 """
 
 from __future__ import annotations
