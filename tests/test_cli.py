@@ -226,3 +226,12 @@ def test_the_repository_ships_the_apache_2_licence_that_pyproject_declares():
     for number, title in enumerate(sections, 1):
         assert f"   {number}. {title}." in licence, title
     assert "END OF TERMS AND CONDITIONS" in licence and "Copyright 2026 The tunesmith authors" in licence
+
+
+def test_ctrl_c_exits_130_with_one_line(monkeypatch, capsys):
+    def interrupted(args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr("tunesmith.cli._generate", interrupted)
+    assert main(["generate", "--prompt", "hi"]) == 130
+    assert capsys.readouterr().err == "tunesmith: interrupted\n"
