@@ -32,7 +32,6 @@ _BINARY = {
     ast.Mult: operator.mul,
     ast.Div: operator.truediv,
     ast.Pow: operator.pow,
-    ast.BitXor: operator.pow,
     ast.Mod: operator.mod,
 }
 _UNARY = {ast.USub: operator.neg, ast.UAdd: operator.pos}
@@ -51,7 +50,9 @@ def _tree(text: str) -> ast.expr:
     if len(text) > MAX_LENGTH:
         raise FormulaError(f"calculate_output has {len(text)} characters, more than {MAX_LENGTH}")
     try:
-        return ast.parse(text.strip(), mode="eval").body
+        # ^ is a power with a power's precedence (2 * a ^ 2 is 2 * (a ** 2)), so it becomes ** before
+        # parsing; no string can hold a ^, strings are refused.
+        return ast.parse(text.strip().replace("^", "**"), mode="eval").body
     except SyntaxError as error:
         raise FormulaError(f"calculate_output {text!r} does not parse: {error.msg}") from None
     except (RecursionError, MemoryError):
@@ -59,7 +60,7 @@ def _tree(text: str) -> ast.expr:
 
 
 def _refuse(node: ast.AST, text: str, why: str):
-    piece = ast.get_source_segment(text.strip(), node) or type(node).__name__
+    piece = ast.get_source_segment(text.strip().replace("^", "**"), node) or type(node).__name__
     raise FormulaError(f"calculate_output {text!r}: {why}: {piece!r}")
 
 
