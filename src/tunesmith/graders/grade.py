@@ -15,7 +15,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from tunesmith.graders import formula, sandbox, similarity
-from tunesmith.graders.judge import Judges, NoScore, judge
+from tunesmith.graders.judge import Judges, judge
 from tunesmith.graders.schema import Grader, Multi, Python, ScoreModel, StringCheck, TextSimilarity
 from tunesmith.graders.templates import TemplateError, render
 
@@ -136,11 +136,14 @@ def _leaf(grader: Grader, sample: dict, item: dict, context: Context, result: Gr
             return _python(sandbox.run(grader.source, sample, item, context.limits), result)
         elif isinstance(grader, ScoreModel):
             judgement = judge(grader, sample, item, context.judges)
-            result.reward, result.token_usage = judgement.score, judgement.tokens
+            result.token_usage = judgement.tokens
+            if judgement.score is None:
+                return result.fail(
+                    "model_grader_parse_error", f"the grader model's answer has no number: {judgement.answer[:200]!r}"
+                )
+            result.reward = judgement.score
     except TemplateError as error:
         return result.fail("invalid_variable_error", str(error))
-    except NoScore as error:
-        return result.fail("model_grader_parse_error", str(error))
     except Exception as error:  # a model that fails to load or run: this sample's reward is 0, not the job
         return result.fail(
             "model_grader_server_error" if isinstance(grader, ScoreModel) else "other_error",

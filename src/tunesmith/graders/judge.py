@@ -20,22 +20,16 @@ DEFAULT_MAX_TOKENS = 32  # a score and a few words; OpenAI's graders answer in a
 _NUMBER = re.compile(r"[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?")
 
 
-class NoScore(Exception):
-    """The judge answered without a number."""
-
-
 @dataclass
 class Judgement:
-    score: float
+    score: float | None  # None: the answer has no number
     answer: str
     tokens: int  # prompt and answer tokens
 
 
-def first_number(answer: str) -> float:
+def first_number(answer: str) -> float | None:
     match = _NUMBER.search(answer)
-    if match is None:
-        raise NoScore(f"the grader model's answer has no number: {answer[:200]!r}")
-    return float(match.group())
+    return float(match.group()) if match else None
 
 
 class Judges:
@@ -71,7 +65,7 @@ class Judges:
 
 
 def judge(grader: ScoreModel, sample: dict, item: dict, judges: Judges) -> Judgement:
-    """The clipped score; TemplateError for a missing field, NoScore for an answer without a number."""
+    """The clipped score (None for an answer without a number); TemplateError for a missing field."""
     # "developer" is OpenAI's newer name for the system turn; chat templates know "system".
     messages = [
         {"role": "system" if m.role == "developer" else m.role, "content": render(m.text(), sample, item)}
@@ -79,4 +73,5 @@ def judge(grader: ScoreModel, sample: dict, item: dict, judges: Judges) -> Judge
     ]
     answer, tokens = judges.answer(grader.model, messages, grader.sampling_params or SamplingParams())
     low, high = grader.range
-    return Judgement(min(max(first_number(answer), low), high), answer, tokens)
+    number = first_number(answer)
+    return Judgement(None if number is None else min(max(number, low), high), answer, tokens)
