@@ -86,6 +86,7 @@ class Grade:
     messages: list[str] = field(default_factory=list)
     seconds: float = 0.0
     token_usage: int | None = None
+    tokens_per_model: dict[str, int] = field(default_factory=dict)  # score_model judges: prompt + answer tokens
 
     def fail(self, flag: str, message: str, detail: str | None = None) -> Grade:
         self.reward = 0.0
@@ -136,7 +137,7 @@ def _leaf(grader: Grader, sample: dict, item: dict, context: Context, result: Gr
             return _python(sandbox.run(grader.source, sample, item, context.limits), result)
         elif isinstance(grader, ScoreModel):
             judgement = judge(grader, sample, item, context.judges)
-            result.token_usage = judgement.tokens
+            result.token_usage, result.tokens_per_model = judgement.tokens, {grader.model: judgement.tokens}
             if judgement.score is None:
                 return result.fail(
                     "model_grader_parse_error", f"the grader model's answer has no number: {judgement.answer[:200]!r}"
@@ -182,6 +183,8 @@ def grade(grader: Grader, sample: dict, item: dict, context: Context | None = No
             result.details.update(part.details)
             if part.token_usage:
                 result.token_usage = (result.token_usage or 0) + part.token_usage
+            for model, tokens in part.tokens_per_model.items():
+                result.tokens_per_model[model] = result.tokens_per_model.get(model, 0) + tokens
         try:
             result.reward = formula.evaluate(grader.calculate_output, values)
         except formula.FormulaValueError as error:
