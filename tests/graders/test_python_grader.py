@@ -80,6 +80,14 @@ REFUSED = [
     ("os.system", "os.system('true')", "import os", "may not do this: os.system"),
     ("fork", "os.fork()", "import os", "may not do this: os.fork"),
     ("ctypes", "return 1", "import ctypes", "may not import ctypes"),
+    ("sqlite", "sqlite3.connect('{secret}')", "import sqlite3", "may not import sqlite3"),
+    (
+        "raise own limits",
+        "resource.setrlimit(resource.RLIMIT_AS, (-1, -1))",
+        "import resource",
+        "may not do this: resource.setrlimit",
+    ),
+    ("hand-made bytecode", "grade.__code__.replace(co_code=b'')", "", "may not do this: code.__new__"),
     ("memory", "x = bytearray(1 << 31)\nreturn 1", "", "MemoryError"),
     ("cpu time", "while True:\n    pass", "", "CPU-time limit"),
     ("wall clock", "time.sleep(60)", "import time", "3 s wall-clock limit"),
@@ -94,7 +102,7 @@ def test_refused(what, body, imports, error, secret):
     context = CPU_ONLY if what == "cpu time" else FAST
     result = run(body.format(secret=secret, folder=secret.parent), imports, context=context)
     assert result.reward == 0.0
-    flag = "unresponsive_reward_error" if "limit" in error and "Memory" not in error else "python_grader_runtime_error"
+    flag = "unresponsive_reward_error" if what in ("cpu time", "wall clock") else "python_grader_runtime_error"
     assert result.errors[flag], result.messages
     assert error in result.messages[0]
     assert secret.read_text() == "sk-secret"

@@ -21,7 +21,21 @@ import resource
 import sys
 import sysconfig
 
-_FORBIDDEN_MODULES = ("ctypes", "_ctypes", "cffi", "_posixsubprocess", "_xxsubinterpreters", "_interpreters")
+# Modules that reach files or memory in C without an audit event the hook could check.
+_FORBIDDEN_MODULES = (
+    "ctypes",
+    "_ctypes",
+    "cffi",
+    "_posixsubprocess",
+    "_xxsubinterpreters",
+    "_interpreters",
+    "_sqlite3",
+    "sqlite3",
+    "_dbm",
+    "_gdbm",
+    "dbm",
+    "readline",
+)
 _FORBIDDEN_EVENTS = (
     "socket.",
     "subprocess.",
@@ -36,6 +50,9 @@ _FORBIDDEN_EVENTS = (
     "os.killpg",
     "os.startfile",
     "ctypes.",
+    "resource.setrlimit",  # as root the grader could raise its own hard limits
+    "resource.prlimit",
+    "code.__new__",  # hand-made bytecode can read and write the interpreter's memory
     "gc.get_objects",
     "gc.get_referrers",
     "gc.get_referents",
