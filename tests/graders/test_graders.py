@@ -192,3 +192,25 @@ def test_cosine_uses_the_encoder():
         }
     )
     assert grade(grader, make_sample("a"), {}, context).reward == pytest.approx(1 / math.sqrt(2))
+
+
+def test_cosine_with_a_tunesmith_encoder(tiny_bert):
+    from tunesmith.encoders.model import load_encoder
+    from tunesmith.graders import Context
+
+    grader = parse_grader(
+        {
+            "type": "text_similarity",
+            "name": "cos",
+            "input": "{{sample.output_text}}",
+            "reference": "{{item.r}}",
+            "evaluation_metric": "cosine",
+        }
+    )
+    context = Context(encoder=str(tiny_bert))
+    a, b = load_encoder(str(tiny_bert)).encode(["a cheap pub", "an expensive restaurant"])
+    expected = float(a @ b / ((a @ a) ** 0.5 * (b @ b) ** 0.5))
+    assert grade(grader, make_sample("a cheap pub"), {"r": "an expensive restaurant"}, context).reward == pytest.approx(
+        max(expected, 0.0), abs=1e-5
+    )
+    assert grade(grader, make_sample("a cheap pub"), {"r": "a cheap pub"}, context).reward == pytest.approx(1.0)

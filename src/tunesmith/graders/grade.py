@@ -132,7 +132,7 @@ def _leaf(grader: Grader, sample: dict, item: dict, context: Context, result: Gr
                 result.reward = _string_check(grader, text, reference)
             else:
                 score = similarity.metric(grader.evaluation_metric, context.encode)(text, reference)
-                result.reward = min(max(score, 0.0), 1.0)  # floating error (1.0000000000000004)
+                result.reward = min(max(score, 0.0), 1.0)  # float error (1.0000000000000004), negative cosines
         elif isinstance(grader, Python):
             return _python(sandbox.run(grader.source, sample, item, context.limits), result)
         elif isinstance(grader, ScoreModel):
