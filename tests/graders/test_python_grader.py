@@ -29,6 +29,7 @@ def run(body: str, imports: str = "", item=None, context=FAST):
         ("return item['slots'].count('cheap') + (sample['output_json'] is None)", "", 2.0),
         ("return statistics.mean([1, 2]) + len(re.findall('a', sample['output_text']))", "import re, statistics", 3.5),
         ("open('notes.txt', 'w').write('x' * 5)\nreturn len(open('notes.txt').read())", "", 5.0),  # its own folder
+        ("with tempfile.NamedTemporaryFile('w') as f:\n    return float(f.write('abc'))", "import tempfile", 3.0),
         ("return True", "", None),
     ],
 )

@@ -1,7 +1,8 @@
 """Python graders run here: each call in a fresh process (sandboxed.py) in a fresh temporary folder.
 
-The process starts with ``python -I -S`` (no environment variables, no user or site packages, an
-empty environment: the server's keys and paths never reach it), limits itself (CPU seconds,
+The process starts with ``python -I -S`` (no PYTHON* variables, no user or site packages) in an
+environment of its own (LC_ALL, and TMPDIR set to its folder: the server's keys and paths never
+reach it), limits itself (CPU seconds,
 address space, file size) and installs its audit hook before the grader's code runs; this side
 adds the wall-clock timeout and removes the folder afterwards. A crash, a refused operation, a
 limit or a timeout is an Outcome with an error and no score, never an exception.
@@ -49,7 +50,7 @@ def run(source: str, sample: dict, item: dict, limits: Limits = Limits()) -> Out
                 input=request.encode(),
                 capture_output=True,
                 cwd=folder,
-                env={"LC_ALL": "C.UTF-8"},
+                env={"LC_ALL": "C.UTF-8", "TMPDIR": folder},  # tempfile writes where the grader may
                 timeout=limits.wall_seconds,
             )
         except subprocess.TimeoutExpired:
