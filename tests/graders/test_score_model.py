@@ -93,7 +93,9 @@ def test_refused(extra, message):
     assert message in str(error.value)
 
 
-def test_a_local_model_grades(tiny_model_name):
+def test_a_local_model_grades(tiny_model_name, tmp_path):
+    from tunesmith.models import resolve_model_path
+
     grader = parse_grader(
         score_model(model=tiny_model_name, range=[0, 10], sampling_params={"max_completions_tokens": 4})
     )
@@ -103,3 +105,15 @@ def test_a_local_model_grades(tiny_model_name):
     assert 0 <= first.reward <= 10 and first.token_usage > 4
     assert not any(v for k, v in first.errors.items() if k != "model_grader_parse_error")
     assert (again.reward, again.messages) == (first.reward, first.messages)  # greedy: the same answer
+    # A run folder (its merged/ model) judges as the model it holds.
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "merged").symlink_to(resolve_model_path(tiny_model_name))
+    run = parse_grader(
+        score_model(model=str(tmp_path / "run"), range=[0, 10], sampling_params={"max_completions_tokens": 4})
+    )
+    from_run = grade(run, make_sample("Paris"), {"q": "Capital?"}, context)
+    assert (from_run.reward, from_run.messages, from_run.token_usage) == (
+        first.reward,
+        first.messages,
+        first.token_usage,
+    )
