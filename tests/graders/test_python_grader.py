@@ -95,6 +95,7 @@ REFUSED = [
     ("crash", "raise ValueError('bad item')", "", "ValueError: bad item"),
     ("exit", "raise SystemExit(3)", "", "SystemExit: 3"),
     ("nan", "return float('nan')", "", "grade() returned nan"),
+    ("forged answer", "os.write(3, b'{{\"score\": 1e999}}\\n')\nos._exit(0)", "import os", "and no score"),
 ]
 
 

@@ -7,13 +7,14 @@ before the grader's code runs; this side adds the wall-clock timeout and removes
 afterwards. A crash, a refused operation, a
 limit or a timeout is an Outcome with an error and no score, never an exception.
 
-A fresh process per sample costs ~0.1 s of start-up (measured here, 2 busy cores), but no state (or another organisation's
+A fresh process per sample costs ~0.1 s of start-up (measured on 2 busy cores), but no state (or another organisation's
 item) survives from one sample to the next. grade.grade_many runs several at once.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import signal
 import subprocess
 import sys
@@ -63,8 +64,14 @@ def run(source: str, sample: dict, item: dict, limits: Limits = Limits()) -> Out
     try:
         answer = json.loads(lines[-1])
     except (IndexError, ValueError):
-        tail = done.stderr.decode(errors="replace").strip()[-500:]
-        return Outcome(None, f"the grader's process ended with status {done.returncode}: {tail}", "runtime")
-    if "error" in answer:
+        answer = None
+    if isinstance(answer, dict) and isinstance(answer.get("error"), str):
         return Outcome(None, answer["error"], "runtime")
-    return Outcome(float(answer["score"]))
+    score = answer.get("score") if isinstance(answer, dict) else None
+    # The grader can write to the answer's descriptor itself: what comes back is checked like any input.
+    if isinstance(score, bool) or not isinstance(score, (int, float)) or not math.isfinite(score):
+        tail = done.stderr.decode(errors="replace").strip()[-500:]
+        return Outcome(
+            None, f"the grader's process ended with status {done.returncode} and no score: {tail}", "runtime"
+        )
+    return Outcome(float(score))
