@@ -4,11 +4,12 @@ The process starts with ``python -I -S`` (no PYTHON* variables, no user or site 
 environment of its own (LC_ALL, and TMPDIR set to its folder: the server's keys and paths never
 reach it), limits itself (CPU seconds, address space, file size) and installs its audit hook
 before the grader's code runs; this side adds the wall-clock timeout and removes the folder
-afterwards. A crash, a refused operation, a
-limit or a timeout is an Outcome with an error and no score, never an exception.
+afterwards. A crash, a refused operation, a limit or a timeout is an Outcome with an error and no
+score, never an exception.
 
-A fresh process per sample costs ~0.1 s of start-up (measured on 2 busy cores), but no state (or another organisation's
-item) survives from one sample to the next. grade.grade_many runs several at once.
+A fresh process per sample costs ~0.1 s of start-up (measured on 2 busy cores), but no state (or
+another organisation's item) survives from one sample to the next. grade.grade_many runs several
+at once.
 """
 
 from __future__ import annotations
