@@ -69,17 +69,39 @@ def test_output_json_and_tools():
 
 
 @pytest.mark.parametrize(
-    "reference, output, message",
+    "reference, output, flag, message",
     [
-        ("{{item.missing}}", "x", "{{item.missing}}: item has no field 'missing' (it has 'answer', 'city', 'n')"),
-        ("{{item.city.names[5]}}", "x", "{{item.city.names.5}}: item.city.names has no field '5' (it has 2 entries)"),
-        ("{{sample.output_json.city}}", "not json", "{{sample.output_json.city}}: sample.output_json has no field"),
+        (
+            "{{item.missing}}",
+            "x",
+            "invalid_variable_error",
+            "{{item.missing}}: item has no field 'missing' (it has 'answer', 'city', 'n')",
+        ),
+        (
+            "{{item.city.names[5]}}",
+            "x",
+            "invalid_variable_error",
+            "{{item.city.names.5}}: item.city.names has no field '5' (it has 2 entries)",
+        ),
+        ("{{item.n.x}}", "x", "invalid_variable_error", "{{item.n.x}}: item.n has no field 'x' (it is a number)"),
+        (
+            "{{sample.output_json.city}}",
+            "not json",
+            "sample_parse_error",
+            "{{sample.output_json.city}}: sample.output_json has no field 'city' (it is null)",
+        ),
+        (
+            "{{sample.output_json.town}}",
+            '{"city": "Paris"}',
+            "invalid_variable_error",
+            "{{sample.output_json.town}}: sample.output_json has no field 'town' (it has 'city')",
+        ),
     ],
 )
-def test_missing_field_scores_zero_and_names_it(reference, output, message):
+def test_missing_field_scores_zero_and_names_it(reference, output, flag, message):
     result = grade(parse_grader(string_check("eq", reference=reference)), make_sample(output), ITEM)
-    assert result.reward == 0.0 and result.errors["invalid_variable_error"]
-    assert result.messages[0].startswith(message)
+    assert result.reward == 0.0 and result.errors[flag]
+    assert result.messages == [message]
 
 
 @pytest.mark.parametrize(

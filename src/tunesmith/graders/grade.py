@@ -144,7 +144,9 @@ def _leaf(grader: Grader, sample: dict, item: dict, context: Context, result: Gr
                 )
             result.reward = judgement.score
     except TemplateError as error:
-        return result.fail("invalid_variable_error", str(error))
+        # A reference into output_json of an answer that is not JSON: the sample is at fault, not the grader.
+        unparsed = error.reference[:2] == ("sample", "output_json") and sample.get("output_json") is None
+        return result.fail("sample_parse_error" if unparsed else "invalid_variable_error", str(error))
     except Exception as error:  # a model that fails to load or run: this sample's reward is 0, not the job
         return result.fail(
             "model_grader_server_error" if isinstance(grader, ScoreModel) else "other_error",

@@ -22,6 +22,10 @@ _STEP = re.compile(r"\.([^.\[\]\s]+)|\[(\d+)\]")
 class TemplateError(TunesmithError, ValueError):
     """A reference that names no field of the item or sample (or is not a reference at all)."""
 
+    def __init__(self, message: str, reference: tuple[str, ...] = ()):
+        super().__init__(message)
+        self.reference = reference  # ("sample", "output_json", "city") when a lookup failed
+
 
 def split_reference(reference: str) -> tuple[str, tuple[str, ...]]:
     """``"item.answers[0].text"`` -> ``("item", ("answers", "0", "text"))``; bad syntax is a TemplateError."""
@@ -55,12 +59,16 @@ def lookup(value, namespace: str, path: tuple[str, ...]):
             value = value[int(step)]
         else:
             full = ".".join((namespace, *path))
-            held = f"it has {len(value)} entries" if isinstance(value, list) else f"it is {type(value).__name__}"
+            held = f"it has {len(value)} entries" if isinstance(value, list) else f"it is {_json_name(value)}"
             if isinstance(value, dict):
                 held = f"it has {', '.join(map(repr, value)) or 'no fields'}"
-            raise TemplateError(f"{{{{{full}}}}}: {where} has no field {step!r} ({held})")
+            raise TemplateError(f"{{{{{full}}}}}: {where} has no field {step!r} ({held})", (namespace, *path))
         where = f"{where}.{step}"
     return value
+
+
+def _json_name(value) -> str:
+    return "null" if value is None else {str: "a string", bool: "a boolean"}.get(type(value), "a number")
 
 
 def render(template: str, sample: dict, item: dict) -> str:
