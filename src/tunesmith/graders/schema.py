@@ -32,17 +32,22 @@ class _Grader(BaseModel):
     pass_threshold: float | None = None  # a reward at or above it passes
 
 
-class StringCheck(_Grader):
-    type: Literal["string_check"]
+class _Comparison(_Grader):
+    """A grader of ``input`` against ``reference``, both templates."""
+
     input: str
     reference: str
-    operation: Literal["eq", "ne", "like", "ilike"]
 
     @field_validator("input", "reference")
     @classmethod
     def _check(cls, text: str) -> str:
         references(text)  # TemplateError (a ValueError for pydantic) names the reference
         return text
+
+
+class StringCheck(_Comparison):
+    type: Literal["string_check"]
+    operation: Literal["eq", "ne", "like", "ilike"]
 
 
 Metric = Literal[
@@ -50,17 +55,9 @@ Metric = Literal[
 ]
 
 
-class TextSimilarity(_Grader):
+class TextSimilarity(_Comparison):
     type: Literal["text_similarity"]
-    input: str
-    reference: str
     evaluation_metric: Metric
-
-    @field_validator("input", "reference")
-    @classmethod
-    def _check(cls, text: str) -> str:
-        references(text)  # TemplateError (a ValueError for pydantic) names the reference
-        return text
 
 
 class Python(_Grader):
