@@ -52,6 +52,25 @@ def write(tmp_path, records) -> str:
         (CHECK, [("reference", "answer")]),
         (CODE, [("mr", "slots"), ("name",)]),  # subscripts of grade's second parameter; .get is optional
         (MULTI, [("reference", "answer"), ("mr", "slots"), ("name",)]),
+        (
+            parse_grader(
+                {
+                    "type": "python",
+                    "name": "p",
+                    "source": (
+                        "def grade(sample, item):\n"
+                        "    if 'hint' not in item:\n"
+                        "        return 0\n"
+                        "    try:\n"
+                        "        extra = item['extra']['n']\n"
+                        "    except KeyError:\n"
+                        "        extra = 0\n"
+                        "    return len(item['hint']) + extra + item['must']['x']\n"
+                    ),
+                }
+            ),
+            [("must", "x")],
+        ),
     ],
 )
 def test_item_fields(grader, fields):

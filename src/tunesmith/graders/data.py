@@ -54,17 +54,35 @@ def item_fields(grader: Grader) -> list[tuple[str, ...]]:
 
 
 def _subscripts(source: str) -> list[tuple[str, ...]]:
+    """``item["a"]["b"]`` paths the grade function reads, less those it guards: a key it tests
+    (``"a" in item``) or reads with ``item.get("a")``, and any read inside a ``try``."""
     grade = next(n for n in ast.parse(source).body if isinstance(n, ast.FunctionDef) and n.name == "grade")
     if len(grade.args.args) < 2:
         return []
     name = grade.args.args[1].arg
+
+    def is_item(node) -> bool:
+        return isinstance(node, ast.Name) and node.id == name
+
+    guarded, excused = set(), set()
+    for node in ast.walk(grade):
+        if (
+            isinstance(node, ast.Compare)
+            and isinstance(node.left, ast.Constant)
+            and any(map(is_item, node.comparators))
+        ):
+            guarded.add(str(node.left.value))
+        elif isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and is_item(node.func.value):
+            guarded.update(str(a.value) for a in node.args[:1] if isinstance(a, ast.Constant))
+        elif isinstance(node, ast.Try):
+            excused.update(id(inner) for statement in node.body for inner in ast.walk(statement))
     paths = []
     for node in ast.walk(grade):
-        steps = []
+        steps, top = [], node
         while isinstance(node, ast.Subscript) and isinstance(node.slice, ast.Constant):
             steps.append(str(node.slice.value))
             node = node.value
-        if steps and isinstance(node, ast.Name) and node.id == name:
+        if steps and is_item(node) and id(top) not in excused and steps[-1] not in guarded:
             paths.append(tuple(reversed(steps)))
     # item["a"]["b"] is walked as item["a"]["b"] and again as item["a"]: keep the longest.
     return [p for p in dict.fromkeys(paths) if not any(q != p and q[: len(p)] == p for q in paths)]
