@@ -20,7 +20,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from tunesmith.serve.errors import APIError, error_response, invalid_request
 from tunesmith.serve.limits import BodyLimit, BodyTooLarge, OrgSlots
-from tunesmith.serve.routes import embeddings, files, inference, jobs, models
+from tunesmith.serve.routes import embeddings, files, graders, inference, jobs, models
 from tunesmith.serve.settings import ServeSettings
 from tunesmith.serve.store import Store
 
@@ -66,6 +66,7 @@ def create_app(settings: ServeSettings) -> FastAPI:
     models.add_routes(app)
     inference.add_routes(app)
     embeddings.add_routes(app)
+    graders.add_routes(app)
     return app
 
 
