@@ -116,9 +116,8 @@ def tokenize_chunk(chunk: list[tuple[int, int, object, bool]]) -> ChunkResult:
     parsed = []
     for file_index, line, value, raw in chunk:
         example, problems = _example(options, file_index, line, value, raw)
-        if example is None:
-            result.issues += problems
-        else:
+        result.issues += problems  # errors, or warnings of a kept example
+        if example is not None:
             parsed.append((file_index, line, example))
     chats = iter(tokenize_chats(tokenizer, [example for *_, example in parsed if example.text is None]))
     for file_index, line, example in parsed:
