@@ -66,7 +66,7 @@ def _start_worker(tokenizer, options: BuildOptions) -> None:
 
 def content_hash(example: Example) -> int:
     """64 bits of the example's content: duplicates and train/validation overlap without the texts."""
-    digest = hashlib.blake2b(repr((example.messages, example.text)).encode(), digest_size=8).digest()
+    digest = hashlib.blake2b(repr((example.messages, example.text, example.tools)).encode(), digest_size=8).digest()
     return int.from_bytes(digest, "little")
 
 
