@@ -287,7 +287,7 @@ def _from_messages(obj: dict):
     messages = tuple(_message(i, m, problems, validators=validators) for i, m in enumerate(raw))
     if n_errors(problems):
         return None, problems
-    problems += _conversation_problems(messages) + _call_problems(messages, parallel is not False)
+    problems += _conversation_problems(messages) + call_problems(messages, parallel is not False)
     if n_errors(problems) or not tools:
         return messages, problems
     return {"messages": messages, "tools": tools, "parallel_tool_calls": parallel}, problems
@@ -464,7 +464,7 @@ def _conversation_problems(messages: tuple[Message, ...]) -> list[Problem]:
     return []
 
 
-def _call_problems(messages: tuple[Message, ...], parallel: bool) -> list[Problem]:
+def call_problems(messages: tuple[Message, ...], parallel: bool) -> list[Problem]:
     """Each tool result answers a call made earlier in the conversation; one call per turn where
     the example forbids parallel calls."""
     ids, names, problems = set(), set(), []

@@ -253,5 +253,5 @@ def _prepare_pairs(cfg: DataConfig, tokenizer, seed: int, batch_size: int, grad_
         train, tokenizer, cfg.max_seq_len, validation, batch_size=batch_size, grad_accum=grad_accum
     )
     # samples (train/samples.py) show the prompt with the preferred answer as the reference
-    shown = [pair.side(pair.chosen) for pair in validation.examples] if validation else []
+    shown = [pair.side(preferred=True) for pair in validation.examples] if validation else []
     return PreparedData(train_pairs, val_pairs, shown, report, val_report, pairs=True)
