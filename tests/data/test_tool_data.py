@@ -7,7 +7,7 @@ import pytest
 
 from tunesmith.chat.messages import Message
 from tunesmith.chat.tools import Tool, ToolCall
-from tunesmith.data.formats import LineError, read_examples
+from tunesmith.data.formats import LineError, read_chat, read_examples
 from tunesmith.data.validate import validate_dataset
 
 GLAIVE = Path("/work/shared/data/tool_calling/glaive_toolcall_en_demo.json")
@@ -40,7 +40,10 @@ EXPECTED = (
 )
 
 
-def _sharegpt(*turns, tools=json.dumps([WEATHER])):
+GLAIVE_TOOLS = json.dumps([WEATHER])  # ShareGPT files carry their tools as a JSON string
+
+
+def _sharegpt(*turns, tools=GLAIVE_TOOLS):
     return {"conversations": [{"from": f, "value": v} for f, v in turns], "tools": tools}
 
 
@@ -244,3 +247,27 @@ def test_the_glaive_file_validates_and_tokenises(smol_tokenizer):
     others = [(i.line, i.field, i.severity) for i in report.issues if "duplicate" not in i.reason]
     assert others == [(260, "conversations[3].value", "warning")]
     assert report.stats.total_label_tokens > 0
+
+
+@pytest.mark.parametrize(
+    "body, problems",
+    [
+        ({"messages": [USER], "tools": TOOLS}, []),  # a request: no answer needed
+        ({"messages": GOOD["messages"][:3], "tools": TOOLS}, []),
+        (
+            {"messages": [USER, _asks(_call("get_time"))], "tools": TOOLS},
+            [
+                (
+                    "messages[1].tool_calls[0].function.name",
+                    "calls 'get_time', which is not a declared tool (declared: get_weather)",
+                )
+            ],
+        ),
+        ({"tools": TOOLS}, [("messages", "missing key")]),
+    ],
+)
+def test_a_request_body_reads_as_a_chat_with_tools(body, problems):
+    chat, found = read_chat(body)
+    assert found == problems
+    if not problems:
+        assert chat.messages[0] == EXPECTED[0] and chat.tools[0].name == "get_weather"

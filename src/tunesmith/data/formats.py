@@ -274,9 +274,21 @@ def _content(value, field: str, problems: list[Problem]) -> str | None:
 
 
 def _from_messages(obj: dict):
-    raw = obj["messages"]
+    chat, problems = read_chat(obj)
+    if chat is None:
+        return None, problems
+    problems += _conversation_problems(chat.messages)
+    if n_errors(problems) or not chat.tools:
+        return chat.messages, problems
+    return {"messages": chat.messages, "tools": chat.tools, "parallel_tool_calls": chat.parallel_tool_calls}, problems
+
+
+def read_chat(obj: dict) -> tuple[Example | None, list[Problem]]:
+    """OpenAI's `{messages, tools | functions, parallel_tool_calls}` (a training line, or a chat
+    completion request's body) checked as a conversation, with no answer required, or its problems."""
+    raw = obj.get("messages")
     if not isinstance(raw, list):
-        return None, [("messages", f"expected an array, got {_json_type(raw)}")]
+        return None, [("messages", f"expected an array, got {_json_type(raw)}" if "messages" in obj else "missing key")]
     if not raw:
         return None, [("messages", "empty conversation")]
     problems: list[Problem] = []
@@ -287,10 +299,10 @@ def _from_messages(obj: dict):
     messages = tuple(_message(i, m, problems, validators=validators) for i, m in enumerate(raw))
     if n_errors(problems):
         return None, problems
-    problems += _conversation_problems(messages) + call_problems(messages, parallel is not False)
-    if n_errors(problems) or not tools:
-        return messages, problems
-    return {"messages": messages, "tools": tools, "parallel_tool_calls": parallel}, problems
+    problems += call_problems(messages, parallel is not False)
+    if n_errors(problems):
+        return None, problems
+    return Example(0, messages, tools=tools, parallel_tool_calls=parallel is not False), problems
 
 
 def read_tools(obj: dict, problems: list[Problem]) -> tuple[tuple[Tool, ...], dict | None]:
