@@ -223,8 +223,8 @@ def _with(**changes):
         ),
         (
             _sharegpt(("human", "Weather?"), ("observation", "18C"), ("gpt", "Sunny.")),
-            "conversations[1].value",
-            "'(none)' answers no earlier call of this conversation",
+            "conversations[1].from",
+            "an observation must answer a function_call before it",
             "error",
         ),
     ],

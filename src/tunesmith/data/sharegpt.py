@@ -21,7 +21,7 @@ def sharegpt_as_openai(obj: dict) -> tuple[dict | list, list]:
     turns, problems = obj["conversations"], []
     if not isinstance(turns, list):
         return [("conversations", "expected an array of turns")], []
-    messages, sources, pending = [], [], []
+    messages, sources, pending, answered = [], [], [], None
     system = obj.get("system")
     if system is not None:
         messages.append({"role": "system", "content": system})
@@ -43,7 +43,12 @@ def sharegpt_as_openai(obj: dict) -> tuple[dict | list, list]:
             message = {"role": "assistant", "content": None, "tool_calls": calls}
             pending = [call["id"] for call in calls]
         elif role == "tool":
-            message["tool_call_id"] = pending.pop(0) if pending else "(none)"
+            if not answered and not pending:
+                problems.append((f"{where}.from", "an observation must answer a function_call before it"))
+                continue
+            # More observations than calls: the extra ones add to the last call's result.
+            answered = pending.pop(0) if pending else answered
+            message["tool_call_id"] = answered
         messages.append(message)
         sources.append(k)
     tools = obj.get("tools", [])
@@ -73,9 +78,9 @@ def _calls(value, k: int, where: str, problems: list) -> list | None:
         {
             "id": f"call_{k}_{j}",
             "type": "function",
-            "function": {"name": i.get("name"), "arguments": i.get("arguments", {})},
+            "function": {"name": c.get("name"), "arguments": c.get("arguments", {})},
         }
-        for j, i in enumerate(items)
+        for j, c in enumerate(items)
     ]
 
 
