@@ -58,3 +58,13 @@ def test_labels_cover_exactly_the_calls_and_closing_token(fixture, messages, run
     tokenized = tokenize_example(tokenizer, Example(1, messages=messages, tools=(WEATHER,)), 4096)
     assert _labelled_runs(tokenizer, tokenized) == runs
     assert "get_weather" in tokenizer.decode(tokenized.input_ids[:60])  # the schema is there, unlabelled
+
+
+@pytest.mark.parametrize("fixture", ["smol_tokenizer", "qwen_style_tokenizer"])
+def test_the_compiled_template_renders_tool_chats_as_apply_chat_template(fixture, request):
+    from tunesmith.data.tokenize import tokenize_chats
+
+    tokenizer = request.getfixturevalue(fixture)
+    examples = [Example(1, messages=(TURNS[0], Message("assistant", "Hi."))), Example(2, TURNS, tools=(WEATHER,))]
+    one_by_one = [tokenize_example(tokenizer, e, 4096) for e in examples]
+    assert tokenize_chats(tokenizer, examples) == [(t.input_ids, t.labels) for t in one_by_one]
