@@ -18,6 +18,7 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
+from tunesmith.chat.tools import FALLBACK_VERSION
 from tunesmith.config import DataConfig
 from tunesmith.data.build import BuildOptions, build_store, examples_at
 from tunesmith.data.formats import Example, LineError, LoadedData, with_system
@@ -86,7 +87,8 @@ def store_key(source: Source, options: BuildOptions, tokenizer) -> str:
     digest.update(content_hash(source.files).encode())
     digest.update(_tokenizer_identity(tokenizer))
     settings = (source.format, source.columns, options.system, options.max_seq_len, options.overlength)
-    digest.update(repr((settings, STORE_VERSION)).encode())
+    # The tool rendering follows from the template (in the tokenizer identity) and the fallback's version.
+    digest.update(repr((settings, STORE_VERSION, FALLBACK_VERSION)).encode())
     return digest.hexdigest()
 
 
@@ -251,5 +253,5 @@ def _prepare_pairs(cfg: DataConfig, tokenizer, seed: int, batch_size: int, grad_
         train, tokenizer, cfg.max_seq_len, validation, batch_size=batch_size, grad_accum=grad_accum
     )
     # samples (train/samples.py) show the prompt with the preferred answer as the reference
-    shown = [pair.side(pair.chosen) for pair in validation.examples] if validation else []
+    shown = [pair.side(preferred=True) for pair in validation.examples] if validation else []
     return PreparedData(train_pairs, val_pairs, shown, report, val_report, pairs=True)
