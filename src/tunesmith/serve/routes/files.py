@@ -34,28 +34,63 @@ def file_object(row: dict) -> dict:
     }
 
 
-def check_jsonl(path: Path) -> None:
-    """Every non-blank line must be a JSON object (the data validator checks the fields later)."""
-    bad, count = [], 0
+MAX_LINE_BYTES = 8 * 1024 * 1024  # one example; a 128k-token conversation is well under 1 MB
+
+
+def _refuse_constant(name: str):
+    raise ValueError(f"{name} is not a JSON number")
+
+
+def _line_problem(raw: bytes, number: int) -> str | None:
+    """Why one line is not a JSON object, or None. Every error json.loads can raise on hostile input is
+    caught: a 5,000-digit integer (ValueError), ``[`` nested 100,000 deep (RecursionError), NaN."""
+    try:
+        value = json.loads(raw.decode("utf-8-sig" if number == 1 else "utf-8"), parse_constant=_refuse_constant)
+    except UnicodeDecodeError:
+        return "not valid UTF-8"
+    except json.JSONDecodeError as error:
+        return f"not valid JSON ({error.msg})"
+    except RecursionError:
+        return "nested too deeply"
+    except ValueError as error:  # an integer past Python's digit limit, NaN or Infinity
+        return f"not valid JSON ({str(error).split(';')[0]})"
+    return None if isinstance(value, dict) else f"a JSON {type(value).__name__}, not an object"
+
+
+def check_jsonl(path: Path, max_line_bytes: int = MAX_LINE_BYTES) -> None:
+    """Every non-blank line must be a JSON object (the data validator checks the fields later).
+
+    Lines are read with a cap, so memory stays bounded by ``max_line_bytes`` whatever the file holds.
+    """
+    bad, n_bad, count, number = [], 0, 0, 0  # the first five problems are kept, the rest counted
+
+    def note(problem: str) -> None:
+        nonlocal n_bad
+        n_bad += 1
+        if len(bad) < 5:
+            bad.append(f"line {number}: {problem}")
+
     with open(path, "rb") as fh:
-        for number, raw in enumerate(fh, 1):
+        while raw := fh.readline(max_line_bytes + 1):
+            number += 1
+            if len(raw) > max_line_bytes and not raw.endswith(b"\n"):
+                note(f"longer than {max_line_bytes} bytes")
+                while raw and not raw.endswith(b"\n"):  # skip the rest of it, a bounded piece at a time
+                    raw = fh.readline(2**16)
+                count += 1
+                continue
             if not raw.strip():
                 continue
             count += 1
-            try:
-                value = json.loads(raw.decode("utf-8-sig" if number == 1 else "utf-8"))
-                if not isinstance(value, dict):
-                    bad.append(f"line {number}: a JSON {type(value).__name__}, not an object")
-            except UnicodeDecodeError:
-                bad.append(f"line {number}: not valid UTF-8")
-            except json.JSONDecodeError as error:
-                bad.append(f"line {number}: not valid JSON ({error.msg})")
+            problem = _line_problem(raw, number)
+            if problem:
+                note(problem)
     if bad:
-        more = f" (and {len(bad) - 5} more)" if len(bad) > 5 else ""
+        more = f" (and {n_bad - 5} more)" if n_bad > 5 else ""
         raise APIError(
             400,
             "Invalid file format for fine-tune: the file must be JSONL, one JSON object per line; "
-            + "; ".join(bad[:5])
+            + "; ".join(bad)
             + more,
             param="file",
             code="invalid_file_format",
