@@ -60,7 +60,8 @@ def test_auto_hyperparameters_rule():
 
 def test_flow_with_fake_trainer(fake_server):
     server = fake_server()
-    client = server.client(server.key("acme"))
+    key = server.key("acme")
+    client = server.client(key)
     train = upload(client, chat_rows(16))
     valid = upload(client, chat_rows(4, 100), "valid.jsonl")
     assert train.id.startswith("file-") and train.filename == "train.jsonl" and train.purpose == "fine-tune"
@@ -81,7 +82,8 @@ def test_flow_with_fake_trainer(fake_server):
     assert job.status == "succeeded", job.error
     assert job.hyperparameters.n_epochs == 2 and job.hyperparameters.batch_size == 4
     assert job.hyperparameters.learning_rate_multiplier == 1.0
-    assert job.fine_tuned_model == f"ft:tiny-llama-test:acme:adder:{job.id[-8:]}"
+    org_id = Store(server.home).org_for_key(key)["id"]
+    assert job.fine_tuned_model == f"ft:tiny-llama-test:{org_id}:adder:{job.id[-8:]}"
     assert job.trained_tokens == 8000 and job.finished_at and job.estimated_finish is None
 
     events = list(client.fine_tuning.jobs.list_events(job.id, limit=100))

@@ -27,7 +27,6 @@ import io
 import logging
 import math
 import os
-import re
 import shlex
 import signal
 import subprocess
@@ -94,11 +93,13 @@ def openai_metrics(row: dict) -> dict:
 DPO_METRICS = [f"{split}_{name}" for split in ("train", "val") for name in ("reward_accuracy", "reward_margin")]
 
 
-def fine_tuned_model_name(job: dict, org_name: str) -> str:
-    """``ft:{base}:{org}:{suffix}:{job-suffix}`` (empty suffix stays empty, as in OpenAI's names)."""
-    org = re.sub(r"[^a-z0-9-]+", "-", org_name.lower()).strip("-") or "org"
+def fine_tuned_model_name(job: dict) -> str:
+    """``ft:{base}:{org-id}:{suffix}:{job-suffix}`` (empty suffix stays empty, as in OpenAI's names).
+
+    The organisation's id, not a slug of its name: two organisations whose names slug alike never
+    build the same model id."""
     # A model tuned from a fine-tuned one is named after the root base, as OpenAI names it.
-    return f"ft:{root_base(job['model'])}:{org}:{job['suffix'] or ''}:{job['id'][-8:]}"
+    return f"ft:{root_base(job['model'])}:{job['org_id']}:{job['suffix'] or ''}:{job['id'][-8:]}"
 
 
 def _trained_model(job: dict, out_dir: Path) -> tuple[Path, str]:
@@ -448,12 +449,12 @@ class Worker:
             fields["estimated_finish"] = now() + int(per_step * max(0, total - last_step))
         self.store.update_job(job["id"], **fields)
 
-    def _watch_checkpoints(self, run: _Running, job: dict, org_name: str) -> None:
+    def _watch_checkpoints(self, run: _Running, job: dict) -> None:
         new = [s for s in checkpoint_steps(run.out_dir) if s not in run.seen_checkpoints]
         if not new:
             return
         metrics = read_metrics(run.out_dir)
-        model = fine_tuned_model_name(job, org_name)
+        model = fine_tuned_model_name(job)
         for step in new:
             run.seen_checkpoints.add(step)
             before = [m for m in metrics if m["step"] <= step]
@@ -474,9 +475,8 @@ class Worker:
                 self._running.pop(run.job_id, None)
             self.store.update_job(run.job_id, pid=None)
             return
-        org = self.store.org(job["org_id"])
         self._tail_metrics(run, job)
-        self._watch_checkpoints(run, job, org["name"])
+        self._watch_checkpoints(run, job)
         if code is None:
             return
         with self._lock:
@@ -484,7 +484,7 @@ class Worker:
         job = self.store.job(None, run.job_id)
         if code == 0:
             try:
-                self._finish(job, run, org["name"])
+                self._finish(job, run)
             except Exception as error:  # a full disk, a database error: the job must not stay running
                 log.exception("registering the outputs of %s", job["id"])
                 self._fail(job["id"], "server_error", f"could not register the trained model: {error}")
@@ -525,7 +525,7 @@ class Worker:
                 message = message.replace(row["path"], f"{file_id} ({row['filename']})")
         return message[:2000]
 
-    def _finish(self, job: dict, run: _Running, org_name: str) -> None:
+    def _finish(self, job: dict, run: _Running) -> None:
         weights, marker = _trained_model(job, run.out_dir)
         if not (weights / marker).is_file():
             return self._fail(
@@ -556,7 +556,7 @@ class Worker:
             csv_path.stat().st_size,
             str(csv_path),
         )
-        model = fine_tuned_model_name(job, org_name)
+        model = fine_tuned_model_name(job)
         final_step = summary.get("steps") or job["last_metrics_step"]
         if final_step and final_step not in run.seen_checkpoints:  # the final model is a checkpoint too
             rows = [m for m in read_metrics(run.out_dir) if m["step"] <= final_step]

@@ -10,7 +10,7 @@ from fastapi import FastAPI
 from fastapi.responses import FileResponse
 from starlette.concurrency import run_in_threadpool
 
-from tunesmith.serve.errors import APIError
+from tunesmith.serve.errors import APIError, in_use
 from tunesmith.serve.names import is_encoder
 from tunesmith.serve.routes.params import Org
 from tunesmith.serve.store import Store
@@ -80,6 +80,13 @@ def add_routes(app: FastAPI) -> None:
 
     @app.delete("/v1/models/{model_id:path}")
     def delete_model(model_id: str, org: Org):
+        """Delete a fine-tuned model and its run's outputs.
+
+        A model that other fine-tunes were trained from (they use its ``merged/`` weights as their
+        base) or that an unfinished job trains from cannot be deleted: 409 naming them. Copying the
+        parent's weights into every child was the alternative; refusing keeps disk use what the
+        organisation sees, and the dependants can be deleted first.
+        """
         if model_id in BUILTIN_MODELS + ENCODER_MODELS:
             raise APIError(
                 400,
@@ -88,7 +95,14 @@ def add_routes(app: FastAPI) -> None:
                 code="model_not_deletable",
             )
         row = fine_tune(org, model_id)
-        store.delete_model(org["id"], model_id)
+        dependants = store.delete_model(org["id"], model_id)
+        if dependants:
+            raise in_use(
+                f"model {model_id} cannot be deleted: {', '.join(dependants)} "
+                f"{'is' if len(dependants) == 1 else 'are'} trained from it; delete or cancel "
+                f"{'it' if len(dependants) == 1 else 'them'} first",
+                "model",
+            )
         app.state.engine.forget(row["job_id"])
         # The adapter, merged weights, checkpoints and exports: all of the run's outputs.
         shutil.rmtree(Path(row["adapter_path"]).parent, ignore_errors=True)
