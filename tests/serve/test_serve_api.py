@@ -173,6 +173,10 @@ def test_crash_fails_the_job_and_user_error_names_the_file(fake_server, tmp_path
     )
     assert job.status == "failed" and job.error.code == "training_crashed"
     assert "signal 6" in job.error.message and "fake out of memory" in job.error.message
+    # The trainer's stderr names its run folder: the client reads it relative to the server's home.
+    assert job.error.message.endswith(f"fake out of memory saving runs/{job.id}/out/checkpoints"), job.error.message
+    events = " ".join(e.message for e in client.fine_tuning.jobs.list_events(job.id, limit=100))
+    assert "saving runs/" in events and str(server.home) not in events
     server.kill(signal.SIGTERM)
 
     server = fake_server(env={"FAKE_TRAINER_MODE": "usererror"}, home=tmp_path / "home2")

@@ -20,6 +20,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from tunesmith.serve.errors import APIError, error_response, invalid_request
 from tunesmith.serve.limits import BodyLimit, BodyTooLarge, OrgSlots
+from tunesmith.serve.redact import public
 from tunesmith.serve.routes import embeddings, files, inference, jobs, models
 from tunesmith.serve.settings import ServeSettings
 from tunesmith.serve.store import Store
@@ -60,7 +61,7 @@ def create_app(settings: ServeSettings) -> FastAPI:
     app.state.engine, app.state.inference_pool = engine, inference_pool
     app.state.inference_slots = OrgSlots(settings.max_inference_per_org)
     app.add_middleware(BodyLimit, json_limit=settings.max_body_bytes, upload_limit=settings.max_upload_bytes)
-    _install_error_handlers(app)
+    _install_error_handlers(app, settings)
     files.add_routes(app)
     jobs.add_routes(app)
     models.add_routes(app)
@@ -69,9 +70,11 @@ def create_app(settings: ServeSettings) -> FastAPI:
     return app
 
 
-def _install_error_handlers(app: FastAPI) -> None:
+def _install_error_handlers(app: FastAPI, settings: ServeSettings) -> None:
     @app.exception_handler(APIError)
     async def api_error(_: Request, error: APIError):
+        # One place for every route's messages: a model's load error, an exporter's, name server paths.
+        error.message = public(error.message, settings.home)
         return error_response(error)
 
     @app.exception_handler(BodyTooLarge)

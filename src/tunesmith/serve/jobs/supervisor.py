@@ -50,6 +50,7 @@ from tunesmith.runfolder import (
 from tunesmith.serve.jobs.policy import BASE_ENCODER_LR, BASE_LORA_LR, VAL_FRACTION, resolve_hyperparameters
 from tunesmith.serve.jobs.validate import DataCheck, check_job_files, check_pair_files
 from tunesmith.serve.names import is_encoder, root_base
+from tunesmith.serve.redact import public
 from tunesmith.serve.store import TERMINAL, Store, new_id, now
 
 log = logging.getLogger("tunesmith.serve")
@@ -243,6 +244,7 @@ class Worker:
     # --- stages -------------------------------------------------------------------------------
 
     def _fail(self, job_id: str, code: str, message: str, param: str | None = None) -> None:
+        message = public(message, self.store.home)  # a trainer's stderr, an exception: no server path
         error = {"code": code, "message": message, "param": param}
         if self.store.update_job(
             job_id,
@@ -287,7 +289,7 @@ class Worker:
             code = "invalid_training_file" if check.param == "training_file" else "invalid_validation_file"
             return self._fail(job["id"], code, check.message, check.param)
         for warning in check.warnings:
-            self.store.add_event(job["id"], warning, level="warn")
+            self.store.add_event(job["id"], public(warning, self.store.home), level="warn")
         if not check.n_validation:  # without a validation file the trainer holds out VAL_FRACTION
             return self._fail(
                 job["id"],
@@ -338,6 +340,7 @@ class Worker:
                 "train": train["path"],
                 "validation": validation["path"] if validation else None,
                 "val_fraction": VAL_FRACTION,
+                "cache_namespace": job["org_id"],  # an organisation's token stores are its own
             },
             "method": _method(encoder, hyper),
             "train": {
