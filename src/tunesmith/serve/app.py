@@ -11,6 +11,7 @@ Routes live in serve/routes/ (one module per resource); this module builds the a
 from __future__ import annotations
 
 import logging
+import sqlite3
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 
@@ -23,6 +24,7 @@ from tunesmith.serve.limits import BodyLimit, BodyTooLarge, OrgSlots
 from tunesmith.serve.redact import public
 from tunesmith.serve.routes import embeddings, files, inference, jobs, models
 from tunesmith.serve.settings import ServeSettings
+from tunesmith.serve.storage import Storage, collect_garbage, disk_full, insufficient_storage
 from tunesmith.serve.store import Store
 
 log = logging.getLogger("tunesmith.serve")
@@ -48,6 +50,9 @@ def create_app(settings: ServeSettings) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         store.remove_orphans()
+        if settings.keep_failed_runs is not None:
+            for path, size in collect_garbage(store, settings.keep_failed_runs):
+                log.warning("retention: removed %s (%d bytes)", path, size)
         worker.start()
         try:
             yield
@@ -59,6 +64,7 @@ def create_app(settings: ServeSettings) -> FastAPI:
     app = FastAPI(title="tunesmith", lifespan=lifespan)
     app.state.store, app.state.worker, app.state.settings = store, worker, settings
     app.state.engine, app.state.inference_pool = engine, inference_pool
+    app.state.storage = Storage(store, settings.storage_quota, settings.max_files, settings.min_free_disk)
     app.state.inference_slots = OrgSlots(settings.max_inference_per_org)
     app.add_middleware(BodyLimit, json_limit=settings.max_body_bytes, upload_limit=settings.max_upload_bytes)
     _install_error_handlers(app, settings)
@@ -92,7 +98,13 @@ def _install_error_handlers(app: FastAPI, settings: ServeSettings) -> None:
         message = "Unknown URL" if status == 404 else str(error.detail)
         return error_response(APIError(status, message, code=code))
 
-    @app.exception_handler(Exception)
-    async def server_error(_: Request, error: Exception):
-        log.exception("unhandled error")
+    def unexpected(error: Exception):
+        if disk_full(error):  # whatever wrote: SQLite rolled back, the route removed its partial file
+            log.warning("disk full: %s", error)
+            return error_response(insufficient_storage("the disk is full"))
+        log.exception("unhandled error", exc_info=error)
         return error_response(APIError(500, f"internal server error: {type(error).__name__}", code="server_error"))
+
+    # OSError and SQLite's errors by their own handlers: answered here, not re-raised as a crash.
+    for kind in (OSError, sqlite3.Error, Exception):
+        app.add_exception_handler(kind, lambda _, error: unexpected(error))

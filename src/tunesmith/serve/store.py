@@ -212,6 +212,12 @@ class Store:
             path.unlink(missing_ok=True)
         return removed
 
+    def org_usage(self, org_id: str) -> tuple[int, int]:
+        """The organisation's stored files: how many, and their bytes."""
+        with self._connect() as db:
+            row = db.execute("SELECT COUNT(*), COALESCE(SUM(bytes), 0) FROM files WHERE org_id = ?", (org_id,))
+            return tuple(row.fetchone())
+
     def delete_file(self, org_id: str, file_id: str) -> bool:
         return self._write("DELETE FROM files WHERE id = ? AND org_id = ?", (file_id, org_id)) > 0
 

@@ -51,6 +51,7 @@ from tunesmith.serve.jobs.policy import BASE_ENCODER_LR, BASE_LORA_LR, VAL_FRACT
 from tunesmith.serve.jobs.validate import DataCheck, check_job_files, check_pair_files
 from tunesmith.serve.names import is_encoder, root_base
 from tunesmith.serve.redact import public
+from tunesmith.serve.storage import disk_full
 from tunesmith.serve.store import TERMINAL, Store, new_id, now
 
 log = logging.getLogger("tunesmith.serve")
@@ -377,10 +378,10 @@ class Worker:
         steps = checkpoint_steps(out_dir)
         flag = "--resume" if resume and steps else "--overwrite"
         stderr_path = run_dir / "stderr.log"
-        with open(run_dir / "train.log", "ab") as stdout, open(stderr_path, "ab") as stderr:
-            stderr.write(f"\n=== {time.strftime('%Y-%m-%d %H:%M:%S')} {flag}\n".encode())
-            stderr.flush()
-            try:
+        try:  # the logs' first write fails on a full disk, as the start itself can
+            with open(run_dir / "train.log", "ab") as stdout, open(stderr_path, "ab") as stderr:
+                stderr.write(f"\n=== {time.strftime('%Y-%m-%d %H:%M:%S')} {flag}\n".encode())
+                stderr.flush()
                 proc = subprocess.Popen(
                     [*self.trainer_command, str(config), flag, *_procs_flag(job["procs"])],
                     cwd=run_dir,
@@ -392,8 +393,8 @@ class Worker:
                     # preexec_fn: it can deadlock Popen in a threaded program.
                     start_new_session=True,
                 )
-            except OSError as error:
-                return self._fail(job["id"], "server_error", f"could not start the trainer: {error}")
+        except OSError as error:
+            return self._not_started(job, error)
         fields = {"status": "running", "pid": proc.pid, "attempts": job["attempts"] + 1}
         if not job["started_at"]:
             fields["started_at"] = now()
@@ -416,6 +417,16 @@ class Worker:
         if not resume:
             on = f" on {job['procs']} processes" if job["procs"] > 1 else ""
             self.store.add_event(job["id"], f"Fine-tuning job started{on}", data={"procs": job["procs"]})
+
+    def _not_started(self, job: dict, error: OSError) -> None:
+        """The trainer could not start: the attempt counts (a resumed job is not retried forever);
+        after ``MAX_ATTEMPTS`` the job fails, before that the next cycle tries again."""
+        attempts = job["attempts"] + 1
+        message = f"could not start the trainer: {error}"
+        if attempts >= MAX_ATTEMPTS or not disk_full(error):  # only a full disk may free up meanwhile
+            return self._fail(job["id"], "server_error", message)
+        self.store.update_job(job["id"], only_if_status=("queued", "running"), attempts=attempts)
+        log.warning("%s (attempt %d of %d)", message, attempts, MAX_ATTEMPTS)
 
     def _tail_metrics(self, run: _Running, job: dict) -> None:
         path = run.out_dir / METRICS

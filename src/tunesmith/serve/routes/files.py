@@ -14,6 +14,7 @@ from tunesmith.data.store import remove_stores_of
 from tunesmith.serve.errors import APIError, found, in_use
 from tunesmith.serve.routes.params import Org, page
 from tunesmith.serve.settings import ServeSettings
+from tunesmith.serve.storage import Storage
 from tunesmith.serve.store import Store, new_id
 from tunesmith.serve.uploads import receive_upload
 
@@ -107,13 +108,18 @@ def check_jsonl(path: Path, max_line_bytes: int = MAX_LINE_BYTES) -> None:
 def add_routes(app: FastAPI) -> None:
     store: Store = app.state.store
     settings: ServeSettings = app.state.settings
+    storage: Storage = app.state.storage
 
     @app.post("/v1/files")
     async def upload_file(request: Request, org: Org):
         file_id = new_id("file-")
         path = store.files_dir / f"{file_id}.jsonl"  # the client's file name is never part of a path
         partial = store.files_dir / f"{UPLOAD_PREFIX}{file_id}"  # removed at start if the server dies
-        upload = await receive_upload(request, partial, settings.max_upload_bytes)
+        with storage.reserve(org["id"]) as reservation:  # held until the file is registered
+            upload = await receive_upload(request, partial, settings.max_upload_bytes, reservation.grow)
+            return await _accept(org, upload, file_id, partial, path)
+
+    async def _accept(org: dict, upload, file_id: str, partial: Path, path: Path) -> dict:
         try:
             purpose = upload.fields.get("purpose")
             if not purpose:
@@ -124,11 +130,12 @@ def add_routes(app: FastAPI) -> None:
                 raise APIError(400, "missing required parameter 'file' (a file part)", param="file")
             await run_in_threadpool(check_jsonl, partial)  # reads the whole file: off the event loop
             partial.rename(path)
-        except BaseException:
+            name = (upload.filename or "upload.jsonl").replace("\\", "/").rsplit("/", 1)[-1][:255] or "upload.jsonl"
+            return file_object(store.add_file(file_id, org["id"], name, purpose, upload.size, str(path)))
+        except BaseException:  # a refusal, a full disk (the database refused the row): nothing stays
             partial.unlink(missing_ok=True)
+            path.unlink(missing_ok=True)
             raise
-        name = (upload.filename or "upload.jsonl").replace("\\", "/").rsplit("/", 1)[-1][:255] or "upload.jsonl"
-        return file_object(store.add_file(file_id, org["id"], name, purpose, upload.size, str(path)))
 
     @app.get("/v1/files")
     def list_files(

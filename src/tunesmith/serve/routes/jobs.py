@@ -115,6 +115,7 @@ def add_routes(app: FastAPI) -> None:
         # Read as JSON whatever its Content-Type, as it always was (a body parameter would need JSON's).
         spec = parse(JobRequest, await json_body(request))
         train, validation = _check_sources(spec, store, org)
+        app.state.storage.check_free()  # 507 below the floor: a trainer would fill the disk for everyone
         cap = settings.max_active_jobs_per_org
         if store.count_active_jobs(org["id"]) >= cap:
             raise too_many(f"your organisation already has {cap} unfinished fine-tuning jobs", retry_after=60)
