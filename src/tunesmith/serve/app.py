@@ -18,7 +18,9 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
 
+from tunesmith.serve import openapi
 from tunesmith.serve.errors import APIError, error_response, invalid_request
 from tunesmith.serve.limits import BodyLimit, BodyTooLarge, OrgSlots
 from tunesmith.serve.redact import public
@@ -73,6 +75,7 @@ def create_app(settings: ServeSettings) -> FastAPI:
     models.add_routes(app)
     inference.add_routes(app)
     embeddings.add_routes(app)
+    openapi.install(app)
     return app
 
 
@@ -92,11 +95,15 @@ def _install_error_handlers(app: FastAPI, settings: ServeSettings) -> None:
         return error_response(invalid_request(error.errors()))
 
     @app.exception_handler(StarletteHTTPException)
-    async def http_error(_: Request, error: StarletteHTTPException):
+    async def http_error(request: Request, error: StarletteHTTPException):
         status = error.status_code
         code = {404: "not_found", 405: "method_not_allowed"}.get(status)
         message = "Unknown URL" if status == 404 else str(error.detail)
-        return error_response(APIError(status, message, code=code))
+        headers = error.headers
+        if status == 405:  # RFC 9110: Allow lists every method of the URL, not those of one route
+            allowed = {m for r in app.router.routes if r.matches(request.scope)[0] != Match.NONE for m in r.methods}
+            headers = {"Allow": ", ".join(sorted(allowed))}
+        return error_response(APIError(status, message, code=code, headers=headers))
 
     def unexpected(error: Exception):
         if disk_full(error):  # whatever wrote: SQLite rolled back, the route removed its partial file

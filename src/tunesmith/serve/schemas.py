@@ -77,3 +77,33 @@ class CompletionRequest(_Generation):
     @property
     def text(self) -> str:
         return self.prompt if isinstance(self.prompt, str) else self.prompt[0]
+
+
+class ErrorDetail(BaseModel):
+    message: str
+    type: str
+    param: str | None
+    code: str | None
+
+
+class ErrorResponse(BaseModel):
+    """Every error the service answers, as OpenAI's API does (serve/errors.py writes it)."""
+
+    error: ErrorDetail
+
+
+class FileUpload(BaseModel):
+    """``POST /v1/files``: the multipart/form-data fields (serve/uploads.py reads them as they arrive)."""
+
+    file: bytes = Field(description="The JSONL file: one JSON object per line.")
+    purpose: Literal["fine-tune"]
+
+
+class EmbeddingRequest(BaseModel):
+    model_config = ConfigDict(strict=True, extra="allow")
+    model: Annotated[str, Field(min_length=1)]
+    input: (
+        Annotated[str, Field(min_length=1)]
+        | Annotated[list[Annotated[str, Field(min_length=1)]], Field(min_length=1, max_length=2048)]
+    )
+    encoding_format: Literal["float", "base64"] | None = None

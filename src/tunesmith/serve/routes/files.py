@@ -12,7 +12,9 @@ from starlette.concurrency import run_in_threadpool
 
 from tunesmith.data.store import remove_stores_of
 from tunesmith.serve.errors import APIError, found, in_use
+from tunesmith.serve.openapi import multipart_request
 from tunesmith.serve.routes.params import Org, page
+from tunesmith.serve.schemas import FileUpload
 from tunesmith.serve.settings import ServeSettings
 from tunesmith.serve.storage import Storage
 from tunesmith.serve.store import Store, new_id
@@ -110,7 +112,7 @@ def add_routes(app: FastAPI) -> None:
     settings: ServeSettings = app.state.settings
     storage: Storage = app.state.storage
 
-    @app.post("/v1/files")
+    @app.post("/v1/files", openapi_extra=multipart_request(FileUpload))
     async def upload_file(request: Request, org: Org):
         file_id = new_id("file-")
         path = store.files_dir / f"{file_id}.jsonl"  # the client's file name is never part of a path
