@@ -64,3 +64,12 @@ def test_every_operation_documents_its_errors_and_bodies(http):
     assert {"model", "training_file", "hyperparameters", "method"} <= set(components["JobRequest"]["properties"])
     assert set(components["ErrorResponse"]["properties"]) == {"error"}
     assert "HTTPValidationError" not in components
+
+
+def test_the_documented_outtypes_are_the_exporters():
+    from typing import get_args
+
+    from tunesmith.export.gguf import OUTTYPES
+    from tunesmith.serve.routes.models import OutType
+
+    assert list(get_args(OutType)) == list(OUTTYPES)
