@@ -25,6 +25,7 @@ WRONG_METHODS = [
     ("GET", "/v1/fine_tuning/jobs/ftjob-x/cancel", "POST"),
     ("DELETE", "/v1/models", "GET"),
     ("PUT", "/v1/models/ft:a:b::c", "DELETE, GET"),
+    ("OPTIONS", "/v1/models/ft:a:b::c/content", "GET"),
     ("GET", "/v1/chat/completions", "POST"),
 ]
 

@@ -100,8 +100,10 @@ def _install_error_handlers(app: FastAPI, settings: ServeSettings) -> None:
         code = {404: "not_found", 405: "method_not_allowed"}.get(status)
         message = "Unknown URL" if status == 404 else str(error.detail)
         headers = error.headers
-        if status == 405:  # RFC 9110: Allow lists every method of the URL, not those of one route
-            allowed = {m for r in app.router.routes if r.matches(request.scope)[0] != Match.NONE for m in r.methods}
+        if status == 405:  # RFC 9110: Allow lists every method of the URL, not only those of one route
+            matching = [r for r in app.router.routes if r.matches(request.scope)[0] != Match.NONE]
+            # The URL is the first matching route's path ("/v1/models/{id}/content" is no model id).
+            allowed = {m for r in matching if r.path == matching[0].path for m in r.methods}
             headers = {"Allow": ", ".join(sorted(allowed))}
         return error_response(APIError(status, message, code=code, headers=headers))
 

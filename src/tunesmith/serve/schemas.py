@@ -12,7 +12,9 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 
-SEED_RANGE = (-(2**63), 2**64 - 1)  # what torch.Generator.manual_seed accepts
+# Within what torch.Generator.manual_seed accepts; powers of two, so a client comparing JSON numbers
+# as floats (JSON Schema validators often do) draws the same line.
+SEED_RANGE = (-(2**63), 2**63)
 StopText = Annotated[str, Field(min_length=1)]
 
 
