@@ -41,7 +41,6 @@ def test_every_operation_documents_its_errors_and_bodies(http):
     schema = http.get("/openapi.json").json()
     error = {"$ref": "#/components/schemas/ErrorResponse"}
     operations = {(m.upper(), p): op for p, item in schema["paths"].items() for m, op in item.items()}
-    assert len(operations) == 18
     for (method, path), operation in operations.items():
         responses = operation["responses"]
         assert "422" not in responses, (method, path)
