@@ -73,3 +73,21 @@ def test_the_documented_outtypes_are_the_exporters():
     from tunesmith.serve.routes.models import OutType
 
     assert list(get_args(OutType)) == list(OUTTYPES)
+
+
+# (max_tokens as sent, what the request holds: a number, or None when it is refused)
+INTEGERS = [(7, 7), (7.0, 7), (7.5, None), ("7", None), (True, None), (0, None), (1e300, None)]
+
+
+@pytest.mark.parametrize("sent, held", INTEGERS)
+def test_integers_are_json_integers_however_spelled(sent, held):
+    from pydantic import ValidationError
+
+    from tunesmith.serve.schemas import ChatRequest
+
+    body = {"model": "m", "messages": [{"role": "user", "content": "hi"}], "max_tokens": sent}
+    if held is None:
+        with pytest.raises(ValidationError):
+            ChatRequest.model_validate(body)
+    else:
+        assert ChatRequest.model_validate(body).max_tokens == held
