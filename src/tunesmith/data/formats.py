@@ -10,7 +10,7 @@ from __future__ import annotations
 import csv
 import io
 import json
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -80,7 +80,7 @@ def read_examples(path, format: str = "auto", columns: dict[str, str] | None = N
     path = str(path)
     if format != "auto" and format not in FORMATS:
         raise TunesmithError(f"unknown data format {format!r} (expected auto, {', '.join(FORMATS)})")
-    text = _read_text(path)
+    text = read_data_text(path)
     if format == "auto":
         format = _detect(path, text)
     if columns is not None and format != "csv":
@@ -99,10 +99,10 @@ def read_examples(path, format: str = "auto", columns: dict[str, str] | None = N
 
 def detect_format(path) -> str:
     path = str(path)
-    return _detect(path, _read_text(path))
+    return _detect(path, read_data_text(path))
 
 
-def _read_text(path: str) -> str:
+def read_data_text(path: str) -> str:
     try:
         data = Path(path).read_bytes()
     except FileNotFoundError:
@@ -125,7 +125,7 @@ def _detect(path: str, text: str) -> str:
     suffix = Path(path).suffix.lower()
     if suffix in (".csv", ".txt"):
         return "csv" if suffix == ".csv" else "text"
-    return detect_from_records(path, (value for _, value in _json_records(path, text)))
+    return detect_from_records(path, (value for _, value in json_records(path, text)))
 
 
 def detect_from_records(path: str, values) -> str:
@@ -157,12 +157,12 @@ def detect_from_records(path: str, values) -> str:
     )
 
 
-class _BadJSON(str):
+class BadJSON(str):
     """The json error message for a line that did not parse, told apart from a parsed string."""
 
 
-def _json_records(path: str, text: str):
-    """Yield (line, parsed value or _BadJSON) from a JSON array or JSON Lines text."""
+def json_records(path: str, text: str):
+    """Yield (line, parsed value or BadJSON) from a JSON array or JSON Lines text."""
     if text.lstrip().startswith("[") and not path.lower().endswith(".jsonl"):
         try:
             items = json.loads(text)
@@ -181,7 +181,7 @@ def read_records(path: str, text: str, keys: tuple, convert) -> tuple[list, list
     """Every JSON record of `text` with `keys` (required, optional) converted by `convert(line, obj)
     -> (item, problems)`; every bad record becomes LineErrors instead."""
     items, errors = [], []
-    for line, value in _json_records(path, text):
+    for line, value in json_records(path, text):
         item, problems = record_item(path, line, value, keys, convert)
         errors += problems
         if not problems:
@@ -192,12 +192,12 @@ def read_records(path: str, text: str, keys: tuple, convert) -> tuple[list, list
 def record_item(path: str, line: int, value, keys: tuple, convert) -> tuple[object, list[LineError]]:
     """One parsed record (a JSON object, or a Parquet / datasets row as a dict) converted by
     `convert(line, obj) -> (item, problems)`, or its errors."""
-    if isinstance(value, _BadJSON):
+    if isinstance(value, BadJSON):
         problems = [(None, str(value))]
     elif not isinstance(value, dict):
-        problems = [(None, f"expected a JSON object, got {_json_type(value)}")]
+        problems = [(None, f"expected a JSON object, got {json_type(value)}")]
     else:
-        problems = _check_keys(value, *keys)
+        problems = check_keys(value, *keys)
         if not problems:
             item, problems = convert(line, value)
     if problems:
@@ -217,7 +217,7 @@ def record_example(path: str, line: int, value, fmt: str) -> tuple[Example | Non
 
 def _read_json(path: str, text: str, fmt: str) -> tuple[list[Example], list[LineError]]:
     examples, errors = [], []
-    for line, value in _json_records(path, text):
+    for line, value in json_records(path, text):
         example, problems = record_example(path, line, value, fmt)
         errors += problems
         if example is not None:
@@ -226,20 +226,20 @@ def _read_json(path: str, text: str, fmt: str) -> tuple[list[Example], list[Line
 
 
 def json_line(raw: str):
-    """One JSON Lines record: the parsed value, or a _BadJSON naming why it did not parse."""
+    """One JSON Lines record: the parsed value, or a BadJSON naming why it did not parse."""
     try:
         return json.loads(raw)
     except json.JSONDecodeError as e:
-        return _BadJSON(f"invalid JSON: {e.msg} (column {e.colno})")
+        return BadJSON(f"invalid JSON: {e.msg} (column {e.colno})")
 
 
-def _check_keys(obj: dict, required: tuple[str, ...], optional: tuple[str, ...]) -> list[Problem]:
+def check_keys(obj: dict, required: tuple[str, ...], optional: tuple[str, ...]) -> list[Problem]:
     allowed = required + optional
     problems: list[Problem] = [(k, "missing key") for k in required if k not in obj]
     return problems + [(k, f"unknown key (expected {', '.join(allowed)})") for k in obj if k not in allowed]
 
 
-def _json_type(value) -> str:
+def json_type(value) -> str:
     for kind, name in (
         (bool, "boolean"),
         (str, "string"),
@@ -253,9 +253,9 @@ def _json_type(value) -> str:
     return "null"
 
 
-def _content(value, field: str, problems: list[Problem]) -> str | None:
+def message_content(value, field: str, problems: list[Problem]) -> str | None:
     if not isinstance(value, str):
-        problems.append((field, f"expected a string, got {_json_type(value)}"))
+        problems.append((field, f"expected a string, got {json_type(value)}"))
     elif not value.strip():
         problems.append((field, "empty content"))
     else:
@@ -266,29 +266,29 @@ def _content(value, field: str, problems: list[Problem]) -> str | None:
 def _from_messages(obj: dict):
     raw = obj["messages"]
     if not isinstance(raw, list):
-        return None, [("messages", f"expected an array, got {_json_type(raw)}")]
+        return None, [("messages", f"expected an array, got {json_type(raw)}")]
     if not raw:
         return None, [("messages", "empty conversation")]
     problems: list[Problem] = []
-    messages = tuple(_message(i, m, problems) for i, m in enumerate(raw))
+    messages = tuple(parse_message(i, m, problems) for i, m in enumerate(raw))
     if problems:
         return None, problems
     return messages, _conversation_problems(messages)
 
 
-def _message(i: int, raw, problems: list[Problem], field: str = "messages") -> Message | None:
+def parse_message(i: int, raw, problems: list[Problem], field: str = "messages") -> Message | None:
     where = f"{field}[{i}]"
     if not isinstance(raw, dict):
-        problems.append((where, f"expected an object, got {_json_type(raw)}"))
+        problems.append((where, f"expected an object, got {json_type(raw)}"))
         return None
-    key_problems = _check_keys(raw, *_MESSAGE_KEYS)
+    key_problems = check_keys(raw, *_MESSAGE_KEYS)
     if key_problems:
         problems += [(f"{where}.{key}", reason) for key, reason in key_problems]
         return None
     role, weight = raw["role"], raw.get("weight", 1)
-    content = _content(raw["content"], f"{where}.content", problems)
+    content = message_content(raw["content"], f"{where}.content", problems)
     if not isinstance(role, str):
-        problems.append((f"{where}.role", f"expected a string, got {_json_type(role)}"))
+        problems.append((f"{where}.role", f"expected a string, got {json_type(role)}"))
     elif role not in ROLES:
         problems.append((f"{where}.role", f"unknown role {role!r} (expected {', '.join(ROLES)})"))
     elif "weight" in raw and role != "assistant":
@@ -319,18 +319,18 @@ def _chat(prompt: str, completion: str, system: str | None = None) -> tuple[Mess
 
 def _from_prompt_completion(obj: dict):
     problems: list[Problem] = []
-    prompt = _content(obj["prompt"], "prompt", problems)
-    completion = _content(obj["completion"], "completion", problems)
+    prompt = message_content(obj["prompt"], "prompt", problems)
+    completion = message_content(obj["completion"], "completion", problems)
     return (None, problems) if problems else (_chat(prompt, completion), [])
 
 
 def _from_alpaca(obj: dict):
     problems: list[Problem] = []
-    instruction = _content(obj["instruction"], "instruction", problems)
-    output = _content(obj["output"], "output", problems)
+    instruction = message_content(obj["instruction"], "instruction", problems)
+    output = message_content(obj["output"], "output", problems)
     extra = obj.get("input", "")
     if not isinstance(extra, str):
-        problems.append(("input", f"expected a string, got {_json_type(extra)}"))
+        problems.append(("input", f"expected a string, got {json_type(extra)}"))
     if problems:
         return None, problems
     prompt = f"{instruction}\n\n{extra}" if extra.strip() else instruction
@@ -339,7 +339,7 @@ def _from_alpaca(obj: dict):
 
 def _from_text(obj: dict):
     problems: list[Problem] = []
-    return _content(obj["text"], "text", problems), problems
+    return message_content(obj["text"], "text", problems), problems
 
 
 _CONVERTERS = {
@@ -406,8 +406,8 @@ def _read_csv(path: str, text: str, columns: dict[str, str] | None) -> tuple[lis
 def csv_example(path: str, line: int, cells: dict[str, str], mapping: dict[str, str]):
     """One CSV row, its cells keyed by role (prompt, completion, system), as an example or its errors."""
     problems: list[Problem] = []
-    prompt = _content(cells["prompt"], mapping["prompt"], problems)
-    completion = _content(cells["completion"], mapping["completion"], problems)
+    prompt = message_content(cells["prompt"], mapping["prompt"], problems)
+    completion = message_content(cells["completion"], mapping["completion"], problems)
     if problems:
         return None, [LineError(path, line, field, reason) for field, reason in problems]
     return Example(line, messages=_chat(prompt, completion, cells.get("system"))), []
@@ -439,3 +439,11 @@ def with_system(messages: tuple[Message, ...] | list[Message], system: str | Non
     if system and not any(m.role == "system" for m in messages):
         return (Message("system", system), *messages)
     return tuple(messages)
+
+
+def split_prompt(messages: Sequence[Message]) -> tuple[tuple[Message, ...], str] | None:
+    """(messages before the last assistant turn, that turn's text); None if there is no answer."""
+    for i in range(len(messages) - 1, -1, -1):
+        if messages[i].role == "assistant":
+            return tuple(messages[:i]), messages[i].content
+    return None

@@ -25,12 +25,12 @@ from tunesmith.data.formats import (
     LoadedData,
     Message,
     Problem,
-    _check_keys,
-    _content,
-    _json_records,
-    _json_type,
-    _message,
-    _read_text,
+    check_keys,
+    json_records,
+    json_type,
+    message_content,
+    parse_message,
+    read_data_text,
     read_records,
 )
 from tunesmith.data.sources import first_keys
@@ -76,7 +76,7 @@ def holds_pairs(path, format: str = "auto") -> bool:
 def read_pairs(path, format: str = "auto") -> LoadedData:
     """Every valid pair of the file; every bad line a LineError naming its field."""
     path = str(path)
-    text = _read_text(path)
+    text = read_data_text(path)
     if format == "auto":
         format = _detect(path, text)
     elif format not in PREFERENCE_FORMATS:
@@ -88,7 +88,7 @@ def read_pairs(path, format: str = "auto") -> LoadedData:
 
 
 def _detect(path: str, text: str) -> str:
-    for _, value in _json_records(path, text):
+    for _, value in json_records(path, text):
         if isinstance(value, dict):
             keys = set(value)
             if keys & {"input", "preferred_output", "non_preferred_output"}:
@@ -105,16 +105,16 @@ def _detect(path: str, text: str) -> str:
 
 def _prompt(raw, field: str, problems: list[Problem]) -> tuple[Message, ...]:
     if isinstance(raw, str):
-        content = _content(raw, field, problems)
+        content = message_content(raw, field, problems)
         return (Message("user", content),) if content is not None else ()
     if not isinstance(raw, list):
-        problems.append((field, f"expected a string or an array of messages, got {_json_type(raw)}"))
+        problems.append((field, f"expected a string or an array of messages, got {json_type(raw)}"))
         return ()
     if not raw:
         problems.append((field, "empty prompt"))
         return ()
     before = len(problems)
-    messages = [_message(i, m, problems, field) for i, m in enumerate(raw)]
+    messages = [parse_message(i, m, problems, field) for i, m in enumerate(raw)]
     if len(problems) > before:
         return ()
     if messages[-1].role != "user":
@@ -126,13 +126,13 @@ def _prompt(raw, field: str, problems: list[Problem]) -> tuple[Message, ...]:
 
 def _answer(raw, field: str, problems: list[Problem]) -> str | None:
     if isinstance(raw, str):
-        return _content(raw, field, problems)
+        return message_content(raw, field, problems)
     if not isinstance(raw, list) or len(raw) != 1:
-        got = f"{len(raw)} messages" if isinstance(raw, list) else _json_type(raw)
+        got = f"{len(raw)} messages" if isinstance(raw, list) else json_type(raw)
         problems.append((field, f"expected one assistant message, got {got}"))
         return None
     before = len(problems)
-    message = _message(0, raw[0], problems, field)
+    message = parse_message(0, raw[0], problems, field)
     if len(problems) > before:
         return None
     if message.role != "assistant":
@@ -152,9 +152,9 @@ def _from_openai(line: int, obj: dict):
     prompt: tuple[Message, ...] = ()
     source = obj["input"]
     if not isinstance(source, dict):
-        problems.append(("input", f"expected an object, got {_json_type(source)}"))
+        problems.append(("input", f"expected an object, got {json_type(source)}"))
     else:
-        key_problems = _check_keys(source, ("messages",), ())
+        key_problems = check_keys(source, ("messages",), ())
         problems += [(f"input.{key}", reason) for key, reason in key_problems]
         if not key_problems:
             if isinstance(source["messages"], str):

@@ -71,7 +71,7 @@ class ContrastiveTask:
 
     def _mine(self, wanted: int, corpus: list[str]) -> None:
         """For each pair, the BM25 top documents for its query among all positives and `corpus`, minus its own."""
-        from tunesmith.evaluate.bm25 import BM25
+        from tunesmith.encoders.bm25 import BM25
 
         docs = sorted({p.positive for p in self.train + self.validation} | set(corpus))
         index = BM25(docs)
@@ -103,8 +103,11 @@ class ContrastiveTask:
             scores = maxsim_scores(*queries, *docs)
         else:
             scores = cosine_scores(*(self.encoder.embed(batch, body) for batch in inputs["batches"]))
-        loss = contrastive_loss(scores, self.head(), inputs["same_text"].to(scores.device))
-        return loss * inputs["queries"], 0
+        same_text = inputs["same_text"].to(scores.device)
+        loss = contrastive_loss(scores, self.head(), same_text)
+        # Accuracy: queries whose positive ranks first among the micro-batch's documents.
+        ranked_first = scores.detach().masked_fill(same_text, float("-inf")).argmax(-1)
+        return loss * inputs["queries"], int((ranked_first == torch.arange(len(scores), device=scores.device)).sum())
 
 
 class MaskedLMTask:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from tunesmith.paths import write_dir_atomic
+from tunesmith.runfolder import MERGED
 
 
 def save_merged(model, tokenizer, out_dir: Path) -> Path:
@@ -19,4 +20,4 @@ def save_merged(model, tokenizer, out_dir: Path) -> Path:
         plain.save_pretrained(folder)
         tokenizer.save_pretrained(folder)
 
-    return write_dir_atomic(out_dir / "merged", fill)
+    return write_dir_atomic(out_dir / MERGED, fill)
