@@ -31,14 +31,14 @@ LAUNCH_TIMEOUT_S = 240
 KILL_RANK_1 = """
 import os, signal, time
 if os.environ.get("RANK") == "1":
-    import tunesmith.train.recipe as recipe
-    saved = recipe.save_checkpoint
+    import tunesmith.train.run as run
+    saved = run.save_checkpoint
     def save_then_die(*args, **kwargs):
         path = saved(*args, **kwargs)
         with open(os.environ["KILLED_AT_FILE"], "w") as fh:
             fh.write(repr(time.time()))
         os.kill(os.getpid(), signal.SIGKILL)
-    recipe.save_checkpoint = save_then_die
+    run.save_checkpoint = save_then_die
 """
 
 
