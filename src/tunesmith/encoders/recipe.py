@@ -20,7 +20,7 @@ from tunesmith.config import Config
 from tunesmith.data.batching import epoch_order
 from tunesmith.encoders.export import save_encoder
 from tunesmith.encoders.model import Encoder, load_encoder, set_dropout
-from tunesmith.encoders.tasks import ClassificationTask, ContrastiveTask, MaskedLMTask
+from tunesmith.encoders.tasks import ClassificationTask, ContrastiveTask, EncoderTask, MaskedLMTask
 from tunesmith.errors import TunesmithError
 from tunesmith.export import save_adapter
 from tunesmith.paths import atomic_file
@@ -38,7 +38,7 @@ def is_encoder_run(cfg: Config) -> bool:
     return cfg.method.objective in ENCODER_OBJECTIVES
 
 
-def _build_task(cfg: Config, encoder: Encoder):
+def _build_task(cfg: Config, encoder: Encoder) -> EncoderTask:
     if cfg.method.objective == "contrastive":
         return ContrastiveTask(cfg, encoder)
     if cfg.method.objective == "classification":
@@ -67,7 +67,7 @@ def _generator(seed: int, step: int, micro: int) -> torch.Generator:
 
 
 @torch.no_grad()
-def evaluate_loss(task, body, cfg: Config, device) -> dict:
+def evaluate_loss(task: EncoderTask, body, cfg: Config, device) -> dict:
     """Validation loss per loss term, and accuracy (masked tokens, texts or queries)."""
     body.eval()
     total, correct, count = 0.0, 0, 0
@@ -132,7 +132,7 @@ def train_encoder(cfg: Config, resume: bool = False, overwrite: bool = False) ->
     return run.finish()
 
 
-def _step_batches(task, cfg: Config, step: int, steps_per_epoch: int) -> tuple[int, list]:
+def _step_batches(task: EncoderTask, cfg: Config, step: int, steps_per_epoch: int) -> tuple[int, list]:
     """(examples, prepared micro-batches) of optimizer step `step` (1-based), a pure function of it."""
     per_step, size = cfg.train.batch_size * cfg.train.grad_accum, cfg.train.batch_size
     epoch, index = divmod(step - 1, steps_per_epoch)
@@ -145,7 +145,7 @@ def _step_batches(task, cfg: Config, step: int, steps_per_epoch: int) -> tuple[i
     ]
 
 
-def _loop(run: TrainingRun, task, body, device, progress) -> None:
+def _loop(run: TrainingRun, task: EncoderTask, body, device, progress) -> None:
     cfg = run.cfg
     window = dict.fromkeys(("loss", "count", "correct", "examples", "tokens", "seconds"), 0)
     for step in range(run.state.step + 1, run.total_steps + 1):

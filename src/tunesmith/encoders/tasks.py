@@ -9,6 +9,7 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol, runtime_checkable
 
 import torch
 import torch.nn.functional as F
@@ -33,6 +34,25 @@ class Prepared:
     inputs: dict  # what the loss needs, already tokenized
     count: int  # loss terms in this batch (queries, masked tokens, texts): the step normalises by their sum
     tokens: int  # real (non-padding) tokens run through the body
+
+
+@runtime_checkable
+class EncoderTask(Protocol):
+    """What the encoder recipe asks of a task (ContrastiveTask, MaskedLMTask, ClassificationTask):
+    the encoder's counterpart of train.objective.Objective."""
+
+    train: list  # training items, in the task's own form
+    validation: list
+    head: torch.nn.Module  # trained beside the body (a temperature, the MLM head, a classifier)
+
+    def summary(self) -> str:
+        """One line on the data, for the progress output."""
+
+    def prepare(self, items: list, generator: torch.Generator) -> Prepared:
+        """One micro-batch of `items`; any randomness (masking) drawn from `generator`."""
+
+    def loss_sum(self, body, inputs: dict) -> tuple[torch.Tensor, int]:
+        """(the loss summed over the batch's loss terms, how many of them are right)."""
 
 
 def _tokens(batch: dict) -> int:
