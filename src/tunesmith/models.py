@@ -14,6 +14,7 @@ from pathlib import Path
 
 from tunesmith.errors import TunesmithError
 from tunesmith.paths import tunesmith_home, write_dir_atomic
+from tunesmith.runfolder import MERGED
 
 DEFAULT_MODEL = "smollm2-135m-instruct"
 TINY_TEST_MODEL = "tiny-llama-test"
@@ -26,7 +27,7 @@ ENCODER_MODELS = (MINILM_L6,)
 MAX_EMBEDDING_PADDING = 512
 
 
-def _quiet_transformers() -> None:
+def quiet_transformers() -> None:
     """tunesmith reports its own progress; transformers' per-load bars would bury one-line errors."""
     from transformers.utils import logging
 
@@ -148,8 +149,8 @@ def resolve_model_path(name_or_path: str) -> str:
         key = hashlib.sha256(f"{path.resolve()}:{stat.st_size}:{stat.st_mtime_ns}".encode()).hexdigest()[:12]
         return str(_cache_gguf(path.resolve(), f"gguf-{path.stem}-{key}"))
     if path.is_dir():
-        if (path / "merged" / "config.json").is_file():
-            return str(path / "merged")
+        if (path / MERGED / "config.json").is_file():
+            return str(path / MERGED)
         if (path / "config.json").is_file():
             return str(path)
         raise TunesmithError(f"{path} is not a model folder: it has no config.json")
@@ -196,7 +197,7 @@ def load_model(name_or_path: str, dtype: str = "float32") -> LoadedModel:
 
     from tunesmith.kernels import attention
 
-    _quiet_transformers()
+    quiet_transformers()
     path = resolve_model_path(name_or_path)
     tokenizer = load_tokenizer(name_or_path)
     model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
