@@ -1,4 +1,4 @@
-"""Base models and their tokenizers: built-in names, local Hugging Face folders and GGUF files.
+"""Base models and their tokenizers: built-in names, local Hugging Face folders, Hub ids and GGUF files.
 
 A GGUF file is dequantised once and cached as an ordinary safetensors checkpoint under
 ``$TUNESMITH_HOME/models`` so later loads take seconds instead of ~20 s, and so that the cached
@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from tunesmith.errors import TunesmithError
+from tunesmith.models.hub import is_hub_id, resolve_hub_model
 from tunesmith.models.pretokenizers import apply_pretrained_splitting, read_gguf_tokenizer_kind
 from tunesmith.paths import tunesmith_home, write_dir_atomic
 
@@ -157,7 +158,7 @@ def _cache_tiny_test_model() -> Path:
 
 
 def resolve_model_path(name_or_path: str) -> str:
-    """Turn a built-in name, a HF folder or a .gguf file into a local HF folder path."""
+    """Turn a built-in name, a HF folder, a Hub id or a .gguf file into a local HF folder path."""
     if name_or_path == DEFAULT_MODEL:
         return str(_cache_gguf(_smollm2_gguf(), DEFAULT_MODEL))
     if name_or_path == TINY_TEST_MODEL:
@@ -173,6 +174,8 @@ def resolve_model_path(name_or_path: str) -> str:
         stat = path.stat()
         key = hashlib.sha256(f"{path.resolve()}:{stat.st_size}:{stat.st_mtime_ns}".encode()).hexdigest()[:12]
         return str(_cache_gguf(path.resolve(), f"gguf-{path.stem}-{key}"))
+    if not path.is_dir() and is_hub_id(name_or_path):
+        path = resolve_hub_model(name_or_path)
     if path.is_dir():
         if (path / "merged" / "config.json").is_file():
             return str(path / "merged")
@@ -182,7 +185,7 @@ def resolve_model_path(name_or_path: str) -> str:
     raise TunesmithError(
         f"model not found: {name_or_path!r} is neither a built-in name "
         f"({', '.join(BUILTIN_MODELS + ENCODER_MODELS)}), "
-        "a local Hugging Face folder, nor a .gguf file"
+        "a local Hugging Face folder, a Hugging Face Hub id (owner/name), nor a .gguf file"
     )
 
 
