@@ -84,7 +84,7 @@ def _plain_model_from_gguf(gguf: Path):
     return plain
 
 
-def _gguf_tokenizer(gguf: Path):
+def tokenizer_from_gguf(gguf: Path):
     """The GGUF's vocabulary with the text splitting it was pretrained with (see models.pretokenizers)."""
     from transformers import AutoTokenizer
 
@@ -115,7 +115,7 @@ def _write_cache(target: Path, fill) -> Path:
 def _cache_gguf(gguf: Path, name: str) -> Path:
     def fill(folder: Path) -> None:
         # The tokenizer first: an unknown pre-tokenizer is refused before the slow dequantisation.
-        tokenizer = _gguf_tokenizer(gguf)
+        tokenizer = tokenizer_from_gguf(gguf)
         _plain_model_from_gguf(gguf).save_pretrained(folder)
         tokenizer.save_pretrained(folder)
 

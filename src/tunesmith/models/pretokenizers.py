@@ -68,6 +68,8 @@ def _split_then_bytes(pattern: str, normalizer=None):
 # llama.cpp's names (src/llama-vocab.cpp) of byte-level BPE splits -> (normalizer, pre-tokenizer).
 BYTE_LEVEL_PRE = {
     "gpt-2": _gpt2,
+    # Not a llama.cpp name, but what tunesmith's GGUF export wrote for "gpt-2" before it was corrected.
+    "gpt2": _gpt2,
     "smollm": _digits_then_gpt2,
     "starcoder": _digits_then_gpt2,
     "llama-bpe": _split_then_bytes(_LLAMA3_SPLIT),
@@ -79,18 +81,17 @@ BYTE_LEVEL_PRE = {
 
 
 def _sentencepiece(tokenizer, kind: GgufTokenizerKind) -> None:
-    # SentencePiece (Gemma, Llama 2, Mistral v0.1) splits nothing: a space becomes '▁' and BPE runs over
-    # the whole text. llama.cpp puts a '▁' before every run of text that follows a special token when
-    # the file asks for a prefix space, which is what a Prepend normalizer does (normalizers see only
-    # the text between special tokens). Gemma's files ask for none.
-    escape = normalizers.Replace(" ", "\u2581")
+    # SentencePiece (Gemma, Llama 2, Mistral) splits nothing: a space becomes '▁' and BPE runs over the
+    # whole text, with a '▁' put in front when the file asks for a prefix space (Gemma's files do not).
+    # As the families' tokenizer.json (and transformers' LlamaTokenizer) do, the prefix goes before the
+    # first piece of text only; llama.cpp also puts one after each special token.
+    tokenizer.normalizer = None
+    tokenizer.pre_tokenizer = pre_tokenizers.Metaspace(
+        replacement="\u2581", prepend_scheme="first" if kind.add_space_prefix else "never", split=False
+    )
     steps = [decoders.Replace("\u2581", " "), decoders.ByteFallback(), decoders.Fuse()]
     if kind.add_space_prefix:
-        tokenizer.normalizer = normalizers.Sequence([normalizers.Prepend("\u2581"), escape])
         steps.append(decoders.Strip(content=" ", left=1, right=0))
-    else:
-        tokenizer.normalizer = escape
-    tokenizer.pre_tokenizer = None
     tokenizer.decoder = decoders.Sequence(steps)
 
 
