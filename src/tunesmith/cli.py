@@ -253,9 +253,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="file (gguf, gguf-lora) or folder (ollama); default: inside RUN_DIR")
     p.set_defaults(func=_export)
 
+    from tunesmith.graders.cli import add_grader_commands
     from tunesmith.serve.cli import add_serve_commands
 
     add_serve_commands(sub)
+    add_grader_commands(sub)
     return parser
 
 

@@ -34,7 +34,7 @@ class DataConfig(_Strict):
     )
     test: str | None = Field(None, description="Held-out test file for `tunesmith eval` (and after train).")
     format: Literal[
-        "auto", "messages", "prompt_completion", "alpaca", "csv", "text", "openai_dpo", "chosen_rejected"
+        "auto", "messages", "sharegpt", "prompt_completion", "alpaca", "csv", "text", "openai_dpo", "chosen_rejected"
     ] = Field(
         "auto",
         description="Data format; `auto` detects it from the file and says which it chose "
@@ -60,6 +60,12 @@ class DataConfig(_Strict):
         ge=1,
         description="Processes that validate and tokenize (once per data, then the token store is reused); "
         "default: one per core.",
+    )
+    cache_namespace: str | None = Field(
+        None,
+        description="Folded into the key of the cached token store: a store built under one namespace is never "
+        "reused under another (the service sets each organisation's id, so one organisation's delete never removes "
+        "a store another's job maps, and its validation speed tells nothing of the others' uploads).",
     )
     group_by_length: bool = Field(
         False,

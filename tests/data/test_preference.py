@@ -47,11 +47,11 @@ def _write(path, rows):
             "preferred_output[0].role: the answer must be an assistant message, not user",
         ),
         (_openai(input={"messages": []}), "openai_dpo", "input.messages: empty prompt"),
-        (_openai(input={"messages": USER, "tools": []}), "openai_dpo", "input.tools: unknown key"),
+        (_openai(input={"messages": USER, "tool": []}), "openai_dpo", "input.tool: unknown key"),
         (
             _openai(input={"messages": [*USER, *ANSWER]}),
             "openai_dpo",
-            "input.messages[1].role: the prompt must end with a user message",
+            "input.messages[1].role: the prompt must end with a user or tool message",
         ),
         (
             _openai(input={"messages": [{"role": "bot", "content": "x"}]}),

@@ -55,7 +55,7 @@ if mode == "usererror":
 for step in range(start + 1, total + 1):
     time.sleep(delay)
     if mode == "crash" and step > total // 2:
-        print("RuntimeError: fake out of memory", file=sys.stderr)
+        print(f"RuntimeError: fake out of memory saving {out / CHECKPOINTS}", file=sys.stderr)
         os.abort()
     row = {
         "step": step,

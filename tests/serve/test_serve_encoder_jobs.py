@@ -58,7 +58,7 @@ def test_encoder_job_trains_and_its_fine_tune_embeds(make_server, tiny_bert):
     )
     job = wait_for(client, job.id, timeout=120)
     assert job.status == "succeeded", job.error
-    assert job.fine_tuned_model == f"ft:{MINILM_L6}:acme:papers:{job.id[-8:]}"
+    assert job.fine_tuned_model == f"ft:{MINILM_L6}:{Store(server.home).org_for_key(key)['id']}:papers:{job.id[-8:]}"
     assert job.method.type == "supervised" and job.trained_tokens > 0
     assert run_config(server, job)["method"]["objective"] == "contrastive"
     metrics = [e.data for e in client.fine_tuning.jobs.list_events(job.id, limit=100) if e.type == "metrics"]

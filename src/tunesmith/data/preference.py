@@ -3,7 +3,9 @@
 Two formats, detected from the keys:
 
 * `openai_dpo`, OpenAI's DPO JSONL: `{"input": {"messages": [...]}, "preferred_output":
-  [{"role": "assistant", "content": ...}], "non_preferred_output": [...]}`;
+  [{"role": "assistant", "content": ...}], "non_preferred_output": [...]}`; the input may declare
+  `tools` (and `parallel_tool_calls`), and the answers may carry `tool_calls`, read and rendered as
+  in chat data;
 * `chosen_rejected`, the common `{"prompt", "chosen", "rejected"}`: the prompt a string (one user
   turn) or a message list, each answer a string or a one-message assistant list.
 
@@ -15,8 +17,9 @@ prompt carry no labels. A pair that does not fit in max_seq_len loses its earlie
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
+from tunesmith.chat.tools import Tool, ToolCall
 from tunesmith.config import PREFERENCE_FORMATS
 from tunesmith.data.formats import (
     PAIR_KEYS,
@@ -31,7 +34,10 @@ from tunesmith.data.formats import (
     _json_type,
     _message,
     _read_text,
+    call_problems,
+    n_errors,
     read_records,
+    read_tools,
 )
 from tunesmith.data.sources import first_keys
 from tunesmith.data.tokenize import IGNORE_INDEX, TokenizedExample, tokenize_example
@@ -49,13 +55,19 @@ _SIDES = {"openai_dpo": ("preferred_output", "non_preferred_output"), "chosen_re
 @dataclass(frozen=True)
 class PreferencePair:
     line: int
-    prompt: tuple[Message, ...]  # ends with a user turn; assistant turns in it have weight 0
-    chosen: str
+    prompt: tuple[Message, ...]  # ends with a user (or tool) turn; assistant turns in it have weight 0
+    chosen: str  # the answers' text ("" for an answer that only calls tools)
     rejected: str
+    chosen_calls: tuple[ToolCall, ...] = ()
+    rejected_calls: tuple[ToolCall, ...] = ()
+    tools: tuple[Tool, ...] = ()
+    parallel_tool_calls: bool = True
 
-    def side(self, answer: str) -> Example:
+    def side(self, preferred: bool) -> Example:
         """The prompt followed by one answer, as a chat example trained on that answer only."""
-        return Example(self.line, messages=(*self.prompt, Message("assistant", answer)))
+        content, calls = (self.chosen, self.chosen_calls) if preferred else (self.rejected, self.rejected_calls)
+        messages = (*self.prompt, Message("assistant", content, tool_calls=calls))
+        return Example(self.line, messages, tools=self.tools, parallel_tool_calls=self.parallel_tool_calls)
 
 
 @dataclass(frozen=True)
@@ -103,7 +115,7 @@ def _detect(path: str, text: str) -> str:
     raise TunesmithError(f"cannot detect the preference format of {path}: no line is a JSON object")
 
 
-def _prompt(raw, field: str, problems: list[Problem]) -> tuple[Message, ...]:
+def _prompt(raw, field: str, problems: list[Problem], validators=None) -> tuple[Message, ...]:
     if isinstance(raw, str):
         content = _content(raw, field, problems)
         return (Message("user", content),) if content is not None else ()
@@ -114,56 +126,76 @@ def _prompt(raw, field: str, problems: list[Problem]) -> tuple[Message, ...]:
         problems.append((field, "empty prompt"))
         return ()
     before = len(problems)
-    messages = [_message(i, m, problems, field) for i, m in enumerate(raw)]
-    if len(problems) > before:
+    messages = tuple(_message(i, m, problems, field, validators) for i, m in enumerate(raw))
+    if not n_errors(problems[before:]):
+        problems += [(f.replace("messages", field, 1), *rest) for f, *rest in call_problems(messages, True)]
+    if n_errors(problems[before:]):
         return ()
-    if messages[-1].role != "user":
-        problems.append((f"{field}[{len(raw) - 1}].role", "the prompt must end with a user message"))
+    if messages[-1].role not in ("user", "tool"):
+        problems.append((f"{field}[{len(raw) - 1}].role", "the prompt must end with a user or tool message"))
         return ()
     # Earlier assistant turns are context: only the compared answers are scored.
     return tuple(Message(m.role, m.content, 0) if m.role == "assistant" else m for m in messages)
 
 
-def _answer(raw, field: str, problems: list[Problem]) -> str | None:
+def _answer(raw, field: str, problems: list[Problem], validators=None) -> Message | None:
     if isinstance(raw, str):
-        return _content(raw, field, problems)
+        content = _content(raw, field, problems)
+        return None if content is None else Message("assistant", content)
     if not isinstance(raw, list) or len(raw) != 1:
         got = f"{len(raw)} messages" if isinstance(raw, list) else _json_type(raw)
         problems.append((field, f"expected one assistant message, got {got}"))
         return None
     before = len(problems)
-    message = _message(0, raw[0], problems, field)
-    if len(problems) > before:
+    message = _message(0, raw[0], problems, field, validators)
+    if n_errors(problems[before:]):
         return None
     if message.role != "assistant":
         problems.append((f"{field}[0].role", f"the answer must be an assistant message, not {message.role}"))
         return None
-    return message.content
+    return message
 
 
-def _pair(line: int, prompt, chosen, rejected, fmt: str, problems: list[Problem]):
-    if not problems and chosen.strip() == rejected.strip():
+def _pair(line: int, prompt, chosen, rejected, fmt: str, problems: list[Problem], tools=(), parallel=True):
+    if n_errors(problems):
+        return None, problems
+    if (chosen.content.strip(), chosen.tool_calls) == (rejected.content.strip(), rejected.tool_calls):
         problems.append((_SIDES[fmt][1], f"identical to {_SIDES[fmt][0]}: the pair prefers nothing"))
-    return (None, problems) if problems else (PreferencePair(line, prompt, chosen, rejected), [])
+        return None, problems
+    for side, answer in zip(_SIDES[fmt], (chosen, rejected), strict=True):
+        if len(answer.tool_calls) > 1 and not parallel:
+            reason = f"{len(answer.tool_calls)} calls in one turn, but parallel_tool_calls is false"
+            problems.append((f"{side}[0].tool_calls", reason))
+    if n_errors(problems):
+        return None, problems
+    calls = (chosen.tool_calls, rejected.tool_calls)
+    return PreferencePair(line, prompt, chosen.content, rejected.content, *calls, tools, parallel), problems
 
 
 def _from_openai(line: int, obj: dict):
     problems: list[Problem] = []
     prompt: tuple[Message, ...] = ()
+    tools, validators, parallel = (), None, True
     source = obj["input"]
     if not isinstance(source, dict):
         problems.append(("input", f"expected an object, got {_json_type(source)}"))
     else:
-        key_problems = _check_keys(source, ("messages",), ())
+        key_problems = _check_keys(source, ("messages",), ("tools", "functions", "parallel_tool_calls"))
         problems += [(f"input.{key}", reason) for key, reason in key_problems]
         if not key_problems:
+            found: list[Problem] = []
+            tools, validators = read_tools(source, found)
+            parallel = source.get("parallel_tool_calls", True)
+            if not isinstance(parallel, bool):
+                found.append(("parallel_tool_calls", f"expected true or false, got {_json_type(parallel)}"))
+            problems += [(f"input.{field}", *rest) for field, *rest in found]
             if isinstance(source["messages"], str):
                 problems.append(("input.messages", "expected an array of messages, got string"))
             else:
-                prompt = _prompt(source["messages"], "input.messages", problems)
-    chosen = _answer(obj["preferred_output"], "preferred_output", problems)
-    rejected = _answer(obj["non_preferred_output"], "non_preferred_output", problems)
-    return _pair(line, prompt, chosen, rejected, "openai_dpo", problems)
+                prompt = _prompt(source["messages"], "input.messages", problems, validators)
+    chosen = _answer(obj["preferred_output"], "preferred_output", problems, validators)
+    rejected = _answer(obj["non_preferred_output"], "non_preferred_output", problems, validators)
+    return _pair(line, prompt, chosen, rejected, "openai_dpo", problems, tools, parallel is not False)
 
 
 def _from_chosen_rejected(line: int, obj: dict):
@@ -184,8 +216,8 @@ def tokenize_pair(tokenizer, pair: PreferencePair, max_seq_len: int) -> Tokenize
     body = pair.prompt[len(head) :]
     starts = [i for i, m in enumerate(body) if m.role == "user"]
     for start in starts:
-        shortened = PreferencePair(pair.line, head + body[start:], pair.chosen, pair.rejected)
-        sides = [tokenize_example(tokenizer, shortened.side(a), max_seq_len) for a in (pair.chosen, pair.rejected)]
+        shortened = replace(pair, prompt=head + body[start:])
+        sides = [tokenize_example(tokenizer, shortened.side(preferred), max_seq_len) for preferred in (True, False)]
         if max(s.original_length for s in sides) <= max_seq_len:
             break
     return TokenizedPair(sides[0], sides[1], pair.line, start)
@@ -212,7 +244,7 @@ def _pair_issues(data: LoadedData, tokenized: list[TokenizedPair], max_seq_len: 
 
 
 def _pair_content(pair: PreferencePair):
-    return pair.prompt, pair.chosen, pair.rejected
+    return replace(pair, line=0)
 
 
 def _report(data: LoadedData, tokenized: list[TokenizedPair], max_seq_len: int, extra=()) -> ValidationReport:

@@ -18,6 +18,7 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
+from tunesmith.chat.tools import FALLBACK_VERSION
 from tunesmith.config import DataConfig
 from tunesmith.data.build import BuildOptions, build_store, examples_at
 from tunesmith.data.formats import Example, LineError, LoadedData, with_system
@@ -80,13 +81,17 @@ def _tokenizer_identity(tokenizer) -> bytes:
     return vocabulary.encode() + repr((tokenizer.chat_template, tokenizer.eos_token)).encode()
 
 
-def store_key(source: Source, options: BuildOptions, tokenizer) -> str:
-    """Everything the store's tokens depend on: file bytes, tokenizer, template, format options."""
+def store_key(source: Source, options: BuildOptions, tokenizer, namespace: str | None = None) -> str:
+    """Everything the store's tokens depend on: file bytes, tokenizer, template, format options; and
+    ``namespace`` (DataConfig.cache_namespace), which keeps stores apart that would be the same."""
     digest = hashlib.blake2b(digest_size=16)
+    if namespace is not None:
+        digest.update(repr(("namespace", namespace)).encode())
     digest.update(content_hash(source.files).encode())
     digest.update(_tokenizer_identity(tokenizer))
     settings = (source.format, source.columns, options.system, options.max_seq_len, options.overlength)
-    digest.update(repr((settings, STORE_VERSION)).encode())
+    # The tool rendering follows from the template (in the tokenizer identity) and the fallback's version.
+    digest.update(repr((settings, STORE_VERSION, FALLBACK_VERSION)).encode())
     return digest.hexdigest()
 
 
@@ -94,7 +99,7 @@ def load_store(spec: str, cfg: DataConfig, tokenizer) -> tuple[Source, BuildOpti
     """The token store of `spec`: mapped from the cache, or built (by one process at a time)."""
     source = open_source(spec, cfg.format, cfg.columns)
     options = BuildOptions(source.files, source.format, source.columns, cfg.system, cfg.max_seq_len, cfg.overlength)
-    key = store_key(source, options, tokenizer)
+    key = store_key(source, options, tokenizer, cfg.cache_namespace)
     path = store_root() / key
     with build_lock(key):
         store = open_store(path) if path.exists() else None
@@ -251,5 +256,5 @@ def _prepare_pairs(cfg: DataConfig, tokenizer, seed: int, batch_size: int, grad_
         train, tokenizer, cfg.max_seq_len, validation, batch_size=batch_size, grad_accum=grad_accum
     )
     # samples (train/samples.py) show the prompt with the preferred answer as the reference
-    shown = [pair.side(pair.chosen) for pair in validation.examples] if validation else []
+    shown = [pair.side(preferred=True) for pair in validation.examples] if validation else []
     return PreparedData(train_pairs, val_pairs, shown, report, val_report, pairs=True)

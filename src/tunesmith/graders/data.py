@@ -1,0 +1,155 @@
+"""OpenAI's reinforcement fine-tuning JSONL: one prompt per line, graded by a grader.
+
+A record is ``{"messages": [... ending in a user turn], "tools"?: [...], "response_format"?: {...},
+<any item fields>}``: every key besides ``messages``, ``tools`` and ``response_format`` is an item
+field the grader may reference (``{{item.reference_answer}}``, ``item["slots"]`` in a python
+grader). Given the grader, a record lacking a field it references is an error naming the file,
+line and field, found before training instead of as a reward of 0 an hour into it. Bad lines are
+LineErrors like the other formats'; ``check`` keeps the first of them and counts the rest
+(data/issues.py).
+"""
+
+from __future__ import annotations
+
+import ast
+from dataclasses import dataclass, field
+
+from tunesmith.data.formats import (
+    LineError,
+    LoadedData,
+    Message,
+    Problem,
+    _BadJSON,
+    _json_records,
+    _json_type,
+    _message,
+    _read_text,
+)
+from tunesmith.data.issues import IssueLog
+from tunesmith.errors import TunesmithError
+from tunesmith.graders.schema import Grader, Multi, Python, ScoreModel
+from tunesmith.graders.templates import TemplateError, lookup, references
+
+FORMAT = "reinforcement"
+
+
+@dataclass(frozen=True)
+class GradedPrompt:
+    line: int
+    messages: tuple[Message, ...]  # ends with the user turn the model answers
+    item: dict  # the whole record: the grader's item namespace
+    tools: list = field(default_factory=list)
+    response_format: dict | None = None
+
+
+def item_fields(grader: Grader) -> list[tuple[str, ...]]:
+    """Paths inside the item that ``grader`` always reads: its templates' ``{{item.…}}`` and, in a
+    python grader, ``item["key"]`` subscripts (``item.get`` is optional by its nature)."""
+    if isinstance(grader, Multi):
+        return list(dict.fromkeys(p for sub in grader.graders.values() for p in item_fields(sub)))
+    if isinstance(grader, Python):
+        return _subscripts(grader.source)
+    texts = [m.text() for m in grader.input] if isinstance(grader, ScoreModel) else [grader.input, grader.reference]
+    return list(dict.fromkeys(path for t in texts for namespace, path in references(t) if namespace == "item"))
+
+
+def _subscripts(source: str) -> list[tuple[str, ...]]:
+    """``item["a"]["b"]`` paths the grade function reads, less those it guards: a key it tests
+    (``"a" in item``) or reads with ``item.get("a")``, and any read inside a ``try``."""
+    grade = next(n for n in ast.parse(source).body if isinstance(n, ast.FunctionDef) and n.name == "grade")
+    if len(grade.args.args) < 2:
+        return []
+    name = grade.args.args[1].arg
+
+    def is_item(node) -> bool:
+        return isinstance(node, ast.Name) and node.id == name
+
+    guarded, excused = set(), set()
+    for node in ast.walk(grade):
+        if (
+            isinstance(node, ast.Compare)
+            and isinstance(node.left, ast.Constant)
+            and any(map(is_item, node.comparators))
+        ):
+            guarded.add(str(node.left.value))
+        elif isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and is_item(node.func.value):
+            guarded.update(str(a.value) for a in node.args[:1] if isinstance(a, ast.Constant))
+        elif isinstance(node, ast.Try):
+            excused.update(id(inner) for statement in node.body for inner in ast.walk(statement))
+    paths = []
+    for node in ast.walk(grade):
+        steps, top = [], node
+        while isinstance(node, ast.Subscript) and isinstance(node.slice, ast.Constant):
+            steps.append(str(node.slice.value))
+            node = node.value
+        if steps and is_item(node) and id(top) not in excused and steps[-1] not in guarded:
+            paths.append(tuple(reversed(steps)))
+    # item["a"]["b"] is walked as item["a"]["b"] and again as item["a"]: keep the longest.
+    return [p for p in dict.fromkeys(paths) if not any(q != p and q[: len(p)] == p for q in paths)]
+
+
+def _record(required: list[tuple[str, ...]]):
+    def convert(line: int, obj: dict):
+        problems: list[Problem] = []
+        raw = obj["messages"]
+        messages: list[Message] = []
+        if not isinstance(raw, list) or not raw:
+            problems.append(("messages", f"expected a non-empty array of messages, got {_json_type(raw)}"))
+        else:
+            # "developer" is OpenAI's newer name for the system turn.
+            turns = [
+                {**m, "role": "system"} if isinstance(m, dict) and m.get("role") == "developer" else m for m in raw
+            ]
+            messages = [_message(i, m, problems) for i, m in enumerate(turns)]
+            if not problems and messages[-1].role != "user":
+                problems.append((f"messages[{len(raw) - 1}].role", "the prompt must end with a user message"))
+        tools, response_format = obj.get("tools", []), obj.get("response_format")
+        if not isinstance(tools, list) or not all(isinstance(t, dict) for t in tools):
+            problems.append(("tools", "expected an array of tool objects"))
+        if response_format is not None and not isinstance(response_format, dict):
+            problems.append(("response_format", f"expected an object, got {_json_type(response_format)}"))
+        for path in required:
+            try:
+                lookup(obj, "item", path)
+            except TemplateError as error:
+                problems.append((".".join(path), f"the grader reads this field: {str(error).split(': ', 1)[1]}"))
+        if problems:
+            return None, problems
+        return GradedPrompt(line, tuple(messages), obj, tools, response_format), []
+
+    return convert
+
+
+def read_graded(path, grader: Grader | None = None) -> LoadedData:
+    """Every valid prompt of the file (``examples`` holds GradedPrompts); a bad line is LineErrors,
+    a line lacking a field ``grader`` reads among them."""
+    path = str(path)
+    text = _read_text(path)
+    required = item_fields(grader) if grader is not None else []
+    convert, items, errors = _record(required), [], []
+    # Not formats.read_records: any key besides messages is an item field, not an unknown key.
+    for line, value in _json_records(path, text):
+        if isinstance(value, _BadJSON):
+            problems = [(None, str(value))]
+        elif not isinstance(value, dict):
+            problems = [(None, f"expected a JSON object, got {_json_type(value)}")]
+        elif "messages" not in value:
+            problems = [("messages", "missing key")]
+        else:
+            item, problems = convert(line, value)
+        errors += [LineError(path, line, where, reason) for where, reason in problems]
+        if not problems:
+            items.append(item)
+    if not items and not errors:
+        raise TunesmithError(f"{path}: no examples")
+    return LoadedData(path, FORMAT, items, errors)
+
+
+def check(path, grader: Grader | None = None) -> tuple[LoadedData, list[LineError], dict[str, int]]:
+    """read_graded, and its problems as data/issues.py reports them: the first ones listed whole,
+    the rest counted by kind."""
+    data = read_graded(path, grader)
+    log = IssueLog((data.path,))
+    log.extend(data.errors)
+    listed, counts = log.done()
+    return data, listed, counts
