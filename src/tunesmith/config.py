@@ -303,7 +303,9 @@ class DistributedConfig(_Strict):
 
 
 class Config(_Strict):
-    model: str = Field("smollm2-135m-instruct", description="Built-in name, HF folder or .gguf path.")
+    model: str = Field(
+        "smollm2-135m-instruct", description="Built-in name, HF folder, Hugging Face Hub id (owner/name) or .gguf path."
+    )
     data: DataConfig = Field(description="Where the data is and how to read it.")
     method: MethodConfig = Field(
         default_factory=MethodConfig,
