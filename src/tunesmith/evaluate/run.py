@@ -191,8 +191,9 @@ def _prompt_ids(tokenizer, item: TestItem, system: str | None) -> list[int]:
     return encode_chat(tokenizer, with_system(item.prompt, system))
 
 
-def _evaluate_variant(model, tokenizer, prompts, items, settings: EvalConfig) -> dict:
-    scored = SCORERS[settings.task](model, tokenizer, prompts, items, settings)
+def _evaluate_variant(model, tokenizer, prompts, items, settings: EvalConfig, scorer=None) -> dict:
+    """``scorer`` defaults to the task's entry in SCORERS (tool_calls passes its own: evaluate/tool_eval.py)."""
+    scored = (scorer or SCORERS[settings.task])(model, tokenizer, prompts, items, settings)
     generation = scored["generation"]
     cost = {
         "prompt_tokens": sum(len(p) for p in prompts) / len(prompts),
@@ -382,10 +383,15 @@ def run_evaluation(config: Config, finetuned: str | None, out_dir: str) -> dict:
     """Evaluate every variant on the test items; write eval.json, report.html, report.md to out_dir."""
     settings = config.eval
     pairs = settings.task == "preference"  # held-out pairs, not items to answer: evaluate/preference.py
-    items = [] if pairs else load_test_items(config)
+    tools = settings.task == "tool_calls"  # items with tools and acceptable calls: evaluate/tool_eval.py
+    items = [] if pairs or tools else load_test_items(config)
     run_dir = _run_folder(finetuned, config)
     if run_dir is not None:
         _check_same_base(config.model, _model_folder(run_dir))
+    if tools:
+        from tunesmith.evaluate.tool_eval import evaluate_tool_calls
+
+        return evaluate_tool_calls(config, run_dir, out_dir)
     if pairs:
         from tunesmith.evaluate.preference import evaluate_preferences
 
