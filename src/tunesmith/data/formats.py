@@ -14,6 +14,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from tunesmith.chat.messages import Message
+from tunesmith.chat.tools import Tool
 from tunesmith.errors import TunesmithError
 
 FORMATS = ("messages", "prompt_completion", "alpaca", "csv", "text")
@@ -36,17 +38,12 @@ Problem = tuple[str | None, str]  # (field, reason) before the line and path are
 
 
 @dataclass(frozen=True)
-class Message:
-    role: str
-    content: str
-    weight: int = 1  # only assistant messages: 0 = do not train on this turn (OpenAI's `weight`)
-
-
-@dataclass(frozen=True)
 class Example:
     line: int  # 1-based: JSONL/CSV physical line, JSON array index, .txt paragraph start
     messages: tuple[Message, ...] = ()
     text: str | None = None  # raw text format: loss on every token
+    tools: tuple[Tool, ...] = ()  # the functions the assistant may call
+    parallel_tool_calls: bool = True  # OpenAI's per-example flag: may one turn make several calls
 
 
 @dataclass(frozen=True)
