@@ -33,7 +33,7 @@ class DataConfig(_Strict):
     )
     test: str | None = Field(None, description="Held-out test file for `tunesmith eval` (and after train).")
     format: Literal[
-        "auto", "messages", "prompt_completion", "alpaca", "csv", "text", "openai_dpo", "chosen_rejected"
+        "auto", "messages", "sharegpt", "prompt_completion", "alpaca", "csv", "text", "openai_dpo", "chosen_rejected"
     ] = Field(
         "auto",
         description="Data format; `auto` detects it from the file and says which it chose "

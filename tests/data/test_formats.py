@@ -161,15 +161,15 @@ USER = {"role": "user", "content": "q"}
         ("messages", _msgs(USER, {"role": "assistant"}), "messages[1].content", "missing key"),
         (
             "messages",
-            _msgs(USER, {"role": "assistant", "content": "a", "name": "x"}),
-            "messages[1].name",
-            "unknown key (expected role, content, weight)",
+            _msgs(USER, {"role": "assistant", "content": "a", "nickname": "x"}),
+            "messages[1].nickname",
+            "unknown key (expected role, content, weight, tool_calls, function_call, tool_call_id, name)",
         ),
         (
             "messages",
             _msgs(USER, {"role": "bot", "content": "a"}),
             "messages[1].role",
-            "unknown role 'bot' (expected system, user, assistant)",
+            "unknown role 'bot' (expected system, user, assistant, tool, function)",
         ),
         (
             "messages",
@@ -255,8 +255,8 @@ def test_csv_rows_report_their_physical_line(tmp_path):
         (
             "a.jsonl",
             '{"text": "a"}\n',
-            {"format": "sharegpt"},
-            "unknown data format 'sharegpt' (expected auto,",
+            {"format": "vicuna"},
+            "unknown data format 'vicuna' (expected auto,",
         ),
         ("odd.jsonl", '{"question": "q", "answer": "a"}\n', {}, "first object has keys answer, question"),
         ("arr.json", "[\n{,\n]", {}, "{path}:2: invalid JSON array"),

@@ -114,7 +114,7 @@ def test_chat_renderer_renders_what_apply_chat_template_renders(smol_tokenizer, 
     for end in range(1, len(TURNS) + 1):
         for prompt in (False, True):
             expected = smol_tokenizer.apply_chat_template(TURNS[:end], tokenize=False, add_generation_prompt=prompt)
-            assert render(example.messages[:end], prompt) == expected
+            assert render(example, example.messages[:end], prompt) == expected
 
     class Shouting:
         def render(self, **context):

@@ -33,7 +33,10 @@ def test_line_errors_are_carried_into_the_report(smol_tokenizer, tmp_path):
     path.write_text(f"{json.dumps(good)}\n\n{json.dumps(bad)}\n")
     report, _, tokenized, _ = validate_dataset(read_examples(path), smol_tokenizer, 512)
     assert not report.ok and len(tokenized) == 1
-    assert "line 3: messages[1].role: unknown role 'bot' (expected system, user, assistant)" in report.render()
+    assert (
+        "line 3: messages[1].role: unknown role 'bot' (expected system, user, assistant, tool, function)"
+        in report.render()
+    )
 
 
 def test_over_length_example_warns_with_label_tokens_lost(smol_tokenizer, tmp_path):

@@ -66,7 +66,7 @@ def _start_worker(tokenizer, options: BuildOptions) -> None:
 
 def content_hash(example: Example) -> int:
     """64 bits of the example's content: duplicates and train/validation overlap without the texts."""
-    digest = hashlib.blake2b(repr((example.messages, example.text)).encode(), digest_size=8).digest()
+    digest = hashlib.blake2b(repr((example.messages, example.text, example.tools)).encode(), digest_size=8).digest()
     return int.from_bytes(digest, "little")
 
 
@@ -116,9 +116,8 @@ def tokenize_chunk(chunk: list[tuple[int, int, object, bool]]) -> ChunkResult:
     parsed = []
     for file_index, line, value, raw in chunk:
         example, problems = _example(options, file_index, line, value, raw)
-        if example is None:
-            result.issues += problems
-        else:
+        result.issues += problems  # errors, or warnings of a kept example
+        if example is not None:
             parsed.append((file_index, line, example))
     chats = iter(tokenize_chats(tokenizer, [example for *_, example in parsed if example.text is None]))
     for file_index, line, example in parsed:

@@ -14,27 +14,38 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from jsonschema import SchemaError
+
 from tunesmith.chat.messages import Message
-from tunesmith.chat.tools import Tool
+from tunesmith.chat.tools import Tool, ToolCall
+from tunesmith.data.schemas import arguments_problem, schema_problem, schema_validator
+from tunesmith.data.sharegpt import sharegpt_as_openai, sharegpt_field
 from tunesmith.errors import TunesmithError
 
-FORMATS = ("messages", "prompt_completion", "alpaca", "csv", "text")
-ROLES = ("system", "user", "assistant")
+FORMATS = ("messages", "sharegpt", "prompt_completion", "alpaca", "csv", "text")
+ROLES = ("system", "user", "assistant", "tool", "function")  # function: OpenAI's legacy tool result
 CSV_COLUMNS = ("prompt", "completion", "system")
 
 # (required keys, optional keys) per JSON format; any other key is an error, as in OpenAI's API,
 # because a misspelt key ("completions") would otherwise silently drop data.
 _KEYS = {
-    "messages": (("messages",), ()),
+    "messages": (("messages",), ("tools", "functions", "parallel_tool_calls")),
+    "sharegpt": (("conversations",), ("tools", "system")),
     "prompt_completion": (("prompt", "completion"), ()),
     "alpaca": (("instruction", "output"), ("input",)),
     "text": (("text",), ()),
 }
-_MESSAGE_KEYS = (("role", "content"), ("weight",))
+_MESSAGE_KEYS = (("role",), ("content", "weight", "tool_calls", "function_call", "tool_call_id", "name"))
 # Keys that only preference data has (data/preference.py reads it).
 PAIR_KEYS = {"preferred_output", "non_preferred_output", "chosen", "rejected"}
 
-Problem = tuple[str | None, str]  # (field, reason) before the line and path are known
+# (field, reason) before the line and path are known; (field, reason, "warning") for one that
+# does not stop the example.
+Problem = tuple
+
+
+def n_errors(problems: list[Problem]) -> int:
+    return sum(len(p) == 2 for p in problems)
 
 
 @dataclass(frozen=True)
@@ -140,6 +151,7 @@ def detect_from_records(path: str, values) -> str:
         # error, not make the whole file undetectable.
         for fmt, signature in (
             ("messages", {"messages"}),
+            ("sharegpt", {"conversations"}),
             ("alpaca", {"instruction", "output"}),
             ("prompt_completion", {"prompt", "completion"}),
             ("text", {"text"}),
@@ -181,7 +193,7 @@ def read_records(path: str, text: str, keys: tuple, convert) -> tuple[list, list
     for line, value in _json_records(path, text):
         item, problems = record_item(path, line, value, keys, convert)
         errors += problems
-        if not problems:
+        if item is not None:
             items.append(item)
     return items, errors
 
@@ -197,19 +209,20 @@ def record_item(path: str, line: int, value, keys: tuple, convert) -> tuple[obje
         problems = _check_keys(value, *keys)
         if not problems:
             item, problems = convert(line, value)
-    if problems:
-        return None, [LineError(path, line, field, reason) for field, reason in problems]
-    return item, []
+    issues = [LineError(path, line, *problem) for problem in problems]
+    return (None if n_errors(problems) else item), issues
 
 
 def record_example(path: str, line: int, value, fmt: str) -> tuple[Example | None, list[LineError]]:
     """One parsed record of a prompt/chat/text format as an example, or its errors."""
-    content, errors = record_item(path, line, value, _KEYS[fmt], lambda _, obj: _CONVERTERS[fmt](obj))
-    if errors:
-        return None, errors
+    content, issues = record_item(path, line, value, _KEYS[fmt], lambda _, obj: _CONVERTERS[fmt](obj))
+    if content is None:
+        return None, issues
     if isinstance(content, str):
-        return Example(line, text=content), []
-    return Example(line, messages=content), []
+        return Example(line, text=content), issues
+    if isinstance(content, dict):  # a chat with tools
+        return Example(line, **content), issues
+    return Example(line, messages=content), issues
 
 
 def _read_json(path: str, text: str, fmt: str) -> tuple[list[Example], list[LineError]]:
@@ -267,14 +280,72 @@ def _from_messages(obj: dict):
     if not raw:
         return None, [("messages", "empty conversation")]
     problems: list[Problem] = []
-    messages = tuple(_message(i, m, problems) for i, m in enumerate(raw))
-    if problems:
+    tools, validators = read_tools(obj, problems)
+    parallel = obj.get("parallel_tool_calls", True)
+    if not isinstance(parallel, bool):
+        problems.append(("parallel_tool_calls", f"expected true or false, got {_json_type(parallel)}"))
+    messages = tuple(_message(i, m, problems, validators=validators) for i, m in enumerate(raw))
+    if n_errors(problems):
         return None, problems
-    return messages, _conversation_problems(messages)
+    problems += _conversation_problems(messages) + _call_problems(messages, parallel is not False)
+    if n_errors(problems) or not tools:
+        return messages, problems
+    return {"messages": messages, "tools": tools, "parallel_tool_calls": parallel}, problems
 
 
-def _message(i: int, raw, problems: list[Problem], field: str = "messages") -> Message | None:
-    where = f"{field}[{i}]"
+def read_tools(obj: dict, problems: list[Problem]) -> tuple[tuple[Tool, ...], dict | None]:
+    """The tools of `obj` (OpenAI's `tools`, or the legacy `functions`), and a validator of each
+    one's arguments by name (None where the tools themselves have problems: calls go unchecked)."""
+    if "tools" in obj and "functions" in obj:
+        problems.append(("functions", "give tools or the legacy functions, not both"))
+        return (), None
+    key = "functions" if "functions" in obj else "tools"
+    raw = obj.get(key, [])
+    if not isinstance(raw, list):
+        problems.append((key, f"expected an array, got {_json_type(raw)}"))
+        return (), None
+    before, tools, validators, first = len(problems), [], {}, {}
+    for i, item in enumerate(raw):
+        where = f"{key}[{i}]"
+        if key == "tools":
+            if not isinstance(item, dict) or item.get("type", "function") != "function" or "function" not in item:
+                problems.append((where, 'expected {"type": "function", "function": {name, description, parameters}}'))
+                continue
+            item, where = item["function"], f"{where}.function"
+        tool = _tool(item, where, problems, validators)
+        if tool is None:
+            continue
+        if tool.name in first:
+            problems.append((f"{where}.name", f"duplicate tool name {tool.name!r} (also {first[tool.name]})"))
+        first.setdefault(tool.name, where)
+        tools.append(tool)
+    return tuple(tools), (validators if len(problems) == before else None)
+
+
+def _tool(raw, where: str, problems: list[Problem], validators: dict) -> Tool | None:
+    if not isinstance(raw, dict):
+        problems.append((where, f"expected an object, got {_json_type(raw)}"))
+        return None
+    name, description, parameters = raw.get("name"), raw.get("description", ""), raw.get("parameters", {})
+    if not isinstance(name, str) or not name.strip():
+        problems.append((f"{where}.name", "expected a non-empty string" if "name" in raw else "missing key"))
+        return None
+    if not isinstance(description, str):
+        problems.append((f"{where}.description", f"expected a string, got {_json_type(description)}"))
+    if not isinstance(parameters, dict):
+        problems.append((f"{where}.parameters", f"expected a JSON Schema object, got {_json_type(parameters)}"))
+        return None
+    try:
+        validators[name] = schema_validator(parameters)
+    except SchemaError as error:
+        problems.append((f"{where}.parameters", schema_problem(error)))
+        return None
+    return Tool(name, description if isinstance(description, str) else "", parameters)
+
+
+def _message(i: int, raw, problems: list[Problem], field: str = "messages", validators=None) -> Message | None:
+    """One message; `validators` (tool name -> validator; None: unknown) check its calls."""
+    where, before = f"{field}[{i}]", len(problems)
     if not isinstance(raw, dict):
         problems.append((where, f"expected an object, got {_json_type(raw)}"))
         return None
@@ -283,17 +354,101 @@ def _message(i: int, raw, problems: list[Problem], field: str = "messages") -> M
         problems += [(f"{where}.{key}", reason) for key, reason in key_problems]
         return None
     role, weight = raw["role"], raw.get("weight", 1)
-    content = _content(raw["content"], f"{where}.content", problems)
     if not isinstance(role, str):
         problems.append((f"{where}.role", f"expected a string, got {_json_type(role)}"))
-    elif role not in ROLES:
+        return None
+    if role not in ROLES:
         problems.append((f"{where}.role", f"unknown role {role!r} (expected {', '.join(ROLES)})"))
-    elif "weight" in raw and role != "assistant":
+        return None
+    if "weight" in raw and role != "assistant":
         problems.append((f"{where}.weight", f"weight is only allowed on assistant messages, not {role}"))
     # bool is an int in Python, but `true` is not a valid weight in OpenAI's format either.
     if isinstance(weight, bool) or weight not in (0, 1):
         problems.append((f"{where}.weight", f"weight must be 0 or 1, got {json.dumps(weight)}"))
-    return Message(role, content, weight) if content is not None else None
+    for key in ("tool_calls", "function_call"):
+        if key in raw and role != "assistant":
+            problems.append((f"{where}.{key}", f"only assistant messages call tools, not {role}"))
+    calls = _calls(raw, where, problems, validators) if role == "assistant" else ()
+    if calls is None:
+        return None
+    if calls and raw.get("content") in (None, ""):  # OpenAI: content null beside tool_calls
+        content = ""
+    elif "content" not in raw:
+        problems.append((f"{where}.content", "missing key"))
+        return None
+    else:
+        content = _content(raw["content"], f"{where}.content", problems)
+    call_id, name = raw.get("tool_call_id"), raw.get("name")
+    if role == "tool" and not isinstance(call_id, str):
+        got = "missing key" if call_id is None else f"expected a string, got {_json_type(call_id)}"
+        problems.append((f"{where}.tool_call_id", got))
+    if role == "function" and not isinstance(name, str):
+        problems.append((f"{where}.name", "a function result names its function: missing key"))
+    if content is None or n_errors(problems[before:]):
+        return None
+    if role == "function":  # the legacy form of a tool result
+        return Message("tool", content, name=name)
+    if role == "tool":
+        return Message("tool", content, tool_call_id=call_id, name=name if isinstance(name, str) else None)
+    return Message(role, content, weight, calls)
+
+
+def _calls(raw: dict, where: str, problems: list[Problem], validators) -> tuple[ToolCall, ...] | None:
+    """The assistant's calls (`tool_calls`, or the legacy `function_call`), checked against the
+    tools' schemas; None if any is unreadable."""
+    if "tool_calls" in raw and "function_call" in raw:
+        problems.append((f"{where}.function_call", "give tool_calls or the legacy function_call, not both"))
+        return None
+    if "function_call" in raw:
+        items = [(f"{where}.function_call", raw["function_call"], None)]
+    elif "tool_calls" in raw:
+        listed = raw["tool_calls"]
+        if not isinstance(listed, list) or not listed:
+            got = "an empty array" if listed == [] else _json_type(listed)
+            problems.append((f"{where}.tool_calls", f"expected an array of calls, got {got}"))
+            return None
+        items = []
+        for j, call in enumerate(listed):
+            at = f"{where}.tool_calls[{j}]"
+            if not isinstance(call, dict) or not isinstance(call.get("function"), dict):
+                problems.append((at, 'expected {"id", "type": "function", "function": {name, arguments}}'))
+                return None
+            if not isinstance(call.get("id", ""), str):
+                problems.append((f"{at}.id", f"expected a string, got {_json_type(call['id'])}"))
+                return None
+            items.append((f"{at}.function", call["function"], call.get("id")))
+    else:
+        return ()
+    calls = [_call(at, function, call_id, problems, validators) for at, function, call_id in items]
+    return None if None in calls else tuple(calls)
+
+
+def _call(at: str, raw, call_id, problems: list[Problem], validators) -> ToolCall | None:
+    if not isinstance(raw, dict):
+        problems.append((at, f"expected an object, got {_json_type(raw)}"))
+        return None
+    name, arguments = raw.get("name"), raw.get("arguments", "{}")
+    if not isinstance(name, str):
+        problems.append((f"{at}.name", "missing key" if name is None else f"expected a string, got {_json_type(name)}"))
+        return None
+    if isinstance(arguments, str):  # OpenAI's form: a JSON string
+        try:
+            arguments = json.loads(arguments)
+        except json.JSONDecodeError as e:
+            problems.append((f"{at}.arguments", f"not valid JSON: {e.msg} (column {e.colno})"))
+            return None
+    if not isinstance(arguments, dict):
+        problems.append((f"{at}.arguments", f"expected a JSON object, got {_json_type(arguments)}"))
+        return None
+    if validators is not None:
+        if name not in validators:
+            declared = ", ".join(validators) or "none"
+            problems.append((f"{at}.name", f"calls {name!r}, which is not a declared tool (declared: {declared})"))
+            return None
+        mismatch = arguments_problem(validators[name], arguments)
+        if mismatch:  # a warning: such data is common (Glaive's) and still teaches the call's form
+            problems.append((f"{at}.arguments", f"do not match the parameters of {name}: {mismatch}", "warning"))
+    return ToolCall(name, arguments, call_id)
 
 
 def _conversation_problems(messages: tuple[Message, ...]) -> list[Problem]:
@@ -307,6 +462,39 @@ def _conversation_problems(messages: tuple[Message, ...]) -> list[Problem]:
     if not any(weights):
         return [("messages", "every assistant message has weight 0: nothing to train on")]
     return []
+
+
+def _call_problems(messages: tuple[Message, ...], parallel: bool) -> list[Problem]:
+    """Each tool result answers a call made earlier in the conversation; one call per turn where
+    the example forbids parallel calls."""
+    ids, names, problems = set(), set(), []
+    for i, m in enumerate(messages):
+        if len(m.tool_calls) > 1 and not parallel:
+            problems.append(
+                (
+                    f"messages[{i}].tool_calls",
+                    f"{len(m.tool_calls)} calls in one turn, but parallel_tool_calls is false",
+                )
+            )
+        ids |= {c.id for c in m.tool_calls if c.id}
+        names |= {c.name for c in m.tool_calls}
+        if m.role != "tool":
+            continue
+        if m.tool_call_id is not None and m.tool_call_id not in ids:
+            problems.append(
+                (f"messages[{i}].tool_call_id", f"{m.tool_call_id!r} answers no earlier call of this conversation")
+            )
+        elif m.tool_call_id is None and m.name not in names:
+            problems.append((f"messages[{i}].name", f"{m.name!r} answers no earlier call of this conversation"))
+    return problems
+
+
+def _from_sharegpt(obj: dict):
+    converted, fields = sharegpt_as_openai(obj)
+    if isinstance(converted, list):  # problems of the ShareGPT structure itself
+        return None, converted
+    example, problems = _from_messages(converted)
+    return example, [(sharegpt_field(field, fields), *rest) for field, *rest in problems]
 
 
 def _chat(prompt: str, completion: str, system: str | None = None) -> tuple[Message, ...]:
@@ -341,6 +529,7 @@ def _from_text(obj: dict):
 
 _CONVERTERS = {
     "messages": _from_messages,
+    "sharegpt": _from_sharegpt,
     "prompt_completion": _from_prompt_completion,
     "alpaca": _from_alpaca,
     "text": _from_text,

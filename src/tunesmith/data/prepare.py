@@ -18,6 +18,7 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
+from tunesmith.chat.tools import FALLBACK_VERSION
 from tunesmith.config import DataConfig
 from tunesmith.data.build import BuildOptions, build_store, examples_at
 from tunesmith.data.formats import Example, LineError, LoadedData, with_system
@@ -86,7 +87,8 @@ def store_key(source: Source, options: BuildOptions, tokenizer) -> str:
     digest.update(content_hash(source.files).encode())
     digest.update(_tokenizer_identity(tokenizer))
     settings = (source.format, source.columns, options.system, options.max_seq_len, options.overlength)
-    digest.update(repr((settings, STORE_VERSION)).encode())
+    # The tool rendering follows from the template (in the tokenizer identity) and the fallback's version.
+    digest.update(repr((settings, STORE_VERSION, FALLBACK_VERSION)).encode())
     return digest.hexdigest()
 
 

@@ -12,7 +12,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from tunesmith.data.formats import Example, Message
+from tunesmith.chat.render import rendering, reply_text, template_inputs
+from tunesmith.data.formats import Example
 from tunesmith.errors import TunesmithError
 
 IGNORE_INDEX = -100
@@ -110,8 +111,10 @@ def _labelled(encoded, spans: list[tuple[int, int]]) -> tuple[list[int], list[in
 
 
 def _render_with_label_spans(render, tokenizer, example: Example) -> tuple[str, list[tuple[int, int]]]:
-    """The rendered conversation and the character spans [start, end) to compute loss on."""
-    messages = example.messages
+    """The rendered conversation and the character spans [start, end) to compute loss on: each
+    trained assistant turn (its text and tool calls) and the end-of-turn token closing it; tool
+    results and the tools' schemas are prompt."""
+    messages, mode = example.messages, rendering(tokenizer)
     full = _render(render, example, messages)
     spans = []
     for i, message in enumerate(messages):
@@ -124,14 +127,15 @@ def _render_with_label_spans(render, tokenizer, example: Example) -> tuple[str, 
                 f"line {example.line}: the tokenizer's chat template renders earlier turns differently "
                 "once later ones are added, so tunesmith cannot tell which tokens are the reply"
             )
-        spans.append((len(prompt), len(prompt) + _reply_length(tokenizer, message, done[len(prompt) :])))
+        reply = reply_text(message, mode)
+        spans.append((len(prompt), len(prompt) + _reply_length(tokenizer, reply, done[len(prompt) :])))
     return full, spans
 
 
-def _reply_length(tokenizer, message: Message, turn: str) -> int:
+def _reply_length(tokenizer, reply: str, turn: str) -> int:
     """Length of the reply plus the eos token that closes it, leaving out what follows it."""
     close = turn.rfind(tokenizer.eos_token) if tokenizer.eos_token else -1
-    if close >= 0 and turn[:close].rstrip().endswith(message.content.strip()):
+    if close >= 0 and turn[:close].rstrip().endswith(reply.strip()):
         return close + len(tokenizer.eos_token)
     # The template ends turns with something other than eos: train on the whole turn, which
     # still includes whatever token ends it.
@@ -139,7 +143,7 @@ def _reply_length(tokenizer, message: Message, turn: str) -> int:
 
 
 def chat_renderer(tokenizer, sample: Example):
-    """A function (messages, add_generation_prompt) -> the text apply_chat_template renders.
+    """A function (example, messages, add_generation_prompt) -> the text apply_chat_template renders.
 
     For a short chat, apply_chat_template's own checks and copies of the messages take half its
     time; the compiled template, called with the context it would get, is used instead when it
@@ -149,35 +153,35 @@ def chat_renderer(tokenizer, sample: Example):
     checked = _checked_renderer(tokenizer)
     if _compile_jinja_template is None or not isinstance(tokenizer.chat_template, str):
         return checked
-    context = dict(tokenizer.special_tokens_map)
+    context, mode = dict(tokenizer.special_tokens_map), rendering(tokenizer)
 
-    def direct(messages, add_generation_prompt=False):
-        chat, prompt = _dicts(messages), add_generation_prompt
-        return template.render(messages=chat, tools=None, documents=None, add_generation_prompt=prompt, **context)
+    def direct(example, messages, add_generation_prompt=False):
+        chat, tools = template_inputs(messages, example.tools, example.parallel_tool_calls, mode)
+        prompt = add_generation_prompt
+        return template.render(messages=chat, tools=tools, documents=None, add_generation_prompt=prompt, **context)
 
     try:
         template = _compile_jinja_template(tokenizer.chat_template)
-        same = all(direct(sample.messages, g) == checked(sample.messages, g) for g in (False, True))
+        same = all(direct(sample, sample.messages, g) == checked(sample, sample.messages, g) for g in (False, True))
     except Exception:  # jinja raises its own types; the checked path reports them per example
         same = False
     return direct if same else checked
 
 
 def _checked_renderer(tokenizer):
-    def checked(messages, add_generation_prompt=False):
+    mode = rendering(tokenizer)
+
+    def checked(example, messages, add_generation_prompt=False):
+        chat, tools = template_inputs(messages, example.tools, example.parallel_tool_calls, mode)
         return tokenizer.apply_chat_template(
-            _dicts(messages), tokenize=False, add_generation_prompt=add_generation_prompt
+            chat, tools=tools, tokenize=False, add_generation_prompt=add_generation_prompt
         )
 
     return checked
 
 
-def _dicts(messages) -> list[dict]:
-    return [{"role": m.role, "content": m.content} for m in messages]
-
-
 def _render(render, example: Example, messages, add_generation_prompt: bool = False) -> str:
     try:
-        return render(messages, add_generation_prompt)
+        return render(example, messages, add_generation_prompt)
     except Exception as e:  # jinja raises its own types, and templates raise on purpose
         raise TunesmithError(f"line {example.line}: the tokenizer's chat template failed: {e}") from None

@@ -121,7 +121,7 @@ def _length_issues(data: LoadedData, tokenizer, tokenized, max_seq_len: int) -> 
 
 
 def _content(example: Example):
-    return example.messages, example.text
+    return example.messages, example.text, example.tools
 
 
 def duplicates(data: LoadedData, content=_content) -> list[LineError]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from tunesmith.chat.render import save_rendering
 from tunesmith.paths import write_dir_atomic
 
 
@@ -18,5 +19,6 @@ def save_merged(model, tokenizer, out_dir: Path) -> Path:
     def fill(folder: Path) -> None:
         plain.save_pretrained(folder)
         tokenizer.save_pretrained(folder)
+        save_rendering(folder, tokenizer)
 
     return write_dir_atomic(out_dir / "merged", fill)

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import torch
 
+from tunesmith.chat.render import save_rendering
 from tunesmith.config import Config, dump_config
 from tunesmith.data.batching import epoch_order
 from tunesmith.data.prepare import PreparedData, prepare_data
@@ -237,6 +238,7 @@ def train(cfg: Config, resume: bool = False, overwrite: bool = False) -> RunSumm
                     shutil.rmtree(target) if target.is_dir() else target.unlink(missing_ok=True)
             out_dir.mkdir(parents=True, exist_ok=True)
             write_text_atomic(out_dir / "config.yaml", dump_config(cfg))
+            save_rendering(out_dir, tokenizer)  # how tools were rendered: export and serve render the same
         state = TrainerState(0, 0, None, None, 0, 0.0)
         metrics = MetricsLog(out_dir / METRICS, None, cfg.train.report_to) if dist.is_main else None
         write_metrics(
