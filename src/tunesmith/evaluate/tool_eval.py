@@ -25,8 +25,9 @@ from pathlib import Path
 
 from tunesmith.chat.messages import Message
 from tunesmith.chat.render import read_rendering, render_prompt
-from tunesmith.chat.tools import CALL_OPEN, Tool, ToolCall, parse_tool_calls
+from tunesmith.chat.tools import CALL_OPEN, Tool, parse_tool_calls
 from tunesmith.config import Config
+from tunesmith.data.formats import read_examples, read_tools
 from tunesmith.errors import TunesmithError
 from tunesmith.evaluate.baselines import MAX_AUTO_SHOTS, FewShotSelector, context_budget
 from tunesmith.evaluate.tool_calls import ParsedOutput, tool_call_stats
@@ -45,31 +46,24 @@ class ToolItem:
     line: int
 
 
-def _tools(raw, where: str) -> tuple[Tool, ...]:
-    if not isinstance(raw, list):
-        raise TunesmithError(f"{where}: field 'tools' must be a list of OpenAI tool objects")
-    tools = []
-    for i, entry in enumerate(raw):
-        function = entry.get("function") if isinstance(entry, dict) else None
-        if not isinstance(function, dict) or not isinstance(function.get("name"), str):
-            raise TunesmithError(f"{where}: field 'tools[{i}]' is not {{type: function, function: {{name, ...}}}}")
-        tools.append(Tool(function["name"], function.get("description", ""), function.get("parameters") or {}))
-    return tuple(tools)
+def _tools(row: dict, where: str) -> tuple[Tool, ...]:
+    problems: list = []
+    tools, _ = read_tools(row, problems)
+    errors = [p for p in problems if len(p) == 2]
+    if errors:
+        field, reason = errors[0]
+        raise TunesmithError(f"{where}: field '{field}': {reason}")
+    return tools
 
 
 def _messages(raw, where: str) -> tuple[Message, ...]:
+    """The question turns of a test item (role and text: the answer is in possible_answer)."""
     if not isinstance(raw, list) or not raw:
         raise TunesmithError(f"{where}: field 'messages' must be a non-empty list of chat messages")
-    out = []
     for i, m in enumerate(raw):
-        if not isinstance(m, dict) or not isinstance(m.get("role"), str):
-            raise TunesmithError(f"{where}: field 'messages[{i}]' has no role")
-        calls = tuple(
-            ToolCall(c["function"]["name"], json.loads(c["function"]["arguments"]), c.get("id"))
-            for c in m.get("tool_calls") or []
-        )
-        out.append(Message(m["role"], m.get("content") or "", tool_calls=calls, tool_call_id=m.get("tool_call_id")))
-    return tuple(out)
+        if not isinstance(m, dict) or not isinstance(m.get("role"), str) or not isinstance(m.get("content"), str):
+            raise TunesmithError(f"{where}: field 'messages[{i}]' needs a role and a content string")
+    return tuple(Message(m["role"], m["content"]) for m in raw)
 
 
 def _possible_answer(raw, tools: tuple[Tool, ...], where: str) -> tuple[dict, ...]:
@@ -109,7 +103,7 @@ def load_tool_items(path: str, max_items: int | None = None) -> list[ToolItem]:
                 f"{where}: field 'possible_answer' is missing: eval.task=tool_calls reads test items with "
                 "messages, tools and possible_answer (see data/tool_calling/SOURCE.md)"
             )
-        tools = _tools(row.get("tools", []), where)
+        tools = _tools(row, where)
         items.append(
             ToolItem(
                 _messages(row.get("messages"), where),
@@ -132,18 +126,16 @@ def read_output(text: str) -> ParsedOutput:
     return ParsedOutput(tuple((c.name, c.arguments) for c in calls), bool(calls) or unreadable, not unreadable)
 
 
-def _demonstrations(path: str) -> tuple[list[tuple[Message, ...]], dict[int, tuple[Tool, ...]]]:
+def _demonstrations(config: Config) -> tuple[list[tuple[Message, ...]], dict[int, tuple[Tool, ...]]]:
     """Single-turn training examples (user question, then the assistant's calls or answer) and
     their tools by position; longer conversations are no demonstration of one answer."""
     demos, tools = [], {}
-    for number, text in enumerate(Path(path).read_text(encoding="utf-8").splitlines(), start=1):
-        if not text.strip():
-            continue
-        row = json.loads(text)
-        where = f"{path}:{number}"
-        turns = tuple(m for m in _messages(row.get("messages"), where) if m.role != "system")
+    if not config.data.train:
+        return demos, tools
+    for example in read_examples(config.data.train, config.data.format, config.data.columns).examples:
+        turns = tuple(m for m in example.messages if m.role != "system")
         if len(turns) == 2 and (turns[0].role, turns[1].role) == ("user", "assistant"):
-            tools[len(demos)] = _tools(row.get("tools", []), where)
+            tools[len(demos)] = example.tools
             demos.append(turns)
     return demos, tools
 
@@ -200,7 +192,7 @@ def _base_variants(config: Config, items: list[ToolItem], result: dict, score) -
     zero = [_encode(tokenizer, _with_system(item.messages, config.data.system), item.tools, None) for item in items]
     result["variants"]["zero_shot"] = _evaluate_variant(model, tokenizer, zero, items, settings, score)
 
-    demos, demo_tools = _demonstrations(config.data.train) if config.data.train else ([], {})
+    demos, demo_tools = _demonstrations(config)
     if demos:
         selector = FewShotSelector(demos, tokenizer, settings.few_shot_selection, settings.seed)
         index = {id(demo): i for i, demo in enumerate(demos)}
