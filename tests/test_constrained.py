@@ -100,3 +100,30 @@ def test_stream_holds_to_the_grammar(tiny):
 def test_unknown_named_function_is_refused():
     with pytest.raises(TunesmithError, match="'nope', which is not among the tools \\(get_weather, set_alarm\\)"):
         tool_call_grammar(TOOLS, "nope")
+
+
+@pytest.mark.parametrize(
+    ("choice", "allowed"), [("set_alarm", {"set_alarm"}), ("required", {"get_weather", "set_alarm"})]
+)
+def test_cli_generate_prints_calls_that_validate(tmp_path, tiny_model_name, capsys, choice, allowed):
+    from tunesmith.cli import main
+
+    tools = tmp_path / "tools.json"
+    tools.write_text(json.dumps([tool.openai() for tool in TOOLS]))
+    argv = ["generate", "--model", tiny_model_name, "--prompt", "Wake me at 7", "--tools", str(tools)]
+    assert main([*argv, "--tool-choice", choice, "--max-new-tokens", str(LIMIT)]) == 0
+    (line,) = capsys.readouterr().out.strip().splitlines()
+    call = json.loads(line)
+    assert call["type"] == "function" and call["function"]["name"] in allowed
+    schema = json_schema({tool.name: tool.parameters for tool in TOOLS}[call["function"]["name"]])
+    jsonschema.validate(json.loads(call["function"]["arguments"]), schema)
+
+
+def test_cli_refuses_a_function_not_offered(tmp_path, tiny_model_name, capsys):
+    from tunesmith.cli import main
+
+    tools = tmp_path / "tools.json"
+    tools.write_text(json.dumps({"tools": [WEATHER.openai()]}))
+    argv = ["generate", "--model", tiny_model_name, "--prompt", "hi", "--tools", str(tools), "--tool-choice", "nope"]
+    assert main(argv) != 0
+    assert "'nope', which is not among the tools (get_weather)" in capsys.readouterr().err

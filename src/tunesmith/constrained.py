@@ -86,6 +86,24 @@ def tool_call_grammar(tools: Sequence[Tool], name: str | None = None):
     )
 
 
+def tool_choice_grammar(tools: Sequence[Tool], tool_choice):
+    """The grammar OpenAI's ``tool_choice`` asks for: None (free text) for "auto" and "none", one
+    call of any tool for "required", one call of the named function for ``{"type": "function",
+    "function": {"name": ...}}`` or, on the command line, its bare name."""
+    if tool_choice in (None, "auto", "none"):
+        return None
+    if tool_choice == "required":
+        return tool_call_grammar(tools)
+    if isinstance(tool_choice, dict):
+        name = (tool_choice.get("function") or {}).get("name")
+        if tool_choice.get("type") != "function" or not isinstance(name, str):
+            raise TunesmithError(
+                'tool_choice must be "none", "auto", "required" or {"type": "function", "function": {"name": ...}}'
+            )
+        return tool_call_grammar(tools, name)
+    return tool_call_grammar(tools, str(tool_choice))
+
+
 @lru_cache(maxsize=4)
 def _compiler(tokenizer, vocab_size: int):
     import xgrammar as xgr
