@@ -26,29 +26,12 @@ from pathlib import Path
 
 import jsonschema
 
+from tunesmith.constrained import json_schema  # BFCL type names -> JSON Schema's, as tools are read
+
 CATEGORIES = ("simple_python", "multiple", "parallel", "parallel_multiple", "irrelevance")
 SEED = 0
 TEST_SHARE, VALIDATION_SHARE = 0.25, 0.05
 NO_CALL_REPLY = "None of the tools I have can do this, so I cannot call one for it."
-_TYPES = {"dict": "object", "float": "number", "tuple": "array"}
-
-
-def json_schema(schema):
-    """BFCL's parameter schema in JSON Schema's type names, at every depth."""
-    if isinstance(schema, list):
-        return [json_schema(s) for s in schema]
-    if not isinstance(schema, dict):
-        return schema
-    out = {}
-    for key, value in schema.items():
-        if key == "type" and isinstance(value, str):
-            if value != "any":
-                out[key] = _TYPES.get(value, value)
-        elif key == "properties":
-            out[key] = {name: json_schema(v) for name, v in value.items()}
-        else:
-            out[key] = json_schema(value)
-    return out
 
 
 def openai_name(name: str) -> str:
