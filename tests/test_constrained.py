@@ -4,7 +4,13 @@ import jsonschema
 import pytest
 
 from tunesmith.chat.tools import Tool, parse_tool_calls
-from tunesmith.constrained import compile_grammar, json_schema, json_schema_grammar, tool_call_grammar
+from tunesmith.constrained import (
+    compile_grammar,
+    json_schema,
+    json_schema_grammar,
+    tool_call_grammar,
+    tool_choice_grammar,
+)
 from tunesmith.errors import TunesmithError
 from tunesmith.generation import Sampling, generate, stream
 from tunesmith.models import load_model
@@ -127,3 +133,23 @@ def test_cli_refuses_a_function_not_offered(tmp_path, tiny_model_name, capsys):
     argv = ["generate", "--model", tiny_model_name, "--prompt", "hi", "--tools", str(tools), "--tool-choice", "nope"]
     assert main(argv) != 0
     assert "'nope', which is not among the tools (get_weather)" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("choice", "constrained"),
+    [
+        ("auto", False),
+        ("none", False),
+        (None, False),
+        ("required", True),
+        ("set_alarm", True),
+        ({"type": "function", "function": {"name": "set_alarm"}}, True),
+    ],
+)
+def test_tool_choice_grammar(choice, constrained):
+    assert (tool_choice_grammar(TOOLS, choice) is not None) is constrained
+
+
+def test_tool_choice_of_the_wrong_shape_is_refused():
+    with pytest.raises(TunesmithError, match='tool_choice must be "none", "auto", "required" or'):
+        tool_choice_grammar(TOOLS, {"type": "function", "function": {}})
