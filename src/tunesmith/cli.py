@@ -7,8 +7,10 @@ data has errors; Ctrl-C exits 130 (EPILOG lists them in --help).
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
+from pathlib import Path
 
 from tunesmith.errors import TunesmithError
 
@@ -155,6 +157,8 @@ def _generate(args) -> int:
     )
     loaded = load_model(args.model)
     messages = ([Message("system", args.system)] if args.system else []) + [Message("user", args.prompt)]
+    if args.tools:
+        return _generate_with_tools(args, loaded, messages)
     out = generate(
         loaded.model,
         loaded.tokenizer,
@@ -165,6 +169,40 @@ def _generate(args) -> int:
         top_p=sampling.top_p,
     )
     print(out.texts[0].strip())
+    return 0
+
+
+def _generate_with_tools(args, loaded, messages) -> int:
+    """Offer the tools of args.tools; print the answer's text, then each call as OpenAI's tool_calls item."""
+    from tunesmith.chat.render import render_prompt
+    from tunesmith.chat.tools import parse_tool_calls
+    from tunesmith.constrained import compile_grammar, tool_choice_grammar
+    from tunesmith.data.formats import read_tools
+    from tunesmith.generation import generate
+
+    problems: list = []
+    raw = json.loads(Path(args.tools).read_text(encoding="utf-8"))
+    tools, _ = read_tools(raw if isinstance(raw, dict) else {"tools": raw}, problems)
+    if problems:
+        raise TunesmithError(f"{args.tools}: {problems[0][0]}: {problems[0][1]}")
+    offered = () if args.tool_choice == "none" else tools
+    grammar = tool_choice_grammar(offered, args.tool_choice)
+    tokenizer = loaded.tokenizer
+    out = generate(
+        loaded.model,
+        tokenizer,
+        [tokenizer(render_prompt(tokenizer, messages, offered), add_special_tokens=False).input_ids],
+        max_new_tokens=args.max_new_tokens,
+        batch_size=1,
+        temperature=args.temperature,
+        top_p=args.top_p,
+        grammars=None if grammar is None else [compile_grammar(tokenizer, loaded.model.config.vocab_size, grammar)],
+    )
+    content, calls = parse_tool_calls(out.texts[0]) if offered else (out.texts[0], [])
+    if content.strip():
+        print(content.strip())
+    for call in calls:
+        print(json.dumps(call.openai(), ensure_ascii=False))
     return 0
 
 
@@ -235,6 +273,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-new-tokens", type=int, default=128, help="generation length limit (default %(default)s)")
     p.add_argument("--temperature", type=float, default=0.0, help="sampling temperature; 0 (default): greedy")
     p.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling mass, with temperature > 0")
+    p.add_argument("--tools", help="JSON file: OpenAI tools (an array, or an object with `tools`); calls print as JSON")
+    p.add_argument(
+        "--tool-choice",
+        default="auto",
+        help="auto (default), none, required (always call a tool), or a function name; "
+        "required and a name constrain the answer to a call whose arguments validate",
+    )
     p.set_defaults(func=_generate)
 
     p = sub.add_parser("eval", help="base zero-shot and few-shot vs the fine-tuned model on held-out data")

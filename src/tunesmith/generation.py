@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from tunesmith.constrained import constrain
 from tunesmith.progress import tracked
 
 GREEDY_BELOW = 1e-5  # temperatures below this pick the argmax: the distribution is one-hot in float32
@@ -133,11 +134,13 @@ def generate(
     temperature: float = 0.0,
     top_p: float = 1.0,
     seed: int = 0,
+    grammars: Sequence | None = None,
 ) -> Generations:
     """Greedy (temperature 0) or sampled continuations, each stopping at the end-of-turn token.
 
     The end-of-turn token is ``tokenizer.eos_token`` (``<|im_end|>`` for ChatML models such as
-    SmolLM2); it is counted as produced but not decoded into the text.
+    SmolLM2); it is counted as produced but not decoded into the text. ``grammars``: one compiled
+    grammar (tunesmith.constrained) or None per prompt, holding that prompt's tokens to it.
     """
     eos_id = tokenizer.eos_token_id
     texts: list[str] = [""] * len(prompts)
@@ -147,7 +150,8 @@ def generate(
     for batch in batches_by_length([len(p) for p in prompts], batch_size, "generating"):
         produced: list[list[int]] = [[] for _ in batch]
         done = [False] * len(batch)
-        for tokens in decode(model, [prompts[i] for i in batch], tokenizer.pad_token_id, max_new_tokens, pick):
+        step = pick if grammars is None else constrain(pick, [grammars[i] for i in batch], eos_id)
+        for tokens in decode(model, [prompts[i] for i in batch], tokenizer.pad_token_id, max_new_tokens, step):
             for row, token in enumerate(tokens.tolist()):
                 if not done[row]:
                     produced[row].append(token)
@@ -166,8 +170,10 @@ def stream(
     prompt_ids: list[int],
     sampling: Sampling,
     should_stop: Callable[[], bool] = lambda: False,
+    grammar=None,
 ) -> Iterator[Piece]:
     """Text pieces of one prompt's continuation as tokens come; the last carries finish_reason and counts.
+    ``grammar``: a compiled grammar (tunesmith.constrained) the continuation is held to.
 
     Ends at the end-of-turn token or a ``sampling.stop`` string ("stop"), at ``max_new_tokens`` or
     the model's context, or when ``should_stop()`` turns true before a token ("length").
@@ -176,6 +182,8 @@ def stream(
     context = getattr(model.config, "max_position_embeddings", None) or 2048
     limit = max(0, min(sampling.max_new_tokens, context - len(prompt_ids)))
     pick = sampler(sampling, model_device(model))
+    if grammar is not None:
+        pick = constrain(pick, [grammar], tokenizer.eos_token_id)
     generated: list[int] = []
     sent = ""  # text already yielded
     finish = "length"

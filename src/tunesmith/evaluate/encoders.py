@@ -37,12 +37,11 @@ from tunesmith.encoders.model import Encoder, load_encoder
 from tunesmith.errors import TunesmithError
 from tunesmith.evaluate import metrics
 from tunesmith.evaluate.retrieval_metrics import DEPTH, RRF_K, fuse, query_groups, rank, retrieval_stats
-from tunesmith.evaluate.run import (
-    base_variants,
+from tunesmith.evaluate.run import base_variants, load_test_items
+from tunesmith.evaluate.variants import (
     bootstrap_ci,
     empty_result,
     gains,
-    load_test_items,
     model_folder,
     read_loss_curve,
     read_training_summary,
