@@ -13,17 +13,19 @@ export function setKey(key) {
   sessionStorage.setItem(KEY, key);
 }
 
-// A page other than the login page needs a key: without one, go and ask for it.
+// A page other than the login page needs a key: without one, go and ask for it. Pages await this; it
+// never settles while the browser leaves for the login page, so nothing calls the API without a key.
 export function requireKey() {
   if (!apiKey()) {
     location.replace("/ui/login");
-    throw new Error("not logged in");
+    return new Promise(() => {});
   }
   const logout = document.getElementById("logout");
   logout?.addEventListener("click", () => {
     sessionStorage.removeItem(KEY);
     location.assign("/ui/login");
   });
+  return Promise.resolve();
 }
 
 export function authHeaders(extra = {}) {

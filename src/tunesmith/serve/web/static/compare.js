@@ -1,7 +1,7 @@
 import { LineChart, align } from "./chart.js";
 import { el, listAll, metricsOf, requireKey, showError } from "./common.js";
 
-requireKey();
+await requireKey();
 const chart = new LineChart(document.getElementById("compare-chart"), "training loss");
 const ROWS = [
   ["Base model", (j) => j.model],

@@ -1,6 +1,6 @@
 import { api, authHeaders, el, fill, listAll, requireKey, showError, when } from "./common.js";
 
-requireKey();
+await requireKey();
 const progress = document.getElementById("progress");
 const result = document.getElementById("upload-result");
 const drop = document.getElementById("drop");

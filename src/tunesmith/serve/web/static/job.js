@@ -1,7 +1,7 @@
 import { LineChart, align } from "./chart.js";
 import { TERMINAL, api, download, el, fill, listAll, metricsOf, requireKey, showError, when } from "./common.js";
 
-requireKey();
+await requireKey();
 const jobId = document.getElementById("job").dataset.jobId;
 const path = `/fine_tuning/jobs/${encodeURIComponent(jobId)}`;
 const loss = new LineChart(document.getElementById("loss-chart"), "loss");

@@ -1,6 +1,6 @@
 import { TERMINAL, api, el, fill, listAll, requireKey, showError, when } from "./common.js";
 
-requireKey();
+await requireKey();
 const form = document.getElementById("create-form");
 const method = document.getElementById("method");
 

@@ -1,6 +1,6 @@
 import { api, download, el, fill, listAll, requireKey, showError, when } from "./common.js";
 
-requireKey();
+await requireKey();
 
 // A fine-tuned model's parent is the model its job trained from: follow the chain up to a base model.
 function lineage(id, parentOf) {

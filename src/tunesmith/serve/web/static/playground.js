@@ -1,6 +1,6 @@
 import { api, authHeaders, errorOf, requireKey, showError } from "./common.js";
 
-requireKey();
+await requireKey();
 const form = document.getElementById("play-form");
 
 async function loadModels() {
