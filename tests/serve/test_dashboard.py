@@ -10,6 +10,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+from playwright.sync_api import expect, sync_playwright
 from test_serve_api import chat_rows
 
 from tunesmith.serve import web
@@ -100,8 +101,6 @@ WIDTHS = [1280, 390]
 def browser():
     if not Path(CHROMIUM).exists() and not os.environ.get("CI"):
         pytest.skip("chromium is not installed (apt-get install -y chromium); CI installs it and runs this test")
-    from playwright.sync_api import sync_playwright
-
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
         yield browser
@@ -127,6 +126,9 @@ class Session:
         )
         self.page.goto(base + "/")
         self.page.wait_for_url("**/ui/login")  # no key yet: the login page
+        self.page.fill("#key", "sk-wrong")
+        self.page.click("button[type=submit]")
+        expect(self.page.locator("#error")).to_have_text("Incorrect API key provided")
         self.page.fill("#key", key)
         self.page.click("button[type=submit]")
         self.page.wait_for_url("**/ui/jobs")
@@ -136,9 +138,16 @@ class Session:
         return self.page
 
 
-def test_dashboard_in_a_browser(make_server, tiny_model_name, browser, tmp_path):
-    from playwright.sync_api import expect
+def ask_both(page, model_a: str):
+    page.select_option("#model-a", model_a)
+    page.fill("#max_tokens", "8")
+    page.click("#play-form button[type=submit]")
+    for side in "ab":
+        expect(page.locator(f"#answer-{side}[data-done]")).to_have_count(1, timeout=60_000)
+        expect(page.locator(f"#speed-{side}")).to_have_text(re.compile(r"^[1-8] tokens in [\d.]+ s · [\d.]+ tokens/s$"))
 
+
+def test_dashboard_in_a_browser(make_server, tiny_model_name, browser, tmp_path):
     server = make_server()
     base = server.url.removesuffix("/v1")
     acme_key, other_key = server.key("acme"), server.key("other")
@@ -190,12 +199,7 @@ def test_dashboard_in_a_browser(make_server, tiny_model_name, browser, tmp_path)
 
     # Playground: the base model and the fine-tune answer side by side, streamed.
     acme.open(f"/ui/playground?model={fine_tuned}")
-    page.select_option("#model-a", tiny_model_name)
-    page.fill("#max_tokens", "8")
-    page.click("#play-form button[type=submit]")
-    for side in "ab":
-        expect(page.locator(f"#answer-{side}[data-done]")).to_have_count(1, timeout=60_000)
-        expect(page.locator(f"#speed-{side}")).to_have_text(re.compile(r"^[1-8] tokens in [\d.]+ s · [\d.]+ tokens/s$"))
+    ask_both(page, tiny_model_name)
 
     # Compare: the job's curve and hyperparameters.
     acme.open(f"/ui/compare?jobs={job_id}")
@@ -209,10 +213,12 @@ def test_dashboard_in_a_browser(make_server, tiny_model_name, browser, tmp_path)
             ("jobs", "/ui/jobs"),
             ("job", f"/ui/jobs/{job_id}"),
             ("models", "/ui/models"),
-            ("playground", "/ui/playground"),
+            ("playground", f"/ui/playground?model={fine_tuned}"),
             ("compare", f"/ui/compare?jobs={job_id}"),
         ]:
             acme.open(path).wait_for_load_state("networkidle")
+            if name == "playground":
+                ask_both(page, tiny_model_name)
             page.screenshot(path=shots / f"{name}-{width}.png", full_page=True)
     assert len(list(shots.glob("*.png"))) == 12
 

@@ -25,7 +25,12 @@ export class LineChart {
         { label: "step" },
         ...names.map((label, i) => ({ label, stroke: COLOURS[i % COLOURS.length], width: 2, spanGaps: true })),
       ];
-      const opts = { ...this.size(), series, axes: [{ label: "step" }, { label: this.yLabel }] };
+      const opts = {
+        ...this.size(),
+        series,
+        scales: { x: { time: false } }, // steps, not timestamps
+        axes: [{ label: "step" }, { label: this.yLabel }],
+      };
       this.plot = new window.uPlot(opts, data, this.container);
     } else {
       this.plot.setData(data);
