@@ -189,8 +189,8 @@ def test_dashboard_in_a_browser(make_server, tiny_model_name, browser, tmp_path)
     assert int(loss.get_attribute("data-points")) >= 5  # 4 training steps and at least one validation loss
     expect(page.locator("#checkpoints tbody tr")).not_to_have_count(0)
     expect(page.locator("#events")).to_contain_text("The job has successfully completed")
-    model = httpx.get(f"{server.url}/fine_tuning/jobs/{job_id}", headers={"Authorization": f"Bearer {acme_key}"})
-    fine_tuned = model.json()["fine_tuned_model"]
+    auth = {"Authorization": f"Bearer {acme_key}"}
+    fine_tuned = httpx.get(f"{server.url}/fine_tuning/jobs/{job_id}", headers=auth).json()["fine_tuned_model"]
 
     # Models: the lineage from the base model.
     acme.open("/ui/models")
@@ -200,6 +200,12 @@ def test_dashboard_in_a_browser(make_server, tiny_model_name, browser, tmp_path)
     # Playground: the base model and the fine-tune answer side by side, streamed.
     acme.open(f"/ui/playground?model={fine_tuned}")
     ask_both(page, tiny_model_name)
+    for side, model in (("a", tiny_model_name), ("b", fine_tuned)):
+        # Greedy: the streamed pieces add up to the API's whole answer to the same request.
+        body = {"model": model, "messages": [{"role": "user", "content": "Say the number 3."}], "max_tokens": 8}
+        whole = httpx.post(f"{server.url}/chat/completions", json={**body, "temperature": 0}, headers=auth, timeout=60)
+        assert page.locator(f"#answer-{side}").text_content() == whole.json()["choices"][0]["message"]["content"]
+        assert page.locator(f"#answer-{side}").get_attribute("data-chunks") == "8"  # one piece per token
 
     # Compare: the job's curve and hyperparameters.
     acme.open(f"/ui/compare?jobs={job_id}")

@@ -1,6 +1,9 @@
 // Line charts with the vendored uPlot (static/vendor, loaded before the page's module).
 const COLOURS = ["#1f5fbf", "#b3261e", "#1b7f3b", "#8a4fbf", "#b36b00", "#00707a"];
 
+// Ticks on whole steps only.
+const STEP_INCREMENTS = [1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000, 10000, 20000, 50000, 100000];
+
 export class LineChart {
   constructor(container, yLabel) {
     this.container = container;
@@ -29,7 +32,7 @@ export class LineChart {
         ...this.size(),
         series,
         scales: { x: { time: false } }, // steps, not timestamps
-        axes: [{ label: "step" }, { label: this.yLabel }],
+        axes: [{ label: "step", incrs: STEP_INCREMENTS }, { label: this.yLabel }],
       };
       this.plot = new window.uPlot(opts, data, this.container);
     } else {

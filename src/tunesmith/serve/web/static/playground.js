@@ -67,6 +67,7 @@ async function stream(model, messages, output, speed) {
   const seconds = (performance.now() - started) / 1000;
   const n = tokens ?? chunks;
   speed.textContent = `${n} tokens in ${seconds.toFixed(2)} s · ${(n / seconds).toFixed(1)} tokens/s`;
+  output.dataset.chunks = String(chunks);
   output.dataset.done = "true";
 }
 
