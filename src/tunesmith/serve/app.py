@@ -20,7 +20,7 @@ from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
 
-from tunesmith.serve import openapi
+from tunesmith.serve import openapi, web
 from tunesmith.serve.errors import APIError, error_response, invalid_request
 from tunesmith.serve.limits import BodyLimit, BodyTooLarge, OrgSlots
 from tunesmith.serve.redact import public
@@ -76,6 +76,7 @@ def create_app(settings: ServeSettings) -> FastAPI:
     inference.add_routes(app)
     embeddings.add_routes(app)
     graders.add_routes(app)
+    web.add_routes(app)
     openapi.install(app)
     return app
 
