@@ -1,6 +1,8 @@
 """GGUF export of every family: a tiny random model of each, read back by transformers' GGUF loader,
 gives the same logits; the file carries llama.cpp's architecture, tensor names and family keys."""
 
+import copy
+
 import gguf
 import pytest
 import torch
@@ -8,7 +10,7 @@ import transformers
 from gguf_checks import load_gguf
 
 from tunesmith.errors import TunesmithError
-from tunesmith.export.gguf import write_model_gguf
+from tunesmith.export.gguf import write_lora_gguf, write_model_gguf
 
 SMALL = {"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2, "max_position_embeddings": 512}
 # Head dims and query scales are the config defaults transformers' GGUF loader falls back to (it
@@ -131,3 +133,45 @@ def test_configs_llama_cpp_would_run_differently_are_refused(
     with pytest.raises(TunesmithError, match=message):
         write_model_gguf(tmp_path, tmp_path / "out.gguf", "f32", model_type)
     assert not (tmp_path / "out.gguf").exists()
+
+
+# model type, adapted modules, the llama.cpp tensors their LoRA pairs attach to
+LORA = [
+    ("qwen2", ["q_proj", "v_proj"], ["blk.0.attn_q.weight", "blk.1.attn_v.weight"]),
+    ("phi3", ["qkv_proj", "gate_up_proj"], ["blk.0.attn_qkv.weight", "blk.1.ffn_up.weight"]),
+    ("gemma3_text", ["q_proj", "down_proj"], ["blk.0.attn_q.weight", "blk.5.ffn_down.weight"]),
+]
+
+
+@pytest.mark.parametrize(("model_type", "modules", "targets"), LORA)
+def test_lora_adapters_of_each_family_attach_to_llama_cpp_tensors(exported, tmp_path, model_type, modules, targets):
+    from peft import LoraConfig, get_peft_model
+
+    reference, path = exported(model_type)
+    torch.manual_seed(0)
+    peft_model = get_peft_model(
+        copy.deepcopy(reference), LoraConfig(r=4, lora_alpha=8, target_modules=modules, init_lora_weights=False)
+    )
+    peft_model.save_pretrained(tmp_path / "adapter")
+    out = write_lora_gguf(tmp_path / "adapter", path.parent, tmp_path / "lora.gguf", "f32", "lora")
+    tensors = {t.name: t.data for t in gguf.GGUFReader(out).tensors}
+    layers = reference.config.num_hidden_layers
+    assert len(tensors) == 2 * len(modules) * layers
+    for target in targets:
+        assert tensors[f"{target}.lora_a"].shape[0] == 4 and tensors[f"{target}.lora_b"].shape[1] == 4
+    # these families keep Hugging Face's row order (NeoX rotation): B goes in unchanged
+    state = peft_model.state_dict()
+    module = f"base_model.model.model.layers.0.{'self_attn' if 'proj' in modules[0] else 'mlp'}.{modules[0]}"
+    expected = state[f"{module}.lora_B.default.weight"].detach().numpy()
+    assert torch.equal(torch.from_numpy(tensors[f"{targets[0]}.lora_b"].copy()), torch.from_numpy(expected))
+
+
+# Mistral's sliding window (max_position_embeddings 512), the context the llama-arch file declares
+MISTRAL_WINDOWS = [(None, 512), (128, 128), (4096, 512)]
+
+
+@pytest.mark.parametrize(("window", "context"), MISTRAL_WINDOWS)
+def test_mistral_declares_no_more_context_than_its_sliding_window(byte_level_tokenizer, tmp_path, window, context):
+    tiny_family_model("mistral", byte_level_tokenizer, tmp_path, sliding_window=window)
+    path = write_model_gguf(tmp_path, tmp_path / "out.gguf", "f32", "tiny-mistral")
+    assert gguf.GGUFReader(path).fields["llama.context_length"].contents() == context
