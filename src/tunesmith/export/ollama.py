@@ -94,7 +94,8 @@ def _start_and_end(tokenizer) -> tuple[str, str]:
     """A BOS every rendering begins with, an EOS a chat without a generation prompt ends with."""
     bos, eos = tokenizer.bos_token or "", tokenizer.eos_token or ""
     renders = [_render(tokenizer, chat) for chat in (PROBE, PROBE[1:])]
-    start = bos if bos and all(text.startswith(bos) for text in renders) else ""
+    # Written once, in front (not ChatML's <|im_start|>, which SmolLM2 names its BOS and every turn opens with).
+    start = bos if bos and all(text.startswith(bos) and text.count(bos) == 1 for text in renders) else ""
     head = PROBE[:2]
     plain, answered = _render(tokenizer, head), _render(tokenizer, head, True)
     # The EOS counts as an end only where the generation prompt takes its place (not appended after it).
