@@ -11,7 +11,6 @@ Routes live in serve/routes/ (one module per resource); this module builds the a
 from __future__ import annotations
 
 import logging
-from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI, Request
@@ -19,7 +18,8 @@ from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from tunesmith.serve.errors import APIError, error_response, invalid_request
-from tunesmith.serve.limits import BodyLimit, BodyTooLarge, OrgSlots
+from tunesmith.serve.executors import FairExecutor
+from tunesmith.serve.limits import BodyLimit, BodyTooLarge
 from tunesmith.serve.routes import embeddings, files, inference, jobs, models
 from tunesmith.serve.settings import ServeSettings
 from tunesmith.serve.store import Store
@@ -32,17 +32,23 @@ def create_app(settings: ServeSettings) -> FastAPI:
     from tunesmith.serve.jobs.supervisor import Worker
 
     store = Store(settings.home)
+    # Blocking work runs in executors of its own, never in the pool that serves management routes.
+    executors = {kind: FairExecutor(kind, limits.threads, limits.per_org) for kind, limits in settings.pools.items()}
+    executors["inference"] = FairExecutor(
+        "inference", settings.inference_threads, settings.max_inference_per_org, settings.inference_queue_timeout
+    )
     worker = Worker(
         store,
         settings.trainer_command,
         settings.max_running,
         settings.poll_seconds,
         settings.train_overrides,
+        validation=executors["validation"],
+        max_steps=settings.max_job_steps,
+        max_seconds=settings.max_job_seconds,
     )
 
-    engine = InferenceEngine(max_adapters=settings.max_adapters)
-    # Generation and model loads run here, never in the pool that serves management routes.
-    inference_pool = ThreadPoolExecutor(settings.inference_threads, thread_name_prefix="tunesmith-inference")
+    engine = InferenceEngine(max_adapters=settings.max_adapters, max_bases=settings.max_loaded_models)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -52,13 +58,13 @@ def create_app(settings: ServeSettings) -> FastAPI:
             yield
         finally:
             engine.close()
-            inference_pool.shutdown(wait=False, cancel_futures=True)
             worker.stop()
+            for executor in executors.values():
+                executor.shutdown()
 
     app = FastAPI(title="tunesmith", lifespan=lifespan)
     app.state.store, app.state.worker, app.state.settings = store, worker, settings
-    app.state.engine, app.state.inference_pool = engine, inference_pool
-    app.state.inference_slots = OrgSlots(settings.max_inference_per_org)
+    app.state.engine, app.state.executors = engine, executors
     app.add_middleware(BodyLimit, json_limit=settings.max_body_bytes, upload_limit=settings.max_upload_bytes)
     _install_error_handlers(app)
     files.add_routes(app)

@@ -8,7 +8,6 @@ from typing import Annotated
 
 from fastapi import FastAPI, Query, Request
 from fastapi.responses import FileResponse
-from starlette.concurrency import run_in_threadpool
 
 from tunesmith.data.store import remove_stores_of
 from tunesmith.serve.errors import APIError, found, in_use
@@ -72,6 +71,7 @@ def check_jsonl(path: Path) -> None:
 def add_routes(app: FastAPI) -> None:
     store: Store = app.state.store
     settings: ServeSettings = app.state.settings
+    checks = app.state.executors["upload-checks"]
 
     @app.post("/v1/files")
     async def upload_file(request: Request, org: Org):
@@ -87,7 +87,7 @@ def add_routes(app: FastAPI) -> None:
                 raise APIError(400, f"purpose {purpose!r} is not supported; use 'fine-tune'", param="purpose")
             if upload.size < 0:
                 raise APIError(400, "missing required parameter 'file' (a file part)", param="file")
-            await run_in_threadpool(check_jsonl, partial)  # reads the whole file: off the event loop
+            await checks.run(org["id"], check_jsonl, partial)  # reads the whole file: off the event loop
             partial.rename(path)
         except BaseException:
             partial.unlink(missing_ok=True)

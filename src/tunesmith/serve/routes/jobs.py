@@ -8,7 +8,6 @@ import random
 from typing import Annotated
 
 from fastapi import FastAPI, Query, Request
-from starlette.concurrency import run_in_threadpool
 
 from tunesmith.serve.errors import APIError, found, too_many
 from tunesmith.serve.jobs.request import METHODS, JobRequest
@@ -109,15 +108,19 @@ def add_routes(app: FastAPI) -> None:
     worker = app.state.worker
 
     settings: ServeSettings = app.state.settings
+    validation = app.state.executors["validation"]
+
+    def over_cap() -> APIError:
+        cap = settings.max_active_jobs_per_org
+        return too_many(f"your organisation already has {cap} unfinished fine-tuning jobs", retry_after=60)
 
     @app.post("/v1/fine_tuning/jobs")
     async def create_job(request: Request, org: Org):
         # Read as JSON whatever its Content-Type, as it always was (a body parameter would need JSON's).
         spec = parse(JobRequest, await json_body(request))
-        train, validation = _check_sources(spec, store, org)
-        cap = settings.max_active_jobs_per_org
-        if store.count_active_jobs(org["id"]) >= cap:
-            raise too_many(f"your organisation already has {cap} unfinished fine-tuning jobs", retry_after=60)
+        train, validation_row = _check_sources(spec, store, org)
+        if store.count_active_jobs(org["id"]) >= settings.max_active_jobs_per_org:
+            raise over_cap()  # early, before any work; add_job below is what enforces it
         job_id = new_id("ftjob-")
         job = {
             "id": job_id,
@@ -137,10 +140,12 @@ def add_routes(app: FastAPI) -> None:
         if is_encoder(spec.model):
             # Pairs are read in a moment, without a tokenizer: a bad line is this request's 400, not a
             # failed job (a decoder's files are tokenized, which takes too long to wait for here).
-            check = await run_in_threadpool(worker.check_files, job, train, validation)
+            check = await validation.run(org["id"], worker.check_files, job, train, validation_row)
             if not check.ok:
                 raise APIError(400, check.message, param=check.param, code=f"invalid_{check.param}")
-        row = store.add_job(job)
+        row = store.add_job(job, max_active=settings.max_active_jobs_per_org)
+        if row is None:  # other creates of the organisation took the last places while this one was checked
+            raise over_cap()
         store.add_event(job_id, f"Created fine-tuning job: {job_id}")
         worker.wake()
         return job_object(row)
