@@ -242,8 +242,14 @@ class Store:
             return self._one("SELECT * FROM jobs WHERE id = ?", (job_id,))
         return self._one("SELECT * FROM jobs WHERE id = ? AND org_id = ?", (job_id, org_id))
 
-    def list_jobs(self, org_id: str, after: str | None, limit: int) -> list[dict]:
+    def list_jobs(
+        self, org_id: str, after: str | None, limit: int, metadata: dict[str, str] | None = None
+    ) -> list[dict]:
+        """Newest first; with ``metadata``, only jobs whose metadata has every one of its pairs."""
         sql, args = "SELECT * FROM jobs WHERE org_id = ?", [org_id]
+        for key, value in (metadata or {}).items():
+            sql += " AND EXISTS (SELECT 1 FROM json_each(jobs.metadata) WHERE key = ? AND value = ?)"
+            args += [key, value]
         if after:
             sql += " AND seq < COALESCE((SELECT seq FROM jobs WHERE id = ? AND org_id = ?), -1)"
             args += [after, org_id]

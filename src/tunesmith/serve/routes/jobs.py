@@ -1,5 +1,10 @@
 """/v1/fine_tuning/jobs: create (the request checked by jobs/request.py and here, trained by
-jobs/supervisor.py), list, retrieve, cancel, events, checkpoints.
+jobs/supervisor.py), list (paged, filtered by ``metadata[KEY]=VALUE``), retrieve, cancel, pause,
+resume, events, checkpoints.
+
+A paused job keeps its run folder and checkpoints and gives its training slot up (its trainer is
+stopped; the steps since its last checkpoint are trained again); resumed, it queues again and
+continues from its last checkpoint when a slot is free.
 """
 
 from __future__ import annotations
@@ -151,8 +156,14 @@ def add_routes(app: FastAPI) -> None:
         return job_object(row)
 
     @app.get("/v1/fine_tuning/jobs")
-    def list_jobs(org: Org, after: str | None = None, limit: Limit = 20):
-        return page(store.list_jobs(org["id"], after, limit + 1), limit, job_object)
+    def list_jobs(request: Request, org: Org, after: str | None = None, limit: Limit = 20):
+        # OpenAI's filter: metadata[KEY]=VALUE, every pair given must match.
+        metadata = {
+            name[len("metadata[") : -1]: value
+            for name, value in request.query_params.multi_items()
+            if name.startswith("metadata[") and name.endswith("]")
+        }
+        return page(store.list_jobs(org["id"], after, limit + 1, metadata), limit, job_object)
 
     def get_job(org: dict, job_id: str) -> dict:
         return found(store.job(org["id"], job_id), "fine-tuning job", job_id, "fine_tuning_job_id")
@@ -173,13 +184,46 @@ def add_routes(app: FastAPI) -> None:
             )
         if store.update_job(
             job_id,
-            only_if_status=("validating_files", "queued", "running"),
+            only_if_status=("validating_files", "queued", "running", "paused"),
             status="cancelled",
             finished_at=now(),
             estimated_finish=None,
         ):
             store.add_event(job_id, "Fine-tuning job cancelled")
             worker.cancel()
+        return job_object(get_job(org, job_id))
+
+    @app.post("/v1/fine_tuning/jobs/{job_id}/pause")
+    def pause_job(job_id: str, org: Org):
+        get_job(org, job_id)
+        if not store.update_job(job_id, only_if_status=("queued", "running"), status="paused", estimated_finish=None):
+            status = get_job(org, job_id)["status"]
+            raise APIError(
+                400,
+                f"the job is {status}: only a queued or running job can be paused",
+                param="fine_tuning_job_id",
+                code="job_not_pausable",
+            )
+        steps = [c["step"] for c in store.list_checkpoints(job_id, None, 1)]
+        kept = f"; it keeps its checkpoint at step {steps[0]}" if steps else ""
+        store.add_event(job_id, f"Fine-tuning job paused{kept}")
+        worker.wake()  # its trainer is stopped at the next tick
+        return job_object(get_job(org, job_id))
+
+    @app.post("/v1/fine_tuning/jobs/{job_id}/resume")
+    def resume_job(job_id: str, org: Org):
+        get_job(org, job_id)
+        # attempts counts trainer starts since the last resume (the supervisor gives up after a few)
+        if not store.update_job(job_id, only_if_status=("paused",), status="queued", attempts=0):
+            status = get_job(org, job_id)["status"]
+            raise APIError(
+                400,
+                f"the job is {status}: only a paused job can be resumed",
+                param="fine_tuning_job_id",
+                code="job_not_resumable",
+            )
+        store.add_event(job_id, "Fine-tuning job resumed")
+        worker.wake()
         return job_object(get_job(org, job_id))
 
     @app.get("/v1/fine_tuning/jobs/{job_id}/events")
