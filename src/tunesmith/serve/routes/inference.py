@@ -108,20 +108,33 @@ def add_routes(app: FastAPI) -> None:
                 put(None)
 
         work = executor.submit(org["id"], produce)  # 429 over the organisation's cap
-        gone = False
+        finished = asyncio.wrap_future(work)
+        gone, checked = False, time.monotonic()
 
         async def next_item():
-            """The next piece; a client gone meanwhile stops the generation (or its turn in the queue)."""
-            nonlocal gone
+            """The next piece; a client gone meanwhile stops the generation (or its turn in the queue).
+            The executor's own refusal (a wait past the limit: produce never ran) comes as the error."""
+            nonlocal gone, checked
             getter = asyncio.ensure_future(queue.get())
-            while not (await asyncio.wait({getter}, timeout=DISCONNECT_POLL_SECONDS))[0]:
-                if await request.is_disconnected():
-                    gone = True
-                    stop.set()
-                    if work.cancel():  # it had not started: nothing will come
-                        getter.cancel()
-                        return None
-            return getter.result()
+            while True:
+                waiting = {getter} if finished.done() else {getter, finished}
+                done, _ = await asyncio.wait(
+                    waiting, timeout=DISCONNECT_POLL_SECONDS, return_when=asyncio.FIRST_COMPLETED
+                )
+                if finished.done() and not finished.cancelled() and finished.exception() is not None:
+                    getter.cancel()
+                    return finished.exception()
+                # Looked at every DISCONNECT_POLL_SECONDS, also while pieces keep coming.
+                if not gone and time.monotonic() - checked >= DISCONNECT_POLL_SECONDS:
+                    checked = time.monotonic()
+                    if await request.is_disconnected():
+                        gone = True
+                        stop.set()
+                        if work.cancel():  # it had not started: nothing will come
+                            getter.cancel()
+                            return None
+                if getter in done:
+                    return getter.result()
 
         first = await next_item()
         if isinstance(first, Exception):
