@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 
 SHUTDOWN_GRACE_SECONDS = 5
+GIL_SWITCH_SECONDS = 0.001
 
 
 def default_home() -> Path:
@@ -52,6 +53,10 @@ def _serve(args: argparse.Namespace) -> int:
         pools=pools,
     )
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # Upload checks, exports and tokenizers run Python in worker threads; the event loop, which
+    # answers every request, asks for the GIL often. Python hands it over every 5 ms by default:
+    # a shorter interval keeps a management request's many hand-overs from adding up to seconds.
+    sys.setswitchinterval(GIL_SWITCH_SECONDS)
     app = create_app(settings)
     print(f"tunesmith serve: http://{args.host}:{args.port}/v1 (state in {settings.home})", file=sys.stderr)
     # On SIGTERM uvicorn waits for open connections; a client that never reads must not hold the

@@ -7,18 +7,23 @@ calls admitted (waiting or running) in one executor; over that the call is refus
 429 and ``Retry-After``. A free thread takes the next call of the organisation served least
 recently (round-robin), so an organisation with many calls waiting delays another's by at most
 one call per thread. A call still waiting after ``max_wait`` seconds is answered 503 with
-``Retry-After`` instead of running late.
+``Retry-After`` instead of running late. The threads run at a lower CPU priority (``NICENESS``)
+than the event loop and the management routes' threads, so on a saturated CPU the cheap
+requests still get their turn.
 """
 
 from __future__ import annotations
 
 import asyncio
+import os
 import threading
 import time
 from collections import Counter, OrderedDict, deque
 from concurrent.futures import Future
 
 from tunesmith.serve.errors import APIError, too_many
+
+NICENESS = 10  # added to each executor thread's nice value (Linux: a thread's own priority)
 
 
 def busy(what: str, waited: float, retry_after: int) -> APIError:
@@ -49,18 +54,26 @@ class FairExecutor:
         with self._cond:
             return self._admitted[org_id]
 
+    def check(self, org_id: str) -> None:
+        """Raise the 429 now if ``org_id`` is at its cap: a route refuses before it reads a large body."""
+        with self._cond:
+            self._refuse_over_cap(org_id)
+
+    def _refuse_over_cap(self, org_id: str) -> None:
+        if self._closed:
+            raise busy(self.what, 0, self.retry_after)
+        if self._admitted[org_id] >= self.per_org:
+            raise too_many(
+                f"your organisation already has {self.per_org} {self.what} requests in progress; "
+                "retry when one finishes",
+                retry_after=self.retry_after,
+            )
+
     def submit(self, org_id: str, fn, *args) -> Future:
         """Queue ``fn(*args)`` for ``org_id``; raises the 429 when the organisation is at its cap."""
         future: Future = Future()
         with self._cond:
-            if self._closed:
-                raise busy(self.what, 0, self.retry_after)
-            if self._admitted[org_id] >= self.per_org:
-                raise too_many(
-                    f"your organisation already has {self.per_org} {self.what} requests in progress; "
-                    "retry when one finishes",
-                    retry_after=self.retry_after,
-                )
+            self._refuse_over_cap(org_id)
             self._admitted[org_id] += 1
             self._waiting.setdefault(org_id, deque()).append((future, fn, args, time.monotonic()))
             self._cond.notify()
@@ -85,6 +98,10 @@ class FairExecutor:
             return org_id, item
 
     def _serve(self) -> None:
+        try:
+            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), NICENESS)
+        except (AttributeError, OSError):  # not Linux, or not allowed: same priority as the rest
+            pass
         while (picked := self._next()) is not None:
             org_id, (future, fn, args, queued) = picked
             try:

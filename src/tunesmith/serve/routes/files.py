@@ -78,6 +78,7 @@ def add_routes(app: FastAPI) -> None:
         file_id = new_id("file-")
         path = store.files_dir / f"{file_id}.jsonl"  # the client's file name is never part of a path
         partial = store.files_dir / f"{UPLOAD_PREFIX}{file_id}"  # removed at start if the server dies
+        checks.check(org["id"])  # at its cap of checks: refused before the body is read and written
         upload = await receive_upload(request, partial, settings.max_upload_bytes)
         try:
             purpose = upload.fields.get("purpose")
