@@ -148,6 +148,7 @@ class Worker:
         max_seconds: float | None = None,
     ):
         self.store = store
+        self._own_validation = validation is None  # a worker on its own (tests) makes and stops its own
         self.validation = validation or FairExecutor("validation", 1, 1)
         self.max_steps, self.max_seconds = max_steps, max_seconds
         self._validating: dict[str, str] = {}  # job id -> organisation id, handed to the executor
@@ -180,6 +181,8 @@ class Worker:
                 _kill_group(run.proc.pid, signal.SIGKILL)
                 run.proc.wait(timeout=10)
             self._running.clear()
+        if self._own_validation:
+            self.validation.shutdown()
 
     def wake(self) -> None:
         self._wake.set()
