@@ -175,6 +175,15 @@ class EarlyStoppingConfig(_Strict):
     min_delta: float = Field(0.0, ge=0.0, description="Smallest validation-loss drop that counts.")
 
 
+class WandbConfig(_Strict):
+    """Where report_to: [wandb] sends the run."""
+
+    project: str = Field("tunesmith", min_length=1, description="The W&B project.")
+    name: str | None = Field(None, description="The run's name (default: the out_dir folder's name).")
+    entity: str | None = Field(None, description="The W&B team or user (default: the API key's).")
+    tags: list[str] = Field([], description="Tags on the run.")
+
+
 class TrainConfig(_Strict):
     epochs: float = Field(1.0, gt=0, description="Passes over the training data (fractions allowed).")
     max_steps: int | None = Field(None, ge=1, description="Stop after this many optimizer steps.")
@@ -228,11 +237,15 @@ class TrainConfig(_Strict):
     loss_chunk_size: int = Field(
         1024, ge=1, description="Label positions projected through lm_head at once (8,192 vocabulary rows at a time)."
     )
-    report_to: list[Literal["tensorboard", "mlflow"]] = Field(
+    report_to: list[Literal["tensorboard", "mlflow", "wandb"]] = Field(
         [],
         description="Experiment trackers that also get every metrics line: TensorBoard event files in "
-        "out_dir/tensorboard, MLflow (MLFLOW_TRACKING_URI, else a file store in out_dir/mlruns). Optional "
-        "extras: pip install 'tunesmith[tensorboard]' / 'tunesmith[mlflow]'.",
+        "out_dir/tensorboard, MLflow (MLFLOW_TRACKING_URI, else a file store in out_dir/mlruns), Weights & "
+        "Biases (train.wandb; WANDB_MODE=offline writes the run under out_dir/wandb). Optional extras: pip "
+        "install 'tunesmith[tensorboard]' / 'tunesmith[mlflow]' / 'tunesmith[wandb]'.",
+    )
+    wandb: WandbConfig = Field(
+        default_factory=lambda: WandbConfig(), description="The Weights & Biases run, for report_to: [wandb]."
     )
 
     @field_validator("report_to")

@@ -95,3 +95,36 @@ def test_jobs_list_filters_by_metadata(fake_server):
     for where, teams in METADATA:
         listed = client.fine_tuning.jobs.list(metadata=where, limit=100).data
         assert sorted(job.metadata["team"] for job in listed) == sorted(teams), where
+
+
+def test_a_wandb_integration_sends_the_jobs_metrics_to_its_project(fake_server):
+    server = fake_server()
+    client = server.client(server.key("acme"))
+    wandb = {"project": "support-bot", "tags": ["v2"]}
+    job = client.fine_tuning.jobs.create(
+        model="tiny-llama-test",
+        training_file=upload(client, chat_rows(4)).id,
+        integrations=[{"type": "wandb", "wandb": wandb}],
+    )
+    assert wait_for(client, job.id).status == "succeeded"
+    (integration,) = client.fine_tuning.jobs.retrieve(job.id).integrations
+    assert integration.type == "wandb" and integration.wandb.project == "support-bot"
+    config = (server.home / "runs" / job.id / "config.yaml").read_text()
+    assert "report_to:\n  - wandb" in config or "report_to: [wandb]" in config or "- wandb" in config
+    assert "project: support-bot" in config and f"name: {job.id}" in config
+
+
+def test_integrations_are_checked_at_creation(monkeypatch):
+    import importlib.util
+
+    from tunesmith.serve.errors import APIError
+    from tunesmith.serve.jobs.request import JobRequest
+    from tunesmith.serve.routes.params import parse
+
+    base = {"model": "tiny-llama-test", "training_file": "file-x"}
+    with pytest.raises(APIError, match="integrations"):
+        parse(JobRequest, {**base, "integrations": [{"type": "slack", "slack": {}}]})
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "wandb" else real(name, *a))
+    with pytest.raises(APIError, match=r"wandb is not installed on this server \(pip install 'tunesmith\[wandb\]'\)"):
+        parse(JobRequest, {**base, "integrations": [{"type": "wandb", "wandb": {"project": "p"}}]})

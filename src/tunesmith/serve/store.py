@@ -37,7 +37,8 @@ CREATE TABLE IF NOT EXISTS jobs (
     created_at INTEGER NOT NULL, started_at INTEGER, finished_at INTEGER, estimated_finish INTEGER,
     run_dir TEXT NOT NULL, total_steps INTEGER, pid INTEGER, attempts INTEGER NOT NULL DEFAULT 0,
     metrics_offset INTEGER NOT NULL DEFAULT 0, last_metrics_step INTEGER NOT NULL DEFAULT 0,
-    procs INTEGER NOT NULL DEFAULT 1, train_seconds REAL NOT NULL DEFAULT 0);
+    procs INTEGER NOT NULL DEFAULT 1, train_seconds REAL NOT NULL DEFAULT 0,
+    integrations TEXT NOT NULL DEFAULT '[]');
 CREATE INDEX IF NOT EXISTS jobs_status ON jobs(status);
 CREATE TABLE IF NOT EXISTS events (
     seq INTEGER PRIMARY KEY AUTOINCREMENT, id TEXT UNIQUE NOT NULL, job_id TEXT NOT NULL,
@@ -53,7 +54,7 @@ CREATE TABLE IF NOT EXISTS models (
     adapter_path TEXT NOT NULL, created INTEGER NOT NULL);
 """
 
-_JSON_COLUMNS = {"metadata", "hyperparameters", "error", "result_files", "data", "metrics"}
+_JSON_COLUMNS = {"metadata", "hyperparameters", "error", "result_files", "data", "metrics", "integrations"}
 TERMINAL = ("succeeded", "failed", "cancelled")
 ACTIVE = ("validating_files", "queued", "running", "paused")
 _ALPHABET = string.ascii_letters + string.digits
@@ -99,6 +100,8 @@ class Store:
                 db.execute("ALTER TABLE jobs ADD COLUMN procs INTEGER NOT NULL DEFAULT 1")
             if "train_seconds" not in columns:
                 db.execute("ALTER TABLE jobs ADD COLUMN train_seconds REAL NOT NULL DEFAULT 0")
+            if "integrations" not in columns:
+                db.execute("ALTER TABLE jobs ADD COLUMN integrations TEXT NOT NULL DEFAULT '[]'")
 
     @contextmanager
     def _connect(self):

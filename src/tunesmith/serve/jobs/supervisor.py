@@ -410,6 +410,9 @@ class Worker:
             "eval": {"samples": 0},  # the before/after sample table is for the CLI; the API has events
             "out_dir": str(Path(job["run_dir"]) / "out"),
         }
+        for integration in job.get("integrations") or []:  # OpenAI's integrations: only wandb exists
+            raw["train"]["report_to"] = ["wandb"]
+            raw["train"]["wandb"] = {"name": job["id"], **integration["wandb"]}
         return config_from_dict(apply_overrides(raw, list(self.train_overrides)), "job config")
 
     def _write_config(self, job: dict) -> Path:
