@@ -8,6 +8,13 @@ from tunesmith.paths import write_dir_atomic
 from tunesmith.runfolder import ADAPTER
 
 
-def save_adapter(model, out_dir: Path) -> Path:
-    """PEFT's own format, so `PeftModel.from_pretrained(base, out_dir / "adapter")` loads it."""
-    return write_dir_atomic(out_dir / ADAPTER, lambda folder: model.save_pretrained(folder))
+def save_adapter(model, out_dir: Path, tokenizer=None) -> Path:
+    """PEFT's own format, so `PeftModel.from_pretrained(base, out_dir / "adapter")` loads it; the tokenizer
+    beside it carries the tokens and chat template the run added (PEFT saves their trained rows itself)."""
+
+    def fill(folder: Path) -> None:
+        model.save_pretrained(folder)
+        if tokenizer is not None:
+            tokenizer.save_pretrained(folder)
+
+    return write_dir_atomic(out_dir / ADAPTER, fill)
