@@ -44,11 +44,11 @@ def phi_file(tmp_path_factory):
     return path
 
 
-def _cfg(make_tiny_config, base_model, out, template):
+def _cfg(make_tiny_config, base_model, out, template, tokens=None):
     return make_tiny_config(
         out,
         model=base_model,
-        data={"chat_template": template},
+        data={"chat_template": template, "chat_template_tokens": tokens},
         train={"max_steps": 3, "eval_every": 3, "save_every": 3, "log_every": 1},
         method={"dropout": 0.0},
     )
@@ -57,7 +57,8 @@ def _cfg(make_tiny_config, base_model, out, template):
 @pytest.fixture(scope="module")
 def phi_run(make_tiny_config, base_model, phi_file, tmp_path_factory):
     out = tmp_path_factory.mktemp("phi") / "run"
-    cfg = _cfg(make_tiny_config, base_model, out, str(phi_file))
+    # `<|user|>` is built from the role name, so the template's literals alone would miss it.
+    cfg = _cfg(make_tiny_config, base_model, out, str(phi_file), PHI_TOKENS)
     before = load_model_for(cfg)
     train(cfg)
     return cfg, before, out
@@ -76,6 +77,13 @@ def test_an_unknown_template_is_a_one_line_error(make_tiny_config, base_model, t
     assert str(error.value) == (
         f"data.chat_template: {value!r} is neither `model`, `chatml` nor a Jinja file that exists"
     )
+
+
+def test_a_template_files_special_tokens_are_its_literals(make_tiny_config, base_model, phi_file, tmp_path):
+    cfg = _cfg(make_tiny_config, base_model, tmp_path / "run", str(phi_file))
+    tokenizer = load_tokenizer_for(cfg.model, cfg.data)
+    assert tokenizer.convert_tokens_to_ids(["<|end|>", "<|assistant|>"]) == [49152, 49153]
+    assert len(tokenizer) == 49154
 
 
 def test_chatml_needs_no_new_rows_when_the_vocabulary_has_its_tokens(make_tiny_config, base_model, tmp_path):
@@ -136,7 +144,7 @@ def test_under_lora_only_the_added_rows_train(phi_run, base_model):
     for token in before.added_ids:
         assert not torch.allclose(trained[token], original[token])
     adapter = json.loads((out / "adapter/adapter_config.json").read_text())
-    assert adapter["trainable_token_indices"] == {"embed_tokens": before.added_ids}
+    assert adapter["trainable_token_indices"] == before.added_ids
 
 
 @pytest.mark.parametrize("folder", ["merged", "adapter"])
