@@ -4,6 +4,7 @@ import json
 
 import pytest
 import torch
+from safetensors import safe_open
 from safetensors.torch import load_file
 from transformers import AutoTokenizer
 
@@ -42,6 +43,11 @@ def phi_file(tmp_path_factory):
     path = tmp_path_factory.mktemp("template") / "phi.jinja"
     path.write_text(PHI_TEMPLATE)
     return path
+
+
+def _ids(tokenizer, chat) -> torch.Tensor:
+    text = tokenizer.apply_chat_template(chat, tokenize=False, add_generation_prompt=True)
+    return tokenizer(text, add_special_tokens=False, return_tensors="pt").input_ids
 
 
 def _cfg(make_tiny_config, base_model, out, template, tokens=None):
@@ -161,8 +167,8 @@ def test_merged_reloads_and_renders_a_chat_identically(phi_run):
     _, before, out = phi_run
     merged = load_model(str(out))
     assert merged.model.get_input_embeddings().weight.shape[0] == 49155
-    prompt = merged.tokenizer.apply_chat_template(CHAT, add_generation_prompt=True)
-    assert prompt == before.tokenizer.apply_chat_template(CHAT, add_generation_prompt=True)
+    assert _ids(merged.tokenizer, CHAT).tolist() == _ids(before.tokenizer, CHAT).tolist()
+    assert set(before.added_ids) <= set(_ids(merged.tokenizer, CHAT)[0].tolist())
 
 
 @pytest.mark.parametrize("as_file", [False, True])
@@ -185,3 +191,21 @@ def test_domain_words_start_as_the_mean_of_their_old_pieces(make_tiny_config, ti
         assert loaded.tokenizer(f"a {word}", add_special_tokens=False)["input_ids"][-1] == token
         torch.testing.assert_close(new[token], old[pieces].mean(dim=0))
     torch.testing.assert_close(new[: old.shape[0]], old)
+
+
+def test_a_peft_user_loads_the_adapter_on_the_resized_base(phi_run, base_model):
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    _, before, out = phi_run
+    with safe_open(out / "adapter/adapter_model.safetensors", "pt") as saved:
+        shapes = {key: saved.get_slice(key).get_shape() for key in saved.keys()}
+    assert max(shape[0] for shape in shapes.values()) < 49152  # no copy of the embedding
+    tokenizer = AutoTokenizer.from_pretrained(out / "adapter")
+    base = AutoModelForCausalLM.from_pretrained(base_model)
+    base.resize_token_embeddings(len(tokenizer))
+    tuned = PeftModel.from_pretrained(base, out / "adapter").merge_and_unload()
+    merged = AutoModelForCausalLM.from_pretrained(out / "merged")
+    ids = _ids(tokenizer, CHAT)
+    with torch.no_grad():
+        torch.testing.assert_close(tuned(input_ids=ids).logits, merged(input_ids=ids).logits, atol=1e-4, rtol=1e-4)

@@ -13,7 +13,9 @@ def save_adapter(model, out_dir: Path, tokenizer=None) -> Path:
     beside it carries the tokens and chat template the run added (PEFT saves their trained rows itself)."""
 
     def fill(folder: Path) -> None:
-        model.save_pretrained(folder)
+        # Only the added rows (PEFT's trainable tokens), not a copy of the resized embedding: a PEFT user
+        # resizes the base to the tokenizer beside the adapter, and the trained rows replace the new ones.
+        model.save_pretrained(folder, save_embedding_layers=False)
         if tokenizer is not None:
             tokenizer.save_pretrained(folder)
 
