@@ -100,8 +100,7 @@ def test_chatml_needs_no_new_rows_when_the_vocabulary_has_its_tokens(make_tiny_c
     assert loaded.model.get_input_embeddings().weight.shape[0] == 49152
     assert tokenizer.eos_token == "<|im_end|>" and tokenizer.chat_template == CHATML_TEMPLATE
     assert tokenizer.apply_chat_template(CHAT, tokenize=False, add_generation_prompt=True) == (
-        "<|im_start|>user\nName a fruit.<|im_end|>\n<|im_start|>assistant\nA pear.<|im_end|>\n"
-        "<|im_start|>assistant\n"
+        "<|im_start|>user\nName a fruit.<|im_end|>\n<|im_start|>assistant\nA pear.<|im_end|>\n<|im_start|>assistant\n"
     )
 
 

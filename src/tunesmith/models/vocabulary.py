@@ -52,9 +52,7 @@ def chat_template(data: DataConfig) -> tuple[str | None, list[str]]:
         return CHATML_TEMPLATE, list(CHATML_TOKENS)
     path = Path(value).expanduser()
     if not path.is_file():
-        raise TunesmithError(
-            f"data.chat_template: {value!r} is neither `model`, `chatml` nor a Jinja file that exists"
-        )
+        raise TunesmithError(f"data.chat_template: {value!r} is neither `model`, `chatml` nor a Jinja file that exists")
     text = path.read_text()
     tokens = data.chat_template_tokens if data.chat_template_tokens is not None else _LITERAL.findall(text)
     return text, list(dict.fromkeys(tokens))
