@@ -24,7 +24,7 @@ from tunesmith.kernels.arena import ActivationArena, fix_mmap_threshold, release
 from tunesmith.kernels.fused_lora import fuse_lora
 from tunesmith.kernels.label_loss import output_layer
 from tunesmith.kernels.lean import LeanStorage
-from tunesmith.models import load_model
+from tunesmith.models.vocabulary import load_model_for
 from tunesmith.precision import autocast, compute_dtype
 from tunesmith.progress import TrainProgress, peak_rss_mb
 from tunesmith.runfolder import CHECKPOINTS, SAMPLES, TRAIN, TRAIN_LOSS, list_checkpoints
@@ -44,8 +44,9 @@ def objective_for(cfg: Config, pad_id: int, device) -> Objective:
     return SFTObjective(cfg, pad_id, device)
 
 
-def attach_method(model, cfg: Config, task_type: str = "CAUSAL_LM"):
-    """The model as the method trains it: all weights (full) or a PEFT LoRA adapter of `task_type`."""
+def attach_method(model, cfg: Config, task_type: str = "CAUSAL_LM", token_ids: list[int] | None = None):
+    """The model as the method trains it: all weights (full) or a PEFT LoRA adapter of `task_type`;
+    under LoRA the rows of `token_ids` (tokens the config added) train too, without a copy of the embedding."""
     if not cfg.method.lora:
         model.requires_grad_(True)
         return model
@@ -57,6 +58,7 @@ def attach_method(model, cfg: Config, task_type: str = "CAUSAL_LM"):
         lora_alpha=cfg.method.alpha,
         lora_dropout=cfg.method.dropout,
         target_modules=cfg.method.target_modules,
+        trainable_token_indices=token_ids or None,
     )
     return get_peft_model(model, lora)
 
@@ -147,7 +149,7 @@ def prepare_trainee(cfg: Config, loaded, objective, data: PreparedData, strategy
     """The loaded model with the method attached, the kernels (kernels/) unless train.fast_paths is
     off (then PEFT's and transformers' own modules), and the loss wrapped for the processes."""
     device = dist.device
-    model = attach_method(loaded.model, cfg).to(device)
+    model = attach_method(loaded.model, cfg, token_ids=loaded.added_ids).to(device)
     dtype = compute_dtype(cfg.train.dtype, device)
     fast_lora = cfg.method.lora and cfg.train.fast_paths
     lean = LeanStorage(model, dtype) if fast_lora else None
@@ -186,7 +188,7 @@ def train(cfg: Config, resume: bool = False, overwrite: bool = False) -> RunSumm
     strategy = distributed.resolve_strategy(cfg.distributed.strategy, "lora" if cfg.method.lora else "full")
 
     # ---- setup: everything that can fail on bad input happens before out_dir is touched ----
-    loaded = load_model(cfg.model)
+    loaded = load_model_for(cfg)
     tokenizer = loaded.tokenizer
     data: PreparedData = prepare_data(cfg.data, tokenizer, cfg.train.seed, cfg.train.batch_size, cfg.train.grad_accum)
     # The objective (train/objective.py: SFT, or DPO) owns the batch layout, the loss and its metrics.
@@ -235,12 +237,12 @@ def train(cfg: Config, resume: bool = False, overwrite: bool = False) -> RunSumm
     with distributed.whole_weights(trainee.module), autocast(cfg.train.dtype, dist.device):
         samples.generate("finetuned", trainee.model, tokenizer)
     # The last collective: FSDP2 gathers the whole model on rank 0; the others are done.
-    exported = distributed.whole_model(trainee.module, lambda: load_model(cfg.model).model, dist)
+    exported = distributed.whole_model(trainee.module, lambda: load_model_for(cfg).model, dist)
     dist.close()
     if dist.is_main:
         samples.save(out_dir / SAMPLES)
         if cfg.method.lora:
-            save_adapter(exported, out_dir)
+            save_adapter(exported, out_dir, tokenizer)
         save_merged(exported, tokenizer, out_dir)
     return run.finish()
 
