@@ -146,3 +146,23 @@ def test_loss_and_gradients_match_transformers(family, method, fast, packing):
     assert grads.keys() == expected.keys()
     for name in expected:
         _close(grads[name], expected[name], name)
+
+
+_PRE_NORMS = {"input_layernorm", "post_attention_layernorm", "norm"}
+# Gemma's post_attention_layernorm and post_feedforward_layernorm feed the residual, not a linear layer.
+_GEMMA_NORMS = {"input_layernorm", "pre_feedforward_layernorm", "norm"}
+LEAN_NORMS = {family: _PRE_NORMS for family in FAMILIES} | {"gemma2": _GEMMA_NORMS, "gemma3": _GEMMA_NORMS}
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_lean_storage_casts_only_the_norms_that_feed_linear_layers(family):
+    """Casting a norm's output to the compute dtype is exact only where a linear layer (which autocast
+    casts for) reads it; q/k-norms feed the rotary embedding, Gemma's post-norms the residual."""
+    model = _model(family, "lora")
+    LeanStorage(model, torch.bfloat16)
+    touched = {
+        name.rsplit(".", 1)[-1]
+        for name, module in model.named_modules()
+        if type(module).__name__.startswith("Lean") or (module._forward_hooks and "norm" in name)
+    }
+    assert touched == LEAN_NORMS[family]
