@@ -27,6 +27,7 @@ from tunesmith.data.tokenize import IGNORE_INDEX, TokenizedExample
 from tunesmith.kernels import attention
 from tunesmith.kernels.fused_lora import fuse_lora
 from tunesmith.kernels.lean import LeanStorage
+from tunesmith.train.fast_paths import fast_paths_used
 from tunesmith.train.loss import labelled_loss
 
 VOCAB = 256
@@ -166,3 +167,42 @@ def test_lean_storage_casts_only_the_norms_that_feed_linear_layers(family):
         if type(module).__name__.startswith("Lean") or (module._forward_hooks and "norm" in name)
     }
     assert touched == LEAN_NORMS[family]
+
+
+_SWIGLU = "gated MLPs (silu) as one function each"
+FAST_PATHS = {
+    # family: (packed attention, label-only loss, fused LoRA)
+    "llama3": ("on", "on", _SWIGLU),
+    "qwen2": ("on", "on", _SWIGLU),
+    "qwen3": ("on", "on", _SWIGLU),
+    "mistral": ("on: per-example eager attention for the sliding window 4", "on", _SWIGLU),
+    "gemma2": (
+        "on: per-example eager attention for the sliding window 4 and soft-capped scores",
+        "on: final soft-cap",
+        "gated MLPs (gelu_tanh) as one function each",
+    ),
+    "gemma3": (
+        "on: per-example eager attention for the sliding window 4",
+        "on",
+        "gated MLPs (gelu_tanh) as one function each",
+    ),
+    "phi3": ("on", "on", "layers one by one (no gate_proj/up_proj/down_proj MLP to fuse whole)"),
+}
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_fast_paths_used_says_what_each_path_does_for_the_family(family, tiny_config):
+    cfg = tiny_config(data={"packing": True}, method={"dropout": 0.0})
+    model = _model(family, "lora")
+    lean = LeanStorage(model, torch.float32)
+    fuse_lora(model)
+    used = fast_paths_used(cfg, model, lean, False, torch.device("cpu"), "ddp", 1)
+    attention_state, loss_state, fused_state = FAST_PATHS[family]
+    assert used["packed_attention"] == attention_state
+    assert used["label_only_loss"] == loss_state
+    assert used["fused_lora"].startswith("on: ") and used["fused_lora"].endswith(fused_state)
+    assert used["vocab_split"] == "off: not FSDP2 on several processes"
+    off = fast_paths_used(tiny_config(train={"fast_paths": False}), model, None, False, torch.device("cpu"), "ddp", 1)
+    assert {off[path] for path in ("packed_attention", "label_only_loss", "fused_lora", "lean_storage")} == {
+        "off: train.fast_paths is false"
+    }

@@ -39,6 +39,7 @@ from tunesmith.train.checkpoint import (
     save_checkpoint,
 )
 from tunesmith.train.distributed import Dist, LossModule, split_by_tokens, split_evenly
+from tunesmith.train.fast_paths import describe, fast_paths_used
 from tunesmith.train.flops import flops_per_token, mean_attended_keys, measured_peak_flops
 from tunesmith.train.loss import output_layer
 from tunesmith.train.objective import evaluate, objective_for
@@ -59,6 +60,7 @@ class RunSummary:
     initial_val_loss: float | None
     wall_seconds: float
     stopped_early: bool
+    fast_paths_used: dict | None = None  # kernels/ on this model, or why each stepped aside (train/fast_paths.py)
 
 
 def check_out_dir(out_dir: Path, resume: bool, overwrite: bool) -> None:
@@ -205,6 +207,7 @@ def train(cfg: Config, resume: bool = False, overwrite: bool = False) -> RunSumm
     heap_fixed = device.type == "cpu" and cfg.train.fast_paths and fix_mmap_threshold()
     arena = ActivationArena() if heap_fixed and lean is not None and not compile_model else None
     trim_heap = heap_fixed and arena is None
+    used = fast_paths_used(cfg, model, lean, arena is not None, device, strategy, dist.world_size)
     # The loss is the forward that DDP / FSDP2 wrap; on one process it runs as it is.
     # Before wrapping, on the whole model: work before the first step (DPO's reference log-probs).
     objective.setup(model, data)
@@ -268,6 +271,7 @@ def train(cfg: Config, resume: bool = False, overwrite: bool = False) -> RunSumm
             f"{len(data.train)} examples, {steps_per_epoch} steps/epoch"
             + (f", {dist.world_size} processes ({strategy})" if dist.world_size > 1 else "")
         )
+        progress.say(describe(used))
         if cfg.train.compile and not compile_model:
             progress.say("train.compile is off: torch.compile is not tested here under DDP/FSDP2")
         for step in range(state.step + 1, total_steps + 1):
@@ -401,6 +405,7 @@ def train(cfg: Config, resume: bool = False, overwrite: bool = False) -> RunSumm
         initial_val_loss=val_losses[0] if val_losses else None,
         wall_seconds=wall_seconds,
         stopped_early=stopped_early,
+        fast_paths_used=used,
     )
     write_summary(out_dir, summary.__dict__)
     metrics.close()
