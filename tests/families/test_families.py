@@ -7,6 +7,7 @@ own eager forward and backward, one example at a time: no padding, no packing.
 """
 
 import copy
+import json
 
 import pytest
 import torch
@@ -29,6 +30,7 @@ from tunesmith.kernels.fused_lora import fuse_lora
 from tunesmith.kernels.lean import LeanStorage
 from tunesmith.train.fast_paths import fast_paths_used
 from tunesmith.train.loss import labelled_loss
+from tunesmith.train.recipe import train
 
 VOCAB = 256
 WINDOW = 4  # shorter than every example below
@@ -206,3 +208,80 @@ def test_fast_paths_used_says_what_each_path_does_for_the_family(family, tiny_co
     assert {off[path] for path in ("packed_attention", "label_only_loss", "fused_lora", "lean_storage")} == {
         "off: train.fast_paths is false"
     }
+
+
+@pytest.fixture(scope="module")
+def family_folder(tmp_path_factory, smol_tokenizer):
+    """family_folder(family): a model folder of the family (random weights, SmolLM2's tokenizer and
+    vocabulary), as `model:` takes it."""
+    folders = {}
+
+    def make(family: str) -> str:
+        if family not in folders:
+            folder = tmp_path_factory.mktemp(family)
+            ids = {
+                "vocab_size": len(smol_tokenizer),
+                "pad_token_id": smol_tokenizer.pad_token_id,
+                "bos_token_id": smol_tokenizer.bos_token_id,
+                "eos_token_id": smol_tokenizer.eos_token_id,
+            }
+            torch.manual_seed(0)
+            config = FAMILIES[family]()
+            for name, value in ids.items():
+                setattr(config, name, value)
+            AutoModelForCausalLM.from_config(config, dtype=torch.float32).save_pretrained(folder)
+            smol_tokenizer.save_pretrained(folder)
+            folders[family] = str(folder)
+        return folders[family]
+
+    return make
+
+
+def _losses(out_dir) -> list[tuple[str, float]]:
+    lines = [json.loads(line) for line in (out_dir / "metrics.jsonl").read_text().splitlines()]
+    return [(f"{key} at step {m['step']}", m[key]) for m in lines for key in ("train_loss", "val_loss") if key in m]
+
+
+@pytest.fixture(scope="module")
+def few_e2e(tmp_path_factory, small_e2e):
+    """8 training and 4 validation lines of the shipped E2E data."""
+    folder = tmp_path_factory.mktemp("few-e2e")
+    lines = (small_e2e / "train.jsonl").read_text().splitlines()
+    (folder / "train.jsonl").write_text("\n".join(lines[:8]) + "\n")
+    (folder / "validation.jsonl").write_text("\n".join(lines[8:12]) + "\n")
+    return folder
+
+
+# A whole run is seconds even on these models (SmolLM2's 49k vocabulary), so two rows: between them
+# a sliding window, soft-caps, GeGLU, a tied and scaled embedding (Gemma 2, LoRA), fused qkv and
+# gate_up projections and an untied head (Phi-3, full); the forward/backward rows above cover all.
+@pytest.mark.parametrize("family, method", [("gemma2", "lora"), ("phi3", "full")])
+def test_three_steps_take_the_same_losses_with_fast_paths_on_and_off(
+    family, method, family_folder, few_e2e, tiny_config, tmp_path
+):
+    """The whole recipe, 3 steps: packed batches and every kernel against padded batches and
+    transformers' own modules; summary.json says which fast paths ran."""
+    runs = {}
+    for fast in (True, False):
+        out = tmp_path / f"fast-{fast}"
+        cfg = tiny_config(
+            out,
+            model=family_folder(family),
+            data={"train": str(few_e2e / "train.jsonl"), "validation": str(few_e2e / "validation.jsonl")},
+            method={"name": method, "dropout": 0.0},
+            train={"max_steps": 3, "batch_size": 2, "eval_every": 3, "log_every": 1, "save_every": 100}
+            | {"fast_paths": fast},
+            eval={"samples": 0, "max_new_tokens": 1},
+        )
+        train(cfg)
+        runs[fast] = _losses(out)
+    names = ["val_loss at step 0", *(f"train_loss at step {step}" for step in (1, 2, 3)), "val_loss at step 3"]
+    assert [name for name, _ in runs[True]] == [name for name, _ in runs[False]] == names
+    for (name, on), (_, off) in zip(runs[True], runs[False], strict=True):
+        assert on == pytest.approx(off, rel=1e-5), name
+    summary = json.loads((tmp_path / "fast-True" / "summary.json").read_text())
+    assert summary["fast_paths_used"]["packed_attention"].startswith("on")
+    assert (
+        json.loads((tmp_path / "fast-False" / "summary.json").read_text())["fast_paths_used"]["label_only_loss"]
+        == "off: train.fast_paths is false"
+    )
