@@ -57,8 +57,8 @@ def test_bad_input_is_one_line_exit_2_and_writes_nothing(tmp_path, config, capsy
     [
         (
             ["validate", "DATA", "--format", "chat"],
-            "tunesmith: error: --format: Input should be 'auto', 'messages', 'prompt_completion', 'alpaca', 'csv', "
-            "'text', 'openai_dpo' or 'chosen_rejected' (got 'chat')",
+            "tunesmith: error: --format: Input should be 'auto', 'messages', 'sharegpt', 'prompt_completion', "
+            "'alpaca', 'csv', 'text', 'openai_dpo' or 'chosen_rejected' (got 'chat')",
         ),
         (
             ["validate", "DATA", "--max-seq-len", "4"],

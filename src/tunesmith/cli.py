@@ -57,14 +57,12 @@ def _train(args) -> int:
 
 def _launch_train(args, cfg) -> int:
     """This node's processes, each running `tunesmith train` (what `torchrun -m tunesmith train` does)."""
-    from pathlib import Path
-
+    from tunesmith.library import check_launch
     from tunesmith.train.distributed import launch
-    from tunesmith.train.recipe import check_out_dir
 
     if "TORCHELASTIC_RUN_ID" in os.environ:
         raise TunesmithError("--nproc-per-node inside a process that torchrun started: give it to one of them")
-    check_out_dir(Path(cfg.out_dir), args.resume, args.overwrite)  # once, before any process starts
+    check_launch(cfg, args.resume, args.overwrite)  # once, before any process starts
     worker = ["train", args.config, *args.overrides]
     worker += ["--resume"] if args.resume else ["--overwrite"] if args.overwrite else []
     return launch(worker, args.nproc_per_node, args.nnodes, args.node_rank, args.rdzv_endpoint, args.rdzv_timeout)
@@ -148,7 +146,7 @@ def _validate(args) -> int:
 def _generate(args) -> int:
     from tunesmith.config import EvalConfig, from_flags
     from tunesmith.data.formats import Message
-    from tunesmith.evaluate.baselines import encode_chat
+    from tunesmith.data.tokenize import encode_chat
     from tunesmith.generation import generate
     from tunesmith.models import load_model
 

@@ -61,6 +61,12 @@ class DataConfig(_Strict):
         description="Processes that validate and tokenize (once per data, then the token store is reused); "
         "default: one per core.",
     )
+    cache_namespace: str | None = Field(
+        None,
+        description="Folded into the key of the cached token store: a store built under one namespace is never "
+        "reused under another (the service sets each organisation's id, so one organisation's delete never removes "
+        "a store another's job maps, and its validation speed tells nothing of the others' uploads).",
+    )
     group_by_length: bool = Field(
         False,
         description="Batch examples of similar length (sorted within windows of 64 batches): less padding for "
@@ -297,7 +303,9 @@ class DistributedConfig(_Strict):
 
 
 class Config(_Strict):
-    model: str = Field("smollm2-135m-instruct", description="Built-in name, HF folder or .gguf path.")
+    model: str = Field(
+        "smollm2-135m-instruct", description="Built-in name, HF folder, Hugging Face Hub id (owner/name) or .gguf path."
+    )
     data: DataConfig = Field(description="Where the data is and how to read it.")
     method: MethodConfig = Field(
         default_factory=MethodConfig,

@@ -60,7 +60,8 @@ def test_auto_hyperparameters_rule():
 
 def test_flow_with_fake_trainer(fake_server):
     server = fake_server()
-    client = server.client(server.key("acme"))
+    key = server.key("acme")
+    client = server.client(key)
     train = upload(client, chat_rows(16))
     valid = upload(client, chat_rows(4, 100), "valid.jsonl")
     assert train.id.startswith("file-") and train.filename == "train.jsonl" and train.purpose == "fine-tune"
@@ -81,7 +82,8 @@ def test_flow_with_fake_trainer(fake_server):
     assert job.status == "succeeded", job.error
     assert job.hyperparameters.n_epochs == 2 and job.hyperparameters.batch_size == 4
     assert job.hyperparameters.learning_rate_multiplier == 1.0
-    assert job.fine_tuned_model == f"ft:tiny-llama-test:acme:adder:{job.id[-8:]}"
+    org_id = Store(server.home).org_for_key(key)["id"]
+    assert job.fine_tuned_model == f"ft:tiny-llama-test:{org_id}:adder:{job.id[-8:]}"
     assert job.trained_tokens == 8000 and job.finished_at and job.estimated_finish is None
 
     events = list(client.fine_tuning.jobs.list_events(job.id, limit=100))
@@ -171,6 +173,10 @@ def test_crash_fails_the_job_and_user_error_names_the_file(fake_server, tmp_path
     )
     assert job.status == "failed" and job.error.code == "training_crashed"
     assert "signal 6" in job.error.message and "fake out of memory" in job.error.message
+    # The trainer's stderr names its run folder: the client reads it relative to the server's home.
+    assert job.error.message.endswith(f"fake out of memory saving runs/{job.id}/out/checkpoints"), job.error.message
+    events = " ".join(e.message for e in client.fine_tuning.jobs.list_events(job.id, limit=100))
+    assert "saving runs/" in events and str(server.home) not in events
     server.kill(signal.SIGTERM)
 
     server = fake_server(env={"FAKE_TRAINER_MODE": "usererror"}, home=tmp_path / "home2")

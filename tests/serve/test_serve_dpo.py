@@ -54,7 +54,7 @@ def test_sft_then_dpo_job_trains_reports_and_serves(make_server, tiny_model_name
     job = wait_for(client, job.id, timeout=150)
     assert job.status == "succeeded", job.error
     assert job.model == sft.fine_tuned_model and job.method.dpo.hyperparameters.n_epochs == 1
-    assert job.fine_tuned_model.startswith("ft:tiny-llama-test:acme") and job.fine_tuned_model != sft.fine_tuned_model
+    assert job.fine_tuned_model.startswith("ft:tiny-llama-test:org-") and job.fine_tuned_model != sft.fine_tuned_model
     metrics = [e.data for e in client.fine_tuning.jobs.list_events(job.id, limit=100) if e.type == "metrics"]
     assert metrics and all(isinstance(m["train_loss"], float) for m in metrics)
     assert any(isinstance(m.get("val_reward_accuracy"), float) for m in metrics)

@@ -54,7 +54,7 @@ def test_train_then_chat(real_server, tiny_model_name):
     )
     job = wait_for(client, job.id, timeout=150)
     assert job.status == "succeeded", job.error
-    assert job.trained_tokens > 0 and job.result_files and job.fine_tuned_model.startswith("ft:tiny-llama-test:acme")
+    assert job.trained_tokens > 0 and job.result_files and job.fine_tuned_model.startswith("ft:tiny-llama-test:org-")
     events = list(client.fine_tuning.jobs.list_events(job.id, limit=100))
     metrics = [e for e in events if e.type == "metrics"]
     assert metrics and all(isinstance(e.data["train_loss"], float) for e in metrics)

@@ -81,9 +81,12 @@ def _tokenizer_identity(tokenizer) -> bytes:
     return vocabulary.encode() + repr((tokenizer.chat_template, tokenizer.eos_token)).encode()
 
 
-def store_key(source: Source, options: BuildOptions, tokenizer) -> str:
-    """Everything the store's tokens depend on: file bytes, tokenizer, template, format options."""
+def store_key(source: Source, options: BuildOptions, tokenizer, namespace: str | None = None) -> str:
+    """Everything the store's tokens depend on: file bytes, tokenizer, template, format options; and
+    ``namespace`` (DataConfig.cache_namespace), which keeps stores apart that would be the same."""
     digest = hashlib.blake2b(digest_size=16)
+    if namespace is not None:
+        digest.update(repr(("namespace", namespace)).encode())
     digest.update(content_hash(source.files).encode())
     digest.update(_tokenizer_identity(tokenizer))
     settings = (source.format, source.columns, options.system, options.max_seq_len, options.overlength)
@@ -96,7 +99,7 @@ def load_store(spec: str, cfg: DataConfig, tokenizer) -> tuple[Source, BuildOpti
     """The token store of `spec`: mapped from the cache, or built (by one process at a time)."""
     source = open_source(spec, cfg.format, cfg.columns)
     options = BuildOptions(source.files, source.format, source.columns, cfg.system, cfg.max_seq_len, cfg.overlength)
-    key = store_key(source, options, tokenizer)
+    key = store_key(source, options, tokenizer, cfg.cache_namespace)
     path = store_root() / key
     with build_lock(key):
         store = open_store(path) if path.exists() else None

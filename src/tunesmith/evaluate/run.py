@@ -25,7 +25,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from tunesmith.config import Config, EvalConfig
-from tunesmith.data.formats import Message, read_examples, with_system
+from tunesmith.data.formats import Message, read_examples, split_prompt, with_system
+from tunesmith.data.tokenize import encode_chat
 from tunesmith.errors import TunesmithError
 from tunesmith.evaluate import metrics
 from tunesmith.evaluate.baselines import (
@@ -33,16 +34,14 @@ from tunesmith.evaluate.baselines import (
     FewShotSelector,
     context_budget,
     demonstrations,
-    encode_chat,
     few_shot_prompt,
-    split_prompt,
 )
-from tunesmith.evaluate.generate import continuation_logprobs, label_logprobs
+from tunesmith.evaluate.loglikelihood import continuation_logprobs, label_logprobs
 from tunesmith.generation import generate
 from tunesmith.models import load_model, load_tokenizer, resolve_model_path
 from tunesmith.paths import write_text_atomic
 from tunesmith.precision import autocast, default_device
-from tunesmith.runfolder import METRICS, read_metrics, read_summary
+from tunesmith.runfolder import MERGED, METRICS, read_metrics, read_summary
 
 VARIANTS = ("zero_shot", "few_shot", "finetuned")
 SIDE_BY_SIDE = 10
@@ -114,7 +113,7 @@ def _prepare(loaded):
     return model
 
 
-def _ci(stats: metrics.ItemStats, settings: EvalConfig) -> dict[str, float]:
+def bootstrap_ci(stats: metrics.ItemStats, settings: EvalConfig) -> dict[str, float]:
     return metrics.bootstrap(stats, settings.bootstrap_resamples, settings.seed).as_dict()
 
 
@@ -200,7 +199,7 @@ def _evaluate_variant(model, tokenizer, prompts, items, settings: EvalConfig) ->
         "tokens_per_second": generation.tokens_per_second if generation else None,
     }
     return {
-        "metrics": {name: _ci(stats, settings) for name, stats in scored["metrics"].items()},
+        "metrics": {name: bootstrap_ci(stats, settings) for name, stats in scored["metrics"].items()},
         "cost": cost,
         "outputs": scored["outputs"],
         "stats": scored["metrics"],  # per-item statistics, for the paired gain; not written out
@@ -238,10 +237,10 @@ def _general_text_perplexity(model, tokenizer, path: str, window: int, settings:
     windows = [ids[start : start + window] for start in range(0, len(ids) - 1, window)]
     windows = [w for w in windows if len(w) > 1]
     stats = _perplexity(model, tokenizer, [w[:1] for w in windows], [w[1:] for w in windows], settings.batch_size)
-    return _ci(stats, settings)
+    return bootstrap_ci(stats, settings)
 
 
-def _base_variants(config: Config, items: list[TestItem], result: dict) -> None:
+def base_variants(config: Config, items: list[TestItem], result: dict) -> None:
     settings = config.eval
     loaded = load_model(config.model)
     model, tokenizer = _prepare(loaded), loaded.tokenizer
@@ -295,15 +294,15 @@ def _check_same_base(base_name: str, tuned_folder: str) -> None:
         )
 
 
-def _run_folder(finetuned: str | None, config: Config) -> Path | None:
+def run_folder(finetuned: str | None, config: Config) -> Path | None:
     """The fine-tuned run folder: the one given (must exist), else config.out_dir if it has a model."""
     if finetuned is None:
         default = Path(config.out_dir)
-        return default if (default / "merged" / "config.json").is_file() else None
+        return default if (default / MERGED / "config.json").is_file() else None
     path = Path(finetuned)
-    if path.name == "merged" and (path / "config.json").is_file():
+    if path.name == MERGED and (path / "config.json").is_file():
         return path.parent
-    if not ((path / "merged" / "config.json").is_file() or (path / "config.json").is_file()):
+    if not ((path / MERGED / "config.json").is_file() or (path / "config.json").is_file()):
         raise TunesmithError(
             f"fine-tuned model not found: {finetuned} is not a run folder with merged/ "
             "nor a Hugging Face model folder; train first or pass --finetuned DIR"
@@ -311,8 +310,8 @@ def _run_folder(finetuned: str | None, config: Config) -> Path | None:
     return path
 
 
-def _model_folder(run_dir: Path) -> str:
-    return str(run_dir / "merged") if (run_dir / "merged" / "config.json").is_file() else str(run_dir)
+def model_folder(run_dir: Path) -> str:
+    return str(run_dir / MERGED) if (run_dir / MERGED / "config.json").is_file() else str(run_dir)
 
 
 def read_training_summary(run_dir: Path) -> dict | None:
@@ -383,23 +382,23 @@ def run_evaluation(config: Config, finetuned: str | None, out_dir: str) -> dict:
     settings = config.eval
     pairs = settings.task == "preference"  # held-out pairs, not items to answer: evaluate/preference.py
     items = [] if pairs else load_test_items(config)
-    run_dir = _run_folder(finetuned, config)
+    run_dir = run_folder(finetuned, config)
     if run_dir is not None:
-        _check_same_base(config.model, _model_folder(run_dir))
+        _check_same_base(config.model, model_folder(run_dir))
     if pairs:
         from tunesmith.evaluate.preference import evaluate_preferences
 
-        tuned, training = (_model_folder(run_dir), read_training_summary(run_dir)) if run_dir else (None, None)
+        tuned, training = (model_folder(run_dir), read_training_summary(run_dir)) if run_dir else (None, None)
         return evaluate_preferences(config, tuned, out_dir, training)
     result = empty_result(config, settings.task, run_dir, len(items), sum(len(item.references) for item in items))
     # Same precision policy as training: bf16 matmuls where the hardware has them.
     with autocast(config.train.dtype, default_device()):
-        _base_variants(config, items, result)
+        base_variants(config, items, result)
 
     if run_dir is None:
         result["notes"].append(f"no fine-tuned model in {config.out_dir}: base variants only")
     else:
-        loaded = load_model(_model_folder(run_dir))
+        loaded = load_model(model_folder(run_dir))
         model, tokenizer = _prepare(loaded), loaded.tokenizer
         prompts = [_prompt_ids(tokenizer, item, config.data.system) for item in items]
         with autocast(config.train.dtype, default_device()):

@@ -26,8 +26,8 @@ from pathlib import Path
 import torch
 from safetensors import safe_open
 
+from tunesmith.kernels.label_loss import output_layer
 from tunesmith.precision import active_dtype
-from tunesmith.train.loss import output_layer
 
 
 def _norm_epsilon(module: torch.nn.Module) -> float | None:

@@ -11,17 +11,22 @@ Routes live in serve/routes/ (one module per resource); this module builds the a
 from __future__ import annotations
 
 import logging
+import sqlite3
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
 
+from tunesmith.serve import openapi
 from tunesmith.serve.errors import APIError, error_response, invalid_request
 from tunesmith.serve.limits import BodyLimit, BodyTooLarge, OrgSlots
+from tunesmith.serve.redact import public
 from tunesmith.serve.routes import embeddings, files, graders, inference, jobs, models
 from tunesmith.serve.settings import ServeSettings
+from tunesmith.serve.storage import Storage, collect_garbage, disk_full, insufficient_storage
 from tunesmith.serve.store import Store
 
 log = logging.getLogger("tunesmith.serve")
@@ -47,6 +52,9 @@ def create_app(settings: ServeSettings) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         store.remove_orphans()
+        if settings.keep_failed_runs is not None:
+            for path, size in collect_garbage(store, settings.keep_failed_runs):
+                log.warning("retention: removed %s (%d bytes)", path, size)
         worker.start()
         try:
             yield
@@ -58,21 +66,25 @@ def create_app(settings: ServeSettings) -> FastAPI:
     app = FastAPI(title="tunesmith", lifespan=lifespan)
     app.state.store, app.state.worker, app.state.settings = store, worker, settings
     app.state.engine, app.state.inference_pool = engine, inference_pool
+    app.state.storage = Storage(store, settings.storage_quota, settings.max_files, settings.min_free_disk)
     app.state.inference_slots = OrgSlots(settings.max_inference_per_org)
     app.add_middleware(BodyLimit, json_limit=settings.max_body_bytes, upload_limit=settings.max_upload_bytes)
-    _install_error_handlers(app)
+    _install_error_handlers(app, settings)
     files.add_routes(app)
     jobs.add_routes(app)
     models.add_routes(app)
     inference.add_routes(app)
     embeddings.add_routes(app)
     graders.add_routes(app)
+    openapi.install(app)
     return app
 
 
-def _install_error_handlers(app: FastAPI) -> None:
+def _install_error_handlers(app: FastAPI, settings: ServeSettings) -> None:
     @app.exception_handler(APIError)
     async def api_error(_: Request, error: APIError):
+        # One place for every route's messages: a model's load error, an exporter's, name server paths.
+        error.message = public(error.message, settings.home)
         return error_response(error)
 
     @app.exception_handler(BodyTooLarge)
@@ -84,13 +96,25 @@ def _install_error_handlers(app: FastAPI) -> None:
         return error_response(invalid_request(error.errors()))
 
     @app.exception_handler(StarletteHTTPException)
-    async def http_error(_: Request, error: StarletteHTTPException):
+    async def http_error(request: Request, error: StarletteHTTPException):
         status = error.status_code
         code = {404: "not_found", 405: "method_not_allowed"}.get(status)
         message = "Unknown URL" if status == 404 else str(error.detail)
-        return error_response(APIError(status, message, code=code))
+        headers = error.headers
+        if status == 405:  # RFC 9110: Allow lists every method of the URL, not only those of one route
+            matching = [r for r in app.router.routes if r.matches(request.scope)[0] != Match.NONE]
+            # The URL is the first matching route's path ("/v1/models/{id}/content" is no model id).
+            allowed = {m for r in matching if r.path == matching[0].path for m in r.methods}
+            headers = {"Allow": ", ".join(sorted(allowed))}
+        return error_response(APIError(status, message, code=code, headers=headers))
 
-    @app.exception_handler(Exception)
-    async def server_error(_: Request, error: Exception):
-        log.exception("unhandled error")
+    def unexpected(error: Exception):
+        if disk_full(error):  # whatever wrote: SQLite rolled back, the route removed its partial file
+            log.warning("disk full: %s", error)
+            return error_response(insufficient_storage("the disk is full"))
+        log.exception("unhandled error", exc_info=error)
         return error_response(APIError(500, f"internal server error: {type(error).__name__}", code="server_error"))
+
+    # OSError and SQLite's errors by their own handlers: answered here, not re-raised as a crash.
+    for kind in (OSError, sqlite3.Error, Exception):
+        app.add_exception_handler(kind, lambda _, error: unexpected(error))

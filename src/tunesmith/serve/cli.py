@@ -41,6 +41,10 @@ def _serve(args: argparse.Namespace) -> int:
         max_inference_per_org=args.max_inference_per_org,
         inference_threads=args.inference_threads,
         generation_timeout=args.generation_timeout,
+        storage_quota=args.storage_quota,
+        max_files=args.max_files,
+        min_free_disk=args.min_free_disk,
+        keep_failed_runs=args.keep_failed_runs,
     )
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     app = create_app(settings)
@@ -54,6 +58,54 @@ def _serve(args: argparse.Namespace) -> int:
         log_level=args.log_level,
         timeout_graceful_shutdown=SHUTDOWN_GRACE_SECONDS,
     )
+    return 0
+
+
+def _duration(text: str) -> float:
+    from tunesmith.serve.storage import parse_duration
+
+    try:
+        return parse_duration(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+
+
+def _storage_options(serve) -> None:
+    serve.add_argument(
+        "--storage-quota",
+        type=int,
+        default=None,
+        metavar="BYTES",
+        help="Bytes of files one organisation may store; an upload past it is refused (413) as it arrives.",
+    )
+    serve.add_argument(
+        "--max-files", type=int, default=None, help="Files one organisation may store (429 for one more)."
+    )
+    serve.add_argument(
+        "--min-free-disk",
+        type=int,
+        default=0,
+        metavar="BYTES",
+        help="Free bytes the home's disk must keep: below it new uploads and jobs are refused (507).",
+    )
+    serve.add_argument(
+        "--keep-failed-runs",
+        type=_duration,
+        default=None,
+        metavar="DURATION",
+        help="Delete failed and cancelled runs and cached GGUF exports older than this (7d, 12h) at start; "
+        "default: keep them (`tunesmith serve gc` frees them on demand).",
+    )
+
+
+def _gc(args: argparse.Namespace) -> int:
+    from tunesmith.serve.storage import collect_garbage
+    from tunesmith.serve.store import Store
+
+    removed = collect_garbage(Store(Path(args.home or default_home())), args.keep_failed_runs)
+    for path, size in removed:
+        print(f"removed {path} ({size} bytes)")
+    print(f"freed {sum(size for _, size in removed)} bytes in {len(removed)} paths")
     return 0
 
 
@@ -145,8 +197,21 @@ def add_serve_commands(subparsers) -> None:
         default=None,
         help="Command that trains (CONFIG and --overwrite/--resume are appended); default: python -m tunesmith train.",
     )
+    _storage_options(serve)
     serve.add_argument("--log-level", default="warning", help="uvicorn log level.")
     serve.set_defaults(func=_serve)
+    gc = serve.add_subparsers(dest="serve_command").add_parser(
+        "gc", help="Free what retention allows: failed and cancelled runs, cached GGUF exports (then exit)."
+    )
+    gc.add_argument("--home", default=None, help="State folder of the service; default $TUNESMITH_HOME/serve.")
+    gc.add_argument(
+        "--keep-failed-runs",
+        type=_duration,
+        default=7 * 86400.0,
+        metavar="DURATION",
+        help="Keep them this long (7d, 12h, 30m; default 7d).",
+    )
+    gc.set_defaults(func=_gc)
 
     keys = subparsers.add_parser("keys", help="Manage API keys of the service.")
     key_commands = keys.add_subparsers(dest="keys_command", required=True)

@@ -10,10 +10,22 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 
-SEED_RANGE = (-(2**63), 2**64 - 1)  # what torch.Generator.manual_seed accepts
+# Within what torch.Generator.manual_seed accepts; powers of two, so a client comparing JSON numbers
+# as floats (JSON Schema validators often do) draws the same line.
+SEED_RANGE = (-(2**63), 2**63)
 StopText = Annotated[str, Field(min_length=1)]
+
+
+def _integral(value):
+    """7630.0 is the integer 7630 in JSON (and in JSON Schema): strict about type, not spelling."""
+    return int(value) if isinstance(value, float) and value.is_integer() and abs(value) < 2**64 else value
+
+
+def integer(low: int, high: int):
+    """An integer in [low, high], written as a JSON integer or an integral number."""
+    return Annotated[int, Field(ge=low, le=high), BeforeValidator(_integral)]
 
 
 class TextPart(BaseModel):
@@ -35,8 +47,8 @@ class ChatMessage(BaseModel):
 class _Generation(BaseModel):
     model_config = ConfigDict(strict=True, extra="allow")
     model: Annotated[str, Field(min_length=1)]
-    max_tokens: Annotated[int, Field(ge=1, le=1_000_000)] | None = None
-    max_completion_tokens: Annotated[int, Field(ge=1, le=1_000_000)] | None = None
+    max_tokens: integer(1, 1_000_000) | None = None
+    max_completion_tokens: integer(1, 1_000_000) | None = None
     temperature: Annotated[float, Field(ge=0, le=2)] | None = None
     top_p: Annotated[float, Field(ge=0, le=1)] | None = None
     n: Literal[1] | None = Field(None, description="Only one choice per request.")
@@ -45,7 +57,7 @@ class _Generation(BaseModel):
         | Annotated[list[Annotated[str, Field(min_length=1)]], Field(max_length=4)]
         | None
     ) = None
-    seed: Annotated[int, Field(ge=SEED_RANGE[0], le=SEED_RANGE[1])] | None = None
+    seed: integer(*SEED_RANGE) | None = None
     stream: bool | None = None
     stream_options: dict[str, Any] | None = None
 
@@ -77,3 +89,33 @@ class CompletionRequest(_Generation):
     @property
     def text(self) -> str:
         return self.prompt if isinstance(self.prompt, str) else self.prompt[0]
+
+
+class ErrorDetail(BaseModel):
+    message: str
+    type: str
+    param: str | None
+    code: str | None
+
+
+class ErrorResponse(BaseModel):
+    """Every error the service answers, as OpenAI's API does (serve/errors.py writes it)."""
+
+    error: ErrorDetail
+
+
+class FileUpload(BaseModel):
+    """``POST /v1/files``: the multipart/form-data fields (serve/uploads.py reads them as they arrive)."""
+
+    file: bytes = Field(description="The JSONL file: one JSON object per line.")
+    purpose: Literal["fine-tune"]
+
+
+class EmbeddingRequest(BaseModel):
+    model_config = ConfigDict(strict=True, extra="allow")
+    model: Annotated[str, Field(min_length=1)]
+    input: (
+        Annotated[str, Field(min_length=1)]
+        | Annotated[list[Annotated[str, Field(min_length=1)]], Field(min_length=1, max_length=2048)]
+    )
+    encoding_format: Literal["float", "base64"] | None = None

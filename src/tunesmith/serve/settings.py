@@ -24,3 +24,7 @@ class ServeSettings:
     max_inference_per_org: int = 4
     inference_threads: int = 2
     generation_timeout: float = 120.0  # seconds one generation may compute
+    storage_quota: int | None = None  # bytes of files one organisation may store (None: no quota)
+    max_files: int | None = None  # files one organisation may store
+    min_free_disk: int = 0  # bytes that must stay free on the home's disk for new uploads and jobs
+    keep_failed_runs: float | None = None  # seconds failed/cancelled runs and GGUF exports are kept

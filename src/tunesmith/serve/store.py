@@ -212,6 +212,12 @@ class Store:
             path.unlink(missing_ok=True)
         return removed
 
+    def org_usage(self, org_id: str) -> tuple[int, int]:
+        """The organisation's stored files: how many, and their bytes."""
+        with self._connect() as db:
+            row = db.execute("SELECT COUNT(*), COALESCE(SUM(bytes), 0) FROM files WHERE org_id = ?", (org_id,))
+            return tuple(row.fetchone())
+
     def delete_file(self, org_id: str, file_id: str) -> bool:
         return self._write("DELETE FROM files WHERE id = ? AND org_id = ?", (file_id, org_id)) > 0
 
@@ -312,10 +318,17 @@ class Store:
     # --- fine-tuned models ----------------------------------------------------------------------
 
     def add_model(self, model_id: str, org_id: str, job_id: str, base: str, adapter_path: str) -> None:
-        self._write(
-            "INSERT OR REPLACE INTO models VALUES (?,?,?,?,?,?)",
-            (model_id, org_id, job_id, base, adapter_path, now()),
-        )
+        """Register a job's model. The same job registering again (a server killed while finishing it)
+        rewrites its own row; a row of another job, in any organisation, is never replaced."""
+        with self._connect() as db:
+            written = db.execute(
+                "INSERT INTO models VALUES (?,?,?,?,?,?) ON CONFLICT(id) DO UPDATE SET "
+                "base = excluded.base, adapter_path = excluded.adapter_path, created = excluded.created "
+                "WHERE models.job_id = excluded.job_id AND models.org_id = excluded.org_id",
+                (model_id, org_id, job_id, base, adapter_path, now()),
+            ).rowcount
+        if written == 0:
+            raise ValueError(f"model id {model_id} is already taken by another job")
 
     def model(self, org_id: str, model_id: str) -> dict | None:
         return self._one("SELECT * FROM models WHERE id = ? AND org_id = ?", (model_id, org_id))
@@ -323,5 +336,27 @@ class Store:
     def list_models(self, org_id: str) -> list[dict]:
         return self._all("SELECT * FROM models WHERE org_id = ? ORDER BY created", (org_id,))
 
-    def delete_model(self, org_id: str, model_id: str) -> bool:
-        return self._write("DELETE FROM models WHERE id = ? AND org_id = ?", (model_id, org_id)) > 0
+    def delete_model(self, org_id: str, model_id: str) -> list[str]:
+        """Delete the model unless fine-tuned models or active jobs train from it (they read its
+        ``merged/`` folder); those dependants, none when it was deleted. One transaction: a job
+        created meanwhile either sees the model or is counted."""
+        marks = ", ".join("?" * len(ACTIVE))
+        with self._connect() as db:
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                row = db.execute("SELECT adapter_path FROM models WHERE id = ? AND org_id = ?", (model_id, org_id))
+                row = row.fetchone()
+                merged = str(Path(row["adapter_path"]).parent / "merged") if row else None
+                models = db.execute(
+                    "SELECT id FROM models WHERE org_id = ? AND base = ? ORDER BY created, id", (org_id, merged)
+                )
+                jobs = db.execute(
+                    f"SELECT id FROM jobs WHERE org_id = ? AND model = ? AND status IN ({marks}) ORDER BY seq",
+                    (org_id, model_id, *ACTIVE),
+                )
+                dependants = [r["id"] for r in models] + [r["id"] for r in jobs]
+                if not dependants:
+                    db.execute("DELETE FROM models WHERE id = ? AND org_id = ?", (model_id, org_id))
+            finally:
+                db.execute("COMMIT")
+        return dependants

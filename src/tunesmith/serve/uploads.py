@@ -7,6 +7,7 @@ disk: the destination is removed on any error, a 413 included.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -14,6 +15,7 @@ from python_multipart.multipart import MultipartParser, parse_options_header
 
 from tunesmith.serve.errors import APIError
 from tunesmith.serve.limits import BodyTooLarge, file_too_large
+from tunesmith.serve.storage import disk_full, insufficient_storage
 
 MAX_FIELD_BYTES = 1024
 MAX_FIELDS = 16
@@ -34,8 +36,9 @@ class _Part:
     value: bytearray = field(default_factory=bytearray)
 
 
-async def receive_upload(request, destination: Path, limit: int) -> Upload:
-    """Parse the body into form fields and one file part written to ``destination``."""
+async def receive_upload(request, destination: Path, limit: int, grow: Callable[[int], None]) -> Upload:
+    """Parse the body into form fields and one file part written to ``destination``; ``grow`` is told
+    of every piece of the file before it is written (it raises to refuse the upload)."""
     kind, params = parse_options_header(request.headers.get("content-type", ""))
     boundary = params.get(b"boundary")
     if kind != b"multipart/form-data" or not boundary:
@@ -75,6 +78,7 @@ async def receive_upload(request, destination: Path, limit: int) -> Upload:
         upload.size += end - start
         if upload.size > limit:
             raise file_too_large(limit)
+        grow(end - start)
         pending.append(bytes(data[start:end]))
 
     def on_part_end():
@@ -105,6 +109,8 @@ async def receive_upload(request, destination: Path, limit: int) -> Upload:
             parser.finalize()
     except BaseException as error:  # a 413, a malformed body, a client gone: nothing stays on disk
         destination.unlink(missing_ok=True)
+        if disk_full(error):
+            raise insufficient_storage("the disk is full") from None
         if isinstance(error, Exception) and not isinstance(error, (APIError, BodyTooLarge, OSError)):
             raise APIError(400, f"the multipart body is malformed: {error}") from None
         raise

@@ -8,8 +8,9 @@ the config fields that change the arithmetic (sliding windows, soft-caps).
 from __future__ import annotations
 
 from tunesmith.config import Config
+from tunesmith.kernels.label_loss import output_layer
 from tunesmith.kernels.lean import LeanStorage
-from tunesmith.train.loss import final_softcap, output_layer
+from tunesmith.train.loss import final_softcap
 from tunesmith.train.vocab_shard import splits_vocabulary
 
 OFF = "off: train.fast_paths is false"

@@ -24,6 +24,7 @@ from pydantic_core import PydanticCustomError
 
 from tunesmith.serve.errors import rule
 from tunesmith.serve.names import is_encoder
+from tunesmith.serve.schemas import integer
 
 
 def _setting(kind: type, low: float, high: float):
@@ -110,7 +111,7 @@ class Method(BaseModel):
     """``{"type": "dpo", "dpo": {"hyperparameters": {...}}}``; other keys are ignored, as OpenAI's
     sections for other methods are."""
 
-    type: Annotated[str, PlainValidator(_method_type)]
+    type: Annotated[str, PlainValidator(_method_type, json_schema_input_type=Literal[tuple(METHODS)])]
     supervised: SupervisedSection | None = None
     dpo: DpoSection | None = None
 
@@ -151,18 +152,25 @@ def _no_integrations(value):
     return value
 
 
+MetadataShape = Annotated[
+    dict[Annotated[str, Field(max_length=64)], Annotated[str, Field(max_length=512)]], Field(max_length=16)
+]
+
+
 class JobRequest(BaseModel):
     """The request as a whole; OpenAI's ``integrations`` may only be empty."""
 
     model_config = ConfigDict(strict=True, extra="forbid")
-    model: Annotated[str, BeforeValidator(_present)]
-    training_file: Annotated[str, BeforeValidator(_present)]
+    model: Annotated[str, Field(min_length=1), BeforeValidator(_present)]
+    training_file: Annotated[str, Field(min_length=1), BeforeValidator(_present)]
     validation_file: str | None = None
     # pydantic's regex is Rust's: "$" is the end of the text, so "abc\n" is refused.
     suffix: Annotated[str, Field(pattern=r"^[A-Za-z0-9._-]{1,64}$")] | None = None
-    seed: Annotated[int, Field(ge=0, le=2**31 - 1)] | None = None
-    metadata: Annotated[dict[str, str], PlainValidator(_metadata)] | None = None
-    integrations: Annotated[Any, PlainValidator(_no_integrations)] = None
+    seed: integer(0, 2**31 - 1) | None = None
+    metadata: Annotated[dict[str, str], PlainValidator(_metadata, json_schema_input_type=MetadataShape)] | None = None
+    integrations: Annotated[
+        Any, PlainValidator(_no_integrations, json_schema_input_type=Annotated[list, Field(max_length=0)] | None)
+    ] = None
     method: Method | None = None
     hyperparameters: Hyperparameters | None = None  # after method: _one_place reads it
 

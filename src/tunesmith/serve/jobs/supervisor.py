@@ -27,7 +27,6 @@ import io
 import logging
 import math
 import os
-import re
 import shlex
 import signal
 import subprocess
@@ -41,6 +40,10 @@ from tunesmith.paths import write_text_atomic
 from tunesmith.runfolder import (
     CHECKPOINTS,
     METRICS,
+    TRAIN_ACCURACY,
+    TRAIN_LOSS,
+    VAL_ACCURACY,
+    VAL_LOSS,
     checkpoint_path,
     checkpoint_steps,
     lock_holder,
@@ -51,6 +54,8 @@ from tunesmith.runfolder import (
 from tunesmith.serve.jobs.policy import BASE_ENCODER_LR, BASE_LORA_LR, VAL_FRACTION, resolve_hyperparameters
 from tunesmith.serve.jobs.validate import DataCheck, check_job_files, check_pair_files
 from tunesmith.serve.names import is_encoder, root_base
+from tunesmith.serve.redact import public
+from tunesmith.serve.storage import disk_full
 from tunesmith.serve.store import TERMINAL, Store, new_id, now
 
 log = logging.getLogger("tunesmith.serve")
@@ -78,12 +83,12 @@ def openai_metrics(row: dict) -> dict:
     """A trainer metrics line in the names OpenAI's events and checkpoints use (extra keys kept)."""
     out = {
         "step": row.get("step"),
-        "train_loss": row.get("train_loss"),
-        "train_mean_token_accuracy": row.get("train_token_accuracy"),
+        "train_loss": row.get(TRAIN_LOSS),
+        "train_mean_token_accuracy": row.get(TRAIN_ACCURACY),
     }
-    if row.get("val_loss") is not None:
-        out["valid_loss"] = row["val_loss"]
-        out["valid_mean_token_accuracy"] = row.get("val_token_accuracy")
+    if row.get(VAL_LOSS) is not None:
+        out["valid_loss"] = row[VAL_LOSS]
+        out["valid_mean_token_accuracy"] = row.get(VAL_ACCURACY)
     for key in ("epoch", "lr", "tokens_per_second", "grad_norm", "peak_rss_mb", *DPO_METRICS):
         if key in row:
             out[key] = row[key]
@@ -94,11 +99,13 @@ def openai_metrics(row: dict) -> dict:
 DPO_METRICS = [f"{split}_{name}" for split in ("train", "val") for name in ("reward_accuracy", "reward_margin")]
 
 
-def fine_tuned_model_name(job: dict, org_name: str) -> str:
-    """``ft:{base}:{org}:{suffix}:{job-suffix}`` (empty suffix stays empty, as in OpenAI's names)."""
-    org = re.sub(r"[^a-z0-9-]+", "-", org_name.lower()).strip("-") or "org"
+def fine_tuned_model_name(job: dict) -> str:
+    """``ft:{base}:{org-id}:{suffix}:{job-suffix}`` (empty suffix stays empty, as in OpenAI's names).
+
+    The organisation's id, not a slug of its name: two organisations whose names slug alike never
+    build the same model id."""
     # A model tuned from a fine-tuned one is named after the root base, as OpenAI names it.
-    return f"ft:{root_base(job['model'])}:{org}:{job['suffix'] or ''}:{job['id'][-8:]}"
+    return f"ft:{root_base(job['model'])}:{job['org_id']}:{job['suffix'] or ''}:{job['id'][-8:]}"
 
 
 def _trained_model(job: dict, out_dir: Path) -> tuple[Path, str]:
@@ -242,6 +249,7 @@ class Worker:
     # --- stages -------------------------------------------------------------------------------
 
     def _fail(self, job_id: str, code: str, message: str, param: str | None = None) -> None:
+        message = public(message, self.store.home)  # a trainer's stderr, an exception: no server path
         error = {"code": code, "message": message, "param": param}
         if self.store.update_job(
             job_id,
@@ -286,7 +294,7 @@ class Worker:
             code = "invalid_training_file" if check.param == "training_file" else "invalid_validation_file"
             return self._fail(job["id"], code, check.message, check.param)
         for warning in check.warnings:
-            self.store.add_event(job["id"], warning, level="warn")
+            self.store.add_event(job["id"], public(warning, self.store.home), level="warn")
         if not check.n_validation:  # without a validation file the trainer holds out VAL_FRACTION
             return self._fail(
                 job["id"],
@@ -337,6 +345,7 @@ class Worker:
                 "train": train["path"],
                 "validation": validation["path"] if validation else None,
                 "val_fraction": VAL_FRACTION,
+                "cache_namespace": job["org_id"],  # an organisation's token stores are its own
             },
             "method": _method(encoder, hyper),
             "train": {
@@ -373,10 +382,10 @@ class Worker:
         steps = checkpoint_steps(out_dir)
         flag = "--resume" if resume and steps else "--overwrite"
         stderr_path = run_dir / "stderr.log"
-        with open(run_dir / "train.log", "ab") as stdout, open(stderr_path, "ab") as stderr:
-            stderr.write(f"\n=== {time.strftime('%Y-%m-%d %H:%M:%S')} {flag}\n".encode())
-            stderr.flush()
-            try:
+        try:  # the logs' first write fails on a full disk, as the start itself can
+            with open(run_dir / "train.log", "ab") as stdout, open(stderr_path, "ab") as stderr:
+                stderr.write(f"\n=== {time.strftime('%Y-%m-%d %H:%M:%S')} {flag}\n".encode())
+                stderr.flush()
                 proc = subprocess.Popen(
                     [*self.trainer_command, str(config), flag, *_procs_flag(job["procs"])],
                     cwd=run_dir,
@@ -388,8 +397,8 @@ class Worker:
                     # preexec_fn: it can deadlock Popen in a threaded program.
                     start_new_session=True,
                 )
-            except OSError as error:
-                return self._fail(job["id"], "server_error", f"could not start the trainer: {error}")
+        except OSError as error:
+            return self._not_started(job, error)
         fields = {"status": "running", "pid": proc.pid, "attempts": job["attempts"] + 1}
         if not job["started_at"]:
             fields["started_at"] = now()
@@ -412,6 +421,16 @@ class Worker:
         if not resume:
             on = f" on {job['procs']} processes" if job["procs"] > 1 else ""
             self.store.add_event(job["id"], f"Fine-tuning job started{on}", data={"procs": job["procs"]})
+
+    def _not_started(self, job: dict, error: OSError) -> None:
+        """The trainer could not start: the attempt counts (a resumed job is not retried forever);
+        after ``MAX_ATTEMPTS`` the job fails, before that the next cycle tries again."""
+        attempts = job["attempts"] + 1
+        message = f"could not start the trainer: {error}"
+        if attempts >= MAX_ATTEMPTS or not disk_full(error):  # only a full disk may free up meanwhile
+            return self._fail(job["id"], "server_error", message)
+        self.store.update_job(job["id"], only_if_status=("queued", "running"), attempts=attempts)
+        log.warning("%s (attempt %d of %d)", message, attempts, MAX_ATTEMPTS)
 
     def _tail_metrics(self, run: _Running, job: dict) -> None:
         path = run.out_dir / METRICS
@@ -448,12 +467,12 @@ class Worker:
             fields["estimated_finish"] = now() + int(per_step * max(0, total - last_step))
         self.store.update_job(job["id"], **fields)
 
-    def _watch_checkpoints(self, run: _Running, job: dict, org_name: str) -> None:
+    def _watch_checkpoints(self, run: _Running, job: dict) -> None:
         new = [s for s in checkpoint_steps(run.out_dir) if s not in run.seen_checkpoints]
         if not new:
             return
         metrics = read_metrics(run.out_dir)
-        model = fine_tuned_model_name(job, org_name)
+        model = fine_tuned_model_name(job)
         for step in new:
             run.seen_checkpoints.add(step)
             before = [m for m in metrics if m["step"] <= step]
@@ -474,9 +493,8 @@ class Worker:
                 self._running.pop(run.job_id, None)
             self.store.update_job(run.job_id, pid=None)
             return
-        org = self.store.org(job["org_id"])
         self._tail_metrics(run, job)
-        self._watch_checkpoints(run, job, org["name"])
+        self._watch_checkpoints(run, job)
         if code is None:
             return
         with self._lock:
@@ -484,7 +502,7 @@ class Worker:
         job = self.store.job(None, run.job_id)
         if code == 0:
             try:
-                self._finish(job, run, org["name"])
+                self._finish(job, run)
             except Exception as error:  # a full disk, a database error: the job must not stay running
                 log.exception("registering the outputs of %s", job["id"])
                 self._fail(job["id"], "server_error", f"could not register the trained model: {error}")
@@ -525,7 +543,7 @@ class Worker:
                 message = message.replace(row["path"], f"{file_id} ({row['filename']})")
         return message[:2000]
 
-    def _finish(self, job: dict, run: _Running, org_name: str) -> None:
+    def _finish(self, job: dict, run: _Running) -> None:
         weights, marker = _trained_model(job, run.out_dir)
         if not (weights / marker).is_file():
             return self._fail(
@@ -541,10 +559,10 @@ class Worker:
             writer.writerow(
                 [
                     row.get("step"),
-                    row.get("train_loss"),
-                    row.get("train_token_accuracy"),
-                    row.get("val_loss", ""),
-                    row.get("val_token_accuracy", ""),
+                    row.get(TRAIN_LOSS),
+                    row.get(TRAIN_ACCURACY),
+                    row.get(VAL_LOSS, ""),
+                    row.get(VAL_ACCURACY, ""),
                 ]
             )
         write_text_atomic(csv_path, buffer.getvalue())
@@ -556,7 +574,7 @@ class Worker:
             csv_path.stat().st_size,
             str(csv_path),
         )
-        model = fine_tuned_model_name(job, org_name)
+        model = fine_tuned_model_name(job)
         final_step = summary.get("steps") or job["last_metrics_step"]
         if final_step and final_step not in run.seen_checkpoints:  # the final model is a checkpoint too
             rows = [m for m in read_metrics(run.out_dir) if m["step"] <= final_step]

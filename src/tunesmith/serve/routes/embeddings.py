@@ -20,7 +20,9 @@ from starlette.concurrency import run_in_threadpool
 
 from tunesmith.serve.errors import APIError
 from tunesmith.serve.names import is_encoder
+from tunesmith.serve.openapi import json_request
 from tunesmith.serve.routes.params import Org, json_body
+from tunesmith.serve.schemas import EmbeddingRequest
 from tunesmith.serve.store import Store
 
 log = logging.getLogger("tunesmith.serve")
@@ -86,7 +88,7 @@ def add_routes(app: FastAPI) -> None:
             )
         return row["adapter_path"]  # an encoder job registers its exported folder, merged/
 
-    @app.post("/v1/embeddings")
+    @app.post("/v1/embeddings", openapi_extra=json_request(EmbeddingRequest))  # _inputs checks the same
     async def embeddings(request: Request, org: Org):
         body = await json_body(request)
         texts = _inputs(body.get("input"))

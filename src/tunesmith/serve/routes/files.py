@@ -12,8 +12,11 @@ from starlette.concurrency import run_in_threadpool
 
 from tunesmith.data.store import remove_stores_of
 from tunesmith.serve.errors import APIError, found, in_use
+from tunesmith.serve.openapi import multipart_request
 from tunesmith.serve.routes.params import Org, page
+from tunesmith.serve.schemas import FileUpload
 from tunesmith.serve.settings import ServeSettings
+from tunesmith.serve.storage import Storage
 from tunesmith.serve.store import Store, new_id
 from tunesmith.serve.uploads import receive_upload
 
@@ -34,28 +37,63 @@ def file_object(row: dict) -> dict:
     }
 
 
-def check_jsonl(path: Path) -> None:
-    """Every non-blank line must be a JSON object (the data validator checks the fields later)."""
-    bad, count = [], 0
+MAX_LINE_BYTES = 8 * 1024 * 1024  # one example; a 128k-token conversation is well under 1 MB
+
+
+def _refuse_constant(name: str):
+    raise ValueError(f"{name} is not a JSON number")
+
+
+def _line_problem(raw: bytes, number: int) -> str | None:
+    """Why one line is not a JSON object, or None. Every error json.loads can raise on hostile input is
+    caught: a 5,000-digit integer (ValueError), ``[`` nested 100,000 deep (RecursionError), NaN."""
+    try:
+        value = json.loads(raw.decode("utf-8-sig" if number == 1 else "utf-8"), parse_constant=_refuse_constant)
+    except UnicodeDecodeError:
+        return "not valid UTF-8"
+    except json.JSONDecodeError as error:
+        return f"not valid JSON ({error.msg})"
+    except RecursionError:
+        return "nested too deeply"
+    except ValueError as error:  # an integer past Python's digit limit, NaN or Infinity
+        return f"not valid JSON ({str(error).split(';')[0]})"
+    return None if isinstance(value, dict) else f"a JSON {type(value).__name__}, not an object"
+
+
+def check_jsonl(path: Path, max_line_bytes: int = MAX_LINE_BYTES) -> None:
+    """Every non-blank line must be a JSON object (the data validator checks the fields later).
+
+    Lines are read with a cap, so memory stays bounded by ``max_line_bytes`` whatever the file holds.
+    """
+    bad, n_bad, count, number = [], 0, 0, 0  # the first five problems are kept, the rest counted
+
+    def note(problem: str) -> None:
+        nonlocal n_bad
+        n_bad += 1
+        if len(bad) < 5:
+            bad.append(f"line {number}: {problem}")
+
     with open(path, "rb") as fh:
-        for number, raw in enumerate(fh, 1):
+        while raw := fh.readline(max_line_bytes + 1):
+            number += 1
+            if len(raw) > max_line_bytes and not raw.endswith(b"\n"):
+                note(f"longer than {max_line_bytes} bytes")
+                while raw and not raw.endswith(b"\n"):  # skip the rest of it, a bounded piece at a time
+                    raw = fh.readline(2**16)
+                count += 1
+                continue
             if not raw.strip():
                 continue
             count += 1
-            try:
-                value = json.loads(raw.decode("utf-8-sig" if number == 1 else "utf-8"))
-                if not isinstance(value, dict):
-                    bad.append(f"line {number}: a JSON {type(value).__name__}, not an object")
-            except UnicodeDecodeError:
-                bad.append(f"line {number}: not valid UTF-8")
-            except json.JSONDecodeError as error:
-                bad.append(f"line {number}: not valid JSON ({error.msg})")
+            problem = _line_problem(raw, number)
+            if problem:
+                note(problem)
     if bad:
-        more = f" (and {len(bad) - 5} more)" if len(bad) > 5 else ""
+        more = f" (and {n_bad - 5} more)" if n_bad > 5 else ""
         raise APIError(
             400,
             "Invalid file format for fine-tune: the file must be JSONL, one JSON object per line; "
-            + "; ".join(bad[:5])
+            + "; ".join(bad)
             + more,
             param="file",
             code="invalid_file_format",
@@ -72,13 +110,18 @@ def check_jsonl(path: Path) -> None:
 def add_routes(app: FastAPI) -> None:
     store: Store = app.state.store
     settings: ServeSettings = app.state.settings
+    storage: Storage = app.state.storage
 
-    @app.post("/v1/files")
+    @app.post("/v1/files", openapi_extra=multipart_request(FileUpload))
     async def upload_file(request: Request, org: Org):
         file_id = new_id("file-")
         path = store.files_dir / f"{file_id}.jsonl"  # the client's file name is never part of a path
         partial = store.files_dir / f"{UPLOAD_PREFIX}{file_id}"  # removed at start if the server dies
-        upload = await receive_upload(request, partial, settings.max_upload_bytes)
+        with storage.reserve(org["id"]) as reservation:  # held until the file is registered
+            upload = await receive_upload(request, partial, settings.max_upload_bytes, reservation.grow)
+            return await _accept(org, upload, file_id, partial, path)
+
+    async def _accept(org: dict, upload, file_id: str, partial: Path, path: Path) -> dict:
         try:
             purpose = upload.fields.get("purpose")
             if not purpose:
@@ -89,11 +132,12 @@ def add_routes(app: FastAPI) -> None:
                 raise APIError(400, "missing required parameter 'file' (a file part)", param="file")
             await run_in_threadpool(check_jsonl, partial)  # reads the whole file: off the event loop
             partial.rename(path)
-        except BaseException:
+            name = (upload.filename or "upload.jsonl").replace("\\", "/").rsplit("/", 1)[-1][:255] or "upload.jsonl"
+            return file_object(store.add_file(file_id, org["id"], name, purpose, upload.size, str(path)))
+        except BaseException:  # a refusal, a full disk (the database refused the row): nothing stays
             partial.unlink(missing_ok=True)
+            path.unlink(missing_ok=True)
             raise
-        name = (upload.filename or "upload.jsonl").replace("\\", "/").rsplit("/", 1)[-1][:255] or "upload.jsonl"
-        return file_object(store.add_file(file_id, org["id"], name, purpose, upload.size, str(path)))
 
     @app.get("/v1/files")
     def list_files(

@@ -9,11 +9,31 @@ built-in model: a path would let a caller load any folder of the server's.
 
 from __future__ import annotations
 
+from typing import Any
+
 from fastapi import FastAPI, Request
+from pydantic import BaseModel
 from starlette.concurrency import run_in_threadpool
 
+from tunesmith.graders.schema import Grader
 from tunesmith.serve.errors import APIError
+from tunesmith.serve.openapi import json_request
 from tunesmith.serve.routes.params import Org, json_body
+
+
+class GraderValidateRequest(BaseModel):
+    """The body of ``/v1/fine_tuning/alpha/graders/validate`` (for the published schema; the handler
+    parses the grader itself so that a bad one is a 400 naming its field)."""
+
+    grader: Grader
+
+
+class GraderRunRequest(BaseModel):
+    """The body of ``/v1/fine_tuning/alpha/graders/run``."""
+
+    grader: Grader
+    model_sample: str
+    item: dict[str, Any] = {}
 
 
 def _graders(grader):
@@ -49,12 +69,12 @@ def add_routes(app: FastAPI) -> None:
                 )
         return grader
 
-    @app.post("/v1/fine_tuning/alpha/graders/validate")
+    @app.post("/v1/fine_tuning/alpha/graders/validate", openapi_extra=json_request(GraderValidateRequest))
     async def validate(request: Request, org: Org):
         grader = parsed(await json_body(request))
         return {"grader": grader.model_dump(mode="json", exclude_none=True)}
 
-    @app.post("/v1/fine_tuning/alpha/graders/run")
+    @app.post("/v1/fine_tuning/alpha/graders/run", openapi_extra=json_request(GraderRunRequest))
     async def run(request: Request, org: Org):
         body = await json_body(request)
         grader = parsed(body)

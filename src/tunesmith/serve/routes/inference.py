@@ -15,6 +15,7 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from tunesmith.serve.errors import APIError
 from tunesmith.serve.limits import OrgSlots
 from tunesmith.serve.names import is_encoder
+from tunesmith.serve.redact import public
 from tunesmith.serve.routes.params import Org
 from tunesmith.serve.schemas import ChatRequest, CompletionRequest, _Generation
 from tunesmith.serve.settings import ServeSettings
@@ -102,7 +103,7 @@ def add_routes(app: FastAPI) -> None:
                         put(piece)
                 except Exception as error:
                     log.exception("generation failed")
-                    put(error)
+                    put(RuntimeError(public(str(error), settings.home)))  # the stream's error event shows it
                 finally:
                     slots.release(org["id"])
                     put(None)

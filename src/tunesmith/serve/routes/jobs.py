@@ -13,6 +13,7 @@ from starlette.concurrency import run_in_threadpool
 from tunesmith.serve.errors import APIError, found, too_many
 from tunesmith.serve.jobs.request import METHODS, JobRequest
 from tunesmith.serve.names import is_encoder
+from tunesmith.serve.openapi import json_request
 from tunesmith.serve.routes.params import Limit, Org, json_body, page, parse
 from tunesmith.serve.settings import ServeSettings
 from tunesmith.serve.store import TERMINAL, Store, new_id, now
@@ -110,11 +111,12 @@ def add_routes(app: FastAPI) -> None:
 
     settings: ServeSettings = app.state.settings
 
-    @app.post("/v1/fine_tuning/jobs")
+    @app.post("/v1/fine_tuning/jobs", openapi_extra=json_request(JobRequest))
     async def create_job(request: Request, org: Org):
         # Read as JSON whatever its Content-Type, as it always was (a body parameter would need JSON's).
         spec = parse(JobRequest, await json_body(request))
         train, validation = _check_sources(spec, store, org)
+        app.state.storage.check_free()  # 507 below the floor: a trainer would fill the disk for everyone
         cap = settings.max_active_jobs_per_org
         if store.count_active_jobs(org["id"]) >= cap:
             raise too_many(f"your organisation already has {cap} unfinished fine-tuning jobs", retry_after=60)

@@ -5,17 +5,21 @@ from __future__ import annotations
 import re
 import shutil
 from pathlib import Path
+from typing import Literal
 
 from fastapi import FastAPI
 from fastapi.responses import FileResponse
 from starlette.concurrency import run_in_threadpool
 
-from tunesmith.serve.errors import APIError
+from tunesmith.serve.errors import APIError, in_use
 from tunesmith.serve.names import is_encoder
 from tunesmith.serve.routes.params import Org
 from tunesmith.serve.store import Store
 
 BASE_MODEL_CREATED = 1730419200  # 2024-11-01, when SmolLM2 was released
+
+
+OutType = Literal["f32", "f16", "bf16", "q8_0"]  # export/gguf.py's OUTTYPES, which test_serve_openapi compares
 
 
 def add_routes(app: FastAPI) -> None:
@@ -37,12 +41,11 @@ def add_routes(app: FastAPI) -> None:
 
     # Registered before the routes below: their {model_id:path} would take ".../content" too.
     @app.get("/v1/models/{model_id:path}/content")
-    async def model_content(model_id: str, org: Org, format: str = "gguf", outtype: str = "f16"):
+    async def model_content(model_id: str, org: Org, format: Literal["gguf"] = "gguf", outtype: OutType = "f16"):
         """The fine-tuned model as one GGUF file (llama.cpp, Ollama, LM Studio), written on first request."""
         # Imported here: the exporters bring torch and transformers, which the server needs only now.
         from tunesmith.errors import TunesmithError
         from tunesmith.export import export_run
-        from tunesmith.export.gguf import OUTTYPES
 
         if is_encoder(model_id):
             fine_tune(org, model_id)  # another organisation's model answers 404, as a missing one
@@ -52,10 +55,6 @@ def add_routes(app: FastAPI) -> None:
                 param="model",
                 code="model_not_exportable",
             )
-        if format != "gguf":
-            raise APIError(400, f"format {format!r} is not supported; use format=gguf", param="format")
-        if outtype not in OUTTYPES:
-            raise APIError(400, f"outtype {outtype!r}: choose one of {', '.join(OUTTYPES)}", param="outtype")
         run = Path(fine_tune(org, model_id)["adapter_path"]).parent
         path = run / "export" / f"model-{outtype}.gguf"
         if not path.is_file():
@@ -80,6 +79,13 @@ def add_routes(app: FastAPI) -> None:
 
     @app.delete("/v1/models/{model_id:path}")
     def delete_model(model_id: str, org: Org):
+        """Delete a fine-tuned model and its run's outputs.
+
+        A model that other fine-tunes were trained from (they use its ``merged/`` weights as their
+        base) or that an unfinished job trains from cannot be deleted: 409 naming them. Copying the
+        parent's weights into every child was the alternative; refusing keeps disk use what the
+        organisation sees, and the dependants can be deleted first.
+        """
         if model_id in BUILTIN_MODELS + ENCODER_MODELS:
             raise APIError(
                 400,
@@ -88,7 +94,14 @@ def add_routes(app: FastAPI) -> None:
                 code="model_not_deletable",
             )
         row = fine_tune(org, model_id)
-        store.delete_model(org["id"], model_id)
+        dependants = store.delete_model(org["id"], model_id)
+        if dependants:
+            raise in_use(
+                f"model {model_id} cannot be deleted: {', '.join(dependants)} "
+                f"{'is' if len(dependants) == 1 else 'are'} trained from it; delete or cancel "
+                f"{'it' if len(dependants) == 1 else 'them'} first",
+                "model",
+            )
         app.state.engine.forget(row["job_id"])
         # The adapter, merged weights, checkpoints and exports: all of the run's outputs.
         shutil.rmtree(Path(row["adapter_path"]).parent, ignore_errors=True)
