@@ -8,10 +8,12 @@ own eager forward and backward, one example at a time: no padding, no packing.
 
 import copy
 import json
+import shutil
 
 import pytest
 import torch
 from peft import LoraConfig, get_peft_model
+from safetensors.torch import load_file
 from transformers import (
     AutoModelForCausalLM,
     Gemma2Config,
@@ -105,8 +107,18 @@ def _grads(model) -> dict[str, torch.Tensor]:
     return grads
 
 
-def _reference(model, examples) -> tuple[float, dict[str, torch.Tensor]]:
-    """transformers' eager model(...).loss, one example at a time, weighted to a mean over label tokens."""
+_REFERENCES: dict[tuple[str, str], tuple[float, dict[str, torch.Tensor]]] = {}
+
+
+def _reference(family: str, method: str, examples) -> tuple[float, dict[str, torch.Tensor]]:
+    """transformers' eager model(...).loss, one example at a time, weighted to a mean over label
+    tokens; computed once per family and method."""
+    if (family, method) not in _REFERENCES:
+        _REFERENCES[family, method] = _eager_loss(_model(family, method), examples)
+    return _REFERENCES[family, method]
+
+
+def _eager_loss(model, examples) -> tuple[float, dict[str, torch.Tensor]]:
     model.set_attn_implementation("eager")
     counts = [sum(label != IGNORE_INDEX for label in e.labels[1:]) for e in examples]
     total = 0.0
@@ -139,7 +151,7 @@ def _close(actual: float | torch.Tensor, expected: float | torch.Tensor, what: s
 )
 def test_loss_and_gradients_match_transformers(family, method, fast, packing):
     examples = _examples()
-    expected_loss, expected = _reference(_model(family, method), examples)
+    expected_loss, expected = _reference(family, method, examples)
     model = _model(family, method)
     if method == "lora" and fast:  # as the recipe sets them up (train/recipe.py)
         LeanStorage(model, torch.float32)
@@ -285,3 +297,29 @@ def test_three_steps_take_the_same_losses_with_fast_paths_on_and_off(
         json.loads((tmp_path / "fast-False" / "summary.json").read_text())["fast_paths_used"]["label_only_loss"]
         == "off: train.fast_paths is false"
     )
+
+
+def test_a_resumed_run_ends_where_the_straight_one_does(family_folder, few_e2e, tiny_config, tmp_path):
+    """Gemma 2 with LoRA (every kernel, its own attention and loss): 4 steps straight, and the same
+    run resumed from its step-2 checkpoint with everything written after it removed."""
+    cfg = tiny_config(
+        tmp_path / "straight",
+        model=family_folder("gemma2"),
+        data={"train": str(few_e2e / "train.jsonl"), "validation": str(few_e2e / "validation.jsonl")},
+        method={"dropout": 0.0},
+        train={"max_steps": 4, "batch_size": 2, "eval_every": 4, "log_every": 1, "save_every": 2},
+        eval={"samples": 0, "max_new_tokens": 1},
+    )
+    train(cfg)
+    resumed = tmp_path / "resumed"
+    shutil.copytree(tmp_path / "straight", resumed)
+    for written_later in ("adapter", "merged", "checkpoints/best", "summary.json"):
+        path = resumed / written_later
+        shutil.rmtree(path) if path.is_dir() else path.unlink()
+    assert [p.name for p in (resumed / "checkpoints").iterdir()] == ["step-000002"]
+    train(cfg.model_copy(update={"out_dir": str(resumed)}), resume=True)
+    straight = load_file(tmp_path / "straight/adapter/adapter_model.safetensors")
+    again = load_file(resumed / "adapter/adapter_model.safetensors")
+    assert straight.keys() == again.keys()
+    assert all(torch.equal(straight[k], again[k]) for k in straight)
+    assert _losses(tmp_path / "straight") == _losses(resumed)
