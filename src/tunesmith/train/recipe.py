@@ -32,6 +32,7 @@ from tunesmith.train import distributed
 from tunesmith.train.checkpoint import TrainerState, read_trainer_state
 from tunesmith.train.distributed import Dist, LossModule, split_by_tokens, split_evenly
 from tunesmith.train.dpo import DPOObjective
+from tunesmith.train.fast_paths import describe, fast_paths_used
 from tunesmith.train.flops import mean_attended_keys, measured_peak_flops, mfu
 from tunesmith.train.objective import Objective, SFTObjective, evaluate
 from tunesmith.train.run import RunSummary, TrainingRun, check_out_dir
@@ -143,6 +144,7 @@ class Trainee:
     arena: ActivationArena | None
     trim_heap: bool
     compiled: bool
+    fast_paths_used: dict[str, str]  # train/fast_paths.py: said once in the log and in summary.json
 
 
 def prepare_trainee(cfg: Config, loaded, objective, data: PreparedData, strategy: str, dist: Dist) -> Trainee:
@@ -175,7 +177,8 @@ def prepare_trainee(cfg: Config, loaded, objective, data: PreparedData, strategy
     module.train()
     # After wrapping: FSDP2 replaces the parameters by their shards.
     params = [p for p in module.parameters() if p.requires_grad]
-    return Trainee(model, module, params, lean, arena, heap_fixed and arena is None, compiled)
+    used = fast_paths_used(cfg, model, lean, arena is not None, device, strategy, dist.world_size)
+    return Trainee(model, module, params, lean, arena, heap_fixed and arena is None, compiled, used)
 
 
 def train(cfg: Config, resume: bool = False, overwrite: bool = False) -> RunSummary:
@@ -225,6 +228,7 @@ def train(cfg: Config, resume: bool = False, overwrite: bool = False) -> RunSumm
             f"{len(data.train)} examples, {steps_per_epoch} steps/epoch"
             + (f", {dist.world_size} processes ({strategy})" if dist.world_size > 1 else "")
         )
+        progress.say(describe(trainee.fast_paths_used))
         if cfg.train.compile and not trainee.compiled:
             progress.say("train.compile is off: torch.compile is not tested here under DDP/FSDP2")
         _loop(run, trainee, objective, data, progress)
@@ -244,7 +248,7 @@ def train(cfg: Config, resume: bool = False, overwrite: bool = False) -> RunSumm
         if cfg.method.lora:
             save_adapter(exported, out_dir, tokenizer)
         save_merged(exported, tokenizer, out_dir)
-    return run.finish()
+    return run.finish(trainee.fast_paths_used)
 
 
 class Window:
