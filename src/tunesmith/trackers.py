@@ -12,6 +12,7 @@ import importlib.util
 import os
 import shutil
 import time
+import uuid
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -141,7 +142,7 @@ class WandbTracker:
         settings = config.get("train", {}).get("wandb") or {}
         id_file = run / WANDB_RUN_ID_FILE
         resumed = resume_step is not None and id_file.is_file()
-        run_id = id_file.read_text().strip() if resumed else wandb.util.generate_id()
+        run_id = id_file.read_text().strip() if resumed else uuid.uuid4().hex[:8]
         (run / WANDB_DIR).mkdir(parents=True, exist_ok=True)
         self.run = wandb.init(
             project=settings.get("project", "tunesmith"),
