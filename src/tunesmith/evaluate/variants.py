@@ -140,8 +140,11 @@ def empty_result(config: Config, task: str, run_dir: Path | None, items: int, re
 
 
 def write_result(result: dict, out_dir: str) -> dict:
-    """eval.json, report.html and report.md, without the per-item outputs and statistics."""
+    """eval.json, report.html and report.md, with the verdict and without the per-item outputs and statistics."""
     from tunesmith.evaluate.report import write_reports
+    from tunesmith.evaluate.verdict import verdict
+
+    result["verdict"] = verdict(result)
 
     for variant in result["variants"].values():
         del variant["outputs"], variant["stats"]
