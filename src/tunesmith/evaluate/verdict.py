@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import math
 
-from tunesmith.evaluate.variants import LOWER_IS_BETTER
+from tunesmith.evaluate.metrics import LOWER_IS_BETTER
 
 TITLES = {"zero_shot": "zero-shot prompting", "few_shot": "few-shot prompting", "bm25": "BM25"}
 
