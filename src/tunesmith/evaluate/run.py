@@ -223,7 +223,7 @@ def base_variants(config: Config, items: list[TestItem], result: dict) -> None:
     gc.collect()
 
 
-def _check_same_base(base_name: str, tuned_folder: str) -> None:
+def check_same_base(base_name: str, tuned_folder: str) -> None:
     """Refuse a fine-tuned model of another architecture or vocabulary before any evaluation runs."""
     from transformers import AutoConfig
 
@@ -240,6 +240,22 @@ def _check_same_base(base_name: str, tuned_folder: str) -> None:
             f"fine-tuned model {tuned_folder} has a different tokenizer from base model {base_name!r}; "
             "set `model` to the base it was trained from"
         )
+
+
+def score_model(config: Config, folder: str, items: list[TestItem]) -> tuple[dict, dict | None]:
+    """One model folder answering the items zero-shot (a variant), and its general-text perplexity if configured."""
+    settings = config.eval
+    loaded = load_model(folder)
+    model, tokenizer = prepare_model(loaded), loaded.tokenizer
+    prompts = [_prompt_ids(tokenizer, item, config.data.system) for item in items]
+    with autocast(config.train.dtype, default_device()):
+        variant = evaluate_variant(model, tokenizer, prompts, items, settings, SCORERS[settings.task])
+        forgetting = (
+            _general_text_perplexity(model, tokenizer, settings.general_text, config.data.max_seq_len, settings)
+            if settings.general_text
+            else None
+        )
+    return variant, forgetting
 
 
 def _side_by_side(items: list[TestItem], variants: dict) -> list[dict]:
@@ -261,7 +277,7 @@ def run_evaluation(config: Config, finetuned: str | None, out_dir: str) -> dict:
     items = [] if pairs or tools else load_test_items(config)
     run_dir = run_folder(finetuned, config)
     if run_dir is not None:
-        _check_same_base(config.model, model_folder(run_dir))
+        check_same_base(config.model, model_folder(run_dir))
     if tools:
         from tunesmith.evaluate.tool_eval import evaluate_tool_calls
 
@@ -279,17 +295,9 @@ def run_evaluation(config: Config, finetuned: str | None, out_dir: str) -> dict:
     if run_dir is None:
         result["notes"].append(f"no fine-tuned model in {config.out_dir}: base variants only")
     else:
-        loaded = load_model(model_folder(run_dir))
-        model, tokenizer = prepare_model(loaded), loaded.tokenizer
-        prompts = [_prompt_ids(tokenizer, item, config.data.system) for item in items]
-        with autocast(config.train.dtype, default_device()):
-            result["variants"]["finetuned"] = evaluate_variant(
-                model, tokenizer, prompts, items, settings, SCORERS[settings.task]
-            )
-            if settings.general_text:
-                result["forgetting"]["finetuned"] = _general_text_perplexity(
-                    model, tokenizer, settings.general_text, config.data.max_seq_len, settings
-                )
+        result["variants"]["finetuned"], forgetting = score_model(config, model_folder(run_dir), items)
+        if forgetting:
+            result["forgetting"]["finetuned"] = forgetting
         result["training"] = read_training_summary(run_dir)
         result["loss_curve"] = read_loss_curve(run_dir)
 
