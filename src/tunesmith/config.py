@@ -23,6 +23,16 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
 
+class ReplayConfig(_Strict):
+    path: str = Field(description="General text (the `text` format: .txt, or JSONL with a `text` field) to replay.")
+    fraction: float = Field(
+        gt=0.0,
+        lt=1.0,
+        description="Share of the mixed training examples that are replayed general-text blocks (seeded, "
+        "every token a label); against forgetting.",
+    )
+
+
 class DataConfig(_Strict):
     train: str = Field(
         description="Training data: a JSONL, JSON, CSV, .txt or Parquet file, a glob or folder of such shards, "
@@ -77,6 +87,11 @@ class DataConfig(_Strict):
         description="Put a micro-batch's examples back to back in one row (positions restart, each example "
         "attends only to itself) instead of padding them: no compute on padding. E2E LoRA, 2 CPU cores: "
         "770 tokens/s against 571 for padded length-grouped batches, and lower validation loss.",
+    )
+    replay: ReplayConfig | None = Field(
+        None,
+        description="General text mixed into the training batches against forgetting: {path, fraction} "
+        "(docs/training.md).",
     )
 
 
