@@ -8,10 +8,11 @@ set it, and suggest the nearest valid one (tunesmith.config_names).
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic_core import PydanticCustomError
 
 from tunesmith.config_names import did_you_mean
 from tunesmith.errors import TunesmithError
@@ -195,7 +196,28 @@ class TrainConfig(_Strict):
     max_steps: int | None = Field(None, ge=1, description="Stop after this many optimizer steps.")
     batch_size: int = Field(8, ge=1, description="Examples per micro-batch.")
     grad_accum: int = Field(1, ge=1, description="Micro-batches per optimizer step.")
-    lr: float = Field(2e-4, gt=0, le=1.0, description="Peak learning rate.")
+    lr: Annotated[float, Field(gt=0, le=1.0)] | Literal["auto"] = Field(
+        2e-4,
+        description="Peak learning rate, or `auto`: a short learning-rate range test on the training data picks it "
+        "(decoder runs; docs/training.md).",
+    )
+
+    @field_validator("lr", mode="before")
+    @classmethod
+    def _number_or_auto(cls, value):
+        # One message naming the bound, not one per member of the union.
+        if value == "auto":
+            return value
+        try:
+            number = float(value)
+        except (TypeError, ValueError):
+            raise PydanticCustomError("lr", "Input should be a number or 'auto'") from None
+        if number <= 0:
+            raise PydanticCustomError("lr", "Input should be greater than 0")
+        if number > 1:
+            raise PydanticCustomError("lr", "Input should be less than or equal to 1")
+        return number
+
     optimizer: Literal["adamw", "sgd"] = Field(
         "adamw", description="AdamW (fused where the device allows), or SGD with momentum 0.9."
     )
