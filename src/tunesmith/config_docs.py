@@ -68,10 +68,7 @@ def _type(annotation, key: str) -> str:
 
 def _bounds(metadata) -> str:
     limits = [
-        f"{sign} {getattr(rule, bound)}"
-        for rule in metadata
-        for bound, sign in _BOUNDS.items()
-        if hasattr(rule, bound)
+        f"{sign} {getattr(rule, bound)}" for rule in metadata for bound, sign in _BOUNDS.items() if hasattr(rule, bound)
     ]
     return f", {' and '.join(limits)}" if limits else ""
 
