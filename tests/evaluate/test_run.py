@@ -128,6 +128,7 @@ def test_classification_run_end_to_end(tmp_path, run_folder):
     summary = format_summary(result)
     assert summary.splitlines()[0].split()[:4] == ["variant", "accuracy", "macro_f1", "parse_rate"]
     assert "1234 tokens, 20 steps" in summary
+    assert summary.splitlines()[-1] == result["verdict"]["sentences"][-1]  # the verdict closes the summary
 
 
 def test_preferred_label_wins_constrained_scoring(tmp_path, tiny, prefer_tokens):

@@ -344,4 +344,5 @@ def format_summary(result: dict) -> str:
         t = result["training"]
         extra.append(f"fine-tune: {t['trained_tokens']} tokens, {t['steps']} steps, {_number(t['wall_seconds'])} s")
     extra += result.get("notes", [])
+    extra += (result.get("verdict") or {}).get("sentences", [])
     return "\n".join(lines + extra)
