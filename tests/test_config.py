@@ -154,7 +154,7 @@ def test_the_reference_has_every_key_with_its_description():
         ("data.train", "string", "**required**"),
         ("data.max_seq_len", "integer, ≥ 8", "`512`"),
         ("train.nan_policy", "one of `stop`, `continue`", "`stop`"),
-        ("train.lr", "number, > 0 and ≤ 1.0", "`0.0002`"),
+        ("train.lr", "number, > 0 and ≤ 1.0 or `auto`", "`0.0002`"),
         ("train.max_grad_norm", "number or null, > 0", "`1.0`"),
         ("train.early_stopping", "section [`train.early_stopping`](#trainearly_stopping) or null", "`null`"),
         ("train.early_stopping.patience", "integer, ≥ 1", "`3`"),

@@ -214,6 +214,23 @@ def _export(args) -> int:
     return 0
 
 
+def _interpolate(args) -> int:
+    from tunesmith.config import load_config
+    from tunesmith.tune.interpolate import interpolate, interpolation_curve, parse_alphas
+
+    if (args.alpha is None) == (args.alphas is None):
+        raise TunesmithError("give --alpha A (one model) or --alphas A,B,... with --eval CONFIG (the curve)")
+    if args.alpha is not None:
+        print(interpolate(args.run_dir, args.alpha, args.out))
+        return 0
+    alphas = parse_alphas(args.alphas)
+    if not args.eval:
+        raise TunesmithError("--alphas needs --eval CONFIG: the config whose test data scores each alpha")
+    curve = interpolation_curve(args.run_dir, alphas, load_config(args.eval), args.out)
+    print(Path(curve["folder"]) / "curve.md")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     from importlib.metadata import version
 
@@ -295,6 +312,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--outtype", default="f16", help="f32, f16 (default), bf16 or q8_0; gguf-lora: f32, f16, bf16")
     p.add_argument("--out", help="file (gguf, gguf-lora) or folder (ollama); default: inside RUN_DIR")
     p.set_defaults(func=_export)
+
+    p = sub.add_parser("interpolate", help="WiSE-FT: a model between the base and a run's fine-tune, or the curve")
+    p.add_argument("run_dir", help="run folder of a finished `tunesmith train`")
+    p.add_argument("--alpha", type=float, help="0 = the base, 1 = the fine-tune: writes one model folder")
+    p.add_argument("--alphas", help="comma-separated alphas, e.g. 0,0.25,0.5,0.75,1: the curve (needs --eval)")
+    p.add_argument("--eval", help="YAML config whose test data and eval settings score each alpha")
+    p.add_argument("--out", help="model folder (--alpha) or curve folder (--alphas); default RUN_DIR/interpolated")
+    p.set_defaults(func=_interpolate)
 
     from tunesmith.graders.cli import add_grader_commands
     from tunesmith.serve.cli import add_serve_commands

@@ -8,10 +8,11 @@ set it, and suggest the nearest valid one (tunesmith.config_names).
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic_core import PydanticCustomError
 
 from tunesmith.config_names import did_you_mean
 from tunesmith.errors import TunesmithError
@@ -21,6 +22,16 @@ PREFERENCE_FORMATS = ("openai_dpo", "chosen_rejected")
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class ReplayConfig(_Strict):
+    path: str = Field(description="General text (the `text` format: .txt, or JSONL with a `text` field) to replay.")
+    fraction: float = Field(
+        gt=0.0,
+        lt=1.0,
+        description="Share of the mixed training examples that are replayed general-text blocks (seeded, "
+        "every token a label); against forgetting.",
+    )
 
 
 class DataConfig(_Strict):
@@ -88,6 +99,11 @@ class DataConfig(_Strict):
         description="Put a micro-batch's examples back to back in one row (positions restart, each example "
         "attends only to itself) instead of padding them: no compute on padding. E2E LoRA, 2 CPU cores: "
         "770 tokens/s against 571 for padded length-grouped batches, and lower validation loss.",
+    )
+    replay: ReplayConfig | None = Field(
+        None,
+        description="General text mixed into the training batches against forgetting: {path, fraction} "
+        "(docs/training.md).",
     )
 
 
@@ -200,7 +216,28 @@ class TrainConfig(_Strict):
     max_steps: int | None = Field(None, ge=1, description="Stop after this many optimizer steps.")
     batch_size: int = Field(8, ge=1, description="Examples per micro-batch.")
     grad_accum: int = Field(1, ge=1, description="Micro-batches per optimizer step.")
-    lr: float = Field(2e-4, gt=0, le=1.0, description="Peak learning rate.")
+    lr: Annotated[float, Field(gt=0, le=1.0)] | Literal["auto"] = Field(
+        2e-4,
+        description="Peak learning rate, or `auto`: a short learning-rate range test on the training data picks it "
+        "(decoder runs; docs/training.md).",
+    )
+
+    @field_validator("lr", mode="before")
+    @classmethod
+    def _number_or_auto(cls, value):
+        # One message naming the bound, not one per member of the union.
+        if value == "auto":
+            return value
+        try:
+            number = float(value)
+        except (TypeError, ValueError):
+            raise PydanticCustomError("lr", "Input should be a number or 'auto'") from None
+        if number <= 0:
+            raise PydanticCustomError("lr", "Input should be greater than 0")
+        if number > 1:
+            raise PydanticCustomError("lr", "Input should be less than or equal to 1")
+        return number
+
     optimizer: Literal["adamw", "sgd"] = Field(
         "adamw", description="AdamW (fused where the device allows), or SGD with momentum 0.9."
     )

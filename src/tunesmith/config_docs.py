@@ -51,6 +51,8 @@ def _section(annotation) -> type[BaseModel] | None:
 def _type(annotation, key: str) -> str:
     """A field's type in words: `one of `a`, `b``, `list of string`, `integer or null`..."""
     origin, args = typing.get_origin(annotation), typing.get_args(annotation)
+    if origin is typing.Annotated:  # a constrained member of a union, e.g. a bounded number or `auto`
+        return _type(args[0], key) + _bounds([rule for info in args[1:] for rule in info.metadata])
     if origin is typing.Literal:
         return ("one of " if len(args) > 1 else "") + ", ".join(f"`{value}`" for value in args)
     if origin in (typing.Union, types.UnionType):
@@ -64,12 +66,9 @@ def _type(annotation, key: str) -> str:
     return _SIMPLE[annotation]
 
 
-def _bounds(field) -> str:
+def _bounds(metadata) -> str:
     limits = [
-        f"{sign} {getattr(rule, bound)}"
-        for rule in field.metadata
-        for bound, sign in _BOUNDS.items()
-        if hasattr(rule, bound)
+        f"{sign} {getattr(rule, bound)}" for rule in metadata for bound, sign in _BOUNDS.items() if hasattr(rule, bound)
     ]
     return f", {' and '.join(limits)}" if limits else ""
 
@@ -88,7 +87,7 @@ def _rows(model: type[BaseModel], prefix: str) -> list[str]:
     rows = ["| key | type | default | description |", "|---|---|---|---|"]
     for name, field in model.model_fields.items():
         key = prefix + name
-        cells = (f"`{key}`", _type(field.annotation, key) + _bounds(field), _default(field), field.description)
+        cells = (f"`{key}`", _type(field.annotation, key) + _bounds(field.metadata), _default(field), field.description)
         rows.append("| " + " | ".join(cell.replace("|", "\\|") for cell in cells) + " |")
     return rows
 

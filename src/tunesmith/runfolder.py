@@ -12,7 +12,7 @@ trainer all name, write and read a run folder through this module:
   ``checkpoints/best``: the weights of the best validation loss so far.
 - ``samples.json`` (decoder runs): held-out prompts answered before and after training.
 - ``adapter/`` (LoRA runs), ``merged/`` (the model to load), ``classification_head.safetensors``
-  (encoder classification runs), ``loss.png``.
+  (encoder classification runs), ``loss.png``; ``lr_finder.json`` and ``lr_finder.png`` (train.lr: auto).
 - ``summary.json``: the run's summary, written last.
 
 Numbers in its JSON files are finite: NaN and infinities are written as null (JSON has no
@@ -50,10 +50,11 @@ ADAPTER = "adapter"
 MERGED = "merged"
 HEAD_FILE = "classification_head.safetensors"
 LOSS_PLOT = "loss.png"
+LR_FINDER, LR_FINDER_PLOT = "lr_finder.json", "lr_finder.png"  # train.lr: auto's range test
 # Entries that say a folder holds a run (so it is not overwritten without --overwrite); a new run
 # clears every entry the trainer writes.
 RUN_MARKERS = (CONFIG, METRICS, CHECKPOINTS, ADAPTER, MERGED)
-RUN_ENTRIES = (*RUN_MARKERS, SAMPLES, HEAD_FILE, LOSS_PLOT, SUMMARY)
+RUN_ENTRIES = (*RUN_MARKERS, SAMPLES, HEAD_FILE, LOSS_PLOT, LR_FINDER, LR_FINDER_PLOT, SUMMARY)
 
 # Metric names, the same for decoder and encoder runs: f"{split}_{name}" for split in TRAIN, VAL.
 # Accuracy is the share of predictions that are right: label tokens (decoder, mlm), texts

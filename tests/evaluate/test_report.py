@@ -72,7 +72,7 @@ def test_report_sections_tables_and_plot(tmp_path, loss_curve, has_plot):
     write_reports(_result(10, loss_curve), tmp_path)
     page = _Cells()
     page.feed((tmp_path / "report.html").read_text())
-    assert list(page.cells) == ["quality", "loss", "gain", "cost", "forgetting", "samples"]
+    assert list(page.cells) == ["verdict", "quality", "loss", "gain", "cost", "forgetting", "samples"]
     assert page.cells["gain"] == ["accuracy", "base, few-shot", "12.50 [4.00, 21.00]", "yes"]
     assert page.cells["quality"] == [
         *("base, zero-shot", "71.2 [60.0, 80.5]", "- [-, -]"),

@@ -103,10 +103,21 @@ def test_classification_run_end_to_end(tmp_path, run_folder):
     page = _Sections()
     page.feed((out / "report.html").read_text())
     # One header row + one row per variant / per side-by-side item.
-    assert page.rows == {"quality": 4, "loss": 0, "gain": 4, "cost": 4, "forgetting": 3, "samples": 1 + len(TEST)}
+    assert page.rows == {
+        "verdict": 0,
+        "quality": 4,
+        "loss": 0,
+        "gain": 4,
+        "cost": 4,
+        "forgetting": 3,
+        "samples": 1 + len(TEST),
+    }
     assert len(page.images) == 1 and page.images[0].startswith("data:image/png;base64,iVBOR")
     markdown = (out / "report.md").read_text()
+    # The verdict from these numbers: the same weights forget nothing and save no time per request.
+    assert result["verdict"]["metric"] == "accuracy" and result["verdict"]["forgetting"]["relative_rise"] == 0
     for heading in (
+        "## Verdict",
         "## Quality",
         "## Loss curves",
         "## Cost",
@@ -117,6 +128,7 @@ def test_classification_run_end_to_end(tmp_path, run_folder):
     summary = format_summary(result)
     assert summary.splitlines()[0].split()[:4] == ["variant", "accuracy", "macro_f1", "parse_rate"]
     assert "1234 tokens, 20 steps" in summary
+    assert summary.splitlines()[-1] == result["verdict"]["sentences"][-1]  # the verdict closes the summary
 
 
 def test_preferred_label_wins_constrained_scoring(tmp_path, tiny, prefer_tokens):

@@ -24,6 +24,7 @@ from tunesmith.data.build import BuildOptions, build_store, examples_at
 from tunesmith.data.formats import Example, LineError, LoadedData, with_system
 from tunesmith.data.issues import LISTED, IssueLog
 from tunesmith.data.preference import holds_pairs, read_pairs, validate_pairs
+from tunesmith.data.replay import mix
 from tunesmith.data.sources import Source, content_hash, open_source
 from tunesmith.data.store import STORE_VERSION, TokenStore, build_lock, open_store, store_root
 from tunesmith.data.validate import TokenStats, ValidationReport
@@ -225,14 +226,20 @@ def _prepare_examples(cfg: DataConfig, tokenizer, seed: int, batch_size: int, gr
         train = view(store, train_index, cfg.max_seq_len)
         val_source, val_options, val_store = source, options, store
         validation = view(store, held, cfg.max_seq_len) if held is not None else None
-    steps = -(-len(train) // (batch_size * grad_accum))
-    train_report = _report(source, store, options, train, True, steps)
+    train_report = _report(source, store, options, train, True)
     val_report = None
     shown: list[Example] = []
     if validation is not None:
         val_report = _report(val_source, val_store, val_options, validation, val_store is not store, train=train)
         wanted = list(zip(validation.hash_files, validation.hash_lines, strict=True))[:SAMPLE_CANDIDATES]
         shown = examples_at(val_source, val_options, wanted) if val_store.meta["format"] != "text" else []
+    if cfg.replay:  # after the checks: they are about the user's data, not the general text
+        text = cfg.model_copy(update={"format": "text", "columns": None, "system": None, "replay": None})
+        _, _, replay_store = load_store(cfg.replay.path, text, tokenizer)
+        blocks = view(replay_store, np.arange(replay_store.n_examples), cfg.max_seq_len)
+        train, note = mix(train, blocks, cfg.replay, seed)
+        train_report.notes.append(note)
+    train_report.steps_per_epoch = -(-len(train) // (batch_size * grad_accum))
     return PreparedData(train, validation, shown, train_report, val_report)
 
 
@@ -243,6 +250,8 @@ def _read_pairs(path: str, cfg: DataConfig) -> LoadedData:
 
 
 def _prepare_pairs(cfg: DataConfig, tokenizer, seed: int, batch_size: int, grad_accum: int) -> PreparedData:
+    if cfg.replay:
+        raise TunesmithError("data.replay mixes general text into chat examples; preference pairs (DPO) cannot take it")
     train = _read_pairs(cfg.train, cfg)
     validation = None
     if cfg.validation:

@@ -87,6 +87,10 @@ def train_encoder(cfg: Config, resume: bool = False, overwrite: bool = False) ->
     out_dir = Path(cfg.out_dir)
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # started by torchrun: refuse on every process
         raise TunesmithError(ONE_PROCESS_ONLY)
+    if cfg.train.lr == "auto":
+        raise TunesmithError(
+            "train.lr: auto (the LR range test) is for decoder runs: set a number for encoder objectives"
+        )
     check_out_dir(out_dir, resume, overwrite)
 
     # ---- setup: everything that can fail on bad input happens before out_dir is touched ----

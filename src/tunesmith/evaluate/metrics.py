@@ -21,6 +21,7 @@ import numpy as np
 
 BOOTSTRAP_RESAMPLES = 1000
 CONFIDENCE = 0.95
+LOWER_IS_BETTER = {"perplexity"}  # metrics whose gain is a fall
 
 
 @dataclass(frozen=True)

@@ -140,6 +140,11 @@ def _forgetting(result: dict) -> Section:
     return Section("forgetting", "Forgetting monitor", ["model", "general-text perplexity"], rows, notes)
 
 
+def _verdict(result: dict) -> Section:
+    said = (result.get("verdict") or {}).get("sentences") or ["No verdict: the result has none."]
+    return Section("verdict", "Verdict", [], [], said)
+
+
 def _samples(result: dict) -> Section:
     samples = result.get("samples", [])
     shown = [v for v in VARIANT_TITLES if samples and v in samples[0]]
@@ -205,7 +210,15 @@ STYLE = (
 
 def write_reports(result: dict, folder: Path) -> None:
     hybrid = [_hybrid_gain(result)] if result.get("hybrid_gain") else []
-    sections = [_quality(result), _gain(result), *hybrid, _cost(result), _forgetting(result), _samples(result)]
+    sections = [
+        _verdict(result),
+        _quality(result),
+        _gain(result),
+        *hybrid,
+        _cost(result),
+        _forgetting(result),
+        _samples(result),
+    ]
     title = f"tunesmith eval: {result['model']} on {result['test_file']} ({result['task']})"
     plot = _loss_plot(result.get("loss_curve"))
     missing = "not available: the run folder has no metrics.jsonl."
@@ -218,7 +231,7 @@ def write_reports(result: dict, folder: Path) -> None:
         img, md_plot = f"<p>{missing}</p>", missing
     loss_html = f'<section id="loss"><h2>Loss curves</h2>{img}</section>'
     notes = "".join(f"<li>{html.escape(n)}</li>" for n in result.get("notes", []))
-    parts = [_html_table(sections[0]), loss_html, *(_html_table(s) for s in sections[1:])]
+    parts = [*(_html_table(s) for s in sections[:2]), loss_html, *(_html_table(s) for s in sections[2:])]
     page = (
         f'<!DOCTYPE html><html><head><meta charset="utf-8"><title>{html.escape(title)}</title>'
         f"<style>{STYLE}</style></head><body><h1>{html.escape(title)}</h1>"
@@ -228,6 +241,6 @@ def write_reports(result: dict, folder: Path) -> None:
     )
     write_text_atomic(folder / "report.html", page)
     markdown = [f"# {title}", "", *(f"- {n}" for n in result.get("notes", [])), ""]
-    markdown += [_md_table(sections[0]), "## Loss curves", "", md_plot, ""]
-    markdown += [_md_table(s) for s in sections[1:]]
+    markdown += [*(_md_table(s) for s in sections[:2]), "## Loss curves", "", md_plot, ""]
+    markdown += [_md_table(s) for s in sections[2:]]
     write_text_atomic(folder / "report.md", "\n".join(markdown))

@@ -224,7 +224,7 @@ def base_variants(config: Config, items: list[TestItem], result: dict) -> None:
     gc.collect()
 
 
-def _check_same_base(config: Config, tuned_folder: str) -> None:
+def check_same_base(config: Config, tuned_folder: str) -> None:
     """Refuse a fine-tuned model of another architecture or vocabulary before any evaluation runs
     (the base's vocabulary with the tokens the config adds)."""
     from transformers import AutoConfig
@@ -246,6 +246,22 @@ def _check_same_base(config: Config, tuned_folder: str) -> None:
         )
 
 
+def score_model(config: Config, folder: str, items: list[TestItem]) -> tuple[dict, dict | None]:
+    """One model folder answering the items zero-shot (a variant), and its general-text perplexity if configured."""
+    settings = config.eval
+    loaded = load_model(folder)
+    model, tokenizer = prepare_model(loaded), loaded.tokenizer
+    prompts = [_prompt_ids(tokenizer, item, config.data.system) for item in items]
+    with autocast(config.train.dtype, default_device()):
+        variant = evaluate_variant(model, tokenizer, prompts, items, settings, SCORERS[settings.task])
+        forgetting = (
+            _general_text_perplexity(model, tokenizer, settings.general_text, config.data.max_seq_len, settings)
+            if settings.general_text
+            else None
+        )
+    return variant, forgetting
+
+
 def _side_by_side(items: list[TestItem], variants: dict) -> list[dict]:
     rows = []
     for i, item in enumerate(items[:SIDE_BY_SIDE]):
@@ -265,7 +281,7 @@ def run_evaluation(config: Config, finetuned: str | None, out_dir: str) -> dict:
     items = [] if pairs or tools else load_test_items(config)
     run_dir = run_folder(finetuned, config)
     if run_dir is not None:
-        _check_same_base(config, model_folder(run_dir))
+        check_same_base(config, model_folder(run_dir))
     if tools:
         from tunesmith.evaluate.tool_eval import evaluate_tool_calls
 
@@ -283,17 +299,9 @@ def run_evaluation(config: Config, finetuned: str | None, out_dir: str) -> dict:
     if run_dir is None:
         result["notes"].append(f"no fine-tuned model in {config.out_dir}: base variants only")
     else:
-        loaded = load_model(model_folder(run_dir))
-        model, tokenizer = prepare_model(loaded), loaded.tokenizer
-        prompts = [_prompt_ids(tokenizer, item, config.data.system) for item in items]
-        with autocast(config.train.dtype, default_device()):
-            result["variants"]["finetuned"] = evaluate_variant(
-                model, tokenizer, prompts, items, settings, SCORERS[settings.task]
-            )
-            if settings.general_text:
-                result["forgetting"]["finetuned"] = _general_text_perplexity(
-                    model, tokenizer, settings.general_text, config.data.max_seq_len, settings
-                )
+        result["variants"]["finetuned"], forgetting = score_model(config, model_folder(run_dir), items)
+        if forgetting:
+            result["forgetting"]["finetuned"] = forgetting
         result["training"] = read_training_summary(run_dir)
         result["loss_curve"] = read_loss_curve(run_dir)
 
@@ -340,4 +348,5 @@ def format_summary(result: dict) -> str:
         t = result["training"]
         extra.append(f"fine-tune: {t['trained_tokens']} tokens, {t['steps']} steps, {_number(t['wall_seconds'])} s")
     extra += result.get("notes", [])
+    extra += (result.get("verdict") or {}).get("sentences", [])
     return "\n".join(lines + extra)

@@ -60,9 +60,6 @@ def evaluate_variant(model, tokenizer, prompts, items, settings: EvalConfig, sco
     }
 
 
-LOWER_IS_BETTER = {"perplexity"}
-
-
 def gains(
     variants: dict, settings: EvalConfig, bases: tuple[str, ...] = ("zero_shot", "few_shot"), tuned: str = "finetuned"
 ) -> dict:
@@ -71,7 +68,7 @@ def gains(
         return {}
     out = {}
     for name, stats in variants[tuned]["stats"].items():
-        sign = -1.0 if name in LOWER_IS_BETTER else 1.0
+        sign = -1.0 if name in metrics.LOWER_IS_BETTER else 1.0
         best = max([v for v in bases if v in variants], key=lambda v: sign * variants[v]["metrics"][name]["value"])
         diff = metrics.paired_difference(
             stats, variants[best]["stats"][name], settings.bootstrap_resamples, settings.seed
@@ -140,8 +137,11 @@ def empty_result(config: Config, task: str, run_dir: Path | None, items: int, re
 
 
 def write_result(result: dict, out_dir: str) -> dict:
-    """eval.json, report.html and report.md, without the per-item outputs and statistics."""
+    """eval.json, report.html and report.md, with the verdict and without the per-item outputs and statistics."""
     from tunesmith.evaluate.report import write_reports
+    from tunesmith.evaluate.verdict import verdict
+
+    result["verdict"] = verdict(result)
 
     for variant in result["variants"].values():
         del variant["outputs"], variant["stats"]

@@ -34,7 +34,9 @@ from tunesmith.train.distributed import Dist, LossModule, split_by_tokens, split
 from tunesmith.train.dpo import DPOObjective
 from tunesmith.train.fast_paths import describe, fast_paths_used
 from tunesmith.train.flops import mean_attended_keys, measured_peak_flops, mfu
+from tunesmith.train.lr_finder import range_test, read_chosen, save_curve
 from tunesmith.train.objective import Objective, SFTObjective, evaluate
+from tunesmith.train.optim import build_optimizer
 from tunesmith.train.run import RunSummary, TrainingRun, check_out_dir
 from tunesmith.train.samples import SampleSet
 
@@ -207,12 +209,20 @@ def train(cfg: Config, resume: bool = False, overwrite: bool = False) -> RunSumm
         _check_same_global_batch(read_trainer_state(latest), examples_per_step, dist)
     torch.manual_seed(cfg.train.seed)
     trainee = prepare_trainee(cfg, loaded, objective, data, strategy, dist)
+    curve = None
+    if cfg.train.lr == "auto":
+        curve = None if resume else _find_lr(cfg, trainee, objective, data, steps_per_epoch, dist)
+        lr = read_chosen(out_dir) if resume else curve.chosen
+        cfg = cfg.model_copy(update={"train": cfg.train.model_copy(update={"lr": lr})})  # config.yaml says it
     run = TrainingRun(cfg, trainee.module, trainee.params, steps_per_epoch, total_steps, resume, dist)
+    if curve is not None:
+        save_curve(curve, out_dir)
     samples = SampleSet(data.validation_examples, cfg.eval.samples, cfg.eval.max_new_tokens)
     if resume:
         samples.load(out_dir / SAMPLES)
     else:
-        run.log({**run.record(0), **evaluate(trainee.module, objective, data.validation, cfg, dist)})
+        chosen = {"lr_auto": curve.chosen} if curve else {}
+        run.log({**run.record(0), **chosen, **evaluate(trainee.module, objective, data.validation, cfg, dist)})
         with distributed.whole_weights(trainee.module), autocast(cfg.train.dtype, dist.device):
             samples.generate("base", trainee.model, tokenizer)
         if dist.is_main:
@@ -249,6 +259,30 @@ def train(cfg: Config, resume: bool = False, overwrite: bool = False) -> RunSumm
             save_adapter(exported, out_dir, tokenizer)
         save_merged(exported, tokenizer, out_dir)
     return run.finish(trainee.fast_paths_used)
+
+
+def _find_lr(cfg: Config, trainee: Trainee, objective, data: PreparedData, steps_per_epoch: int, dist: Dist):
+    """The LR range test (train/lr_finder.py) on the run's own first batches, everything restored after."""
+    if dist.world_size > 1:
+        raise TunesmithError("train.lr: auto runs on one process: find the rate there, then set train.lr")
+    step_batches = StepBatches(data.train, cfg, objective, steps_per_epoch, dist)
+
+    def train_step(step: int) -> torch.Tensor:
+        batch_step = step_batches(step)
+        objective.start_step(batch_step.items)
+        total = torch.zeros((), device=dist.device)
+        for batch in batch_step.batches:
+            with trainee.arena.saving() if trainee.arena else nullcontext(), autocast(cfg.train.dtype, dist.device):
+                loss, _ = trainee.module(batch)
+            loss.backward()
+            total += loss.detach()  # micro-batch losses are normalised by the whole step's counts
+        return total
+
+    curve = range_test(
+        trainee.params, lambda lr: build_optimizer(trainee.params, cfg.train.model_copy(update={"lr": lr})), train_step
+    )
+    print(f"train.lr: auto: {len(curve.lrs)} steps of the range test chose lr {curve.chosen:.3g}", flush=True)
+    return curve
 
 
 class Window:
