@@ -61,7 +61,7 @@ def test_every_foreign_name_points_at_a_real_key():
         # tunesmith's own name in the wrong section
         ({"lr": 1e-4}, "unknown key 'lr' (did you mean 'train.lr'?)"),
         ({"train": {"r": 8}}, "unknown key 'train.r' (did you mean 'method.r'?)"),
-        ({"temperature": 0.5}, "(did you mean 'eval.temperature' or 'encoder.temperature'?)"),
+        ({"temperature": 0.5}, "(did you mean 'eval.temperature' or 'encoder.temperature' or 'rl.temperature'?)"),
         # misspellings, of tunesmith's names or of a foreign one
         ({"train": {"lerning_rate": 1e-4}}, "(did you mean 'train.lr'?)"),
         ({"train": {"epoch": 2}}, "unknown key 'train.epoch' (did you mean 'train.epochs'?)"),

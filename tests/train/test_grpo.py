@@ -1,0 +1,117 @@
+import math
+
+import pytest
+import torch
+
+from tunesmith.train.grpo import ADVANTAGE_EPS, group_advantages, reduce_loss, token_losses
+
+
+def plain_advantages(rewards: list[float], group_size: int, scale: bool) -> list[float]:
+    out = []
+    for start in range(0, len(rewards), group_size):
+        group = rewards[start : start + group_size]
+        mean = sum(group) / len(group)
+        std = math.sqrt(sum((r - mean) ** 2 for r in group) / (len(group) - 1))
+        out += [(r - mean) / (std + ADVANTAGE_EPS) if scale else r - mean for r in group]
+    return out
+
+
+@pytest.mark.parametrize(
+    ("rewards", "group_size", "scale"),
+    [
+        ([1.0, 0.0, 0.0, 1.0], 4, True),
+        ([1.0, 0.0, 0.0, 1.0], 2, True),
+        ([0.3, 0.9, 0.1, 0.5, 0.5, 0.5], 3, True),  # second group: all equal -> advantages 0
+        ([0.3, 0.9, 0.1, 0.5, 0.5, 0.7], 3, False),
+        ([2.5, -1.0, 0.25, 7.0], 4, False),
+    ],
+)
+def test_group_advantages_match_a_plain_implementation(rewards, group_size, scale):
+    got = group_advantages(torch.tensor(rewards, dtype=torch.float64), group_size, scale)
+    assert got.tolist() == pytest.approx(plain_advantages(rewards, group_size, scale), abs=1e-6)
+
+
+def plain_token_loss(logp, old, ref, advantage, eps, beta):
+    ratio = math.exp(logp - old)
+    surrogate = min(ratio * advantage, min(max(ratio, 1 - eps), 1 + eps) * advantage)
+    kl = math.exp(ref - logp) - (ref - logp) - 1 if ref is not None else 0.0
+    return -surrogate + beta * kl, kl
+
+
+@pytest.mark.parametrize(
+    ("logps", "old", "ref", "advantages", "eps", "beta"),
+    [
+        ([-1.0, -2.0, -0.5], [-1.0, -2.0, -0.5], [-1.2, -1.5, -0.5], [1.0, -0.5, 2.0], 0.2, 0.04),  # ratio 1
+        ([-0.5, -2.5, -0.1], [-1.0, -2.0, -0.5], [-1.2, -1.5, -0.5], [1.0, -0.5, 2.0], 0.2, 0.1),  # clipped
+        ([-0.5, -2.5, -0.1], [-1.0, -2.0, -0.5], None, [-1.0, 0.5, -2.0], 0.1, 0.04),  # no reference
+    ],
+)
+def test_clipped_loss_matches_a_plain_implementation(logps, old, ref, advantages, eps, beta):
+    t = lambda v: torch.tensor(v, dtype=torch.float64)  # noqa: E731
+    loss, kl, clipped = token_losses(t(logps), t(old), t(ref) if ref else None, t(advantages), eps, beta)
+    plain = [plain_token_loss(lp, o, r, a, eps, beta) for lp, o, r, a in zip(logps, old, ref or [None] * 3, advantages)]
+    assert loss.tolist() == pytest.approx([p[0] for p in plain], abs=1e-6)
+    assert kl.tolist() == pytest.approx([p[1] for p in plain], abs=1e-6)
+    # the clip binds where the ratio left [1 - eps, 1 + eps] on the side the advantage rewards
+    expected_clip = [
+        float(min(max(math.exp(lp - o), 1 - eps), 1 + eps) * a < math.exp(lp - o) * a)
+        for lp, o, a in zip(logps, old, advantages)
+    ]
+    assert clipped.tolist() == expected_clip
+
+
+def test_ratio_one_gives_the_policy_gradient_of_the_advantage():
+    """One update per rollout: d loss / d logp = -A (+ beta's KL term), the clip never binds."""
+    logps = torch.tensor([-1.0, -2.0], dtype=torch.float64, requires_grad=True)
+    advantages = torch.tensor([0.7, -1.3], dtype=torch.float64)
+    loss, _, clipped = token_losses(logps, logps.detach(), None, advantages, 0.2, 0.0)
+    loss.sum().backward()
+    assert logps.grad.tolist() == pytest.approx([-0.7, 1.3], abs=1e-12)
+    assert clipped.sum().item() == 0
+
+
+@pytest.mark.parametrize(
+    ("how", "expected"),
+    [
+        # tokens of answers 0 (3 tokens) and 1 (1 token); the step holds 8 tokens in 4 answers
+        ("token", (1 + 2 + 3 + 4) / 8),
+        ("sequence", ((1 + 2 + 3) / 3 + 4 / 1) / 4),
+    ],
+)
+def test_loss_normalisation(how, expected):
+    losses = torch.tensor([1.0, 2.0, 3.0, 4.0], dtype=torch.float64)
+    owner, lengths = torch.tensor([0, 0, 0, 1]), torch.tensor([3, 1])
+    assert reduce_loss(losses, owner, lengths, 8, 4, how).item() == pytest.approx(expected, abs=1e-12)
+
+
+GRADER = {
+    "type": "string_check",
+    "name": "yes",
+    "input": "{{sample.output_text}}",
+    "reference": "Yes",
+    "operation": "ilike",
+}
+
+
+@pytest.mark.parametrize(
+    ("method", "rl", "error"),
+    [
+        ({"name": "grpo"}, {}, "method.name=grpo needs rl.grader"),
+        ({"name": "lora"}, {"group_size": 8}, "the rl section only applies to method.name=grpo"),
+        ({"name": "grpo"}, {"grader": GRADER, "group_size": 1}, "rl.group_size"),
+        ({"name": "grpo", "beta": 0.5}, {"grader": GRADER}, "method.beta only applies to method.name=dpo"),
+        ({"name": "grpo"}, {"grader": GRADER}, None),
+        ({"name": "grpo", "weights": "full"}, {"grader": GRADER, "beta": 0.0}, None),
+    ],
+)
+def test_grpo_config(method, rl, error):
+    from tunesmith.config import config_from_dict
+    from tunesmith.errors import TunesmithError
+
+    raw = {"data": {"train": "prompts.jsonl"}, "method": method, "rl": rl}
+    if error is None:
+        cfg = config_from_dict(raw)
+        assert cfg.method.lora == (method.get("weights", "lora") == "lora")
+    else:
+        with pytest.raises(TunesmithError, match=error):
+            config_from_dict(raw)
