@@ -49,13 +49,16 @@ def plain_token_loss(logp, old, ref, advantage, eps, beta):
 def test_clipped_loss_matches_a_plain_implementation(logps, old, ref, advantages, eps, beta):
     t = lambda v: torch.tensor(v, dtype=torch.float64)  # noqa: E731
     loss, kl, clipped = token_losses(t(logps), t(old), t(ref) if ref else None, t(advantages), eps, beta)
-    plain = [plain_token_loss(lp, o, r, a, eps, beta) for lp, o, r, a in zip(logps, old, ref or [None] * 3, advantages)]
+    plain = [
+        plain_token_loss(lp, o, r, a, eps, beta)
+        for lp, o, r, a in zip(logps, old, ref or [None] * 3, advantages, strict=True)
+    ]
     assert loss.tolist() == pytest.approx([p[0] for p in plain], abs=1e-6)
     assert kl.tolist() == pytest.approx([p[1] for p in plain], abs=1e-6)
     # the clip binds where the ratio left [1 - eps, 1 + eps] on the side the advantage rewards
     expected_clip = [
         float(min(max(math.exp(lp - o), 1 - eps), 1 + eps) * a < math.exp(lp - o) * a)
-        for lp, o, a in zip(logps, old, advantages)
+        for lp, o, a in zip(logps, old, advantages, strict=True)
     ]
     assert clipped.tolist() == expected_clip
 
