@@ -1,4 +1,6 @@
+import json
 import math
+import shutil
 
 import pytest
 import torch
@@ -118,3 +120,76 @@ def test_grpo_config(method, rl, error):
     else:
         with pytest.raises(TunesmithError, match=error):
             config_from_dict(raw)
+
+
+def _write_prompts(path, n: int):
+    rows = [
+        {"messages": [{"role": "user", "content": f"Say the number {i}."}], "answer": f"The number is {i}."}
+        for i in range(n)
+    ]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+SIMILARITY = {
+    "type": "text_similarity",
+    "name": "close",
+    "input": "{{sample.output_text}}",
+    "reference": "{{item.answer}}",
+    "evaluation_metric": "fuzzy_match",
+    "pass_threshold": 0.2,
+}
+
+
+@pytest.fixture
+def grpo_config(tiny_config, tmp_path):
+    def make(out_dir, **rl):
+        return tiny_config(
+            out_dir=str(out_dir),
+            data={
+                "train": str(_write_prompts(tmp_path / "train.jsonl", 8)),
+                "validation": str(_write_prompts(tmp_path / "validation.jsonl", 2)),
+            },
+            method={"name": "grpo", "dropout": 0.0},
+            train={"max_steps": 3, "batch_size": 2, "eval_every": 2, "save_every": 2, "log_every": 1, "lr": 5e-3},
+            rl={"grader": SIMILARITY, "group_size": 3, "max_new_tokens": 6, "rollout_batch_size": 6, **rl},
+        )
+
+    return make
+
+
+def _rows(out_dir):
+    timings = ("tokens_per_second", "mfu", "peak_rss_mb", "peak_rss_mb_mean", "train_rollout_seconds")
+    rows = [json.loads(line) for line in (out_dir / "metrics.jsonl").read_text().splitlines()]
+    return [{k: v for k, v in r.items() if k not in timings} for r in rows]
+
+
+def test_a_grpo_run_writes_reward_kl_and_clip_fraction_and_resumes_exactly(grpo_config, tmp_path):
+    from tunesmith.train.recipe import train
+
+    out = tmp_path / "straight"
+    summary = train(grpo_config(out))
+    assert summary.steps == 3
+    rows = _rows(out)
+    assert [r["step"] for r in rows] == [0, 1, 2, 3]
+    assert {"val_reward", "val_pass_rate", "val_loss", "val_answer_length"} <= rows[0].keys()
+    assert rows[0]["val_loss"] == pytest.approx(-rows[0]["val_reward"])
+    for row in rows[1:]:
+        for key in ("train_reward", "train_reward_std", "train_pass_rate", "train_kl", "train_clip_fraction"):
+            assert key in row
+        assert 0.0 <= row["train_reward"] <= 1.0
+        assert 0.0 < row["train_answer_length"] <= 6
+        assert row["train_clip_fraction"] == 0.0  # one update per rollout: the ratio is 1
+        assert row["train_kl"] >= 0.0
+    assert rows[1]["train_kl"] == 0.0  # step 1 samples from the base: policy == reference
+    assert rows[3]["train_kl"] > 0.0
+    assert (out / "adapter").is_dir()
+
+    # resume from the step-2 checkpoint of a copy: step 3 must be the same to the last digit
+    resumed = tmp_path / "resumed"
+    shutil.copytree(out, resumed)
+    for name in ("adapter", "merged", "summary.json"):
+        target = resumed / name
+        shutil.rmtree(target) if target.is_dir() else target.unlink(missing_ok=True)
+    train(grpo_config(resumed), resume=True)
+    assert _rows(resumed) == rows

@@ -17,7 +17,19 @@ their number (DAPO, Dr. GRPO); `sequence` averages each answer's tokens, then th
 
 from __future__ import annotations
 
+import copy
+import math
+
+import numpy as np
 import torch
+
+from tunesmith.config import Config
+from tunesmith.data.batching import pad_batch
+from tunesmith.data.tokenize import IGNORE_INDEX, TokenizedExample
+from tunesmith.errors import TunesmithError
+from tunesmith.precision import autocast
+from tunesmith.train.loss import label_token_losses
+from tunesmith.train.objective import to_device, unlabelled
 
 ADVANTAGE_EPS = 1e-4  # a group whose answers all scored the same has std 0: advantages 0, not 0/0
 
@@ -65,3 +77,168 @@ def reduce_loss(
         return losses.sum() / max(step_tokens, 1)
     per_answer = torch.zeros(len(answer_lengths), dtype=losses.dtype, device=losses.device).index_add(0, owner, losses)
     return (per_answer / answer_lengths.clamp(min=1).to(losses.dtype)).sum() / max(step_answers, 1)
+
+
+class GRPOObjective:
+    """GRPO through the recipe's objective interface (train/objective.py).
+
+    A step's items are prompts. `start_step` rolls out and grades the whole step's prompts (the same
+    on every process: a pure function of the step), and computes the group advantages;
+    `forward` scores this process's prompts' answers with the policy (and the reference) and returns
+    the clipped loss. In evaluation mode `forward` answers each prompt once, greedily, and its loss is
+    minus the mean reward: the recipe's best checkpoint is the one with the highest validation reward.
+    """
+
+    # Sums over answers and answer tokens (a training window, a validation pass), in this order.
+    sums = ("loss", "reward", "reward_sq", "passed", "kl", "clipped", "answer_tokens", "answers", "rollout_seconds")
+
+    def __init__(self, cfg: Config, pad_id: int, device, tokenizer):
+        from tunesmith.graders import Context
+        from tunesmith.train.rollout import load_grader
+
+        self.cfg, self.pad_id, self.device, self.tokenizer = cfg, pad_id, device, tokenizer
+        self.rl = cfg.rl
+        self.grader = load_grader(cfg.rl.grader)
+        self.context = Context()
+        self.step_counts = [0]  # prompts
+        self.model = None
+        self.reference_model = None
+        self.rollout = None  # this step's: Rollout, advantages, and each prompt's first answer index
+        self.step_tokens = self.step_answers = 0
+        self.first_forward = True
+
+    def check(self, data) -> None:
+        if not data.train:
+            raise TunesmithError(f"{self.cfg.data.train}: no prompts to train on")
+
+    def setup(self, model, data) -> None:
+        """Keeps the model to sample with; full fine-tuning with a KL term: a frozen copy as the reference."""
+        self.model = model
+        if not self.cfg.method.lora and self.rl.beta > 0:
+            self.reference_model = copy.deepcopy(model).eval().requires_grad_(False)
+
+    def sizes(self, items) -> tuple[np.ndarray, np.ndarray]:
+        """Prompt tokens (answers are not known before the step); no labels."""
+        lengths = np.array([len(p.input_ids) for p in items], dtype=np.int64)
+        return lengths, np.zeros_like(lengths)
+
+    def sequence_lengths(self, items) -> list[int]:
+        return [len(p.input_ids) + self.rl.max_new_tokens for p in items]
+
+    def counts(self, items) -> list[int]:
+        return [len(items)]
+
+    def batch(self, items):
+        return list(items)  # the answers do not exist yet: forward builds the token batch
+
+    def start_step(self, items) -> None:
+        from tunesmith.train.rollout import roll_out
+
+        self.step_counts = self.counts(items)
+        with autocast(self.cfg.train.dtype, self.device):
+            rollout = roll_out(
+                self.model, self.tokenizer, items, self.grader, self.context, self.cfg, self.rl.group_size
+            )
+        advantages = group_advantages(rollout.rewards, self.rl.group_size, self.rl.scale_rewards)
+        first = {id(p): i * self.rl.group_size for i, p in enumerate(items)}
+        self.rollout = (rollout, advantages, first)
+        self.step_tokens = sum(len(a) for a in rollout.answers)
+        self.step_answers = len(rollout.answers)
+        self.first_forward = True
+
+    def _answers_batch(self, prompts, answers: list[list[int]]):
+        group = len(answers) // max(len(prompts), 1)
+        examples = [
+            TokenizedExample(p.input_ids + a, [IGNORE_INDEX] * len(p.input_ids) + a, p.line, len(p.input_ids) + len(a))
+            for i, p in enumerate(prompts)
+            for a in answers[i * group : (i + 1) * group]
+        ]
+        return to_device(pad_batch(examples, self.pad_id), self.device)
+
+    def _token_logps(self, model, batch) -> torch.Tensor:
+        train = self.cfg.train
+        losses, _ = label_token_losses(model, batch, train.loss_chunk_size, train.fast_paths)
+        return -losses.float()
+
+    def _reference_logps(self, model, batch) -> torch.Tensor | None:
+        if self.rl.beta == 0:
+            return None
+        with torch.no_grad():
+            if self.reference_model is not None:
+                return self._token_logps(self.reference_model, batch)
+            with model.disable_adapter():
+                return self._token_logps(model, batch)
+
+    def forward(self, model, prompts) -> tuple[torch.Tensor, torch.Tensor]:
+        if not model.training:
+            return self._validate(model, prompts)
+        rollout, advantages, first = self.rollout
+        indices = [first[id(p)] + j for p in prompts for j in range(self.rl.group_size)]
+        answers = [rollout.answers[i] for i in indices]
+        if not prompts or not any(answers):  # nothing to learn from here; FSDP2 still needs the forward
+            empty = unlabelled(self.pad_id)
+            losses, _ = label_token_losses(model, to_device(pad_batch([empty], self.pad_id), self.device), 1, False)
+            return losses.sum() * 0.0, self._sums(rollout, indices, torch.zeros(0), torch.zeros(0), torch.zeros(0))
+        batch = self._answers_batch(prompts, answers)
+        lengths = torch.tensor([len(a) for a in answers], device=self.device)
+        owner = torch.arange(len(answers), device=self.device).repeat_interleave(lengths)
+        reference = self._reference_logps(model, batch)
+        logps = self._token_logps(model, batch)
+        token_advantages = advantages[indices].to(self.device, torch.float32)[owner]
+        losses, kl, clipped = token_losses(
+            logps, logps.detach(), reference, token_advantages, self.rl.epsilon, self.rl.beta
+        )
+        loss = reduce_loss(losses, owner, lengths, self.step_tokens, self.step_answers, self.rl.loss_normalisation)
+        return loss, self._sums(rollout, indices, losses.detach(), kl, clipped)
+
+    def _sums(self, rollout, indices, losses, kl, clipped) -> torch.Tensor:
+        rewards, passed = rollout.rewards[indices], rollout.passed[indices]
+        seconds = rollout.seconds if self.first_forward else 0.0
+        self.first_forward = False
+        values = [
+            losses.sum().item(),
+            rewards.sum().item(),
+            (rewards**2).sum().item(),
+            passed.sum().item(),
+            kl.sum().item(),
+            clipped.sum().item(),
+            sum(len(rollout.answers[i]) for i in indices),
+            len(indices),
+            seconds,
+        ]
+        return torch.tensor(values, dtype=torch.float32, device=self.device)
+
+    @torch.no_grad()
+    def _validate(self, model, prompts) -> tuple[torch.Tensor, torch.Tensor]:
+        from tunesmith.train.rollout import roll_out
+
+        if not prompts:
+            return torch.zeros((), device=self.device), torch.zeros(len(self.sums), device=self.device)
+        rollout = roll_out(model, self.tokenizer, prompts, self.grader, self.context, self.cfg, 1)
+        self.first_forward = False
+        indices = list(range(len(prompts)))
+        zeros = torch.zeros(0)
+        sums = self._sums(rollout, indices, -rollout.rewards, zeros, zeros)
+        return -rollout.rewards.sum().to(self.device), sums
+
+    def metrics(self, sums: list[float], counts: list[int], prefix: str) -> dict:
+        """Per answer: reward mean and std, pass rate, length; per answer token: loss, KL, clip fraction.
+        Validation's loss is minus its mean reward (greedy answers)."""
+        named = dict(zip(self.sums, sums, strict=True))
+        answers, tokens = max(named["answers"], 1), max(named["answer_tokens"], 1)
+        mean = named["reward"] / answers
+        out = {
+            f"{prefix}_loss": named["loss"] / (answers if prefix == "val" else tokens),
+            f"{prefix}_reward": mean,
+            f"{prefix}_reward_std": math.sqrt(max(named["reward_sq"] / answers - mean**2, 0.0)),
+            f"{prefix}_answer_length": named["answer_tokens"] / answers,
+        }
+        if self.grader.pass_threshold is not None:
+            out[f"{prefix}_pass_rate"] = named["passed"] / answers
+        if prefix != "val":
+            out |= {
+                f"{prefix}_kl": named["kl"] / tokens,
+                f"{prefix}_clip_fraction": named["clipped"] / tokens,
+                f"{prefix}_rollout_seconds": named["rollout_seconds"],
+            }
+        return out

@@ -3,7 +3,7 @@
 The recipe owns the loop (step order, accumulation, processes, clipping, checkpoints, early
 stopping on `val_loss`); an objective owns the micro-batch layout, the loss of a micro-batch, and
 the names and values of its metrics. Supervised fine-tuning is `SFTObjective`; preference tuning
-is `train.dpo.DPOObjective`.
+is `train.dpo.DPOObjective`; reinforcement with a grader `train.grpo.GRPOObjective`.
 
 An objective's loss is normalised by counts of the whole step on all processes (`counts`), which
 every process knows without asking: a step's examples are a pure function of the step. Its
@@ -123,7 +123,12 @@ def evaluate_model(model, objective, items: list, cfg: Config) -> dict:
     return evaluate(LossModule(model, objective), objective, items, cfg, ONE_PROCESS)
 
 
-def objective_for(cfg: Config, pad_id: int, device):
+def objective_for(cfg: Config, pad_id: int, device, tokenizer=None):
+    """The objective of `cfg.method`; GRPO also needs the tokenizer (it samples and decodes answers)."""
+    if cfg.method.name == "grpo":
+        from tunesmith.train.grpo import GRPOObjective
+
+        return GRPOObjective(cfg, pad_id, device, tokenizer)
     if cfg.method.name == "dpo":
         from tunesmith.train.dpo import DPOObjective
 

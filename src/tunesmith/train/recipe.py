@@ -43,6 +43,7 @@ from tunesmith.train.flops import flops_per_token, mean_attended_keys, measured_
 from tunesmith.train.loss import output_layer
 from tunesmith.train.objective import evaluate, objective_for
 from tunesmith.train.optim import build_optimizer, build_scheduler
+from tunesmith.train.rollout import prepare_graded
 from tunesmith.train.samples import SampleSet
 from tunesmith.train.stopping import EarlyStopping, stop_if_diverged
 
@@ -169,10 +170,15 @@ def train(cfg: Config, resume: bool = False, overwrite: bool = False) -> RunSumm
     # ---- setup: everything that can fail on bad input happens before out_dir is touched ----
     loaded = load_model(cfg.model)
     tokenizer, pad_id = loaded.tokenizer, loaded.tokenizer.pad_token_id
-    data: PreparedData = prepare_data(cfg.data, tokenizer, cfg.train.seed, cfg.train.batch_size, cfg.train.grad_accum)
     device = dist.device
-    # The objective (train/objective.py: SFT, or DPO) owns the batch layout, the loss and its metrics.
-    objective = objective_for(cfg, pad_id, device)
+    # The objective (train/objective.py: SFT, DPO or GRPO) owns the batch layout, the loss and its metrics.
+    objective = objective_for(cfg, pad_id, device, tokenizer)
+    if cfg.method.name == "grpo":  # prompts for a grader, not labelled examples
+        data = prepare_graded(cfg, objective.grader, tokenizer)
+    else:
+        data: PreparedData = prepare_data(
+            cfg.data, tokenizer, cfg.train.seed, cfg.train.batch_size, cfg.train.grad_accum
+        )
     objective.check(data)
     if not data.validation:
         raise TunesmithError("no validation data: give data.validation or a data.val_fraction > 0")
