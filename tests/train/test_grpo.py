@@ -147,12 +147,13 @@ def grpo_config(tiny_config, tmp_path):
         return tiny_config(
             out_dir=str(out_dir),
             data={
-                "train": str(_write_prompts(tmp_path / "train.jsonl", 8)),
-                "validation": str(_write_prompts(tmp_path / "validation.jsonl", 2)),
+                "train": str(_write_prompts(tmp_path / "train.jsonl", 4)),
+                "validation": str(_write_prompts(tmp_path / "validation.jsonl", 1)),
             },
             method={"name": "grpo", "dropout": 0.0},
             train={"max_steps": 3, "batch_size": 2, "eval_every": 2, "save_every": 2, "log_every": 1, "lr": 5e-3},
-            rl={"grader": SIMILARITY, "group_size": 3, "max_new_tokens": 6, "rollout_batch_size": 6, **rl},
+            eval={"samples": 0},
+            rl={"grader": SIMILARITY, "group_size": 2, "max_new_tokens": 4, "rollout_batch_size": 4, **rl},
         )
 
     return make
@@ -178,7 +179,7 @@ def test_a_grpo_run_writes_reward_kl_and_clip_fraction_and_resumes_exactly(grpo_
         for key in ("train_reward", "train_reward_std", "train_pass_rate", "train_kl", "train_clip_fraction"):
             assert key in row
         assert 0.0 <= row["train_reward"] <= 1.0
-        assert 0.0 < row["train_answer_length"] <= 6
+        assert 0.0 < row["train_answer_length"] <= 4
         assert row["train_clip_fraction"] == 0.0  # one update per rollout: the ratio is 1
         assert row["train_kl"] >= 0.0
     assert rows[1]["train_kl"] == 0.0  # step 1 samples from the base: policy == reference
