@@ -194,3 +194,33 @@ def test_a_grpo_run_writes_reward_kl_and_clip_fraction_and_resumes_exactly(grpo_
         shutil.rmtree(target) if target.is_dir() else target.unlink(missing_ok=True)
     train(grpo_config(resumed), resume=True)
     assert _rows(resumed) == rows
+
+
+@pytest.mark.parametrize("weights", ["lora", "full"])
+def test_the_reference_is_the_base_model(grpo_config, tmp_path, tiny_model_name, weights):
+    """LoRA: the same model with its adapter disabled; full: a frozen copy taken before training."""
+    from tunesmith.models import load_model
+    from tunesmith.train.grpo import GRPOObjective
+    from tunesmith.train.recipe import attach_method
+    from tunesmith.train.rollout import RLPrompt
+
+    cfg = grpo_config(tmp_path / "run")
+    cfg.method.weights = weights
+    loaded = load_model(tiny_model_name)
+    torch.manual_seed(0)
+    model = attach_method(loaded.model, cfg)
+    objective = GRPOObjective(cfg, loaded.tokenizer.pad_token_id, torch.device("cpu"), loaded.tokenizer)
+    objective.setup(model, None)
+    with torch.no_grad():  # training moved the weights away from the base
+        for name, p in model.named_parameters():
+            if p.requires_grad and ("lora_B" in name or weights == "full"):
+                p.add_(torch.randn_like(p) * 0.05)
+    prompts = [RLPrompt(1, [1, 4093, 198], {}), RLPrompt(2, [1, 1780, 314, 260], {})]
+    batch = objective._answers_batch(prompts, [[3575, 282], [2], [3575], [282, 2, 11]])
+    base = load_model(tiny_model_name).model.eval()
+    model.eval()
+    expected = objective._token_logps(base, batch)
+    reference = objective._reference_logps(model, batch)
+    assert reference.shape == (7,)  # every answer token
+    assert (reference - expected).abs().max().item() < 1e-5
+    assert (objective._token_logps(model, batch) - expected).abs().max().item() > 1e-3
