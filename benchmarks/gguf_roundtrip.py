@@ -22,7 +22,7 @@ from machine import cpu_flags
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from tunesmith.data.formats import Message
-from tunesmith.evaluate.baselines import encode_chat
+from tunesmith.data.tokenize import encode_chat
 from tunesmith.export import export_run
 from tunesmith.export.gguf import OUTTYPES
 from tunesmith.generation import generate

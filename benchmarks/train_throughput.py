@@ -247,7 +247,12 @@ def run_tunesmith(run: Run, args) -> dict:
     cumulative = [m["trained_tokens"] for m in steps]
     step_tokens = [b - a for a, b in zip([0, *cumulative], cumulative, strict=False)]
     rate, tokens, seconds = _throughput(step_ends, step_tokens, args.warmup)
+    # MFU as the trainer counts it (a prompt prefix shared by a packed micro-batch's examples runs
+    # once and counts once), over the timed steps: each step's weighted by its seconds.
+    timed = min(max(args.warmup, 1), len(steps) - 1)
+    step_seconds = [t / m["tokens_per_second"] for t, m in zip(step_tokens[timed:], steps[timed:], strict=True)]
     result = {
+        "mfu": sum(m["mfu"] * s for m, s in zip(steps[timed:], step_seconds, strict=True)) / sum(step_seconds),
         "tokens_per_second": rate,
         "timed_tokens": tokens,
         "timed_seconds": seconds,
@@ -484,11 +489,13 @@ def render(results: dict[str, dict], args, shape: dict, peak: float, peak_dtype:
         f"Timing: tokens/s over steps {args.warmup + 1}..{args.steps} (first {args.warmup} excluded), "
         f"median of {args.repeats} run(s) taken in turn, each in a fresh process. Mean example "
         f"{shape['mean_example_tokens']:.0f} tokens, {shape['label_share']:.0%} of them labelled.",
+        "Tokens/s counts every example's tokens; MFU counts the FLOPs the model ran, so a prompt prefix "
+        "that tunesmith's packing computes once for several examples counts once.",
         "Validation loss: float32 mean CE over completion tokens of data/e2e_nlg/validation.jsonl, by "
         "tunesmith's SFT validation pass (train/objective.py) on each run's final weights (one function for all runs).",
         "",
-        "| run | what | non-padding tokens/s | MFU | peak RSS MB | peak CUDA MB | val loss | "
-        "tokens/s vs tunesmith | RSS vs tunesmith |",
+        "| run | what | example tokens/s (non-padding) | MFU (FLOPs computed) | peak RSS MB | peak CUDA MB "
+        "| val loss | tokens/s vs tunesmith | RSS vs tunesmith |",
         "|---|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for run in RUNS:
@@ -593,7 +600,8 @@ def main() -> None:
         repeats = runs_of[run.name]
         # The run with the median tokens/s (the lower one of an even count), with its own RSS and loss.
         median = sorted(repeats, key=lambda r: r["tokens_per_second"])[(len(repeats) - 1) // 2]
-        median["mfu"] = median["tokens_per_second"] * flops[run.method] / peak
+        if "mfu" not in median:  # TRL computes every token of every example
+            median["mfu"] = median["tokens_per_second"] * flops[run.method] / peak
         median["tokens_per_second_all"] = [r["tokens_per_second"] for r in repeats]
         results[run.name] = median
     table = render(results, args, shape, peak, str(dtype).removeprefix("torch."))

@@ -1,13 +1,23 @@
 """Model loading: built-in names, the GGUF cache, tokenizer checks."""
 
 import json
+import shutil
 
 import pytest
 import torch
 from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
 from tunesmith.errors import TunesmithError
-from tunesmith.models import check_tokenizer_matches, load_model, resolve_model_path
+from tunesmith.models import (
+    CACHE_STAMP,
+    CACHE_VERSION,
+    DEFAULT_MODEL,
+    TINY_TEST_MODEL,
+    check_tokenizer_matches,
+    load_model,
+    load_tokenizer,
+    resolve_model_path,
+)
 
 
 def test_cached_default_model_is_a_plain_hf_checkpoint_with_its_own_tokenizer(smol_tokenizer):
@@ -57,3 +67,39 @@ def test_tiny_test_model_is_deterministic_and_shares_the_tokenizer(tiny_model_na
     first = next(loaded.model.parameters()).detach().clone()
     assert torch.equal(first, next(load_model(tiny_model_name).model.parameters()))
     assert AutoTokenizer.from_pretrained(loaded.path).eos_token == "<|im_end|>"
+
+
+def _make_it_look_like_an_old_cache(folder, stamp):
+    """The cache as built before versioning: no stamp (or an older one) and GPT-2's split alone."""
+    if stamp is None:
+        (folder / CACHE_STAMP).unlink()
+    else:
+        (folder / CACHE_STAMP).write_text(json.dumps(stamp))
+    saved = json.loads((folder / "tokenizer.json").read_text())
+    saved["pre_tokenizer"] = {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": True, "use_regex": True}
+    (folder / "tokenizer.json").write_text(json.dumps(saved))
+
+
+def test_caches_built_before_the_tokenizer_fix_are_rebuilt(smol_tokenizer, tiny_model_name, tmp_path, monkeypatch):
+    # Copies of this session's caches, so the shared ones are left alone (the weights are not needed: a
+    # rebuild replaces them); rebuilding the GGUF one takes ~20 s.
+    for name, stamp in [(DEFAULT_MODEL, None), (TINY_TEST_MODEL, {"version": CACHE_VERSION - 1})]:
+        shutil.copytree(
+            resolve_model_path(name), tmp_path / "models" / name, ignore=shutil.ignore_patterns("*.safetensors")
+        )
+        _make_it_look_like_an_old_cache(tmp_path / "models" / name, stamp)
+    monkeypatch.setenv("TUNESMITH_HOME", str(tmp_path))
+    old = AutoTokenizer.from_pretrained(tmp_path / "models" / TINY_TEST_MODEL)
+    assert old.tokenize("a\n\n3") == ["a", "Ċ", "Ċ", "3"]
+
+    tokenizer = load_tokenizer(TINY_TEST_MODEL)  # rebuilds the tiny model's cache, and SmolLM2's under it
+
+    for name in (DEFAULT_MODEL, TINY_TEST_MODEL):
+        folder = tmp_path / "models" / name
+        assert json.loads((folder / CACHE_STAMP).read_text()) == {"version": CACHE_VERSION}
+        assert AutoTokenizer.from_pretrained(folder).tokenize("x =  5") == ["x", "Ġ=", "ĠĠ", "5"]
+    assert tokenizer.tokenize("a\n\n3") == ["a", "ĊĊ", "3"]
+    # A current cache is used as it is.
+    built = (tmp_path / "models" / DEFAULT_MODEL / "config.json").stat().st_mtime_ns
+    resolve_model_path(TINY_TEST_MODEL)
+    assert (tmp_path / "models" / DEFAULT_MODEL / "config.json").stat().st_mtime_ns == built

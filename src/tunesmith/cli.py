@@ -7,8 +7,10 @@ data has errors; Ctrl-C exits 130 (EPILOG lists them in --help).
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
+from pathlib import Path
 
 from tunesmith.errors import TunesmithError
 
@@ -57,14 +59,12 @@ def _train(args) -> int:
 
 def _launch_train(args, cfg) -> int:
     """This node's processes, each running `tunesmith train` (what `torchrun -m tunesmith train` does)."""
-    from pathlib import Path
-
+    from tunesmith.library import check_launch
     from tunesmith.train.distributed import launch
-    from tunesmith.train.recipe import check_out_dir
 
     if "TORCHELASTIC_RUN_ID" in os.environ:
         raise TunesmithError("--nproc-per-node inside a process that torchrun started: give it to one of them")
-    check_out_dir(Path(cfg.out_dir), args.resume, args.overwrite)  # once, before any process starts
+    check_launch(cfg, args.resume, args.overwrite)  # once, before any process starts
     worker = ["train", args.config, *args.overrides]
     worker += ["--resume"] if args.resume else ["--overwrite"] if args.overwrite else []
     return launch(worker, args.nproc_per_node, args.nnodes, args.node_rank, args.rdzv_endpoint, args.rdzv_timeout)
@@ -148,7 +148,7 @@ def _validate(args) -> int:
 def _generate(args) -> int:
     from tunesmith.config import EvalConfig, from_flags
     from tunesmith.data.formats import Message
-    from tunesmith.evaluate.baselines import encode_chat
+    from tunesmith.data.tokenize import encode_chat
     from tunesmith.generation import generate
     from tunesmith.models import load_model
 
@@ -157,6 +157,8 @@ def _generate(args) -> int:
     )
     loaded = load_model(args.model)
     messages = ([Message("system", args.system)] if args.system else []) + [Message("user", args.prompt)]
+    if args.tools:
+        return _generate_with_tools(args, loaded, messages)
     out = generate(
         loaded.model,
         loaded.tokenizer,
@@ -167,6 +169,40 @@ def _generate(args) -> int:
         top_p=sampling.top_p,
     )
     print(out.texts[0].strip())
+    return 0
+
+
+def _generate_with_tools(args, loaded, messages) -> int:
+    """Offer the tools of args.tools; print the answer's text, then each call as OpenAI's tool_calls item."""
+    from tunesmith.chat.render import render_prompt
+    from tunesmith.chat.tools import parse_tool_calls
+    from tunesmith.constrained import compile_grammar, tool_choice_grammar
+    from tunesmith.data.formats import read_tools
+    from tunesmith.generation import generate
+
+    problems: list = []
+    raw = json.loads(Path(args.tools).read_text(encoding="utf-8"))
+    tools, _ = read_tools(raw if isinstance(raw, dict) else {"tools": raw}, problems)
+    if problems:
+        raise TunesmithError(f"{args.tools}: {problems[0][0]}: {problems[0][1]}")
+    offered = () if args.tool_choice == "none" else tools
+    grammar = tool_choice_grammar(offered, args.tool_choice)
+    tokenizer = loaded.tokenizer
+    out = generate(
+        loaded.model,
+        tokenizer,
+        [tokenizer(render_prompt(tokenizer, messages, offered), add_special_tokens=False).input_ids],
+        max_new_tokens=args.max_new_tokens,
+        batch_size=1,
+        temperature=args.temperature,
+        top_p=args.top_p,
+        grammars=None if grammar is None else [compile_grammar(tokenizer, loaded.model.config.vocab_size, grammar)],
+    )
+    content, calls = parse_tool_calls(out.texts[0]) if offered else (out.texts[0], [])
+    if content.strip():
+        print(content.strip())
+    for call in calls:
+        print(json.dumps(call.openai(), ensure_ascii=False))
     return 0
 
 
@@ -237,6 +273,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-new-tokens", type=int, default=128, help="generation length limit (default %(default)s)")
     p.add_argument("--temperature", type=float, default=0.0, help="sampling temperature; 0 (default): greedy")
     p.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling mass, with temperature > 0")
+    p.add_argument("--tools", help="JSON file: OpenAI tools (an array, or an object with `tools`); calls print as JSON")
+    p.add_argument(
+        "--tool-choice",
+        default="auto",
+        help="auto (default), none, required (always call a tool), or a function name; "
+        "required and a name constrain the answer to a call whose arguments validate",
+    )
     p.set_defaults(func=_generate)
 
     p = sub.add_parser("eval", help="base zero-shot and few-shot vs the fine-tuned model on held-out data")

@@ -247,11 +247,13 @@ class TrainConfig(_Strict):
 
 
 class EvalConfig(_Strict):
-    task: Literal["generation", "classification", "text", "retrieval", "preference"] = Field(
+    task: Literal["generation", "classification", "text", "retrieval", "preference", "tool_calls"] = Field(
         "generation",
         description="Metrics: generation (BLEU...), classification (accuracy), text (perplexity), "
         "retrieval (nDCG@10, MRR@10, Recall@100, P@10 of an encoder over a BEIR folder), "
-        "preference (held-out pairs: preference accuracy and log-prob margins).",
+        "preference (held-out pairs: preference accuracy and log-prob margins), "
+        "tool_calls (BFCL's AST match of the calls made: exact-call, name and argument accuracy, JSON validity, "
+        "no-call accuracy, per category; test items carry `possible_answer`, see data/tool_calling/SOURCE.md).",
     )
     labels: list[str] | None = Field(
         None,
@@ -357,7 +359,9 @@ class DistributedConfig(_Strict):
 
 
 class Config(_Strict):
-    model: str = Field("smollm2-135m-instruct", description="Built-in name, HF folder or .gguf path.")
+    model: str = Field(
+        "smollm2-135m-instruct", description="Built-in name, HF folder, Hugging Face Hub id (owner/name) or .gguf path."
+    )
     data: DataConfig = Field(description="Where the data is and how to read it.")
     method: MethodConfig = Field(
         default_factory=MethodConfig,

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from tunesmith.constrained import constrain
 from tunesmith.progress import tracked
 
 GREEDY_BELOW = 1e-5  # temperatures below this pick the argmax: the distribution is one-hot in float32
@@ -124,14 +125,22 @@ def batches_by_length(lengths: Sequence[int], batch_size: int, description: str)
 
 
 def generate_tokens(
-    model, prompts: Sequence[Sequence[int]], pad_id: int, eos_id: int | None, max_new_tokens: int, batch_size: int, pick
+    model,
+    prompts: Sequence[Sequence[int]],
+    pad_id: int,
+    eos_id: int | None,
+    max_new_tokens: int,
+    batch_size: int,
+    pick: Callable[[torch.Tensor], torch.Tensor],
+    grammars: Sequence | None = None,
 ) -> list[list[int]]:
     """Each prompt's new token ids, up to and including its end-of-turn token ``eos_id``."""
     produced_all: list[list[int]] = [[] for _ in prompts]
     for batch in batches_by_length([len(p) for p in prompts], batch_size, "generating"):
         produced: list[list[int]] = [[] for _ in batch]
         done = [False] * len(batch)
-        for tokens in decode(model, [prompts[i] for i in batch], pad_id, max_new_tokens, pick):
+        step = pick if grammars is None else constrain(pick, [grammars[i] for i in batch], eos_id)
+        for tokens in decode(model, [prompts[i] for i in batch], pad_id, max_new_tokens, step):
             for row, token in enumerate(tokens.tolist()):
                 if not done[row]:
                     produced[row].append(token)
@@ -153,16 +162,18 @@ def generate(
     temperature: float = 0.0,
     top_p: float = 1.0,
     seed: int = 0,
+    grammars: Sequence | None = None,
 ) -> Generations:
     """Greedy (temperature 0) or sampled continuations, each stopping at the end-of-turn token.
 
     The end-of-turn token is ``tokenizer.eos_token`` (``<|im_end|>`` for ChatML models such as
-    SmolLM2); it is counted as produced but not decoded into the text.
+    SmolLM2); it is counted as produced but not decoded into the text. ``grammars``: one compiled
+    grammar (tunesmith.constrained) or None per prompt, holding that prompt's tokens to it.
     """
     pick = sampler(Sampling(max_new_tokens, temperature, top_p, seed), model_device(model))
     start = time.perf_counter()
     produced = generate_tokens(
-        model, prompts, tokenizer.pad_token_id, tokenizer.eos_token_id, max_new_tokens, batch_size, pick
+        model, prompts, tokenizer.pad_token_id, tokenizer.eos_token_id, max_new_tokens, batch_size, pick, grammars
     )
     texts = [tokenizer.decode(row, skip_special_tokens=True) for row in produced]
     return Generations(texts, [len(row) for row in produced], time.perf_counter() - start)
@@ -174,8 +185,10 @@ def stream(
     prompt_ids: list[int],
     sampling: Sampling,
     should_stop: Callable[[], bool] = lambda: False,
+    grammar=None,
 ) -> Iterator[Piece]:
     """Text pieces of one prompt's continuation as tokens come; the last carries finish_reason and counts.
+    ``grammar``: a compiled grammar (tunesmith.constrained) the continuation is held to.
 
     Ends at the end-of-turn token or a ``sampling.stop`` string ("stop"), at ``max_new_tokens`` or
     the model's context, or when ``should_stop()`` turns true before a token ("length").
@@ -184,6 +197,8 @@ def stream(
     context = getattr(model.config, "max_position_embeddings", None) or 2048
     limit = max(0, min(sampling.max_new_tokens, context - len(prompt_ids)))
     pick = sampler(sampling, model_device(model))
+    if grammar is not None:
+        pick = constrain(pick, [grammar], tokenizer.eos_token_id)
     generated: list[int] = []
     sent = ""  # text already yielded
     finish = "length"

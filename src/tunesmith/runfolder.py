@@ -3,10 +3,17 @@
 The trainer (decoder and encoder recipes), evaluation, the service and the service's test fake
 trainer all name, write and read a run folder through this module:
 
+- ``config.yaml``: the resolved config, written first.
 - ``metrics.jsonl``: one JSON object per logged step (``step`` an int); appended as training goes,
-  so a reader takes whole lines only; on resume the lines after the checkpoint are dropped.
-- ``checkpoints/step-NNNNNN``: resumable checkpoints, each published by one rename.
-- ``summary.json``: the run's summary, written last (with ``adapter/`` and ``merged/``).
+  so a reader takes whole lines only; on resume the lines after the checkpoint are dropped. Its
+  names are shared by decoder and encoder runs: ``{split}_{name}`` (``metric_name``), e.g.
+  ``train_loss``, ``val_accuracy``.
+- ``checkpoints/step-NNNNNN``: resumable checkpoints, each published by one rename;
+  ``checkpoints/best``: the weights of the best validation loss so far.
+- ``samples.json`` (decoder runs): held-out prompts answered before and after training.
+- ``adapter/`` (LoRA runs), ``merged/`` (the model to load), ``classification_head.safetensors``
+  (encoder classification runs), ``loss.png``.
+- ``summary.json``: the run's summary, written last.
 
 Numbers in its JSON files are finite: NaN and infinities are written as null (JSON has no
 spelling for them, and a reader that meets one fails on every later read).
@@ -32,33 +39,81 @@ from pathlib import Path
 from tunesmith.errors import TunesmithError
 from tunesmith.paths import write_text_atomic
 
+CONFIG = "config.yaml"
 METRICS = "metrics.jsonl"
 SUMMARY = "summary.json"
 CHECKPOINTS = "checkpoints"
 CHECKPOINT_PREFIX = "step-"
+BEST = "best"
+SAMPLES = "samples.json"
+ADAPTER = "adapter"
+MERGED = "merged"
+HEAD_FILE = "classification_head.safetensors"
+LOSS_PLOT = "loss.png"
+# Entries that say a folder holds a run (so it is not overwritten without --overwrite); a new run
+# clears every entry the trainer writes.
+RUN_MARKERS = (CONFIG, METRICS, CHECKPOINTS, ADAPTER, MERGED)
+RUN_ENTRIES = (*RUN_MARKERS, SAMPLES, HEAD_FILE, LOSS_PLOT, SUMMARY)
+
+# Metric names, the same for decoder and encoder runs: f"{split}_{name}" for split in TRAIN, VAL.
+# Accuracy is the share of predictions that are right: label tokens (decoder, mlm), texts
+# (classification) or queries whose positive ranks first (contrastive).
+TRAIN, VAL = "train", "val"
+LOSS, ACCURACY = "loss", "accuracy"
+
+
+def metric_name(split: str, name: str) -> str:
+    return f"{split}_{name}"
+
+
+TRAIN_LOSS, TRAIN_ACCURACY = metric_name(TRAIN, LOSS), metric_name(TRAIN, ACCURACY)
+VAL_LOSS, VAL_ACCURACY = metric_name(VAL, LOSS), metric_name(VAL, ACCURACY)
 _CHECKPOINT_RE = re.compile(rf"{CHECKPOINT_PREFIX}(\d+)")
+
+
+def best_checkpoint(out_dir: Path) -> Path:
+    return out_dir / CHECKPOINTS / BEST
 
 
 def lock_path(out_dir: Path) -> Path:
     return out_dir.parent / f".{out_dir.name}.lock"
 
 
-@contextmanager
-def locked(out_dir: Path) -> Iterator[None]:
-    """Hold the run folder's lock; TunesmithError if another live process holds it."""
-    out_dir = Path(out_dir).absolute()
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(lock_path(out_dir), os.O_RDWR | os.O_CREAT, 0o644)
-    try:
+def _lock(out_dir: Path) -> int:
+    """An open descriptor holding the exclusive lock on the file now at `lock_path(out_dir)`.
+
+    The holder deletes the file when done, so a lock taken on a file that was then deleted (or
+    replaced) is worth nothing: such a file is let go and the path opened again."""
+    path = lock_path(out_dir)
+    while True:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
+            os.close(fd)
             raise TunesmithError(f"{out_dir} is in use by another trainer (process {holder})") from None
+        try:
+            if os.stat(path).st_ino == os.fstat(fd).st_ino:
+                return fd
+        except FileNotFoundError:
+            pass
+        os.close(fd)
+
+
+@contextmanager
+def locked(out_dir: Path) -> Iterator[None]:
+    """Hold the run folder's lock; TunesmithError if another live process holds it. The lock file
+    is gone afterwards, whether the run finished or failed."""
+    out_dir = Path(out_dir).absolute()
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    fd = _lock(out_dir)
+    try:
         os.ftruncate(fd, 0)
         os.pwrite(fd, str(os.getpid()).encode(), 0)
         yield
     finally:
+        lock_path(out_dir).unlink(missing_ok=True)  # while still locked: nobody else can hold this file
         os.close(fd)  # releases the lock; the kernel does the same when the process dies
 
 
@@ -108,18 +163,16 @@ def checkpoint_steps(out_dir: Path) -> list[int]:
 class MetricsLog:
     """Append-only ``metrics.jsonl``; on resume, lines from after the checkpoint are dropped first.
 
-    `report_to` trackers (tunesmith.trackers: TensorBoard, MLflow) get every line too; `close()`
-    after the run's last file is written lets them finish (MLflow uploads the run folder then).
+    `trackers` (tunesmith.trackers: TensorBoard, MLflow) get every line too; `close()` after the
+    run's last file is written lets them finish (MLflow uploads the run folder then).
     """
 
-    def __init__(self, path: Path, resume_step: int | None, report_to: Sequence[str] = ()):
-        from tunesmith.trackers import open_trackers
-
+    def __init__(self, path: Path, resume_step: int | None, trackers: Sequence = ()):
         self.path = path
         if resume_step is not None and path.exists():
             kept = [line for line in path.read_text().splitlines() if json.loads(line)["step"] <= resume_step]
             write_text_atomic(path, "".join(line + "\n" for line in kept))
-        self.trackers = open_trackers(list(report_to), path.parent, resume_step)
+        self.trackers = list(trackers)
 
     def write(self, record: dict) -> None:
         with open(self.path, "a") as fh:

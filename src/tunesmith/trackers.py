@@ -2,7 +2,7 @@
 
 Both are optional extras (`pip install 'tunesmith[tensorboard]'`, `'tunesmith[mlflow]'`), imported
 only when a run asks for them. metrics.jsonl stays the record; a tracker is a view of it, fed by
-`progress.MetricsLog` as each line is written.
+`runfolder.MetricsLog` as each line is written.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from urllib.parse import urlparse
 import yaml
 
 from tunesmith.errors import TunesmithError
+from tunesmith.runfolder import ADAPTER, CHECKPOINTS, CONFIG, MERGED
 
 # tracker -> the module it needs
 TRACKERS = {"tensorboard": "tensorboard", "mlflow": "mlflow"}
@@ -25,7 +26,7 @@ MLFLOW_RUN_ID_FILE = "mlflow_run_id"
 MLFLOW_EXPERIMENT = "tunesmith"
 # Not sent to MLflow as artifacts: resumable training state, the trackers' own files, and the merged
 # model of a LoRA run (base model + adapter/ rebuild it; it would double the disk used).
-ARTIFACTS_SKIPPED = {"checkpoints", TENSORBOARD_DIR, "mlruns", MLFLOW_RUN_ID_FILE}
+ARTIFACTS_SKIPPED = {CHECKPOINTS, TENSORBOARD_DIR, "mlruns", MLFLOW_RUN_ID_FILE}
 
 
 def require_trackers(names: list[str]) -> list[str]:
@@ -113,9 +114,9 @@ class MLflowTracker:
         self.client.log_batch(self.run_id, metrics=metrics)
 
     def close(self, run: Path) -> None:
-        lora = (run / "adapter").is_dir()
+        lora = (run / ADAPTER).is_dir()
         for item in sorted(run.iterdir()):
-            if item.name in ARTIFACTS_SKIPPED or (lora and item.name == "merged"):
+            if item.name in ARTIFACTS_SKIPPED or (lora and item.name == MERGED):
                 continue
             if item.is_dir():
                 self.client.log_artifacts(self.run_id, str(item), artifact_path=item.name)
@@ -129,7 +130,7 @@ def open_trackers(names: list[str], run: Path, resume_step: int | None) -> list:
     if not names:
         return []
     require_trackers(names)
-    config_path = run / "config.yaml"
+    config_path = run / CONFIG
     config_text = config_path.read_text(encoding="utf-8") if config_path.is_file() else ""
     kinds = {"tensorboard": TensorBoardTracker, "mlflow": MLflowTracker}
     return [kinds[name](run, config_text, resume_step) for name in names]

@@ -5,7 +5,7 @@ import math
 import numpy as np
 import pytest
 
-from tunesmith.evaluate.bm25 import BM25
+from tunesmith.encoders.bm25 import BM25
 from tunesmith.evaluate.metrics import bootstrap, paired_difference
 from tunesmith.evaluate.retrieval_metrics import fuse, query_groups, query_metrics, rank, retrieval_stats
 

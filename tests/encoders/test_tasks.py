@@ -3,7 +3,7 @@
 import json
 
 from tunesmith.config import config_from_dict
-from tunesmith.encoders.tasks import ContrastiveTask
+from tunesmith.encoders.tasks import ContrastiveTask, EncoderTask
 
 
 def _beir(folder, corpus: dict[str, str], queries: dict[str, str], splits: dict[str, dict[str, str]]):
@@ -36,6 +36,7 @@ def test_hard_negatives_come_from_the_whole_corpus(tmp_path):
         }
     )
     task = ContrastiveTask(cfg, encoder=None)
+    assert isinstance(task, EncoderTask)
     (pair,) = task.train
     assert task.negatives[id(pair)] == ["kiwi apple mango"]
     (held,) = task.validation

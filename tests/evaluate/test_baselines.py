@@ -1,13 +1,8 @@
 import pytest
 
-from tunesmith.data.formats import Example, Message, with_system
-from tunesmith.evaluate.baselines import (
-    FewShotSelector,
-    demonstrations,
-    encode_chat,
-    few_shot_prompt,
-    split_prompt,
-)
+from tunesmith.data.formats import Example, Message, split_prompt, with_system
+from tunesmith.data.tokenize import encode_chat
+from tunesmith.evaluate.baselines import FewShotSelector, demonstrations, few_shot_prompt
 
 
 def _chat(question, answer):

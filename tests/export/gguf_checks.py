@@ -9,7 +9,7 @@ import torch
 from transformers import AutoModelForCausalLM
 
 from tunesmith.data.formats import Message
-from tunesmith.evaluate.baselines import encode_chat
+from tunesmith.data.tokenize import encode_chat
 from tunesmith.generation import generate
 
 REPO = Path(__file__).resolve().parents[2]

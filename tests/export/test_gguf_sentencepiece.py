@@ -11,6 +11,7 @@ from tokenizers import Tokenizer, models, pre_tokenizers, trainers
 from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM, LlamaTokenizer
 
 from tunesmith.export.gguf import write_model_gguf
+from tunesmith.models import tokenizer_from_gguf
 
 CHAT_TEMPLATE = (
     "{% for m in messages %}{{ '<|' + m['role'] + '|>\\n' + m['content'] + eos_token + '\\n' }}{% endfor %}"
@@ -46,10 +47,18 @@ def llama2_style(tmp_path_factory):
     return folder, path, texts[2000:2300] + ["Café Rouge, £20-25 ☕ near 日本"]
 
 
-def test_sentencepiece_vocabulary_reads_back_to_the_same_ids(llama2_style):
+# transformers' GGUF reader, and tunesmith's (the same vocabulary, the splitting set from tokenizer.ggml.pre).
+READERS = {
+    "transformers": lambda path: AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name),
+    "tunesmith": tokenizer_from_gguf,
+}
+
+
+@pytest.mark.parametrize("reader", READERS)
+def test_sentencepiece_vocabulary_reads_back_to_the_same_ids(llama2_style, reader):
     folder, path, lines = llama2_style
     ours = AutoTokenizer.from_pretrained(folder)
-    theirs = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
+    theirs = READERS[reader](path)
     assert [theirs(line).input_ids for line in lines] == [ours(line).input_ids for line in lines]
     chat = [{"role": "user", "content": lines[-1]}]
     assert theirs.apply_chat_template(chat, add_generation_prompt=True) == ours.apply_chat_template(

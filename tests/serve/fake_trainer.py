@@ -61,7 +61,7 @@ for step in range(start + 1, total + 1):
         "step": step,
         "epoch": step / total,
         "train_loss": 2.0 / step,
-        "train_token_accuracy": 0.5,
+        "train_accuracy": 0.5,
         "lr": 1e-4,
         "tokens_per_second": 100.0,
         "grad_norm": 1.0,
@@ -70,7 +70,7 @@ for step in range(start + 1, total + 1):
     if mode == "nan":
         row.update(train_loss=float("nan"), grad_norm=float("inf"))
     if step % train["eval_every"] == 0:
-        row.update(val_loss=2.5 / step, val_token_accuracy=0.4)
+        row.update(val_loss=2.5 / step, val_accuracy=0.4)
     if mode == "nan":
         with open(out / METRICS, "a") as fh:
             fh.write(json.dumps(row) + "\n")

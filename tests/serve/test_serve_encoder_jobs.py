@@ -64,6 +64,9 @@ def test_encoder_job_trains_and_its_fine_tune_embeds(make_server, tiny_bert):
     metrics = [e.data for e in client.fine_tuning.jobs.list_events(job.id, limit=100) if e.type == "metrics"]
     assert sorted(m["step"] for m in metrics) == [1, 2, 3]  # 6 pairs, 2 a step, one epoch
     assert all(isinstance(m["train_loss"], float) for m in metrics) and "valid_loss" in metrics[0]
+    # The encoder's accuracy (queries whose positive ranks first) under the names decoder jobs use.
+    assert all(0.0 <= m["train_mean_token_accuracy"] <= 1.0 for m in metrics)
+    assert 0.0 <= metrics[0]["valid_mean_token_accuracy"] <= 1.0
 
     reply = client.embeddings.create(model=job.fine_tuned_model, input=TEXTS)
     got = np.array([d.embedding for d in reply.data], dtype=np.float32)

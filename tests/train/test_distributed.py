@@ -31,14 +31,14 @@ LAUNCH_TIMEOUT_S = 240
 KILL_RANK_1 = """
 import os, signal, time
 if os.environ.get("RANK") == "1":
-    import tunesmith.train.recipe as recipe
-    saved = recipe.save_checkpoint
+    import tunesmith.train.run as run
+    saved = run.save_checkpoint
     def save_then_die(*args, **kwargs):
         path = saved(*args, **kwargs)
         with open(os.environ["KILLED_AT_FILE"], "w") as fh:
             fh.write(repr(time.time()))
         os.kill(os.getpid(), signal.SIGKILL)
-    recipe.save_checkpoint = save_then_die
+    run.save_checkpoint = save_then_die
 """
 
 
@@ -132,7 +132,7 @@ def test_full_fine_tuning_shards_state_with_fsdp2_and_takes_the_same_steps(make_
     assert "2 processes (fsdp)" in result.stderr
     assert _train_losses(tmp_path / "two") == pytest.approx(_train_losses(tmp_path / "one"), rel=1e-4)
     # The tied embedding is split by vocabulary rows: argmax hits are counted across the split.
-    hits = {r: [m["train_token_accuracy"] for m in _metrics(tmp_path / r) if "train_loss" in m] for r in ("two", "one")}
+    hits = {r: [m["train_accuracy"] for m in _metrics(tmp_path / r) if "train_loss" in m] for r in ("two", "one")}
     assert hits["two"] == pytest.approx(hits["one"], abs=0.011)  # one near-tie may fall either way
     diff = _max_abs_diff(tmp_path / "two/merged/model.safetensors", tmp_path / "one/merged/model.safetensors")
     assert diff <= 1e-4

@@ -1,9 +1,12 @@
 import json
+from types import SimpleNamespace
 
 import pytest
 import torch
 from peft import LoraConfig, get_peft_model
 
+from tunesmith.data.preference import TokenizedPair
+from tunesmith.data.tokenize import IGNORE_INDEX, TokenizedExample
 from tunesmith.models import load_model
 from tunesmith.train import flops
 from tunesmith.train.flops import flops_per_token, mean_attended_keys, measured_peak_flops
@@ -64,3 +67,44 @@ def test_peak_is_measured_once_and_cached(tmp_path, monkeypatch):
     monkeypatch.setattr(flops, "_time_matmul", lambda device, dtype, seconds: 123.0)
     assert measured_peak_flops("cpu", torch.bfloat16) == 123.0
     assert len(json.loads((tmp_path / "peak_flops.json").read_text())) == 2
+
+
+class _Toy(torch.nn.Module):
+    """A trained 4x3 layer (6 x 12 = 72 FLOPs a token) and a frozen 3x5 output layer (4 x 15 = 60 a
+    labelled token); one attention layer one head of width 2 (3 x 4 x 2 = 24 FLOPs a token and key)."""
+
+    def __init__(self):
+        super().__init__()
+        self.body = torch.nn.Linear(4, 3, bias=False)
+        self.head = torch.nn.Linear(3, 5, bias=False).requires_grad_(False)
+        self.config = SimpleNamespace(num_hidden_layers=1, num_attention_heads=1, hidden_size=2, head_dim=None)
+
+    def get_output_embeddings(self):
+        return self.head
+
+
+# A DPO pair: a 6-token prompt, answers of 2 and 3 tokens (5 label tokens): 8 + 9 = 17 example tokens.
+PROMPT = [1, 2, 3, 4, 5, 6]
+CHOSEN = TokenizedExample([*PROMPT, 7, 8], [IGNORE_INDEX] * 6 + [7, 8], 1, 8)
+REJECTED = TokenizedExample([*PROMPT, 9, 10, 11], [IGNORE_INDEX] * 6 + [9, 10, 11], 1, 9)
+
+
+@pytest.mark.parametrize(
+    "packing, computed, keys, expected",
+    [
+        # Packed: the prompt's first 5 tokens run once (its last predicts each answer's first token,
+        # so each answer keeps it): 5 + 3 + 4 = 12 tokens; 12 x 72 + 5 x 60 = 1164 FLOPs.
+        (True, 12, 0.0, 1164 / 2 / 100),
+        # Padded: both whole sequences run: 17 x 72 + 5 x 60 = 1524 FLOPs.
+        (False, 17, 0.0, 1524 / 2 / 100),
+        # Attention to 3 keys a token on average: + 12 x 24 x 3 = 864.
+        (True, 12, 3.0, (1164 + 864) / 2 / 100),
+    ],
+)
+def test_mfu_counts_a_shared_prompt_once(packing, computed, keys, expected):
+    from tunesmith.train.dpo import pair_batch
+
+    batch = pair_batch([TokenizedPair(CHOSEN, REJECTED, 1, 0)], pad_id=0, packing=packing)
+    assert batch.n_tokens == computed
+    # 2 seconds on a machine of 100 FLOP/s.
+    assert flops.mfu(_Toy(), batch.n_tokens, 5, keys, 2.0, 100.0) == pytest.approx(expected)

@@ -13,8 +13,9 @@ from tunesmith.data.batching import make_batch
 from tunesmith.data.formats import read_examples
 from tunesmith.data.tokenize import IGNORE_INDEX, tokenize_examples
 from tunesmith.kernels import attention
+from tunesmith.kernels.label_loss import output_layer
 from tunesmith.models import load_model
-from tunesmith.train.loss import hidden_states, labelled_loss, output_layer
+from tunesmith.train.loss import hidden_states, labelled_loss
 
 
 @pytest.fixture(scope="module")

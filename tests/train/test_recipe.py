@@ -75,14 +75,15 @@ def test_adapter_and_merged_model_give_tunesmiths_logits(lora_run, tiny_model_na
 
 KILL_AFTER_CHECKPOINT = """
 import os, signal, sys
-import tunesmith.train.recipe as recipe
+import tunesmith.train.run as run
 from tunesmith.config import load_config
-saved = recipe.save_checkpoint
+from tunesmith.train.recipe import train
+saved = run.save_checkpoint
 def save_then_die(*args, **kwargs):
     saved(*args, **kwargs)
     os.kill(os.getpid(), signal.SIGKILL)
-recipe.save_checkpoint = save_then_die
-recipe.train(load_config(sys.argv[1]))
+run.save_checkpoint = save_then_die
+train(load_config(sys.argv[1]))
 """
 
 

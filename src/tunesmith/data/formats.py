@@ -10,7 +10,7 @@ from __future__ import annotations
 import csv
 import io
 import json
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -88,7 +88,7 @@ def read_examples(path, format: str = "auto", columns: dict[str, str] | None = N
     path = str(path)
     if format != "auto" and format not in FORMATS:
         raise TunesmithError(f"unknown data format {format!r} (expected auto, {', '.join(FORMATS)})")
-    text = _read_text(path)
+    text = read_data_text(path)
     if format == "auto":
         format = _detect(path, text)
     if columns is not None and format != "csv":
@@ -107,10 +107,10 @@ def read_examples(path, format: str = "auto", columns: dict[str, str] | None = N
 
 def detect_format(path) -> str:
     path = str(path)
-    return _detect(path, _read_text(path))
+    return _detect(path, read_data_text(path))
 
 
-def _read_text(path: str) -> str:
+def read_data_text(path: str) -> str:
     try:
         data = Path(path).read_bytes()
     except FileNotFoundError:
@@ -133,7 +133,7 @@ def _detect(path: str, text: str) -> str:
     suffix = Path(path).suffix.lower()
     if suffix in (".csv", ".txt"):
         return "csv" if suffix == ".csv" else "text"
-    return detect_from_records(path, (value for _, value in _json_records(path, text)))
+    return detect_from_records(path, (value for _, value in json_records(path, text)))
 
 
 def detect_from_records(path: str, values) -> str:
@@ -166,12 +166,12 @@ def detect_from_records(path: str, values) -> str:
     )
 
 
-class _BadJSON(str):
+class BadJSON(str):
     """The json error message for a line that did not parse, told apart from a parsed string."""
 
 
-def _json_records(path: str, text: str):
-    """Yield (line, parsed value or _BadJSON) from a JSON array or JSON Lines text."""
+def json_records(path: str, text: str):
+    """Yield (line, parsed value or BadJSON) from a JSON array or JSON Lines text."""
     if text.lstrip().startswith("[") and not path.lower().endswith(".jsonl"):
         try:
             items = json.loads(text)
@@ -190,7 +190,7 @@ def read_records(path: str, text: str, keys: tuple, convert) -> tuple[list, list
     """Every JSON record of `text` with `keys` (required, optional) converted by `convert(line, obj)
     -> (item, problems)`; every bad record becomes LineErrors instead."""
     items, errors = [], []
-    for line, value in _json_records(path, text):
+    for line, value in json_records(path, text):
         item, problems = record_item(path, line, value, keys, convert)
         errors += problems
         if item is not None:
@@ -201,12 +201,12 @@ def read_records(path: str, text: str, keys: tuple, convert) -> tuple[list, list
 def record_item(path: str, line: int, value, keys: tuple, convert) -> tuple[object, list[LineError]]:
     """One parsed record (a JSON object, or a Parquet / datasets row as a dict) converted by
     `convert(line, obj) -> (item, problems)`, or its errors."""
-    if isinstance(value, _BadJSON):
+    if isinstance(value, BadJSON):
         problems = [(None, str(value))]
     elif not isinstance(value, dict):
-        problems = [(None, f"expected a JSON object, got {_json_type(value)}")]
+        problems = [(None, f"expected a JSON object, got {json_type(value)}")]
     else:
-        problems = _check_keys(value, *keys)
+        problems = check_keys(value, *keys)
         if not problems:
             item, problems = convert(line, value)
     issues = [LineError(path, line, *problem) for problem in problems]
@@ -227,7 +227,7 @@ def record_example(path: str, line: int, value, fmt: str) -> tuple[Example | Non
 
 def _read_json(path: str, text: str, fmt: str) -> tuple[list[Example], list[LineError]]:
     examples, errors = [], []
-    for line, value in _json_records(path, text):
+    for line, value in json_records(path, text):
         example, problems = record_example(path, line, value, fmt)
         errors += problems
         if example is not None:
@@ -236,20 +236,20 @@ def _read_json(path: str, text: str, fmt: str) -> tuple[list[Example], list[Line
 
 
 def json_line(raw: str):
-    """One JSON Lines record: the parsed value, or a _BadJSON naming why it did not parse."""
+    """One JSON Lines record: the parsed value, or a BadJSON naming why it did not parse."""
     try:
         return json.loads(raw)
     except json.JSONDecodeError as e:
-        return _BadJSON(f"invalid JSON: {e.msg} (column {e.colno})")
+        return BadJSON(f"invalid JSON: {e.msg} (column {e.colno})")
 
 
-def _check_keys(obj: dict, required: tuple[str, ...], optional: tuple[str, ...]) -> list[Problem]:
+def check_keys(obj: dict, required: tuple[str, ...], optional: tuple[str, ...]) -> list[Problem]:
     allowed = required + optional
     problems: list[Problem] = [(k, "missing key") for k in required if k not in obj]
     return problems + [(k, f"unknown key (expected {', '.join(allowed)})") for k in obj if k not in allowed]
 
 
-def _json_type(value) -> str:
+def json_type(value) -> str:
     for kind, name in (
         (bool, "boolean"),
         (str, "string"),
@@ -263,9 +263,9 @@ def _json_type(value) -> str:
     return "null"
 
 
-def _content(value, field: str, problems: list[Problem]) -> str | None:
+def message_content(value, field: str, problems: list[Problem]) -> str | None:
     if not isinstance(value, str):
-        problems.append((field, f"expected a string, got {_json_type(value)}"))
+        problems.append((field, f"expected a string, got {json_type(value)}"))
     elif not value.strip():
         problems.append((field, "empty content"))
     else:
@@ -288,15 +288,15 @@ def read_chat(obj: dict) -> tuple[Example | None, list[Problem]]:
     completion request's body) checked as a conversation, with no answer required, or its problems."""
     raw = obj.get("messages")
     if not isinstance(raw, list):
-        return None, [("messages", f"expected an array, got {_json_type(raw)}" if "messages" in obj else "missing key")]
+        return None, [("messages", f"expected an array, got {json_type(raw)}" if "messages" in obj else "missing key")]
     if not raw:
         return None, [("messages", "empty conversation")]
     problems: list[Problem] = []
     tools, validators = read_tools(obj, problems)
     parallel = obj.get("parallel_tool_calls", True)
     if not isinstance(parallel, bool):
-        problems.append(("parallel_tool_calls", f"expected true or false, got {_json_type(parallel)}"))
-    messages = tuple(_message(i, m, problems, validators=validators) for i, m in enumerate(raw))
+        problems.append(("parallel_tool_calls", f"expected true or false, got {json_type(parallel)}"))
+    messages = tuple(parse_message(i, m, problems, validators=validators) for i, m in enumerate(raw))
     if n_errors(problems):
         return None, problems
     problems += call_problems(messages, parallel is not False)
@@ -314,7 +314,7 @@ def read_tools(obj: dict, problems: list[Problem]) -> tuple[tuple[Tool, ...], di
     key = "functions" if "functions" in obj else "tools"
     raw = obj.get(key, [])
     if not isinstance(raw, list):
-        problems.append((key, f"expected an array, got {_json_type(raw)}"))
+        problems.append((key, f"expected an array, got {json_type(raw)}"))
         return (), None
     before, tools, validators, first = len(problems), [], {}, {}
     for i, item in enumerate(raw):
@@ -336,16 +336,16 @@ def read_tools(obj: dict, problems: list[Problem]) -> tuple[tuple[Tool, ...], di
 
 def _tool(raw, where: str, problems: list[Problem], validators: dict) -> Tool | None:
     if not isinstance(raw, dict):
-        problems.append((where, f"expected an object, got {_json_type(raw)}"))
+        problems.append((where, f"expected an object, got {json_type(raw)}"))
         return None
     name, description, parameters = raw.get("name"), raw.get("description", ""), raw.get("parameters", {})
     if not isinstance(name, str) or not name.strip():
         problems.append((f"{where}.name", "expected a non-empty string" if "name" in raw else "missing key"))
         return None
     if not isinstance(description, str):
-        problems.append((f"{where}.description", f"expected a string, got {_json_type(description)}"))
+        problems.append((f"{where}.description", f"expected a string, got {json_type(description)}"))
     if not isinstance(parameters, dict):
-        problems.append((f"{where}.parameters", f"expected a JSON Schema object, got {_json_type(parameters)}"))
+        problems.append((f"{where}.parameters", f"expected a JSON Schema object, got {json_type(parameters)}"))
         return None
     try:
         validators[name] = schema_validator(parameters)
@@ -355,19 +355,19 @@ def _tool(raw, where: str, problems: list[Problem], validators: dict) -> Tool | 
     return Tool(name, description if isinstance(description, str) else "", parameters)
 
 
-def _message(i: int, raw, problems: list[Problem], field: str = "messages", validators=None) -> Message | None:
+def parse_message(i: int, raw, problems: list[Problem], field: str = "messages", validators=None) -> Message | None:
     """One message; `validators` (tool name -> validator; None: unknown) check its calls."""
     where, before = f"{field}[{i}]", len(problems)
     if not isinstance(raw, dict):
-        problems.append((where, f"expected an object, got {_json_type(raw)}"))
+        problems.append((where, f"expected an object, got {json_type(raw)}"))
         return None
-    key_problems = _check_keys(raw, *_MESSAGE_KEYS)
+    key_problems = check_keys(raw, *_MESSAGE_KEYS)
     if key_problems:
         problems += [(f"{where}.{key}", reason) for key, reason in key_problems]
         return None
     role, weight = raw["role"], raw.get("weight", 1)
     if not isinstance(role, str):
-        problems.append((f"{where}.role", f"expected a string, got {_json_type(role)}"))
+        problems.append((f"{where}.role", f"expected a string, got {json_type(role)}"))
         return None
     if role not in ROLES:
         problems.append((f"{where}.role", f"unknown role {role!r} (expected {', '.join(ROLES)})"))
@@ -389,10 +389,10 @@ def _message(i: int, raw, problems: list[Problem], field: str = "messages", vali
         problems.append((f"{where}.content", "missing key"))
         return None
     else:
-        content = _content(raw["content"], f"{where}.content", problems)
+        content = message_content(raw["content"], f"{where}.content", problems)
     call_id, name = raw.get("tool_call_id"), raw.get("name")
     if role == "tool" and not isinstance(call_id, str):
-        got = "missing key" if call_id is None else f"expected a string, got {_json_type(call_id)}"
+        got = "missing key" if call_id is None else f"expected a string, got {json_type(call_id)}"
         problems.append((f"{where}.tool_call_id", got))
     if role == "function" and not isinstance(name, str):
         problems.append((f"{where}.name", "a function result names its function: missing key"))
@@ -416,7 +416,7 @@ def _calls(raw: dict, where: str, problems: list[Problem], validators) -> tuple[
     elif "tool_calls" in raw:
         listed = raw["tool_calls"]
         if not isinstance(listed, list) or not listed:
-            got = "an empty array" if listed == [] else _json_type(listed)
+            got = "an empty array" if listed == [] else json_type(listed)
             problems.append((f"{where}.tool_calls", f"expected an array of calls, got {got}"))
             return None
         items = []
@@ -426,7 +426,7 @@ def _calls(raw: dict, where: str, problems: list[Problem], validators) -> tuple[
                 problems.append((at, 'expected {"id", "type": "function", "function": {name, arguments}}'))
                 return None
             if not isinstance(call.get("id", ""), str):
-                problems.append((f"{at}.id", f"expected a string, got {_json_type(call['id'])}"))
+                problems.append((f"{at}.id", f"expected a string, got {json_type(call['id'])}"))
                 return None
             items.append((f"{at}.function", call["function"], call.get("id")))
     else:
@@ -437,11 +437,11 @@ def _calls(raw: dict, where: str, problems: list[Problem], validators) -> tuple[
 
 def _call(at: str, raw, call_id, problems: list[Problem], validators) -> ToolCall | None:
     if not isinstance(raw, dict):
-        problems.append((at, f"expected an object, got {_json_type(raw)}"))
+        problems.append((at, f"expected an object, got {json_type(raw)}"))
         return None
     name, arguments = raw.get("name"), raw.get("arguments", "{}")
     if not isinstance(name, str):
-        problems.append((f"{at}.name", "missing key" if name is None else f"expected a string, got {_json_type(name)}"))
+        problems.append((f"{at}.name", "missing key" if name is None else f"expected a string, got {json_type(name)}"))
         return None
     if isinstance(arguments, str):  # OpenAI's form: a JSON string
         try:
@@ -450,7 +450,7 @@ def _call(at: str, raw, call_id, problems: list[Problem], validators) -> ToolCal
             problems.append((f"{at}.arguments", f"not valid JSON: {e.msg} (column {e.colno})"))
             return None
     if not isinstance(arguments, dict):
-        problems.append((f"{at}.arguments", f"expected a JSON object, got {_json_type(arguments)}"))
+        problems.append((f"{at}.arguments", f"expected a JSON object, got {json_type(arguments)}"))
         return None
     if validators is not None:
         if name not in validators:
@@ -516,18 +516,18 @@ def _chat(prompt: str, completion: str, system: str | None = None) -> tuple[Mess
 
 def _from_prompt_completion(obj: dict):
     problems: list[Problem] = []
-    prompt = _content(obj["prompt"], "prompt", problems)
-    completion = _content(obj["completion"], "completion", problems)
+    prompt = message_content(obj["prompt"], "prompt", problems)
+    completion = message_content(obj["completion"], "completion", problems)
     return (None, problems) if problems else (_chat(prompt, completion), [])
 
 
 def _from_alpaca(obj: dict):
     problems: list[Problem] = []
-    instruction = _content(obj["instruction"], "instruction", problems)
-    output = _content(obj["output"], "output", problems)
+    instruction = message_content(obj["instruction"], "instruction", problems)
+    output = message_content(obj["output"], "output", problems)
     extra = obj.get("input", "")
     if not isinstance(extra, str):
-        problems.append(("input", f"expected a string, got {_json_type(extra)}"))
+        problems.append(("input", f"expected a string, got {json_type(extra)}"))
     if problems:
         return None, problems
     prompt = f"{instruction}\n\n{extra}" if extra.strip() else instruction
@@ -536,7 +536,7 @@ def _from_alpaca(obj: dict):
 
 def _from_text(obj: dict):
     problems: list[Problem] = []
-    return _content(obj["text"], "text", problems), problems
+    return message_content(obj["text"], "text", problems), problems
 
 
 _CONVERTERS = {
@@ -604,8 +604,8 @@ def _read_csv(path: str, text: str, columns: dict[str, str] | None) -> tuple[lis
 def csv_example(path: str, line: int, cells: dict[str, str], mapping: dict[str, str]):
     """One CSV row, its cells keyed by role (prompt, completion, system), as an example or its errors."""
     problems: list[Problem] = []
-    prompt = _content(cells["prompt"], mapping["prompt"], problems)
-    completion = _content(cells["completion"], mapping["completion"], problems)
+    prompt = message_content(cells["prompt"], mapping["prompt"], problems)
+    completion = message_content(cells["completion"], mapping["completion"], problems)
     if problems:
         return None, [LineError(path, line, field, reason) for field, reason in problems]
     return Example(line, messages=_chat(prompt, completion, cells.get("system"))), []
@@ -640,3 +640,11 @@ def with_system(messages: tuple[Message, ...] | list[Message], system: str | Non
     if system and not any(m.role == "system" for m in messages):
         return (Message("system", system), *messages)
     return tuple(messages)
+
+
+def split_prompt(messages: Sequence[Message]) -> tuple[tuple[Message, ...], str] | None:
+    """(messages before the last assistant turn, that turn's text); None if there is no answer."""
+    for i in range(len(messages) - 1, -1, -1):
+        if messages[i].role == "assistant":
+            return tuple(messages[:i]), messages[i].content
+    return None

@@ -28,14 +28,14 @@ from tunesmith.data.formats import (
     LoadedData,
     Message,
     Problem,
-    _check_keys,
-    _content,
-    _json_records,
-    _json_type,
-    _message,
-    _read_text,
     call_problems,
+    check_keys,
+    json_records,
+    json_type,
+    message_content,
     n_errors,
+    parse_message,
+    read_data_text,
     read_records,
     read_tools,
 )
@@ -88,7 +88,7 @@ def holds_pairs(path, format: str = "auto") -> bool:
 def read_pairs(path, format: str = "auto") -> LoadedData:
     """Every valid pair of the file; every bad line a LineError naming its field."""
     path = str(path)
-    text = _read_text(path)
+    text = read_data_text(path)
     if format == "auto":
         format = _detect(path, text)
     elif format not in PREFERENCE_FORMATS:
@@ -100,7 +100,7 @@ def read_pairs(path, format: str = "auto") -> LoadedData:
 
 
 def _detect(path: str, text: str) -> str:
-    for _, value in _json_records(path, text):
+    for _, value in json_records(path, text):
         if isinstance(value, dict):
             keys = set(value)
             if keys & {"input", "preferred_output", "non_preferred_output"}:
@@ -117,16 +117,16 @@ def _detect(path: str, text: str) -> str:
 
 def _prompt(raw, field: str, problems: list[Problem], validators=None) -> tuple[Message, ...]:
     if isinstance(raw, str):
-        content = _content(raw, field, problems)
+        content = message_content(raw, field, problems)
         return (Message("user", content),) if content is not None else ()
     if not isinstance(raw, list):
-        problems.append((field, f"expected a string or an array of messages, got {_json_type(raw)}"))
+        problems.append((field, f"expected a string or an array of messages, got {json_type(raw)}"))
         return ()
     if not raw:
         problems.append((field, "empty prompt"))
         return ()
     before = len(problems)
-    messages = tuple(_message(i, m, problems, field, validators) for i, m in enumerate(raw))
+    messages = tuple(parse_message(i, m, problems, field, validators) for i, m in enumerate(raw))
     if not n_errors(problems[before:]):
         problems += [(f.replace("messages", field, 1), *rest) for f, *rest in call_problems(messages, True)]
     if n_errors(problems[before:]):
@@ -140,14 +140,14 @@ def _prompt(raw, field: str, problems: list[Problem], validators=None) -> tuple[
 
 def _answer(raw, field: str, problems: list[Problem], validators=None) -> Message | None:
     if isinstance(raw, str):
-        content = _content(raw, field, problems)
+        content = message_content(raw, field, problems)
         return None if content is None else Message("assistant", content)
     if not isinstance(raw, list) or len(raw) != 1:
-        got = f"{len(raw)} messages" if isinstance(raw, list) else _json_type(raw)
+        got = f"{len(raw)} messages" if isinstance(raw, list) else json_type(raw)
         problems.append((field, f"expected one assistant message, got {got}"))
         return None
     before = len(problems)
-    message = _message(0, raw[0], problems, field, validators)
+    message = parse_message(0, raw[0], problems, field, validators)
     if n_errors(problems[before:]):
         return None
     if message.role != "assistant":
@@ -178,16 +178,16 @@ def _from_openai(line: int, obj: dict):
     tools, validators, parallel = (), None, True
     source = obj["input"]
     if not isinstance(source, dict):
-        problems.append(("input", f"expected an object, got {_json_type(source)}"))
+        problems.append(("input", f"expected an object, got {json_type(source)}"))
     else:
-        key_problems = _check_keys(source, ("messages",), ("tools", "functions", "parallel_tool_calls"))
+        key_problems = check_keys(source, ("messages",), ("tools", "functions", "parallel_tool_calls"))
         problems += [(f"input.{key}", reason) for key, reason in key_problems]
         if not key_problems:
             found: list[Problem] = []
             tools, validators = read_tools(source, found)
             parallel = source.get("parallel_tool_calls", True)
             if not isinstance(parallel, bool):
-                found.append(("parallel_tool_calls", f"expected true or false, got {_json_type(parallel)}"))
+                found.append(("parallel_tool_calls", f"expected true or false, got {json_type(parallel)}"))
             problems += [(f"input.{field}", *rest) for field, *rest in found]
             if isinstance(source["messages"], str):
                 problems.append(("input.messages", "expected an array of messages, got string"))

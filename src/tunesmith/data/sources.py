@@ -20,12 +20,12 @@ import xxhash
 from tunesmith.data.formats import (
     FORMATS,
     LineError,
-    _read_text,
     csv_mapping,
     csv_rows,
     detect_from_records,
     json_line,
     paragraphs,
+    read_data_text,
 )
 from tunesmith.errors import TunesmithError
 
@@ -84,6 +84,17 @@ def data_files(spec: str) -> tuple[str, ...]:
     if len(suffixes) > 1:
         raise TunesmithError(f"{spec}: shards of one dataset must share a format; found {', '.join(sorted(suffixes))}")
     return tuple(files)
+
+
+def check_data_paths(data, fields: tuple[str, ...]) -> None:
+    """Each of the config's data `fields` that is set names something that exists (a file, a folder
+    or a glob with a match): checked before any model loads, so a typo costs no model load."""
+    for field in fields:
+        spec = getattr(data, field)
+        if spec is None or Path(spec).exists() or (glob.has_magic(spec) and glob.glob(spec)):
+            continue
+        where = "" if Path(spec).is_absolute() else f", relative to the working directory {Path.cwd()}"
+        raise TunesmithError(f"data file not found: {spec} (data.{field}{where})")
 
 
 def open_source(spec: str, format: str = "auto", columns: dict[str, str] | None = None) -> Source:
@@ -191,7 +202,7 @@ def _json_values(name: str) -> Iterator[tuple[int, object, int]]:
 
 
 def _json_array(name: str, source, errors) -> Iterator[tuple[int, object, int]]:
-    text = _read_text(name)
+    text = read_data_text(name)
     try:
         items = json.loads(text)
     except json.JSONDecodeError as e:

@@ -8,10 +8,12 @@ tokens whose characters belong to a trained assistant reply or the end-of-turn t
 from __future__ import annotations
 
 import bisect
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
 
+from tunesmith.chat.messages import Message
 from tunesmith.chat.render import rendering, reply_text, template_inputs
 from tunesmith.data.formats import Example
 from tunesmith.errors import TunesmithError
@@ -185,3 +187,12 @@ def _render(render, example: Example, messages, add_generation_prompt: bool = Fa
         return render(example, messages, add_generation_prompt)
     except Exception as e:  # jinja raises its own types, and templates raise on purpose
         raise TunesmithError(f"line {example.line}: the tokenizer's chat template failed: {e}") from None
+
+
+def encode_chat(tokenizer, messages: Sequence[Message]) -> list[int]:
+    """Token ids of a chat in the model's own template, ending with the assistant header."""
+    text = tokenizer.apply_chat_template(
+        [{"role": m.role, "content": m.content} for m in messages], tokenize=False, add_generation_prompt=True
+    )
+    # The template already wrote any BOS it wants; tokenising again must not add another.
+    return tokenizer(text, add_special_tokens=False).input_ids

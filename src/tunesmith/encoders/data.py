@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from tunesmith.data.formats import LineError, _BadJSON, _json_records, _json_type, _read_text, csv_rows, read_examples
+from tunesmith.data.formats import BadJSON, LineError, csv_rows, json_records, json_type, read_data_text, read_examples
 from tunesmith.errors import TunesmithError
 
 PAIR_KEYS = (("query", "positive"), ("negative",))
@@ -60,7 +60,7 @@ def _string(obj: dict, key: str, problems: list[tuple[str, str]], required: bool
     if value is None and not required:
         return None
     if not isinstance(value, str):
-        problems.append((key, f"expected a string, got {_json_type(value)}"))
+        problems.append((key, f"expected a string, got {json_type(value)}"))
         return None
     if not value.strip():
         problems.append((key, "empty text"))
@@ -71,11 +71,11 @@ def _string(obj: dict, key: str, problems: list[tuple[str, str]], required: bool
 def _json_objects(path: str, keys: tuple[tuple[str, ...], tuple[str, ...]]):
     """(line, object, problems) for each record of a JSONL file, with unknown/missing keys as problems."""
     required, optional = keys
-    for line, value in _json_records(path, _read_text(path)):
-        if isinstance(value, _BadJSON):
+    for line, value in json_records(path, read_data_text(path)):
+        if isinstance(value, BadJSON):
             yield line, None, [(None, str(value))]
         elif not isinstance(value, dict):
-            yield line, None, [(None, f"expected a JSON object, got {_json_type(value)}")]
+            yield line, None, [(None, f"expected a JSON object, got {json_type(value)}")]
         else:
             allowed = required + optional
             problems = [(k, "missing key") for k in required if k not in value]
@@ -106,7 +106,7 @@ def _read_id_texts(path: Path) -> dict[str, str]:
             text = _string(obj, "text", problems)
             ident = obj["_id"]
             if not isinstance(ident, str) or not ident:
-                problems.append(("_id", f"expected a non-empty string, got {_json_type(ident)}"))
+                problems.append(("_id", f"expected a non-empty string, got {json_type(ident)}"))
             elif ident in out:
                 problems.append(("_id", f"duplicate id {ident!r}"))
             if not problems:
@@ -121,7 +121,7 @@ def _read_qrels(path: Path, corpus: dict[str, str], queries: dict[str, str]) -> 
     """`query-id<TAB>corpus-id<TAB>score` with a header line; grade 0 means judged irrelevant."""
     qrels: dict[str, dict[str, int]] = {}
     errors = []
-    for number, raw in enumerate(_read_text(str(path)).split("\n"), 1):
+    for number, raw in enumerate(read_data_text(str(path)).split("\n"), 1):
         fields = raw.rstrip("\r").split("\t")
         if not raw.strip() or (number == 1 and fields[0] == "query-id"):
             continue
@@ -178,7 +178,7 @@ def read_labelled(path: str, columns: dict[str, str] | None = None) -> list[Labe
             text = _string(obj, "text", problems)
             label = obj["label"]
             if isinstance(label, bool) or not isinstance(label, (str, int)) or str(label).strip() == "":
-                problems.append(("label", f"expected a string or integer label, got {_json_type(label)}"))
+                problems.append(("label", f"expected a string or integer label, got {json_type(label)}"))
             if not problems:
                 items.append(LabelledText(text, str(label), line))
         errors += [LineError(path, line, field, reason) for field, reason in problems]
@@ -189,7 +189,7 @@ def read_labelled(path: str, columns: dict[str, str] | None = None) -> list[Labe
 def _read_csv_columns(path: str, columns: dict[str, str]) -> list[tuple[int, dict[str, str]]]:
     """(line, {role: cell}) per CSV row; `columns` maps each role to its header name; empty cells are errors."""
     errors: list[LineError] = []
-    header, csv_lines = csv_rows(path, _read_text(path), errors)
+    header, csv_lines = csv_rows(path, read_data_text(path), errors)
     for role, column in columns.items():
         if column not in header:
             raise TunesmithError(f"{path}:1: column {column!r} (for {role}) is not in the header: {', '.join(header)}")

@@ -205,9 +205,9 @@ def load_encoder(name_or_path: str, max_seq_len: int | None = None) -> Encoder:
     `max_seq_len` replaces the checkpoint's own limit."""
     from transformers import AutoConfig, AutoModel, AutoTokenizer
 
-    from tunesmith.models import _quiet_transformers
+    from tunesmith.models import quiet_transformers
 
-    _quiet_transformers()
+    quiet_transformers()
     path = resolve_model_path(name_or_path)
     config = AutoConfig.from_pretrained(path)
     if any(a.endswith("ForCausalLM") for a in config.architectures or []):

@@ -9,6 +9,7 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol, runtime_checkable
 
 import torch
 import torch.nn.functional as F
@@ -33,6 +34,25 @@ class Prepared:
     inputs: dict  # what the loss needs, already tokenized
     count: int  # loss terms in this batch (queries, masked tokens, texts): the step normalises by their sum
     tokens: int  # real (non-padding) tokens run through the body
+
+
+@runtime_checkable
+class EncoderTask(Protocol):
+    """What the encoder recipe asks of a task (ContrastiveTask, MaskedLMTask, ClassificationTask):
+    the encoder's counterpart of train.objective.Objective."""
+
+    train: list  # training items, in the task's own form
+    validation: list
+    head: torch.nn.Module  # trained beside the body (a temperature, the MLM head, a classifier)
+
+    def summary(self) -> str:
+        """One line on the data, for the progress output."""
+
+    def prepare(self, items: list, generator: torch.Generator) -> Prepared:
+        """One micro-batch of `items`; any randomness (masking) drawn from `generator`."""
+
+    def loss_sum(self, body, inputs: dict) -> tuple[torch.Tensor, int]:
+        """(the loss summed over the batch's loss terms, how many of them are right)."""
 
 
 def _tokens(batch: dict) -> int:
@@ -71,7 +91,7 @@ class ContrastiveTask:
 
     def _mine(self, wanted: int, corpus: list[str]) -> None:
         """For each pair, the BM25 top documents for its query among all positives and `corpus`, minus its own."""
-        from tunesmith.evaluate.bm25 import BM25
+        from tunesmith.encoders.bm25 import BM25
 
         docs = sorted({p.positive for p in self.train + self.validation} | set(corpus))
         index = BM25(docs)
@@ -103,8 +123,11 @@ class ContrastiveTask:
             scores = maxsim_scores(*queries, *docs)
         else:
             scores = cosine_scores(*(self.encoder.embed(batch, body) for batch in inputs["batches"]))
-        loss = contrastive_loss(scores, self.head(), inputs["same_text"].to(scores.device))
-        return loss * inputs["queries"], 0
+        same_text = inputs["same_text"].to(scores.device)
+        loss = contrastive_loss(scores, self.head(), same_text)
+        # Accuracy: queries whose positive ranks first among the micro-batch's documents.
+        ranked_first = scores.detach().masked_fill(same_text, float("-inf")).argmax(-1)
+        return loss * inputs["queries"], int((ranked_first == torch.arange(len(scores), device=scores.device)).sum())
 
 
 class MaskedLMTask:

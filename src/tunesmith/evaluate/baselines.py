@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from tunesmith.data.formats import Example, Message, with_system
+from tunesmith.data.tokenize import encode_chat
 
 # With no k configured, use as many demonstrations as fit the budget, up to this many: beyond
 # ~8, in-context gains flatten while every request pays for the extra prompt tokens.
@@ -25,23 +26,6 @@ MAX_AUTO_SHOTS = 8
 class FewShotPrompt:
     ids: list[int]
     shots: int  # demonstrations that fit (fewer than asked when the budget ran out)
-
-
-def split_prompt(messages: Sequence[Message]) -> tuple[tuple[Message, ...], str] | None:
-    """(messages before the last assistant turn, that turn's text); None if there is no answer."""
-    for i in range(len(messages) - 1, -1, -1):
-        if messages[i].role == "assistant":
-            return tuple(messages[:i]), messages[i].content
-    return None
-
-
-def encode_chat(tokenizer, messages: Sequence[Message]) -> list[int]:
-    """Token ids of a chat in the model's own template, ending with the assistant header."""
-    text = tokenizer.apply_chat_template(
-        [{"role": m.role, "content": m.content} for m in messages], tokenize=False, add_generation_prompt=True
-    )
-    # The template already wrote any BOS it wants; tokenising again must not add another.
-    return tokenizer(text, add_special_tokens=False).input_ids
 
 
 def context_budget(model, max_new_tokens: int, configured: int | None) -> int:

@@ -31,26 +31,26 @@ from pathlib import Path
 import numpy as np
 
 from tunesmith.config import Config, config_from_dict
+from tunesmith.encoders.bm25 import BM25
 from tunesmith.encoders.data import LabelledText, read_beir, read_labelled
 from tunesmith.encoders.model import Encoder, load_encoder
 from tunesmith.errors import TunesmithError
 from tunesmith.evaluate import metrics
-from tunesmith.evaluate.bm25 import BM25
 from tunesmith.evaluate.retrieval_metrics import DEPTH, RRF_K, fuse, query_groups, rank, retrieval_stats
-from tunesmith.evaluate.run import (
-    _base_variants,
-    _ci,
-    _model_folder,
-    _run_folder,
+from tunesmith.evaluate.run import base_variants, load_test_items
+from tunesmith.evaluate.variants import (
+    bootstrap_ci,
     empty_result,
     gains,
-    load_test_items,
+    model_folder,
     read_loss_curve,
     read_training_summary,
+    run_folder,
     write_result,
 )
 from tunesmith.paths import atomic_file, tunesmith_home
 from tunesmith.precision import autocast, default_device
+from tunesmith.runfolder import HEAD_FILE
 
 SIDE_BY_SIDE = 10
 # Late interaction: query tokens x document tokens scored at a time (a [queries, documents] block of
@@ -82,7 +82,7 @@ def embed_cached(encoder: Encoder, texts: list[str], what: str, batch_size: int)
 
 def _variant(stats: dict, config: Config, outputs: list[str], mean_tokens: float | None) -> dict:
     return {
-        "metrics": {name: _ci(s, config.eval) for name, s in stats.items()},
+        "metrics": {name: bootstrap_ci(s, config.eval) for name, s in stats.items()},
         "cost": {"prompt_tokens": mean_tokens, "generated_tokens": None, "tokens_per_second": None},
         "outputs": outputs,
         "stats": stats,
@@ -150,7 +150,7 @@ def run_retrieval_evaluation(config: Config, finetuned: str | None, out_dir: str
     query_ids, queries = test.query_ids[:count], test.queries[:count]
     position = {doc: i for i, doc in enumerate(test.corpus_ids)}
     relevant = [{position[d]: g for d, g in test.qrels[q].items()} for q in query_ids]
-    run_dir = _run_folder(finetuned, config)
+    run_dir = run_folder(finetuned, config)
     result = empty_result(config, "retrieval", run_dir, count, sum(len(r) for r in relevant))
     result["corpus"] = len(test.corpus)
     rankings = {}
@@ -162,7 +162,7 @@ def run_retrieval_evaluation(config: Config, finetuned: str | None, out_dir: str
     # The base is scored as its checkpoint says (pooled) and, for a late-interaction fine-tune, the same
     # way as the fine-tune: the gain is then over the base used either way.
     names = [("zero_shot", config.model, config.encoder.max_seq_len)]
-    names += [("finetuned", _model_folder(run_dir), None)] if run_dir else []
+    names += [("finetuned", model_folder(run_dir), None)] if run_dir else []
     mean_tokens = None
     for variant, model, max_seq_len in names:
         encoder = load_encoder(model, max_seq_len)
@@ -210,15 +210,13 @@ def _classifier_predictions(run_dir: Path, texts: list[str], batch_size: int) ->
     import torch
     from safetensors import safe_open
 
-    from tunesmith.encoders.recipe import HEAD_FILE
-
     path = run_dir / HEAD_FILE
     if not path.is_file():
         raise TunesmithError(f"{run_dir} has no {HEAD_FILE}: it is not a classification run")
     with safe_open(str(path), "pt") as fh:
         labels = json.loads(fh.metadata()["labels"])
         weight, bias = fh.get_tensor("weight"), fh.get_tensor("bias")
-    encoder = load_encoder(_model_folder(run_dir))
+    encoder = load_encoder(model_folder(run_dir))
     encoder.model.eval()
     predictions = []
     with torch.no_grad():
@@ -255,7 +253,7 @@ def _decoder_variants(
         )
         scratch = empty_result(decoder, "classification", None, len(test), len(test))
         with autocast(decoder.train.dtype, default_device()):
-            _base_variants(decoder, load_test_items(decoder), scratch)
+            base_variants(decoder, load_test_items(decoder), scratch)
     return {f"decoder_{name}": variant for name, variant in scratch["variants"].items()}
 
 
@@ -269,7 +267,7 @@ def run_encoder_classification(config: Config, finetuned: str | None, out_dir: s
     labels = sorted({x.label for x in train})
     gold = [x.label for x in test]
     texts = [x.text for x in test]
-    run_dir = _run_folder(finetuned, config)
+    run_dir = run_folder(finetuned, config)
     result = empty_result(config, "encoder classification", run_dir, len(test), len(test))
 
     base = load_encoder(config.model, config.encoder.max_seq_len)

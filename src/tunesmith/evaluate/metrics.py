@@ -85,13 +85,13 @@ def paired_difference(
     return _interval(a.score() - b.score(), scores, level)
 
 
-def _share(sums: np.ndarray) -> float:
+def percent_of(sums: np.ndarray) -> float:
     return 100.0 * sums[0] / sums[1] if sums[1] else math.nan
 
 
-def _share_stats(hits: Sequence[float]) -> ItemStats:
+def share_stats(hits: Sequence[float]) -> ItemStats:
     rows = np.array([[float(h), 1.0] for h in hits]).reshape(-1, 2)
-    return ItemStats(rows, _share)
+    return ItemStats(rows, percent_of)
 
 
 def _reference_streams(references: Sequence[Sequence[str]]) -> list[list[str | None]]:
@@ -124,7 +124,7 @@ def rouge_l_stats(hypotheses: Sequence[str], references: Sequence[Sequence[str]]
     from rouge_score.rouge_scorer import RougeScorer
 
     scorer = RougeScorer(["rougeL"], use_stemmer=False)
-    return _share_stats(
+    return share_stats(
         [
             scorer.score_multi(list(refs), hyp)["rougeL"].fmeasure
             for hyp, refs in zip(hypotheses, references, strict=True)
@@ -134,7 +134,7 @@ def rouge_l_stats(hypotheses: Sequence[str], references: Sequence[Sequence[str]]
 
 def exact_match_stats(hypotheses: Sequence[str], references: Sequence[Sequence[str]]) -> ItemStats:
     """Share of items whose output equals one of its references after stripping whitespace."""
-    return _share_stats(
+    return share_stats(
         [hyp.strip() in {ref.strip() for ref in refs} for hyp, refs in zip(hypotheses, references, strict=True)]
     )
 
@@ -142,11 +142,11 @@ def exact_match_stats(hypotheses: Sequence[str], references: Sequence[Sequence[s
 def parse_rate_stats(generations: Sequence[str], labels: Sequence[str]) -> ItemStats:
     """Share of free generations that are a valid label once surrounding whitespace is stripped."""
     valid = set(labels)
-    return _share_stats([text.strip() in valid for text in generations])
+    return share_stats([text.strip() in valid for text in generations])
 
 
 def accuracy_stats(predictions: Sequence[str], gold: Sequence[str]) -> ItemStats:
-    return _share_stats([p == g for p, g in zip(predictions, gold, strict=True)])
+    return share_stats([p == g for p, g in zip(predictions, gold, strict=True)])
 
 
 def macro_f1_stats(predictions: Sequence[str], gold: Sequence[str], labels: Sequence[str]) -> ItemStats:

@@ -26,10 +26,9 @@ import torch
 from tunesmith.config import Config
 from tunesmith.data.formats import with_system
 from tunesmith.data.preference import read_pairs, tokenize_pair
-from tunesmith.data.tokenize import IGNORE_INDEX
+from tunesmith.data.tokenize import IGNORE_INDEX, encode_chat
 from tunesmith.errors import TunesmithError
 from tunesmith.evaluate import metrics
-from tunesmith.evaluate.baselines import encode_chat
 from tunesmith.generation import generate
 from tunesmith.models import load_model
 from tunesmith.paths import write_text_atomic
@@ -44,11 +43,6 @@ SIDE_BY_SIDE = 10
 def _mean_stats(values) -> metrics.ItemStats:
     rows = np.array([[float(v), 1.0] for v in values]).reshape(-1, 2)
     return metrics.ItemStats(rows, lambda sums: sums[0] / sums[1] if sums[1] else float("nan"))
-
-
-def _share_stats(hits) -> metrics.ItemStats:
-    rows = np.array([[float(h), 1.0] for h in hits]).reshape(-1, 2)
-    return metrics.ItemStats(rows, lambda sums: 100.0 * sums[0] / sums[1] if sums[1] else float("nan"))
 
 
 def load_test_pairs(config: Config, tokenizer):
@@ -122,7 +116,7 @@ def evaluate_preferences(config: Config, tuned_folder: str | None, out_dir: str,
         return metrics.bootstrap(stats, settings.bootstrap_resamples, settings.seed).as_dict()
 
     base, base_texts = _score(config.model, pairs, tokenized, config)
-    base_hits = _share_stats(base[:, 0] > base[:, 1])
+    base_hits = metrics.share_stats(base[:, 0] > base[:, 1])
     variants = {
         "base": {
             "preference_accuracy": ci(base_hits),
@@ -136,12 +130,12 @@ def evaluate_preferences(config: Config, tuned_folder: str | None, out_dir: str,
     gain = None
     if tuned_folder is not None:
         tuned, tuned_texts = _score(tuned_folder, pairs, tokenized, config)
-        tuned_hits = _share_stats(tuned[:, 0] > tuned[:, 1])
+        tuned_hits = metrics.share_stats(tuned[:, 0] > tuned[:, 1])
         reward = config.method.beta * ((tuned[:, 0] - base[:, 0]) - (tuned[:, 1] - base[:, 1]))
         variants["tuned"] = {
             "preference_accuracy": ci(tuned_hits),
             "logp_margin": ci(_mean_stats(tuned[:, 0] - tuned[:, 1])),
-            "reward_accuracy": ci(_share_stats(reward > 0)),
+            "reward_accuracy": ci(metrics.share_stats(reward > 0)),
             "reward_margin": ci(_mean_stats(reward)),
         }
         gain = metrics.paired_difference(tuned_hits, base_hits, settings.bootstrap_resamples, settings.seed).as_dict()

@@ -16,7 +16,7 @@ import math
 
 import numpy as np
 
-from tunesmith.evaluate.metrics import ItemStats, _share
+from tunesmith.evaluate.metrics import ItemStats, percent_of
 
 CUTOFFS = {"ndcg@10": 10, "mrr@10": 10, "recall@100": 100, "p@10": 10}
 DEPTH = max(CUTOFFS.values())
@@ -84,5 +84,5 @@ def retrieval_stats(rankings: np.ndarray, relevant: list[dict[int, int]]) -> dic
     for name in CUTOFFS:
         rows = np.zeros((max(group, default=-1) + 1, 2))
         np.add.at(rows, group, np.array([[q[name], 1.0] for q in per_query]).reshape(-1, 2))
-        stats[name] = ItemStats(rows, _share)
+        stats[name] = ItemStats(rows, percent_of)
     return stats

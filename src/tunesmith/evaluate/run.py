@@ -19,13 +19,13 @@ The fine-tuned run folder is read for ``summary.json`` (trained_tokens, wall_sec
 from __future__ import annotations
 
 import gc
-import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
 
 from tunesmith.config import Config, EvalConfig
-from tunesmith.data.formats import Message, read_examples, with_system
+from tunesmith.data.formats import Message, read_examples, split_prompt, with_system
+from tunesmith.data.tokenize import encode_chat
 from tunesmith.errors import TunesmithError
 from tunesmith.evaluate import metrics
 from tunesmith.evaluate.baselines import (
@@ -33,16 +33,24 @@ from tunesmith.evaluate.baselines import (
     FewShotSelector,
     context_budget,
     demonstrations,
-    encode_chat,
     few_shot_prompt,
-    split_prompt,
 )
-from tunesmith.evaluate.generate import continuation_logprobs, label_logprobs
-from tunesmith.generation import generate
+from tunesmith.evaluate.loglikelihood import continuation_logprobs, label_logprobs
+from tunesmith.evaluate.variants import (
+    bootstrap_ci,
+    empty_result,
+    evaluate_variant,
+    gains,
+    generate_answers,
+    model_folder,
+    prepare_model,
+    read_loss_curve,
+    read_training_summary,
+    run_folder,
+    write_result,
+)
 from tunesmith.models import load_model, load_tokenizer, resolve_model_path
-from tunesmith.paths import write_text_atomic
 from tunesmith.precision import autocast, default_device
-from tunesmith.runfolder import METRICS, read_metrics, read_summary
 
 VARIANTS = ("zero_shot", "few_shot", "finetuned")
 SIDE_BY_SIDE = 10
@@ -106,37 +114,12 @@ def _check_labels(items: list[TestItem], settings: EvalConfig, path: str) -> Non
         )
 
 
-def _prepare(loaded):
-    import torch
-
-    model = loaded.model.to("cuda") if torch.cuda.is_available() else loaded.model
-    model.eval()
-    return model
-
-
-def _ci(stats: metrics.ItemStats, settings: EvalConfig) -> dict[str, float]:
-    return metrics.bootstrap(stats, settings.bootstrap_resamples, settings.seed).as_dict()
-
-
-def _generate(model, tokenizer, prompts, settings: EvalConfig, max_new_tokens: int):
-    return generate(
-        model,
-        tokenizer,
-        prompts,
-        max_new_tokens=max_new_tokens,
-        batch_size=settings.batch_size,
-        temperature=settings.temperature,
-        top_p=settings.top_p,
-        seed=settings.seed,
-    )
-
-
 def _answer_ids(tokenizer, text: str) -> list[int]:
     return tokenizer(text, add_special_tokens=False).input_ids + [tokenizer.eos_token_id]
 
 
 def _score_generation(model, tokenizer, prompts, items, settings: EvalConfig) -> dict:
-    out = _generate(model, tokenizer, prompts, settings, settings.max_new_tokens)
+    out = generate_answers(model, tokenizer, prompts, settings, settings.max_new_tokens)
     refs = [item.references for item in items]
     table = {
         "bleu": metrics.bleu_stats(out.texts, refs),
@@ -156,7 +139,7 @@ def _score_classification(model, tokenizer, prompts, items, settings: EvalConfig
         means = [total / count for total, count in per_label]
         predictions.append(labels[max(range(len(labels)), key=means.__getitem__)])
     longest = max(len(ids) for ids in label_ids) + LABEL_SLACK_TOKENS
-    out = _generate(model, tokenizer, prompts, settings, min(settings.max_new_tokens, longest))
+    out = generate_answers(model, tokenizer, prompts, settings, min(settings.max_new_tokens, longest))
     gold = [item.references[0] for item in items]
     table = {
         "accuracy": metrics.accuracy_stats(predictions, gold),
@@ -191,42 +174,6 @@ def _prompt_ids(tokenizer, item: TestItem, system: str | None) -> list[int]:
     return encode_chat(tokenizer, with_system(item.prompt, system))
 
 
-def _evaluate_variant(model, tokenizer, prompts, items, settings: EvalConfig) -> dict:
-    scored = SCORERS[settings.task](model, tokenizer, prompts, items, settings)
-    generation = scored["generation"]
-    cost = {
-        "prompt_tokens": sum(len(p) for p in prompts) / len(prompts),
-        "generated_tokens": sum(generation.new_tokens) / len(prompts) if generation else None,
-        "tokens_per_second": generation.tokens_per_second if generation else None,
-    }
-    return {
-        "metrics": {name: _ci(stats, settings) for name, stats in scored["metrics"].items()},
-        "cost": cost,
-        "outputs": scored["outputs"],
-        "stats": scored["metrics"],  # per-item statistics, for the paired gain; not written out
-    }
-
-
-LOWER_IS_BETTER = {"perplexity"}
-
-
-def gains(
-    variants: dict, settings: EvalConfig, bases: tuple[str, ...] = ("zero_shot", "few_shot"), tuned: str = "finetuned"
-) -> dict:
-    """The `tuned` variant minus the better of the `bases` variants, per metric, with a paired bootstrap interval."""
-    if tuned not in variants:
-        return {}
-    out = {}
-    for name, stats in variants[tuned]["stats"].items():
-        sign = -1.0 if name in LOWER_IS_BETTER else 1.0
-        best = max([v for v in bases if v in variants], key=lambda v: sign * variants[v]["metrics"][name]["value"])
-        diff = metrics.paired_difference(
-            stats, variants[best]["stats"][name], settings.bootstrap_resamples, settings.seed
-        ).as_dict()
-        out[name] = {"baseline": best, **diff}
-    return out
-
-
 def _general_text_perplexity(model, tokenizer, path: str, window: int, settings: EvalConfig) -> dict:
     """Perplexity on general text in windows of ``window`` tokens; items = windows."""
     file = Path(path)
@@ -238,15 +185,15 @@ def _general_text_perplexity(model, tokenizer, path: str, window: int, settings:
     windows = [ids[start : start + window] for start in range(0, len(ids) - 1, window)]
     windows = [w for w in windows if len(w) > 1]
     stats = _perplexity(model, tokenizer, [w[:1] for w in windows], [w[1:] for w in windows], settings.batch_size)
-    return _ci(stats, settings)
+    return bootstrap_ci(stats, settings)
 
 
-def _base_variants(config: Config, items: list[TestItem], result: dict) -> None:
+def base_variants(config: Config, items: list[TestItem], result: dict) -> None:
     settings = config.eval
     loaded = load_model(config.model)
-    model, tokenizer = _prepare(loaded), loaded.tokenizer
+    model, tokenizer = prepare_model(loaded), loaded.tokenizer
     zero = [_prompt_ids(tokenizer, item, config.data.system) for item in items]
-    result["variants"]["zero_shot"] = _evaluate_variant(model, tokenizer, zero, items, settings)
+    result["variants"]["zero_shot"] = evaluate_variant(model, tokenizer, zero, items, settings, SCORERS[settings.task])
 
     if all(item.prompt for item in items):
         selector = FewShotSelector(
@@ -261,7 +208,7 @@ def _base_variants(config: Config, items: list[TestItem], result: dict) -> None:
             few_shot_prompt(tokenizer, item.prompt, selector.ranked(item.prompt, i, wanted), config.data.system, budget)
             for i, item in enumerate(items)
         ]
-        few = _evaluate_variant(model, tokenizer, [b.ids for b in built], items, settings)
+        few = evaluate_variant(model, tokenizer, [b.ids for b in built], items, settings, SCORERS[settings.task])
         few["shots"] = sum(b.shots for b in built) / len(built)
         result["variants"]["few_shot"] = few
         result["few_shot"] = {"requested": settings.few_shot_k, "mean_shots": few["shots"], "budget": budget}
@@ -295,45 +242,6 @@ def _check_same_base(base_name: str, tuned_folder: str) -> None:
         )
 
 
-def _run_folder(finetuned: str | None, config: Config) -> Path | None:
-    """The fine-tuned run folder: the one given (must exist), else config.out_dir if it has a model."""
-    if finetuned is None:
-        default = Path(config.out_dir)
-        return default if (default / "merged" / "config.json").is_file() else None
-    path = Path(finetuned)
-    if path.name == "merged" and (path / "config.json").is_file():
-        return path.parent
-    if not ((path / "merged" / "config.json").is_file() or (path / "config.json").is_file()):
-        raise TunesmithError(
-            f"fine-tuned model not found: {finetuned} is not a run folder with merged/ "
-            "nor a Hugging Face model folder; train first or pass --finetuned DIR"
-        )
-    return path
-
-
-def _model_folder(run_dir: Path) -> str:
-    return str(run_dir / "merged") if (run_dir / "merged" / "config.json").is_file() else str(run_dir)
-
-
-def read_training_summary(run_dir: Path) -> dict | None:
-    summary = read_summary(run_dir)
-    if summary is None:
-        return None
-    return {key: summary.get(key) for key in ("trained_tokens", "wall_seconds", "steps")}
-
-
-def read_loss_curve(run_dir: Path) -> dict | None:
-    """[[step, loss], ...] for train and validation loss from the trainer's metrics.jsonl."""
-    if not (run_dir / METRICS).is_file():
-        return None
-    curve = {"train": [], "val": []}
-    for row in read_metrics(run_dir):
-        for key, name in (("train_loss", "train"), ("val_loss", "val")):
-            if row.get(key) is not None:
-                curve[name].append([row["step"], row[key]])
-    return curve
-
-
 def _side_by_side(items: list[TestItem], variants: dict) -> list[dict]:
     rows = []
     for i, item in enumerate(items[:SIDE_BY_SIDE]):
@@ -345,65 +253,39 @@ def _side_by_side(items: list[TestItem], variants: dict) -> list[dict]:
     return rows
 
 
-def empty_result(config: Config, task: str, run_dir: Path | None, items: int, references: int) -> dict:
-    """eval.json before any variant is scored: what was evaluated, on what, with which intervals."""
-    settings = config.eval
-    return {
-        "task": task,
-        "model": config.model,
-        "finetuned": str(run_dir) if run_dir else None,
-        "test_file": config.data.test,
-        "items": items,
-        "references": references,
-        "confidence": {"level": metrics.CONFIDENCE, "resamples": settings.bootstrap_resamples, "seed": settings.seed},
-        "variants": {},
-        "few_shot": None,
-        "forgetting": {},
-        "training": None,
-        "loss_curve": None,
-        "notes": [],
-    }
-
-
-def write_result(result: dict, out_dir: str) -> dict:
-    """eval.json, report.html and report.md, without the per-item outputs and statistics."""
-    from tunesmith.evaluate.report import write_reports
-
-    for variant in result["variants"].values():
-        del variant["outputs"], variant["stats"]
-    target = Path(out_dir)
-    target.mkdir(parents=True, exist_ok=True)
-    write_text_atomic(target / "eval.json", json.dumps(result, indent=2) + "\n")
-    write_reports(result, target)
-    return result
-
-
 def run_evaluation(config: Config, finetuned: str | None, out_dir: str) -> dict:
     """Evaluate every variant on the test items; write eval.json, report.html, report.md to out_dir."""
     settings = config.eval
     pairs = settings.task == "preference"  # held-out pairs, not items to answer: evaluate/preference.py
-    items = [] if pairs else load_test_items(config)
-    run_dir = _run_folder(finetuned, config)
+    tools = settings.task == "tool_calls"  # items with tools and acceptable calls: evaluate/tool_eval.py
+    items = [] if pairs or tools else load_test_items(config)
+    run_dir = run_folder(finetuned, config)
     if run_dir is not None:
-        _check_same_base(config.model, _model_folder(run_dir))
+        _check_same_base(config.model, model_folder(run_dir))
+    if tools:
+        from tunesmith.evaluate.tool_eval import evaluate_tool_calls
+
+        return evaluate_tool_calls(config, run_dir, out_dir)
     if pairs:
         from tunesmith.evaluate.preference import evaluate_preferences
 
-        tuned, training = (_model_folder(run_dir), read_training_summary(run_dir)) if run_dir else (None, None)
+        tuned, training = (model_folder(run_dir), read_training_summary(run_dir)) if run_dir else (None, None)
         return evaluate_preferences(config, tuned, out_dir, training)
     result = empty_result(config, settings.task, run_dir, len(items), sum(len(item.references) for item in items))
     # Same precision policy as training: bf16 matmuls where the hardware has them.
     with autocast(config.train.dtype, default_device()):
-        _base_variants(config, items, result)
+        base_variants(config, items, result)
 
     if run_dir is None:
         result["notes"].append(f"no fine-tuned model in {config.out_dir}: base variants only")
     else:
-        loaded = load_model(_model_folder(run_dir))
-        model, tokenizer = _prepare(loaded), loaded.tokenizer
+        loaded = load_model(model_folder(run_dir))
+        model, tokenizer = prepare_model(loaded), loaded.tokenizer
         prompts = [_prompt_ids(tokenizer, item, config.data.system) for item in items]
         with autocast(config.train.dtype, default_device()):
-            result["variants"]["finetuned"] = _evaluate_variant(model, tokenizer, prompts, items, settings)
+            result["variants"]["finetuned"] = evaluate_variant(
+                model, tokenizer, prompts, items, settings, SCORERS[settings.task]
+            )
             if settings.general_text:
                 result["forgetting"]["finetuned"] = _general_text_perplexity(
                     model, tokenizer, settings.general_text, config.data.max_seq_len, settings

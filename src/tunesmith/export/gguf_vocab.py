@@ -34,7 +34,7 @@ def byte_level_pre_name(spec: dict, source: str) -> str:
     steps = _steps(spec.get("pre_tokenizer"))
     kinds = [s.get("type") for s in steps]
     if kinds == ["ByteLevel"] and steps[0].get("use_regex", True):
-        return "gpt2"
+        return "gpt-2"  # llama.cpp refuses "gpt2" (unknown pre-tokenizer type)
     if kinds == ["Digits", "ByteLevel"] and steps[0].get("individual_digits") and steps[1].get("use_regex", True):
         return "smollm"
     if kinds == ["Split", "ByteLevel"] and steps[0].get("pattern", {}).get("Regex") == LLAMA3_SPLIT:

@@ -6,6 +6,7 @@ from pathlib import Path
 
 from tunesmith.chat.render import save_rendering
 from tunesmith.paths import write_dir_atomic
+from tunesmith.runfolder import MERGED
 
 
 def save_merged(model, tokenizer, out_dir: Path) -> Path:
@@ -21,4 +22,4 @@ def save_merged(model, tokenizer, out_dir: Path) -> Path:
         tokenizer.save_pretrained(folder)
         save_rendering(folder, tokenizer)
 
-    return write_dir_atomic(out_dir / "merged", fill)
+    return write_dir_atomic(out_dir / MERGED, fill)

@@ -8,6 +8,7 @@ import yaml
 
 from tunesmith.errors import TunesmithError
 from tunesmith.export.gguf import LORA_OUTTYPES, OUTTYPES, write_lora_gguf, write_model_gguf
+from tunesmith.runfolder import ADAPTER, CONFIG, MERGED
 
 EXPORT_TARGETS = ("gguf", "ollama", "gguf-lora")
 DEFAULT_OUTTYPE = "f16"
@@ -15,7 +16,7 @@ DEFAULT_OUTTYPE = "f16"
 
 def _run_system_prompt(run: Path) -> str | None:
     """The run's `data.system`, read from its config.yaml as written (no validation needed to read one key)."""
-    path = run / "config.yaml"
+    path = run / CONFIG
     if not path.is_file():
         return None
     raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
@@ -41,7 +42,7 @@ def export_run(
     allowed = LORA_OUTTYPES if to == "gguf-lora" else tuple(OUTTYPES)
     if outtype not in allowed:
         raise TunesmithError(f"--outtype {outtype!r} for --to {to}: choose one of {', '.join(allowed)}")
-    merged = run / "merged"
+    merged = run / MERGED
     if not (merged / "config.json").is_file():
         raise TunesmithError(f"{run} is not a finished run folder: it has no merged/config.json")
     target = Path(out) if out else _default_output(run, to, outtype)
@@ -49,7 +50,7 @@ def export_run(
     if to == "gguf":
         return write_model_gguf(merged, target, outtype, name)
     if to == "gguf-lora":
-        adapter = run / "adapter"
+        adapter = run / ADAPTER
         if not (adapter / "adapter_config.json").is_file():
             raise TunesmithError(f"{run} has no LoRA adapter (a full fine-tune?): export it with --to gguf")
         return write_lora_gguf(adapter, merged, target, outtype, name)

@@ -15,15 +15,15 @@ import ast
 from dataclasses import dataclass, field
 
 from tunesmith.data.formats import (
+    BadJSON,
     LineError,
     LoadedData,
     Message,
     Problem,
-    _BadJSON,
-    _json_records,
-    _json_type,
-    _message,
-    _read_text,
+    json_records,
+    json_type,
+    parse_message,
+    read_data_text,
 )
 from tunesmith.data.issues import IssueLog
 from tunesmith.errors import TunesmithError
@@ -94,20 +94,20 @@ def _record(required: list[tuple[str, ...]]):
         raw = obj["messages"]
         messages: list[Message] = []
         if not isinstance(raw, list) or not raw:
-            problems.append(("messages", f"expected a non-empty array of messages, got {_json_type(raw)}"))
+            problems.append(("messages", f"expected a non-empty array of messages, got {json_type(raw)}"))
         else:
             # "developer" is OpenAI's newer name for the system turn.
             turns = [
                 {**m, "role": "system"} if isinstance(m, dict) and m.get("role") == "developer" else m for m in raw
             ]
-            messages = [_message(i, m, problems) for i, m in enumerate(turns)]
+            messages = [parse_message(i, m, problems) for i, m in enumerate(turns)]
             if not problems and messages[-1].role != "user":
                 problems.append((f"messages[{len(raw) - 1}].role", "the prompt must end with a user message"))
         tools, response_format = obj.get("tools", []), obj.get("response_format")
         if not isinstance(tools, list) or not all(isinstance(t, dict) for t in tools):
             problems.append(("tools", "expected an array of tool objects"))
         if response_format is not None and not isinstance(response_format, dict):
-            problems.append(("response_format", f"expected an object, got {_json_type(response_format)}"))
+            problems.append(("response_format", f"expected an object, got {json_type(response_format)}"))
         for path in required:
             try:
                 lookup(obj, "item", path)
@@ -124,15 +124,15 @@ def read_graded(path, grader: Grader | None = None) -> LoadedData:
     """Every valid prompt of the file (``examples`` holds GradedPrompts); a bad line is LineErrors,
     a line lacking a field ``grader`` reads among them."""
     path = str(path)
-    text = _read_text(path)
+    text = read_data_text(path)
     required = item_fields(grader) if grader is not None else []
     convert, items, errors = _record(required), [], []
     # Not formats.read_records: any key besides messages is an item field, not an unknown key.
-    for line, value in _json_records(path, text):
-        if isinstance(value, _BadJSON):
+    for line, value in json_records(path, text):
+        if isinstance(value, BadJSON):
             problems = [(None, str(value))]
         elif not isinstance(value, dict):
-            problems = [(None, f"expected a JSON object, got {_json_type(value)}")]
+            problems = [(None, f"expected a JSON object, got {json_type(value)}")]
         elif "messages" not in value:
             problems = [("messages", "missing key")]
         else:

@@ -13,6 +13,12 @@ VOCAB_PIECE = 8192
 KEEP_BYTES = 64 * 2**20
 
 
+def output_layer(model):
+    """(decoder, lm_head) of a causal LM, seen through a PEFT wrapper if there is one."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return base.get_decoder(), base.get_output_embeddings()
+
+
 def _in_piece(targets: torch.Tensor, start: int, width: int) -> tuple[torch.Tensor, torch.Tensor]:
     """(which targets fall in vocabulary [start, start + width), their column there, clamped)."""
     inside = (targets >= start) & (targets < start + width)

@@ -24,8 +24,8 @@ import torch
 from safetensors import safe_open
 from transformers.models.llama.modeling_llama import LlamaRMSNorm
 
+from tunesmith.kernels.label_loss import output_layer
 from tunesmith.precision import active_dtype
-from tunesmith.train.loss import output_layer
 
 
 def _is_llama_norm(module: torch.nn.Module) -> bool:

@@ -32,8 +32,8 @@ import torch
 from torch import nn
 
 from tunesmith.errors import TunesmithError
+from tunesmith.kernels.label_loss import output_layer
 from tunesmith.precision import default_device
-from tunesmith.train.loss import output_layer
 from tunesmith.train.vocab_shard import VocabShardedEmbedding, shard_vocabulary
 
 EXIT_USER_ERROR = 2

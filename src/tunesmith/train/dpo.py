@@ -32,6 +32,7 @@ from tunesmith.data.tokenize import IGNORE_INDEX
 from tunesmith.errors import TunesmithError
 from tunesmith.precision import autocast
 from tunesmith.progress import tracked
+from tunesmith.runfolder import LOSS, metric_name
 from tunesmith.train.loss import label_token_losses
 from tunesmith.train.objective import label_count, to_device, unlabelled
 
@@ -97,7 +98,7 @@ def dpo_loss(policy: torch.Tensor, reference: torch.Tensor, beta: float) -> tupl
 
 class DPOObjective:
     # The numbers summed over pairs (a training window, a validation pass), in this order.
-    sums = ("loss", "reward_accuracy", "reward_margin", "chosen_logps", "rejected_logps", "chosen_nll")
+    sums = (LOSS, "reward_accuracy", "reward_margin", "chosen_logps", "rejected_logps", "chosen_nll")
 
     def __init__(self, cfg: Config, pad_id: int, device):
         self.cfg, self.pad_id, self.device = cfg, pad_id, device
@@ -195,7 +196,7 @@ class DPOObjective:
     def metrics(self, sums: list[float], counts: list[int], prefix: str) -> dict:
         """Per pair: DPO loss, reward accuracy and margin, mean log-probs; the NLL term per token."""
         pairs, chosen_labels = max(counts[0], 1), max(counts[1], 1)
-        out = {f"{prefix}_{name}": value / pairs for name, value in zip(self.sums[:-1], sums, strict=False)}
+        out = {metric_name(prefix, name): value / pairs for name, value in zip(self.sums[:-1], sums, strict=False)}
         if self.sft_weight:
-            out[f"{prefix}_chosen_nll"] = sums[-1] / chosen_labels
+            out[metric_name(prefix, "chosen_nll")] = sums[-1] / chosen_labels
         return out

@@ -1,6 +1,7 @@
 """Model FLOPs per trained token, and the machine's measured matmul peak, for MFU.
 
-MFU = tokens_per_second * flops_per_token(...) / measured_peak_flops(...).
+MFU = computed tokens/s * flops_per_token(...) / measured_peak_flops(...) (`mfu`): a prompt prefix
+shared by several examples is computed once, so it counts once.
 
 The count is of *model* FLOPs, the useful work of one training token, whatever the implementation
 does on top (gradient-checkpointing recomputation, padding, attention to masked keys are not
@@ -60,6 +61,18 @@ def flops_per_token(model, label_share: float = 1.0, attended_keys: float = 0.0)
     head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
     total += 3 * 4 * config.num_hidden_layers * config.num_attention_heads * head_dim * attended_keys
     return total
+
+
+def mfu(model, computed_tokens: float, label_tokens: float, attended_keys: float, seconds: float, peak: float) -> float:
+    """Model FLOPs utilisation: the FLOPs of `computed_tokens` over `seconds`, as a share of `peak`
+    FLOP/s (all processes together).
+
+    `computed_tokens` are the tokens the model ran: a prompt prefix that several examples share
+    (a DPO pair's two answers, or what every example of a packed micro-batch begins with) runs
+    once and counts once, where tokens/s counts it in every example. The labelled positions are
+    the same either way (prefixes carry no labels)."""
+    share = label_tokens / max(computed_tokens, 1)
+    return computed_tokens * flops_per_token(model, share, attended_keys) / max(seconds, 1e-9) / peak
 
 
 def _device_name(device: torch.device) -> str:

@@ -28,6 +28,7 @@ from tunesmith.data.batching import pad_batch
 from tunesmith.data.tokenize import IGNORE_INDEX, TokenizedExample
 from tunesmith.errors import TunesmithError
 from tunesmith.precision import autocast
+from tunesmith.runfolder import VAL
 from tunesmith.train.loss import label_token_losses
 from tunesmith.train.objective import to_device, unlabelled
 
@@ -79,6 +80,14 @@ def reduce_loss(
     return (per_answer / answer_lengths.clamp(min=1).to(losses.dtype)).sum() / max(step_answers, 1)
 
 
+class PromptBatch(list):
+    """A micro-batch of GRPO: its prompts (their answers come with the step's rollout)."""
+
+    @property
+    def n_tokens(self) -> int:
+        return sum(len(p.input_ids) for p in self)
+
+
 class GRPOObjective:
     """GRPO through the recipe's objective interface (train/objective.py).
 
@@ -128,8 +137,8 @@ class GRPOObjective:
     def counts(self, items) -> list[int]:
         return [len(items)]
 
-    def batch(self, items):
-        return list(items)  # the answers do not exist yet: forward builds the token batch
+    def batch(self, items) -> PromptBatch:
+        return PromptBatch(items)  # the answers do not exist yet: forward builds the token batch
 
     def start_step(self, items) -> None:
         from tunesmith.train.rollout import roll_out
@@ -228,14 +237,14 @@ class GRPOObjective:
         answers, tokens = max(named["answers"], 1), max(named["answer_tokens"], 1)
         mean = named["reward"] / answers
         out = {
-            f"{prefix}_loss": named["loss"] / (answers if prefix == "val" else tokens),
+            f"{prefix}_loss": named["loss"] / (answers if prefix == VAL else tokens),
             f"{prefix}_reward": mean,
             f"{prefix}_reward_std": math.sqrt(max(named["reward_sq"] / answers - mean**2, 0.0)),
             f"{prefix}_answer_length": named["answer_tokens"] / answers,
         }
         if self.grader.pass_threshold is not None:
             out[f"{prefix}_pass_rate"] = named["passed"] / answers
-        if prefix != "val":
+        if prefix != VAL:
             out |= {
                 f"{prefix}_kl": named["kl"] / tokens,
                 f"{prefix}_clip_fraction": named["clipped"] / tokens,

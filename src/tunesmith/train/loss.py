@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from tunesmith.data.batching import Batch
 from tunesmith.data.tokenize import IGNORE_INDEX
 from tunesmith.kernels import attention
-from tunesmith.kernels.label_loss import OutputLayerLoss
+from tunesmith.kernels.label_loss import OutputLayerLoss, output_layer
 from tunesmith.precision import active_dtype
 from tunesmith.train.vocab_shard import is_vocab_sharded, sharded_label_losses
 
@@ -27,12 +27,6 @@ class LossParts:
     loss_sum: torch.Tensor  # summed cross-entropy over label tokens (differentiable)
     n_label_tokens: int
     n_correct: torch.Tensor  # argmax == label, for token accuracy (no grad)
-
-
-def output_layer(model):
-    """(decoder, lm_head) of a causal LM, seen through a PEFT wrapper if there is one."""
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    return base.get_decoder(), base.get_output_embeddings()
 
 
 def hidden_states(model, batch: Batch) -> torch.Tensor:

@@ -13,6 +13,8 @@ processes, then divides by the same counts (`metrics`).
 
 from __future__ import annotations
 
+from typing import Protocol, runtime_checkable
+
 import numpy as np
 import torch
 
@@ -21,8 +23,45 @@ from tunesmith.data.batching import Batch, make_batch
 from tunesmith.data.tokenize import IGNORE_INDEX, TokenizedExample
 from tunesmith.errors import TunesmithError
 from tunesmith.precision import autocast
+from tunesmith.runfolder import ACCURACY, LOSS, VAL, metric_name
 from tunesmith.train.distributed import ONE_PROCESS, LossModule
 from tunesmith.train.loss import labelled_loss
+
+
+@runtime_checkable
+class Objective(Protocol):
+    """What the recipe asks of an objective (SFTObjective, train.dpo.DPOObjective, train.grpo.GRPOObjective)."""
+
+    sums: tuple[str, ...]  # names of the sums `forward` returns, in order
+    step_counts: list[int]  # the current step's counts, set by `start_step`
+    device: torch.device
+
+    def check(self, data) -> None:
+        """Refuse data this objective cannot train on (TunesmithError)."""
+
+    def setup(self, model, data) -> None:
+        """Work before the first step, on the whole unwrapped model."""
+
+    def sizes(self, items) -> tuple[np.ndarray, np.ndarray]:
+        """(tokens, label tokens) of each training item."""
+
+    def sequence_lengths(self, items) -> np.ndarray:
+        """The lengths of the sequences a forward attends over (for the FLOPs count)."""
+
+    def counts(self, items: list) -> list[int]:
+        """The counts the loss and metrics of `items` are normalised by."""
+
+    def batch(self, items: list) -> Batch:
+        """One micro-batch of `items` (a padding-only one when there are none)."""
+
+    def start_step(self, items: list) -> None:
+        """Take the whole step's counts (`counts` of all its items) before its micro-batches."""
+
+    def forward(self, model, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
+        """(the step-normalised loss of one micro-batch, its metric sums)."""
+
+    def metrics(self, sums: list[float], counts: list[int], prefix: str) -> dict:
+        """The named metrics (``{prefix}_loss`` first) of summed `sums` and `counts`."""
 
 
 def to_device(batch: Batch, device) -> Batch:
@@ -51,7 +90,7 @@ class SFTObjective:
     """Cross-entropy on label tokens, normalised by the label tokens of the whole step, so every
     label token weighs the same however the examples fall into micro-batches and processes."""
 
-    sums = ("loss", "token_accuracy")
+    sums = (LOSS, ACCURACY)
 
     def __init__(self, cfg: Config, pad_id: int, device):
         self.cfg, self.pad_id, self.device = cfg, pad_id, device
@@ -88,7 +127,7 @@ class SFTObjective:
 
     def metrics(self, sums: list[float], counts: list[int], prefix: str) -> dict:
         labels = max(counts[0], 1)
-        return {f"{prefix}_loss": sums[0] / labels, f"{prefix}_token_accuracy": sums[1] / labels}
+        return {metric_name(prefix, LOSS): sums[0] / labels, metric_name(prefix, ACCURACY): sums[1] / labels}
 
 
 @torch.no_grad()
@@ -115,22 +154,9 @@ def evaluate(module, objective, items: list, cfg: Config, dist) -> dict:
         totals[n_sums:] += torch.tensor(objective.counts(chosen), dtype=torch.float64)
     module.train(was_training)
     totals = dist.sum(totals).tolist()
-    return objective.metrics(totals[:n_sums], [round(c) for c in totals[n_sums:]], "val")
+    return objective.metrics(totals[:n_sums], [round(c) for c in totals[n_sums:]], VAL)
 
 
 def evaluate_model(model, objective, items: list, cfg: Config) -> dict:
     """`evaluate` of a bare model in one process (benchmarks, tests)."""
     return evaluate(LossModule(model, objective), objective, items, cfg, ONE_PROCESS)
-
-
-def objective_for(cfg: Config, pad_id: int, device, tokenizer=None):
-    """The objective of `cfg.method`; GRPO also needs the tokenizer (it samples and decodes answers)."""
-    if cfg.method.name == "grpo":
-        from tunesmith.train.grpo import GRPOObjective
-
-        return GRPOObjective(cfg, pad_id, device, tokenizer)
-    if cfg.method.name == "dpo":
-        from tunesmith.train.dpo import DPOObjective
-
-        return DPOObjective(cfg, pad_id, device)
-    return SFTObjective(cfg, pad_id, device)

@@ -18,8 +18,8 @@ import torch
 
 from tunesmith.config import Config
 from tunesmith.data.prepare import split_indices
+from tunesmith.data.tokenize import encode_chat
 from tunesmith.errors import TunesmithError
-from tunesmith.evaluate.baselines import encode_chat
 from tunesmith.generation import Sampling, generate_tokens, model_device, sampler
 from tunesmith.graders import Context, Grader, GraderError, grade_many, make_sample, parse_grader
 from tunesmith.graders.data import read_graded

@@ -5,8 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from tunesmith.data.formats import Example
-from tunesmith.evaluate.baselines import encode_chat, split_prompt
+from tunesmith.data.formats import Example, split_prompt
+from tunesmith.data.tokenize import encode_chat
 from tunesmith.generation import generate
 from tunesmith.paths import write_text_atomic
 

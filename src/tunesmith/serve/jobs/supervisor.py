@@ -40,6 +40,10 @@ from tunesmith.paths import write_text_atomic
 from tunesmith.runfolder import (
     CHECKPOINTS,
     METRICS,
+    TRAIN_ACCURACY,
+    TRAIN_LOSS,
+    VAL_ACCURACY,
+    VAL_LOSS,
     checkpoint_path,
     checkpoint_steps,
     lock_holder,
@@ -79,12 +83,12 @@ def openai_metrics(row: dict) -> dict:
     """A trainer metrics line in the names OpenAI's events and checkpoints use (extra keys kept)."""
     out = {
         "step": row.get("step"),
-        "train_loss": row.get("train_loss"),
-        "train_mean_token_accuracy": row.get("train_token_accuracy"),
+        "train_loss": row.get(TRAIN_LOSS),
+        "train_mean_token_accuracy": row.get(TRAIN_ACCURACY),
     }
-    if row.get("val_loss") is not None:
-        out["valid_loss"] = row["val_loss"]
-        out["valid_mean_token_accuracy"] = row.get("val_token_accuracy")
+    if row.get(VAL_LOSS) is not None:
+        out["valid_loss"] = row[VAL_LOSS]
+        out["valid_mean_token_accuracy"] = row.get(VAL_ACCURACY)
     for key in ("epoch", "lr", "tokens_per_second", "grad_norm", "peak_rss_mb", *DPO_METRICS):
         if key in row:
             out[key] = row[key]
@@ -555,10 +559,10 @@ class Worker:
             writer.writerow(
                 [
                     row.get("step"),
-                    row.get("train_loss"),
-                    row.get("train_token_accuracy"),
-                    row.get("val_loss", ""),
-                    row.get("val_token_accuracy", ""),
+                    row.get(TRAIN_LOSS),
+                    row.get(TRAIN_ACCURACY),
+                    row.get(VAL_LOSS, ""),
+                    row.get(VAL_ACCURACY, ""),
                 ]
             )
         write_text_atomic(csv_path, buffer.getvalue())

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from tunesmith.evaluate.generate import continuation_logprobs, label_logprobs
+from tunesmith.evaluate.loglikelihood import continuation_logprobs, label_logprobs
 from tunesmith.generation import Sampling, generate, stream
 
 TEXTS = ["Hello there, how are you doing today my friend?", "Hi", "The quick brown fox jumps"]

@@ -1,4 +1,4 @@
-"""Base models and their tokenizers: built-in names, local Hugging Face folders and GGUF files.
+"""Base models and their tokenizers: built-in names, local Hugging Face folders, Hub ids and GGUF files.
 
 A GGUF file is dequantised once and cached as an ordinary safetensors checkpoint under
 ``$TUNESMITH_HOME/models`` so later loads take seconds instead of ~20 s, and so that the cached
@@ -9,11 +9,15 @@ from __future__ import annotations
 
 import hashlib
 import importlib.util
+import json
 from dataclasses import dataclass
 from pathlib import Path
 
 from tunesmith.errors import TunesmithError
+from tunesmith.models.hub import is_hub_id, resolve_hub_model
+from tunesmith.models.pretokenizers import apply_pretrained_splitting, read_gguf_tokenizer_kind
 from tunesmith.paths import tunesmith_home, write_dir_atomic
+from tunesmith.runfolder import MERGED
 
 DEFAULT_MODEL = "smollm2-135m-instruct"
 TINY_TEST_MODEL = "tiny-llama-test"
@@ -24,9 +28,13 @@ ENCODER_MODELS = (MINILM_L6,)
 # A few extra rows are normal (vocabularies padded to a multiple of 64/128); more means the
 # tokenizer was made for another model.
 MAX_EMBEDDING_PADDING = 512
+# A cached model folder records the format it was built with; a folder without it or with an older
+# version is rebuilt. 2: the GGUF tokenizer splits text as pretrained (models.pretokenizers).
+CACHE_STAMP = "tunesmith_cache.json"
+CACHE_VERSION = 2
 
 
-def _quiet_transformers() -> None:
+def quiet_transformers() -> None:
     """tunesmith reports its own progress; transformers' per-load bars would bury one-line errors."""
     from transformers.utils import logging
 
@@ -77,28 +85,48 @@ def _plain_model_from_gguf(gguf: Path):
     return plain
 
 
-def _gguf_tokenizer(gguf: Path):
+def tokenizer_from_gguf(gguf: Path):
+    """The GGUF's vocabulary with the text splitting it was pretrained with (see models.pretokenizers)."""
     from transformers import AutoTokenizer
 
-    return AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+    tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+    apply_pretrained_splitting(tokenizer.backend_tokenizer, read_gguf_tokenizer_kind(gguf), str(gguf))
+    return tokenizer
+
+
+def _cache_is_current(folder: Path) -> bool:
+    try:
+        return json.loads((folder / CACHE_STAMP).read_text())["version"] >= CACHE_VERSION
+    except (OSError, ValueError, KeyError, TypeError):
+        return False
+
+
+def _write_cache(target: Path, fill) -> Path:
+    """Fill `target` unless a current cache is there; an older one (or none) is replaced atomically."""
+    if _cache_is_current(target):
+        return target
+
+    def stamped(folder: Path) -> None:
+        fill(folder)
+        (folder / CACHE_STAMP).write_text(json.dumps({"version": CACHE_VERSION}) + "\n")
+
+    return write_dir_atomic(target, stamped)
 
 
 def _cache_gguf(gguf: Path, name: str) -> Path:
-    target = tunesmith_home() / "models" / name
-    if (target / "config.json").is_file():
-        return target
-
     def fill(folder: Path) -> None:
+        # The tokenizer first: an unknown pre-tokenizer is refused before the slow dequantisation.
+        tokenizer = tokenizer_from_gguf(gguf)
         _plain_model_from_gguf(gguf).save_pretrained(folder)
-        _gguf_tokenizer(gguf).save_pretrained(folder)
+        tokenizer.save_pretrained(folder)
 
-    return write_dir_atomic(target, fill, replace=False)
+    return _write_cache(tunesmith_home() / "models" / name, fill)
 
 
 def _cache_tiny_test_model() -> Path:
     """A randomly initialised 2-layer Llama with SmolLM2's tokenizer, for fast tests."""
     target = tunesmith_home() / "models" / TINY_TEST_MODEL
-    if (target / "config.json").is_file():
+    if _cache_is_current(target):
         return target
     import torch
     from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
@@ -127,11 +155,11 @@ def _cache_tiny_test_model() -> Path:
         model.save_pretrained(folder)
         tokenizer.save_pretrained(folder)
 
-    return write_dir_atomic(target, fill, replace=False)
+    return _write_cache(target, fill)
 
 
 def resolve_model_path(name_or_path: str) -> str:
-    """Turn a built-in name, a HF folder or a .gguf file into a local HF folder path."""
+    """Turn a built-in name, a HF folder, a Hub id or a .gguf file into a local HF folder path."""
     if name_or_path == DEFAULT_MODEL:
         return str(_cache_gguf(_smollm2_gguf(), DEFAULT_MODEL))
     if name_or_path == TINY_TEST_MODEL:
@@ -147,16 +175,18 @@ def resolve_model_path(name_or_path: str) -> str:
         stat = path.stat()
         key = hashlib.sha256(f"{path.resolve()}:{stat.st_size}:{stat.st_mtime_ns}".encode()).hexdigest()[:12]
         return str(_cache_gguf(path.resolve(), f"gguf-{path.stem}-{key}"))
+    if not path.is_dir() and is_hub_id(name_or_path):
+        path = resolve_hub_model(name_or_path)
     if path.is_dir():
-        if (path / "merged" / "config.json").is_file():
-            return str(path / "merged")
+        if (path / MERGED / "config.json").is_file():
+            return str(path / MERGED)
         if (path / "config.json").is_file():
             return str(path)
         raise TunesmithError(f"{path} is not a model folder: it has no config.json")
     raise TunesmithError(
         f"model not found: {name_or_path!r} is neither a built-in name "
         f"({', '.join(BUILTIN_MODELS + ENCODER_MODELS)}), "
-        "a local Hugging Face folder, nor a .gguf file"
+        "a local Hugging Face folder, a Hugging Face Hub id (owner/name), nor a .gguf file"
     )
 
 
@@ -196,7 +226,7 @@ def load_model(name_or_path: str, dtype: str = "float32") -> LoadedModel:
 
     from tunesmith.kernels import attention
 
-    _quiet_transformers()
+    quiet_transformers()
     path = resolve_model_path(name_or_path)
     tokenizer = load_tokenizer(name_or_path)
     model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
