@@ -162,7 +162,11 @@ def test_the_reference_has_every_key_with_its_description():
         ("method.target_modules", "list of string or `all-linear`", "`all-linear`"),
         ("data.columns", "mapping of string to string or null", "`null`"),
         ("data.packing", "boolean", "`true`"),
-        ("eval.task", "one of `generation`, `classification`, `text`, `retrieval`, `preference`", "`generation`"),
+        (
+            "eval.task",
+            "one of `generation`, `classification`, `text`, `retrieval`, `preference`, `tool_calls`, `graded`",
+            "`generation`",
+        ),
         ("eval.decoder", "string or null", "`null`"),
         ("method", "section [`method`](#method)", "see its section"),
     ],

@@ -247,13 +247,14 @@ class TrainConfig(_Strict):
 
 
 class EvalConfig(_Strict):
-    task: Literal["generation", "classification", "text", "retrieval", "preference", "tool_calls"] = Field(
+    task: Literal["generation", "classification", "text", "retrieval", "preference", "tool_calls", "graded"] = Field(
         "generation",
         description="Metrics: generation (BLEU...), classification (accuracy), text (perplexity), "
         "retrieval (nDCG@10, MRR@10, Recall@100, P@10 of an encoder over a BEIR folder), "
         "preference (held-out pairs: preference accuracy and log-prob margins), "
         "tool_calls (BFCL's AST match of the calls made: exact-call, name and argument accuracy, JSON validity, "
-        "no-call accuracy, per category; test items carry `possible_answer`, see data/tool_calling/SOURCE.md).",
+        "no-call accuracy, per category; test items carry `possible_answer`, see data/tool_calling/SOURCE.md), "
+        "graded (OpenAI reinforcement JSONL scored by rl.grader: mean score and pass rate).",
     )
     labels: list[str] | None = Field(
         None,
@@ -409,8 +410,12 @@ class Config(_Strict):
             raise ValueError("method.name=grpo needs rl.grader (OpenAI grader JSON, inline or a file path)")
         if self.method.name == "grpo" and self.data.format != "auto":
             raise ValueError(f"method.name=grpo reads OpenAI reinforcement JSONL, not data.format={self.data.format}")
-        if self.method.name != "grpo" and self.rl != RLConfig():
+        if self.eval.task == "graded" and self.rl.grader is None:
+            raise ValueError("eval.task=graded needs rl.grader (OpenAI grader JSON, inline or a file path)")
+        if self.method.name != "grpo" and self.rl.model_copy(update={"grader": None}) != RLConfig():
             raise ValueError(f"the rl section only applies to method.name=grpo (got method.name={self.method.name})")
+        if self.method.name != "grpo" and self.rl.grader is not None and self.eval.task != "graded":
+            raise ValueError("rl.grader applies to method.name=grpo or eval.task=graded")
         return self
 
 

@@ -103,7 +103,7 @@ class GRPOObjective:
 
     def __init__(self, cfg: Config, pad_id: int, device, tokenizer):
         from tunesmith.graders import Context
-        from tunesmith.train.rollout import load_grader
+        from tunesmith.graders.load import load_grader
 
         self.cfg, self.pad_id, self.device, self.tokenizer = cfg, pad_id, device, tokenizer
         self.rl = cfg.rl

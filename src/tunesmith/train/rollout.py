@@ -12,7 +12,6 @@ import json
 import time
 import zlib
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import torch
 
@@ -21,7 +20,7 @@ from tunesmith.data.prepare import split_indices
 from tunesmith.data.tokenize import encode_chat
 from tunesmith.errors import TunesmithError
 from tunesmith.generation import Sampling, generate_tokens, model_device, sampler
-from tunesmith.graders import Context, Grader, GraderError, grade_many, make_sample, parse_grader
+from tunesmith.graders import Context, Grader, grade_many, make_sample
 from tunesmith.graders.data import read_graded
 
 
@@ -45,24 +44,6 @@ class GradedData:
     def summary(self) -> str:
         n_train, n_validation = len(self.train), len(self.validation)
         return f"{' + '.join(self.paths)}: reinforcement, {n_train} train and {n_validation} validation prompts"
-
-
-def load_grader(spec: dict | str) -> Grader:
-    """rl.grader: the grader JSON itself, or the path of a file holding it."""
-    where = "rl.grader"
-    if isinstance(spec, str):
-        path = Path(spec)
-        if not path.is_file():
-            raise TunesmithError(f"rl.grader: {spec} is not a file (give the grader JSON inline or a path)")
-        try:
-            spec = json.loads(path.read_text())
-        except ValueError as error:
-            raise TunesmithError(f"rl.grader: {path} is not JSON: {error}") from error
-        where = str(path)
-    try:
-        return parse_grader(spec)
-    except GraderError as error:
-        raise TunesmithError(f"{where}: {error}") from error
 
 
 def _read(path: str, grader: Grader, tokenizer) -> list[RLPrompt]:
