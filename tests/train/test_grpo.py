@@ -160,7 +160,14 @@ def grpo_config(tiny_config, tmp_path):
 
 
 def _rows(out_dir):
-    timings = ("tokens_per_second", "mfu", "peak_rss_mb", "peak_rss_mb_mean", "train_rollout_seconds")
+    timings = (
+        "tokens_per_second",
+        "mfu",
+        "peak_rss_mb",
+        "peak_rss_mb_mean",
+        "train_rollout_seconds",
+        "train_training_seconds",
+    )
     rows = [json.loads(line) for line in (out_dir / "metrics.jsonl").read_text().splitlines()]
     return [{k: v for k, v in r.items() if k not in timings} for r in rows]
 
@@ -185,6 +192,8 @@ def test_a_grpo_run_writes_reward_kl_and_clip_fraction_and_resumes_exactly(grpo_
     assert rows[1]["train_kl"] == 0.0  # step 1 samples from the base: policy == reference
     assert rows[3]["train_kl"] > 0.0
     assert (out / "adapter").is_dir()
+    timed = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()][1:]
+    assert all(r["train_rollout_seconds"] > 0 and r["train_training_seconds"] > 0 for r in timed)
 
     # resume from the step-2 checkpoint of a copy: step 3 must be the same to the last digit
     resumed = tmp_path / "resumed"

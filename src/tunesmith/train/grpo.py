@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import copy
 import math
+import time
 
 import numpy as np
 import torch
@@ -115,6 +116,9 @@ class GRPOObjective:
         self.rollout = None  # this step's: Rollout, advantages, and each prompt's first answer index
         self.step_tokens = self.step_answers = 0
         self.first_forward = True
+        # Training seconds of a metrics window: its wall time less rollouts and validations.
+        self.window_open: float | None = None
+        self.validation_seconds = 0.0
 
     def check(self, data) -> None:
         if not data.train:
@@ -144,6 +148,8 @@ class GRPOObjective:
         from tunesmith.train.rollout import roll_out
 
         self.step_counts = self.counts(items)
+        if self.window_open is None:
+            self.window_open, self.validation_seconds = time.perf_counter(), 0.0
         with autocast(self.cfg.train.dtype, self.device):
             rollout = roll_out(
                 self.model, self.tokenizer, items, self.grader, self.context, self.cfg, self.rl.group_size
@@ -223,7 +229,9 @@ class GRPOObjective:
 
         if not prompts:
             return torch.zeros((), device=self.device), torch.zeros(len(self.sums), device=self.device)
+        start = time.perf_counter()
         rollout = roll_out(model, self.tokenizer, prompts, self.grader, self.context, self.cfg, 1)
+        self.validation_seconds += time.perf_counter() - start
         self.first_forward = False
         indices = list(range(len(prompts)))
         zeros = torch.zeros(0)
@@ -245,9 +253,13 @@ class GRPOObjective:
         if self.grader.pass_threshold is not None:
             out[f"{prefix}_pass_rate"] = named["passed"] / answers
         if prefix != VAL:
+            wall = time.perf_counter() - self.window_open if self.window_open is not None else 0.0
+            self.window_open = None
             out |= {
                 f"{prefix}_kl": named["kl"] / tokens,
                 f"{prefix}_clip_fraction": named["clipped"] / tokens,
                 f"{prefix}_rollout_seconds": named["rollout_seconds"],
+                # forward, backward, optimizer (and checkpoint writes between log steps)
+                f"{prefix}_training_seconds": max(wall - named["rollout_seconds"] - self.validation_seconds, 0.0),
             }
         return out
