@@ -3,10 +3,10 @@ import json
 import jsonschema
 import pytest
 
+from tunesmith.chat.schemas import as_json_schema
 from tunesmith.chat.tools import Tool, parse_tool_calls
 from tunesmith.constrained import (
     compile_grammar,
-    json_schema,
     json_schema_grammar,
     tool_call_grammar,
     tool_choice_grammar,
@@ -75,7 +75,7 @@ def test_random_model_calls_are_schema_valid(tiny, name, temperature, allowed):
         seed=1,
         grammars=[grammar] * len(prompts),
     )
-    schemas = {tool.name: json_schema(tool.parameters) for tool in TOOLS}
+    schemas = {tool.name: as_json_schema(tool.parameters) for tool in TOOLS}
     for text in out.texts:
         content, calls = parse_tool_calls(text)
         assert content == "" and len(calls) == 1, text
@@ -121,7 +121,7 @@ def test_cli_generate_prints_calls_that_validate(tmp_path, tiny_model_name, caps
     (line,) = capsys.readouterr().out.strip().splitlines()
     call = json.loads(line)
     assert call["type"] == "function" and call["function"]["name"] in allowed
-    schema = json_schema({tool.name: tool.parameters for tool in TOOLS}[call["function"]["name"]])
+    schema = as_json_schema({tool.name: tool.parameters for tool in TOOLS}[call["function"]["name"]])
     jsonschema.validate(json.loads(call["function"]["arguments"]), schema)
 
 

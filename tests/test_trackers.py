@@ -1,4 +1,4 @@
-"""`train.report_to`: TensorBoard events and an MLflow run hold what metrics.jsonl holds."""
+"""`train.report_to`: TensorBoard events, an MLflow run and a W&B run hold what metrics.jsonl holds."""
 
 import importlib.util
 import json
@@ -18,9 +18,17 @@ def tracked_run(make_tiny_config, tmp_path_factory):
     store = (folder / "mlflow-store").as_uri()
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("MLFLOW_TRACKING_URI", store)
+        patch.setenv("WANDB_MODE", "offline")  # written under the run folder, nothing sent
+        patch.setenv("WANDB_SILENT", "true")
         cfg = make_tiny_config(
             folder / "run",
-            train={"max_steps": 6, "eval_every": 3, "log_every": 2, "report_to": ["tensorboard", "mlflow"]},
+            train={
+                "max_steps": 6,
+                "eval_every": 3,
+                "log_every": 2,
+                "report_to": ["tensorboard", "mlflow", "wandb"],
+                "wandb": {"project": "tracker-test", "tags": ["tiny"]},
+            },
             eval={"samples": 0},
         )
         train(cfg)
@@ -66,6 +74,17 @@ def test_mlflow_run_has_params_metrics_and_run_folder(tracked_run):
     artifacts = {a.path for a in client.list_artifacts(run_id)}
     assert {"adapter", "config.yaml", "metrics.jsonl", "summary.json", "loss.png"} <= artifacts
     assert not artifacts & {"checkpoints", "merged", "tensorboard"}
+
+
+def test_wandb_offline_run_lives_in_the_run_folder_with_every_metric(tracked_run):
+    run, _, metrics = tracked_run
+    run_id = (run / "wandb_run_id").read_text()
+    (record,) = (run / "wandb").glob(f"offline-run-*-{run_id}/run-{run_id}.wandb")
+    # W&B's offline record is protobuf: its strings (metric names, the project) are stored as they are.
+    data = record.read_bytes()
+    assert b"tracker-test" in data and b"tiny" in data
+    for key in {k for m in metrics for k in m} - {"step"}:
+        assert key.encode() in data, key
 
 
 def test_a_tracker_that_is_not_installed_is_a_one_line_config_error(tmp_path, tiny_config, monkeypatch, capsys):

@@ -26,7 +26,7 @@ from pathlib import Path
 
 import jsonschema
 
-from tunesmith.constrained import json_schema  # BFCL type names -> JSON Schema's, as tools are read
+from tunesmith.chat.schemas import as_json_schema  # BFCL type names -> JSON Schema's, as tools are read
 
 CATEGORIES = ("simple_python", "multiple", "parallel", "parallel_multiple", "irrelevance")
 SEED = 0
@@ -44,7 +44,7 @@ def tool(function: dict) -> dict:
         "function": {
             "name": openai_name(function["name"]),
             "description": function.get("description", ""),
-            "parameters": json_schema(function["parameters"]),
+            "parameters": as_json_schema(function["parameters"]),
         },
     }
 

@@ -123,7 +123,7 @@ def _columns(text: str | None) -> dict[str, str] | None:
 def _validate(args) -> int:
     from tunesmith.config import DataConfig, TrainConfig, from_flags
     from tunesmith.data.prepare import prepare_data
-    from tunesmith.models import load_tokenizer
+    from tunesmith.models.vocabulary import load_tokenizer_for
 
     cfg = from_flags(
         DataConfig,
@@ -139,7 +139,7 @@ def _validate(args) -> int:
     )
     steps = from_flags(TrainConfig, {}, batch_size=args.batch_size, grad_accum=args.grad_accum)
     prepared = prepare_data(
-        cfg, load_tokenizer(args.model), batch_size=steps.batch_size, grad_accum=steps.grad_accum, strict=False
+        cfg, load_tokenizer_for(args.model, cfg), batch_size=steps.batch_size, grad_accum=steps.grad_accum, strict=False
     )
     print(prepared.render())
     return 0 if prepared.ok else 1

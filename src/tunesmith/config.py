@@ -72,6 +72,17 @@ class DataConfig(_Strict):
         description="Batch examples of similar length (sorted within windows of 64 batches): less padding for "
         "the padded layout, but less varied batches; measured on E2E: +4% validation loss after 20 steps.",
     )
+    chat_template: str = Field(
+        "model",
+        description="How chats are rendered: `model` (the tokenizer's own template), `chatml` (built in: "
+        "<|im_start|>role ... <|im_end|>, for base models without a template) or the path of a Jinja file. "
+        "Tokens the template needs and the vocabulary lacks are added as special tokens (embedding rows "
+        "initialised as the mean of the existing rows, trained under LoRA too).",
+    )
+    chat_template_tokens: list[str] | None = Field(
+        None,
+        description="The special tokens a Jinja chat_template file needs; default: its `<|...|>` literals.",
+    )
     packing: bool = Field(
         True,
         description="Put a micro-batch's examples back to back in one row (positions restart, each example "
@@ -178,6 +189,15 @@ class EarlyStoppingConfig(_Strict):
     min_delta: float = Field(0.0, ge=0.0, description="Smallest validation-loss drop that counts.")
 
 
+class WandbConfig(_Strict):
+    """Where report_to: [wandb] sends the run."""
+
+    project: str = Field("tunesmith", min_length=1, description="The W&B project.")
+    name: str | None = Field(None, description="The run's name (default: the out_dir folder's name).")
+    entity: str | None = Field(None, description="The W&B team or user (default: the API key's).")
+    tags: list[str] = Field([], description="Tags on the run.")
+
+
 class TrainConfig(_Strict):
     epochs: float = Field(1.0, gt=0, description="Passes over the training data (fractions allowed).")
     max_steps: int | None = Field(None, ge=1, description="Stop after this many optimizer steps.")
@@ -231,11 +251,15 @@ class TrainConfig(_Strict):
     loss_chunk_size: int = Field(
         1024, ge=1, description="Label positions projected through lm_head at once (8,192 vocabulary rows at a time)."
     )
-    report_to: list[Literal["tensorboard", "mlflow"]] = Field(
+    report_to: list[Literal["tensorboard", "mlflow", "wandb"]] = Field(
         [],
         description="Experiment trackers that also get every metrics line: TensorBoard event files in "
-        "out_dir/tensorboard, MLflow (MLFLOW_TRACKING_URI, else a file store in out_dir/mlruns). Optional "
-        "extras: pip install 'tunesmith[tensorboard]' / 'tunesmith[mlflow]'.",
+        "out_dir/tensorboard, MLflow (MLFLOW_TRACKING_URI, else a file store in out_dir/mlruns), Weights & "
+        "Biases (train.wandb; WANDB_MODE=offline writes the run under out_dir/wandb). Optional extras: pip "
+        "install 'tunesmith[tensorboard]' / 'tunesmith[mlflow]' / 'tunesmith[wandb]'.",
+    )
+    wandb: WandbConfig = Field(
+        default_factory=lambda: WandbConfig(), description="The Weights & Biases run, for report_to: [wandb]."
     )
 
     @field_validator("report_to")
@@ -359,6 +383,14 @@ class DistributedConfig(_Strict):
     )
 
 
+class TokenizerConfig(_Strict):
+    add_tokens: list[str] | str | None = Field(
+        None,
+        description="Domain vocabulary added as normal tokens: a list, or a file with one token per line. Each "
+        "new embedding row starts as the mean of the rows of the pieces the tokenizer split the word into.",
+    )
+
+
 class Config(_Strict):
     model: str = Field(
         "smollm2-135m-instruct", description="Built-in name, HF folder, Hugging Face Hub id (owner/name) or .gguf path."
@@ -376,6 +408,7 @@ class Config(_Strict):
     )
     encoder: EncoderConfig = Field(default_factory=EncoderConfig, description="Encoder objective settings.")
     rl: RLConfig = Field(default_factory=RLConfig, description="Reinforcement fine-tuning (method.name=grpo).")
+    tokenizer: TokenizerConfig = Field(default_factory=TokenizerConfig, description="Tokens added to the vocabulary.")
     out_dir: str = Field("runs/default", description="Run folder: adapter, merged model, metrics, checkpoints.")
 
     @model_validator(mode="after")

@@ -19,29 +19,9 @@ from functools import lru_cache
 
 import torch
 
+from tunesmith.chat.schemas import as_json_schema
 from tunesmith.chat.tools import CALL_CLOSE, CALL_OPEN, Tool
 from tunesmith.errors import TunesmithError
-
-# BFCL's type names, accepted in tool schemas, and their JSON Schema equivalents ("any": no type).
-_BFCL_TYPES = {"dict": "object", "float": "number", "tuple": "array"}
-
-
-def json_schema(schema):
-    """A schema with BFCL's type names rewritten into JSON Schema's, at every depth."""
-    if isinstance(schema, list):
-        return [json_schema(s) for s in schema]
-    if not isinstance(schema, dict):
-        return schema
-    out = {}
-    for key, value in schema.items():
-        if key == "type" and isinstance(value, str):
-            if value != "any":
-                out[key] = _BFCL_TYPES.get(value, value)
-        elif key == "properties" and isinstance(value, dict):
-            out[key] = {name: json_schema(v) for name, v in value.items()}
-        else:
-            out[key] = json_schema(value)
-    return out
 
 
 def call_schema(tool: Tool) -> dict:
@@ -50,7 +30,7 @@ def call_schema(tool: Tool) -> dict:
         "type": "object",
         "properties": {
             "name": {"const": tool.name},
-            "arguments": json_schema(tool.parameters) if tool.parameters else {"type": "object"},
+            "arguments": as_json_schema(tool.parameters) if tool.parameters else {"type": "object"},
         },
         "required": ["name", "arguments"],
         "additionalProperties": False,
@@ -66,7 +46,7 @@ def _json_grammar(schema: dict):
 
 def json_schema_grammar(schema: dict):
     """Output that is one JSON value valid under ``schema``."""
-    return _json_grammar(json_schema(schema))
+    return _json_grammar(as_json_schema(schema))
 
 
 def tool_call_grammar(tools: Sequence[Tool], name: str | None = None):

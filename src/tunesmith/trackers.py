@@ -1,8 +1,9 @@
-"""Experiment trackers: every metrics.jsonl line mirrored to TensorBoard and/or MLflow (`train.report_to`).
+"""Experiment trackers: every metrics.jsonl line mirrored to TensorBoard, MLflow and/or Weights & Biases
+(`train.report_to`).
 
-Both are optional extras (`pip install 'tunesmith[tensorboard]'`, `'tunesmith[mlflow]'`), imported
-only when a run asks for them. metrics.jsonl stays the record; a tracker is a view of it, fed by
-`runfolder.MetricsLog` as each line is written.
+Each is an optional extra (`pip install 'tunesmith[tensorboard]'`, `'tunesmith[mlflow]'`,
+`'tunesmith[wandb]'`), imported only when a run asks for it. metrics.jsonl stays the record; a
+tracker is a view of it, fed by `runfolder.MetricsLog` as each line is written.
 """
 
 from __future__ import annotations
@@ -20,13 +21,15 @@ from tunesmith.errors import TunesmithError
 from tunesmith.runfolder import ADAPTER, CHECKPOINTS, CONFIG, MERGED
 
 # tracker -> the module it needs
-TRACKERS = {"tensorboard": "tensorboard", "mlflow": "mlflow"}
+TRACKERS = {"tensorboard": "tensorboard", "mlflow": "mlflow", "wandb": "wandb"}
 TENSORBOARD_DIR = "tensorboard"
 MLFLOW_RUN_ID_FILE = "mlflow_run_id"
 MLFLOW_EXPERIMENT = "tunesmith"
+WANDB_DIR = "wandb"
+WANDB_RUN_ID_FILE = "wandb_run_id"
 # Not sent to MLflow as artifacts: resumable training state, the trackers' own files, and the merged
 # model of a LoRA run (base model + adapter/ rebuild it; it would double the disk used).
-ARTIFACTS_SKIPPED = {CHECKPOINTS, TENSORBOARD_DIR, "mlruns", MLFLOW_RUN_ID_FILE}
+ARTIFACTS_SKIPPED = {CHECKPOINTS, TENSORBOARD_DIR, "mlruns", MLFLOW_RUN_ID_FILE, WANDB_DIR, WANDB_RUN_ID_FILE}
 
 
 def require_trackers(names: list[str]) -> list[str]:
@@ -125,6 +128,41 @@ class MLflowTracker:
         self.client.set_terminated(self.run_id, "FINISHED")
 
 
+class WandbTracker:
+    """One W&B run per tunesmith run (kept across --resume: its id is saved in the run folder), the
+    resolved config as its config, every metrics line at its step. The project, name, entity and tags
+    come from train.wandb; W&B's own environment (WANDB_API_KEY, WANDB_MODE=offline) decides where it
+    goes, and its local files stay under RUN/wandb."""
+
+    def __init__(self, run: Path, config_text: str, resume_step: int | None):
+        import wandb
+
+        config = yaml.safe_load(config_text) or {}
+        settings = config.get("train", {}).get("wandb") or {}
+        id_file = run / WANDB_RUN_ID_FILE
+        resumed = resume_step is not None and id_file.is_file()
+        run_id = id_file.read_text().strip() if resumed else wandb.util.generate_id()
+        (run / WANDB_DIR).mkdir(parents=True, exist_ok=True)
+        self.run = wandb.init(
+            project=settings.get("project", "tunesmith"),
+            name=settings.get("name") or run.resolve().name,
+            entity=settings.get("entity"),
+            tags=settings.get("tags") or None,
+            config=config,
+            dir=str(run),
+            id=run_id,
+            resume="allow" if resumed else None,
+            reinit="create_new",
+        )
+        id_file.write_text(run_id)
+
+    def log(self, record: dict) -> None:
+        self.run.log(_scalars(record), step=record["step"])
+
+    def close(self, run: Path) -> None:
+        self.run.finish()
+
+
 def open_trackers(names: list[str], run: Path, resume_step: int | None) -> list:
     """The trackers `names` asks for, fed from the run's config.yaml (written before metrics start)."""
     if not names:
@@ -132,5 +170,5 @@ def open_trackers(names: list[str], run: Path, resume_step: int | None) -> list:
     require_trackers(names)
     config_path = run / CONFIG
     config_text = config_path.read_text(encoding="utf-8") if config_path.is_file() else ""
-    kinds = {"tensorboard": TensorBoardTracker, "mlflow": MLflowTracker}
+    kinds = {"tensorboard": TensorBoardTracker, "mlflow": MLflowTracker, "wandb": WandbTracker}
     return [kinds[name](run, config_text, resume_step) for name in names]

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 from gguf_checks import REPO, greedy, load_gguf, logit_ids, max_logit_difference
-from transformers import AutoTokenizer, Qwen2Config, Qwen2ForCausalLM
+from transformers import AutoTokenizer, GPT2Config, GPT2LMHeadModel
 
 from tunesmith.errors import TunesmithError
 from tunesmith.export.gguf import llama3_rope_factors, write_model_gguf
@@ -74,13 +74,14 @@ def test_metadata_says_what_runtimes_need_and_bf16_holds_rounded_weights(tiny_ru
 
 
 def test_other_architectures_are_refused_naming_the_supported_ones(tmp_path, tiny_run):
-    config = Qwen2Config(
-        vocab_size=49152, hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2
-    )
-    Qwen2ForCausalLM(config).save_pretrained(tmp_path)
+    GPT2LMHeadModel(GPT2Config(vocab_size=49152, n_embd=32, n_layer=1, n_head=2)).save_pretrained(tmp_path)
     AutoTokenizer.from_pretrained(tiny_run / "merged").save_pretrained(tmp_path)
-    with pytest.raises(TunesmithError, match=r"supports the Llama family .*SmolLM.*Mistral.*this model is 'qwen2'"):
-        write_model_gguf(tmp_path, tmp_path / "out.gguf", "f16", "qwen")
+    with pytest.raises(
+        TunesmithError,
+        match=r"supports model types llama, mistral, qwen2, qwen3, gemma2, gemma3_text, phi3 .*"
+        r"this model is 'gpt2' \(GPT2LMHeadModel\)$",
+    ):
+        write_model_gguf(tmp_path, tmp_path / "out.gguf", "f16", "gpt2")
     assert not (tmp_path / "out.gguf").exists()
 
 

@@ -5,7 +5,8 @@ import numpy as np
 from safetensors.torch import load_file
 
 from tunesmith.export import export_run
-from tunesmith.export.gguf import LlamaShape, _to_gguf_layout
+from tunesmith.export.gguf import _to_gguf_layout
+from tunesmith.export.gguf_families import FAMILIES, Shape
 from tunesmith.models import resolve_model_path
 
 
@@ -22,7 +23,7 @@ def test_gguf_lora_plus_base_gives_the_merged_model(tiny_run, tiny_model_name, t
 
     base = load_file(f"{resolve_model_path(tiny_model_name)}/model.safetensors")
     merged = load_file(tiny_run / "merged/model.safetensors")
-    shape = LlamaShape.of(AutoConfig.from_pretrained(tiny_run / "merged"))
+    shape = Shape.of(AutoConfig.from_pretrained(tiny_run / "merged"))
     names = gguf.get_tensor_name_map(gguf.MODEL_ARCH.LLAMA, shape.layers)
     checked = 0
     for hf_name, weight in merged.items():
@@ -33,7 +34,7 @@ def test_gguf_lora_plus_base_gives_the_merged_model(tiny_run, tiny_model_name, t
         lora_a, lora_b = tensors[f"{target}.lora_a"], tensors[f"{target}.lora_b"]
         assert lora_a.shape[0] == lora_b.shape[1] == 8
         update = (alpha / 8) * lora_b.astype(np.float64) @ lora_a.astype(np.float64)
-        expected = _to_gguf_layout(hf_name, (weight - base[hf_name]).double().numpy(), shape)
+        expected = _to_gguf_layout(hf_name, (weight - base[hf_name]).double().numpy(), FAMILIES["llama"], shape)
         np.testing.assert_allclose(update, expected, atol=1e-6)
         checked += 1
     assert checked == 2 * 7  # every linear layer of both blocks

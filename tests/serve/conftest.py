@@ -34,3 +34,16 @@ def fake_server(make_server):
         )
 
     return make
+
+
+@pytest.fixture
+def inference_server(make_server, tiny_model_name):
+    """A server for inference on the tiny model (info log: model loads are logged)."""
+
+    def make(*args):
+        return make_server(
+            ["--trainer-command", f"{sys.executable} {FAKE_TRAINER}", "--log-level", "info", *args],
+            {"FAKE_STEP_SECONDS": "0.5"},
+        )
+
+    return make

@@ -4,29 +4,16 @@ from __future__ import annotations
 
 import os
 import signal
-import sys
 import threading
 import time
 
 import httpx
-import pytest
-from serve_helpers import FAKE_TRAINER, alive, wait_for
+from serve_helpers import alive, wait_for
 from test_serve_api import chat_rows, upload
 
 from tunesmith.serve.store import Store
 
 HI = [{"role": "user", "content": "hi"}]
-
-
-@pytest.fixture
-def inference_server(make_server, tiny_model_name):
-    def make(*args):
-        return make_server(
-            ["--trainer-command", f"{sys.executable} {FAKE_TRAINER}", "--log-level", "info", *args],
-            {"FAKE_STEP_SECONDS": "0.5"},
-        )
-
-    return make
 
 
 def http_for(server, key: str) -> httpx.Client:

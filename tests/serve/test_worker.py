@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import threading
 import time
 
 import pytest
@@ -111,3 +112,27 @@ def test_a_run_folder_has_one_trainer(tmp_path):
     assert lock_holder(tmp_path / "run") is None
     with locked(tmp_path / "run"):
         assert lock_holder(tmp_path / "run") == os.getpid()
+
+
+def test_a_slow_validation_holds_neither_starts_nor_cancels(worker, tmp_path, monkeypatch):
+    """Validation (a whole file tokenised) runs beside the supervision loop, not inside it."""
+    store, make = worker
+    release = threading.Event()
+
+    def slow_check(self, job, train, validation):
+        release.wait(60)
+        raise RuntimeError("tokenizer gone")
+
+    monkeypatch.setattr(Worker, "check_files", slow_check)
+    validating = add_job(store, tmp_path, "validating_files", attempts=1)
+    queued = add_job(store, tmp_path, "queued")
+    make()
+    try:
+        pid = wait(lambda: (job := store.job(None, queued))["status"] == "running" and job["pid"], 10)
+        store.update_job(queued, status="cancelled")
+        wait(lambda: not alive(pid), STOP_GRACE_SECONDS + 5)
+        assert store.job(None, validating)["status"] == "validating_files"  # still being checked
+    finally:
+        release.set()
+    failed = wait(lambda: (job := store.job(None, validating))["status"] == "failed" and job, 10)
+    assert "could not validate the files: tokenizer gone" in failed["error"]["message"]

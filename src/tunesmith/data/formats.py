@@ -17,8 +17,8 @@ from pathlib import Path
 from jsonschema import SchemaError
 
 from tunesmith.chat.messages import Message
+from tunesmith.chat.schemas import arguments_problem, schema_problem, schema_validator
 from tunesmith.chat.tools import Tool, ToolCall
-from tunesmith.data.schemas import arguments_problem, schema_problem, schema_validator
 from tunesmith.data.sharegpt import sharegpt_as_openai, sharegpt_field
 from tunesmith.errors import TunesmithError
 

@@ -105,10 +105,10 @@ def _score(folder: str, pairs, tokenized, config: Config) -> tuple[np.ndarray, l
 
 def evaluate_preferences(config: Config, tuned_folder: str | None, out_dir: str, training: dict | None) -> dict:
     """Score the base (and the tuned) model on data.test; write eval.json and report.md to out_dir."""
-    from tunesmith.models import load_tokenizer
+    from tunesmith.models.vocabulary import load_tokenizer_for
 
     settings = config.eval
-    pairs, tokenized = load_test_pairs(config, load_tokenizer(config.model))
+    pairs, tokenized = load_test_pairs(config, load_tokenizer_for(config.model, config.data, config.tokenizer))
     if not pairs:
         raise TunesmithError(f"{config.data.test}: no pair fits data.max_seq_len={config.data.max_seq_len}")
 

@@ -50,6 +50,7 @@ from tunesmith.evaluate.variants import (
     write_result,
 )
 from tunesmith.models import load_model, load_tokenizer, resolve_model_path
+from tunesmith.models.vocabulary import load_model_for, load_tokenizer_for
 from tunesmith.precision import autocast, default_device
 
 VARIANTS = ("zero_shot", "few_shot", "finetuned")
@@ -190,7 +191,7 @@ def _general_text_perplexity(model, tokenizer, path: str, window: int, settings:
 
 def base_variants(config: Config, items: list[TestItem], result: dict) -> None:
     settings = config.eval
-    loaded = load_model(config.model)
+    loaded = load_model_for(config)
     model, tokenizer = prepare_model(loaded), loaded.tokenizer
     zero = [_prompt_ids(tokenizer, item, config.data.system) for item in items]
     result["variants"]["zero_shot"] = evaluate_variant(model, tokenizer, zero, items, settings, SCORERS[settings.task])
@@ -223,11 +224,14 @@ def base_variants(config: Config, items: list[TestItem], result: dict) -> None:
     gc.collect()
 
 
-def _check_same_base(base_name: str, tuned_folder: str) -> None:
-    """Refuse a fine-tuned model of another architecture or vocabulary before any evaluation runs."""
+def _check_same_base(config: Config, tuned_folder: str) -> None:
+    """Refuse a fine-tuned model of another architecture or vocabulary before any evaluation runs
+    (the base's vocabulary with the tokens the config adds)."""
     from transformers import AutoConfig
 
+    base_name, base_tokenizer = config.model, load_tokenizer_for(config.model, config.data, config.tokenizer)
     base_cfg, tuned_cfg = (AutoConfig.from_pretrained(resolve_model_path(n)) for n in (base_name, tuned_folder))
+    base_cfg.vocab_size = max(base_cfg.vocab_size, len(base_tokenizer))
     for key in ("model_type", "hidden_size", "num_hidden_layers", "vocab_size"):
         ours, theirs = getattr(base_cfg, key, None), getattr(tuned_cfg, key, None)
         if ours != theirs:
@@ -235,7 +239,7 @@ def _check_same_base(base_name: str, tuned_folder: str) -> None:
                 f"fine-tuned model {tuned_folder} does not match base model {base_name!r}: {key} is "
                 f"{theirs} there and {ours} in the base; set `model` to the base it was trained from"
             )
-    if load_tokenizer(base_name).get_vocab() != load_tokenizer(tuned_folder).get_vocab():
+    if base_tokenizer.get_vocab() != load_tokenizer(tuned_folder).get_vocab():
         raise TunesmithError(
             f"fine-tuned model {tuned_folder} has a different tokenizer from base model {base_name!r}; "
             "set `model` to the base it was trained from"
@@ -262,7 +266,7 @@ def run_evaluation(config: Config, finetuned: str | None, out_dir: str) -> dict:
     items = [] if pairs or tools or graded else load_test_items(config)
     run_dir = run_folder(finetuned, config)
     if run_dir is not None:
-        _check_same_base(config.model, model_folder(run_dir))
+        _check_same_base(config, model_folder(run_dir))
     if graded:
         from tunesmith.evaluate.graded import evaluate_graded
 

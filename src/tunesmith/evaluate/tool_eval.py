@@ -32,6 +32,7 @@ from tunesmith.errors import TunesmithError
 from tunesmith.evaluate.baselines import MAX_AUTO_SHOTS, FewShotSelector, context_budget
 from tunesmith.evaluate.tool_calls import ParsedOutput, tool_call_stats
 from tunesmith.models import load_model
+from tunesmith.models.vocabulary import load_model_for
 from tunesmith.precision import autocast, default_device
 
 SIDE_BY_SIDE = 10
@@ -187,7 +188,7 @@ def _base_variants(config: Config, items: list[ToolItem], result: dict, score) -
     from tunesmith.evaluate.variants import evaluate_variant, prepare_model
 
     settings = config.eval
-    loaded = load_model(config.model)
+    loaded = load_model_for(config)
     model, tokenizer = prepare_model(loaded), loaded.tokenizer
     zero = [_encode(tokenizer, _with_system(item.messages, config.data.system), item.tools, None) for item in items]
     result["variants"]["zero_shot"] = evaluate_variant(model, tokenizer, zero, items, settings, score)

@@ -1,10 +1,10 @@
 """GGUF files for llama.cpp, Ollama and LM Studio, written with the `gguf` package: no llama.cpp build.
 
-The Llama family only (SmolLM, Llama 2/3, TinyLlama, Mistral): the one layout whose round trip through
-transformers' GGUF loader is tested. llama.cpp's Llama graph rotates interleaved pairs of each head's
-dimensions, Hugging Face rotates the two halves, so the Q and K rows of every head are reordered
-(`_interleave_rope_rows`) the way llama.cpp's own converter does; every other tensor keeps its values
-under llama.cpp's name. The vocabulary and chat template go in as metadata (export/gguf_vocab.py).
+One writer for every family in export/gguf_families.py (Llama, Mistral, Qwen 2/3, Gemma 2/3, Phi-3):
+the family's row says llama.cpp's architecture, which tensors change layout (Llama's interleaved rope
+rows, Gemma's norms stored as 1 + w) and its own hyperparameters; every tensor goes in under the name
+gguf's map gives it for that architecture. The vocabulary and chat template go in as metadata
+(export/gguf_vocab.py).
 """
 
 from __future__ import annotations
@@ -17,13 +17,10 @@ from pathlib import Path
 import numpy as np
 
 from tunesmith.errors import TunesmithError
+from tunesmith.export.gguf_families import Family, Shape, family_of
+from tunesmith.export.gguf_families import rope as family_rope
 from tunesmith.paths import atomic_path
 from tunesmith.progress import tracked
-
-GGUF_ARCH = "llama"
-SUPPORTED_MODEL_TYPES = ("llama", "mistral")
-SUPPORTED_TEXT = "the Llama family (model_type llama or mistral: SmolLM, Llama 2/3, TinyLlama, Mistral)"
-ROPE_TYPES = ("default", "linear", "llama3")
 
 
 @dataclass(frozen=True)
@@ -38,45 +35,6 @@ OUTTYPES = {
     "bf16": OutType("BF16", "MOSTLY_BF16"),
     "q8_0": OutType("Q8_0", "MOSTLY_Q8_0"),
 }
-
-
-@dataclass(frozen=True)
-class LlamaShape:
-    layers: int
-    heads: int
-    kv_heads: int
-    head_dim: int
-
-    @classmethod
-    def of(cls, config) -> LlamaShape:
-        heads = config.num_attention_heads
-        head_dim = getattr(config, "head_dim", None) or config.hidden_size // heads
-        return cls(config.num_hidden_layers, heads, config.num_key_value_heads or heads, head_dim)
-
-
-def _rope(config) -> dict:
-    # transformers 5 keeps rope settings in rope_parameters; older configs in rope_theta/rope_scaling.
-    params = dict(getattr(config, "rope_parameters", None) or getattr(config, "rope_scaling", None) or {})
-    params.setdefault("rope_theta", getattr(config, "rope_theta", 10000.0))
-    params["rope_type"] = params.get("rope_type") or params.get("type") or "default"
-    return params
-
-
-def check_supported(config, source: str) -> None:
-    """Refuse, naming what is supported, anything whose GGUF layout we have not tested."""
-    model_type = getattr(config, "model_type", None)
-    if model_type not in SUPPORTED_MODEL_TYPES:
-        raise TunesmithError(
-            f"{source}: GGUF export supports {SUPPORTED_TEXT}; this model is {model_type!r} "
-            f"({', '.join(getattr(config, 'architectures', None) or ['unknown architecture'])})"
-        )
-    if getattr(config, "attention_bias", False) or getattr(config, "mlp_bias", False):
-        raise TunesmithError(f"{source}: GGUF export of Llama models with attention or MLP biases is not supported")
-    rope_type = _rope(config)["rope_type"]
-    if rope_type not in ROPE_TYPES:
-        raise TunesmithError(
-            f"{source}: GGUF export supports rope types {', '.join(ROPE_TYPES)}; this model uses {rope_type!r}"
-        )
 
 
 def _interleave_rope_rows(weight: np.ndarray, heads: int) -> np.ndarray:
@@ -105,11 +63,11 @@ def llama3_rope_factors(rope: dict, head_dim: int) -> np.ndarray:
     return np.array(factors, dtype=np.float32)
 
 
-def _writer(name: str):
+def _writer(name: str, arch: str):
     import gguf
 
     # use_temp_file: tensors go to a spooled file as they are added, so memory holds one at a time.
-    writer = gguf.GGUFWriter(path=None, arch=GGUF_ARCH, use_temp_file=True)
+    writer = gguf.GGUFWriter(path=None, arch=arch, use_temp_file=True)
     writer.add_name(name)
     return writer
 
@@ -156,26 +114,29 @@ def _gguf_name(name_map, hf_name: str) -> str:
     return name
 
 
-def _tensor_name_map(layers: int):
+def _tensor_name_map(family: Family, layers: int):
     import gguf
 
-    return gguf.get_tensor_name_map(gguf.MODEL_ARCH.LLAMA, layers)
+    arch = next(key for key, name in gguf.MODEL_ARCH_NAMES.items() if name == family.arch)
+    return gguf.get_tensor_name_map(arch, layers)
 
 
-def _to_gguf_layout(hf_name: str, array: np.ndarray, shape: LlamaShape) -> np.ndarray:
-    if hf_name.endswith("q_proj.weight"):
+def _to_gguf_layout(hf_name: str, array: np.ndarray, family: Family, shape: Shape) -> np.ndarray:
+    if family.interleaved_rope and hf_name.endswith("q_proj.weight"):
         return _interleave_rope_rows(array, shape.heads)
-    if hf_name.endswith("k_proj.weight"):
+    if family.interleaved_rope and hf_name.endswith("k_proj.weight"):
         return _interleave_rope_rows(array, shape.kv_heads)
+    if family.norm_shift and hf_name.endswith("norm.weight"):
+        return array + family.norm_shift
     return array
 
 
-def _add_hyperparameters(writer, config, shape: LlamaShape, outtype: str) -> None:
+def _add_hyperparameters(writer, config, family: Family, shape: Shape, outtype: str) -> None:
     import gguf
 
-    rope = _rope(config)
+    rope = family_rope(config)
     writer.add_type(gguf.GGUFType.MODEL)
-    writer.add_context_length(config.max_position_embeddings)
+    writer.add_context_length(family.context_length(config))
     writer.add_embedding_length(config.hidden_size)
     writer.add_block_count(shape.layers)
     writer.add_feed_forward_length(config.intermediate_size)
@@ -183,7 +144,8 @@ def _add_hyperparameters(writer, config, shape: LlamaShape, outtype: str) -> Non
     writer.add_head_count_kv(shape.kv_heads)
     writer.add_rope_freq_base(float(rope["rope_theta"]))
     writer.add_layer_norm_rms_eps(float(config.rms_norm_eps))
-    writer.add_rope_dimension_count(shape.head_dim)
+    if family.arch == "llama":
+        writer.add_rope_dimension_count(shape.head_dim)
     writer.add_vocab_size(config.vocab_size)
     if shape.head_dim != config.hidden_size // shape.heads:
         writer.add_key_length(shape.head_dim)
@@ -192,6 +154,7 @@ def _add_hyperparameters(writer, config, shape: LlamaShape, outtype: str) -> Non
         writer.add_rope_scaling_type(gguf.RopeScalingType.LINEAR)
         writer.add_rope_scaling_factor(float(rope["factor"]))
     writer.add_file_type(gguf.LlamaFileType[OUTTYPES[outtype].file_type])
+    family.hyperparameters(writer, config, shape)
 
 
 def _check_outtype(outtype: str, allowed) -> None:
@@ -208,15 +171,15 @@ def write_model_gguf(folder: Path, out: Path, outtype: str, name: str) -> Path:
 
     _check_outtype(outtype, OUTTYPES)
     config = AutoConfig.from_pretrained(folder)
-    check_supported(config, str(folder))
-    shape = LlamaShape.of(config)
+    family = family_of(config, str(folder))
+    shape = Shape.of(config)
     tokenizer = AutoTokenizer.from_pretrained(folder)
-    writer = _writer(name)
-    _add_hyperparameters(writer, config, shape, outtype)
+    writer = _writer(name, family.arch)
+    _add_hyperparameters(writer, config, family, shape, outtype)
     add_tokenizer(writer, folder, tokenizer, config.vocab_size)
 
-    name_map = _tensor_name_map(shape.layers)
-    rope = _rope(config)
+    name_map = _tensor_name_map(family, shape.layers)
+    rope = family_rope(config)
     if rope["rope_type"] == "llama3":
         writer.add_tensor("rope_freqs.weight", llama3_rope_factors(rope, shape.head_dim))
     for path in _safetensors(folder):
@@ -224,7 +187,8 @@ def write_model_gguf(folder: Path, out: Path, outtype: str, name: str) -> Path:
             names = [n for n in weights.keys() if not (config.tie_word_embeddings and n == "lm_head.weight")]
             for hf_name in tracked(names, f"gguf {outtype}: {path.name}"):
                 array = weights.get_tensor(hf_name).float().numpy()
-                _add_tensor(writer, _gguf_name(name_map, hf_name), _to_gguf_layout(hf_name, array, shape), outtype)
+                array = _to_gguf_layout(hf_name, array, family, shape)
+                _add_tensor(writer, _gguf_name(name_map, hf_name), array, outtype)
     return _save(writer, out)
 
 
@@ -243,8 +207,8 @@ def write_lora_gguf(adapter: Path, config_folder: Path, out: Path, outtype: str,
 
     _check_outtype(outtype, LORA_OUTTYPES)
     config = AutoConfig.from_pretrained(config_folder)
-    check_supported(config, str(config_folder))
-    shape = LlamaShape.of(config)
+    family = family_of(config, str(config_folder))
+    shape = Shape.of(config)
     settings = json.loads((adapter / "adapter_config.json").read_text())
     if settings.get("use_dora"):
         raise TunesmithError(f"{adapter}: a DoRA adapter has no GGUF LoRA form; export the merged model instead")
@@ -259,11 +223,11 @@ def write_lora_gguf(adapter: Path, config_folder: Path, out: Path, outtype: str,
 
     import gguf
 
-    writer = _writer(name)
+    writer = _writer(name, family.arch)
     writer.add_type(gguf.GGUFType.ADAPTER)
     writer.add_string(gguf.Keys.Adapter.TYPE, "lora")
     writer.add_float32(gguf.Keys.Adapter.LORA_ALPHA, alpha)
-    name_map = _tensor_name_map(shape.layers)
+    name_map = _tensor_name_map(family, shape.layers)
     state = load_file(adapter / "adapter_model.safetensors")
     pairs = sorted({key.rsplit(".lora_", 1)[0] for key in state if ".lora_" in key})
     if not pairs:
@@ -273,7 +237,7 @@ def write_lora_gguf(adapter: Path, config_folder: Path, out: Path, outtype: str,
         hf_name = module.removeprefix("base_model.model.") + ".weight"
         target = _gguf_name(name_map, hf_name)
         lora_a = state[f"{module}.lora_A.weight"].float().numpy()
-        lora_b = _to_gguf_layout(hf_name, state[f"{module}.lora_B.weight"].float().numpy(), shape)
+        lora_b = _to_gguf_layout(hf_name, state[f"{module}.lora_B.weight"].float().numpy(), family, shape)
         _add_tensor(writer, f"{target}.lora_a", lora_a, outtype)
         _add_tensor(writer, f"{target}.lora_b", lora_b, outtype)
     return _save(writer, out)

@@ -54,7 +54,7 @@ def _merges(spec: dict) -> list[str]:
     ]
 
 
-def _adds_token(tokenizer, token_id: int | None, first: bool) -> bool:
+def adds_token(tokenizer, token_id: int | None, first: bool) -> bool:
     """Whether plain encoding adds this special token: what llama.cpp's add_bos/add_eos flags mean."""
     if token_id is None:
         return False
@@ -124,8 +124,8 @@ def add_tokenizer(writer, folder: Path, tokenizer, n_vocab: int) -> None:
         token_id = getattr(tokenizer, f"{kind}_token_id")
         if token_id is not None:
             getattr(writer, f"add_{kind}_token_id")(token_id)
-    writer.add_add_bos_token(_adds_token(tokenizer, tokenizer.bos_token_id, first=True))
-    writer.add_add_eos_token(_adds_token(tokenizer, tokenizer.eos_token_id, first=False))
+    writer.add_add_bos_token(adds_token(tokenizer, tokenizer.bos_token_id, first=True))
+    writer.add_add_eos_token(adds_token(tokenizer, tokenizer.eos_token_id, first=False))
     if sentencepiece:
         writer.add_add_space_prefix(_adds_space_prefix(spec))
     if tokenizer.chat_template:

@@ -264,6 +264,42 @@ def segment_attention(query, key, value, segments: Segments, scaling: float, ker
     return _to_rows(out.view(examples, kv_heads, -1, dim), segments)
 
 
+def _capped_attention(query, key, value, allowed: torch.Tensor, scaling: float, softcap: float | None):
+    """Attention with the scores soft-capped (softcap * tanh(scores / softcap), Gemma 2) where
+    `softcap` is set: [batch, h, q, dim] queries, [batch, kv_heads, k, dim] keys and values,
+    `allowed` a boolean mask broadcast to [batch, h, q, k]. No fused kernel caps scores, so this is
+    transformers' eager arithmetic, its [q, k] probabilities kept by autograd."""
+    groups = query.shape[1] // key.shape[1]
+    key, value = (t.repeat_interleave(groups, 1) for t in (key, value))
+    scores = (query @ key.transpose(-1, -2)) * scaling
+    if softcap is not None:
+        scores = torch.tanh(scores / softcap) * softcap
+    scores = scores.masked_fill(~allowed, torch.finfo(scores.dtype).min)
+    return scores.softmax(-1, dtype=torch.float32).to(value.dtype) @ value
+
+
+def _causal(length: int, sliding_window: int | None, device: torch.device) -> torch.Tensor:
+    """[length, length]: query i sees key j <= i, and within a sliding window only i - j < window
+    (transformers' `sliding_window_overlay`)."""
+    offsets = torch.arange(length, device=device)
+    distance = offsets[:, None] - offsets[None, :]
+    allowed = distance >= 0
+    return allowed if sliding_window is None else allowed & (distance < sliding_window)
+
+
+def _windowed_segment_attention(rows, segments: Segments, scaling: float, sliding_window, softcap):
+    """`segment_attention` for a sliding window or soft-capped scores, which its kernels do not do:
+    the same per-example layout, attended by `_capped_attention` (autograd sums a shared prefix's
+    copies through the gather)."""
+    _, longest = segments.shape
+    q, k, v = (_heads(t, segments) for t in rows)
+    if segments.key_mask is None:
+        allowed = _causal(longest, sliding_window, q.device)
+    else:  # bidirectional: every real key, none of the padding
+        allowed = (segments.key_mask == 0)[:, None]
+    return _heads_to_rows(_capped_attention(q, k, v, allowed, scaling, softcap), segments)
+
+
 def packed_attention(
     module: torch.nn.Module,
     query: torch.Tensor,
@@ -273,12 +309,26 @@ def packed_attention(
     dropout: float = 0.0,
     scaling: float | None = None,
     segments: Segments | None = None,
+    sliding_window: int | None = None,
+    softcap: float | None = None,
     **kwargs,
 ) -> tuple[torch.Tensor, None]:
+    """transformers' attention interface. `sliding_window` (Mistral, Gemma's local layers, Qwen's
+    sliding layers) and `softcap` (Gemma 2) are honoured here: SDPA would ignore both."""
+    scaling = scaling if scaling is not None else query.shape[-1] ** -0.5
     if segments is None:
-        return sdpa_attention_forward(
-            module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs
-        )
+        if softcap is None:  # the mask transformers built already holds any sliding window
+            return sdpa_attention_forward(
+                module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs
+            )
+        if dropout:
+            raise ValueError("soft-capped attention takes no attention dropout")
+        if attention_mask is None:  # SDPA's mask skipped: plain causal
+            allowed = _causal(query.shape[2], sliding_window, query.device)
+        else:
+            allowed = attention_mask if attention_mask.dtype == torch.bool else attention_mask == 0
+        out = _capped_attention(query, key, value.to(query.dtype), allowed, scaling, softcap)
+        return out.transpose(1, 2).contiguous(), None
     if query.shape[0] != 1 or dropout:
         raise ValueError("packed attention takes one row of examples and no attention dropout")
     # Under autocast the rotary embedding hands back float32 queries and keys (its cos/sin are
@@ -286,8 +336,11 @@ def packed_attention(
     dtype = active_dtype(query)
     # [1, h, tokens, dim] -> [tokens, h, dim]: the layout the projections wrote and o_proj reads.
     rows = [t[0].transpose(0, 1).to(dtype).contiguous() for t in (query, key, value)]
-    scaling = scaling if scaling is not None else query.shape[-1] ** -0.5
-    return segment_attention(*rows, segments, scaling).unsqueeze(0), None
+    if sliding_window is not None or softcap is not None:
+        out = _windowed_segment_attention(rows, segments, scaling, sliding_window, softcap)
+    else:
+        out = segment_attention(*rows, segments, scaling)
+    return out.unsqueeze(0), None
 
 
 AttentionInterface.register(NAME, packed_attention)

@@ -89,20 +89,31 @@ class _LoRALinear(torch.autograd.Function):
         return grad_x, None, None, grad_a, grad_b, None, None
 
 
+# The gated MLPs' activations (SwiGLU: Llama, Qwen, Mistral; GeGLU: Gemma), with their backward.
+ACTIVATIONS = {
+    "silu": (F.silu, lambda grad, g: torch.ops.aten.silu_backward.grad_input(grad, g, grad_input=grad)),
+    "gelu_tanh": (
+        functools.partial(F.gelu, approximate="tanh"),
+        lambda grad, g: torch.ops.aten.gelu_backward.grad_input(grad, g, approximate="tanh", grad_input=grad),
+    ),
+}
+
+
 class _LoRAMLP(torch.autograd.Function):
-    """down(silu(gate(x)) * up(x)), LoRA on all three: `operands` are the 4 tensors of each
-    projection (as `_operands`), then the three scalings, then the compute dtype."""
+    """down(act(gate(x)) * up(x)), LoRA on all three: `operands` are the 4 tensors of each
+    projection (as `_operands`), then the three scalings, the compute dtype and the activation's
+    name in ACTIVATIONS."""
 
     @staticmethod
     def forward(ctx, x, *operands):
-        *tensors, s_gate, s_up, s_down, dtype = operands
+        *tensors, s_gate, s_up, s_down, dtype, activation = operands
         x, *tensors = _cast((x, *tensors), dtype)
         gate, up, down = tensors[0:4], tensors[4:8], tensors[8:12]
         g, xa_gate = _forward(x, *gate, s_gate)
         u, xa_up = _forward(x, *up, s_up)
-        out, xa_down = _forward(F.silu(g).mul_(u), *down, s_down)
+        out, xa_down = _forward(ACTIVATIONS[activation][0](g).mul_(u), *down, s_down)
         ctx.save_for_backward(x, g, u, xa_gate, xa_up, xa_down, *tensors)
-        ctx.scalings = (s_gate, s_up, s_down)
+        ctx.scalings, ctx.activation = (s_gate, s_up, s_down), activation
         return out
 
     @staticmethod
@@ -116,11 +127,11 @@ class _LoRAMLP(torch.autograd.Function):
         s_gate, s_up, s_down = ctx.scalings
         # In place where a [tokens, intermediate] tensor is not read again: each new one is a few MB
         # that glibc maps and the kernel zero-fills page by page (kernels/arena.py pins the threshold).
-        act = F.silu(g)
+        activation, activation_backward = ACTIVATIONS[ctx.activation]
+        act = activation(g)
         grad_h, grad_a_down, grad_b_down = _backward(grad, act * u, xa_down, w_down, a_down, b_down, s_down, True)
         grad_u = act.mul_(grad_h)
-        grad_g = grad_h.mul_(u)
-        torch.ops.aten.silu_backward.grad_input(grad_g, g, grad_input=grad_g)
+        grad_g = activation_backward(grad_h.mul_(u), g)
         need_x = ctx.needs_input_grad[0]
         grad_x, grad_a_gate, grad_b_gate = _backward(grad_g, x, xa_gate, w_gate, a_gate, b_gate, s_gate, need_x)
         grad_x_up, grad_a_up, grad_b_up = _backward(grad_u, x, xa_up, w_up, a_up, b_up, s_up, need_x)
@@ -131,6 +142,7 @@ class _LoRAMLP(torch.autograd.Function):
             *(None, None, grad_a_gate, grad_b_gate),
             *(None, None, grad_a_up, grad_b_up),
             *(None, None, grad_a_down, grad_b_down),
+            None,
             None,
             None,
             None,
@@ -151,7 +163,9 @@ class _FusedLinear:
 
 
 class _FusedMLP:
-    """Mixed into a SwiGLU MLP's class: its forward runs `_LoRAMLP` while all three projections are plain LoRA."""
+    """Mixed into a gated MLP's class: its forward runs `_LoRAMLP` while all three projections are plain LoRA."""
+
+    fused_activation: str
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         projections = (self.gate_proj, self.up_proj, self.down_proj)
@@ -161,7 +175,7 @@ class _FusedMLP:
         tensors = [t for p, n in zip(projections, names, strict=True) for t in _operands(p, n)]
         scalings = [p.scaling[n] for p, n in zip(projections, names, strict=True)]
         flat = x.reshape(-1, x.shape[-1])
-        out = _LoRAMLP.apply(flat, *tensors, *scalings, active_dtype(x))
+        out = _LoRAMLP.apply(flat, *tensors, *scalings, active_dtype(x), self.fused_activation)
         return out.view(*x.shape[:-1], out.shape[-1])
 
 
@@ -171,14 +185,23 @@ def _fused(mixin: type, cls: type) -> type:
     return type(f"Fused{cls.__name__}", (mixin, cls), {"__module__": __name__})
 
 
-def _is_swiglu(module) -> bool:
-    parts = ("gate_proj", "up_proj", "down_proj", "act_fn")
-    # transformers' ACT2FN["silu"] is its own SiLUActivation class, not torch's.
-    return all(hasattr(module, p) for p in parts) and type(module.act_fn).__name__ in ("SiLU", "SiLUActivation")
+@torch.no_grad()
+def gated_activation(module) -> str | None:
+    """The ACTIVATIONS name of a gated MLP (gate_proj, up_proj, down_proj, act_fn: transformers'
+    down(act(gate(x)) * up(x))) whose act_fn computes it, told by its values on a probe, not by its
+    class; None for anything else (Phi-3's fused gate_up_proj is not one: its projections are fused
+    one by one)."""
+    if not all(hasattr(module, p) for p in ("gate_proj", "up_proj", "down_proj", "act_fn")):
+        return None
+    probe = torch.linspace(-6, 6, 97)
+    for name, (function, _) in ACTIVATIONS.items():
+        if torch.allclose(module.act_fn(probe), function(probe), rtol=1e-6, atol=1e-7):
+            return name
+    return None
 
 
 def fuse_lora(model: torch.nn.Module) -> int:
-    """Route every LoRA layer and LoRA SwiGLU MLP of `model` through the functions above (their class
+    """Route every LoRA layer and LoRA gated MLP of `model` through the functions above (their class
     becomes Fused<class>); returns how many modules now do. Each checks on every call that it is
     still plain LoRA."""
     from peft.tuners.lora import Linear
@@ -187,7 +210,9 @@ def fuse_lora(model: torch.nn.Module) -> int:
     in_mlp: set[int] = set()
     fused = 0
     for module in model.modules():
-        if _is_swiglu(module) and all(isinstance(getattr(module, p), Linear) for p in projections):
+        activation = gated_activation(module)
+        if activation and all(isinstance(getattr(module, p), Linear) for p in projections):
+            module.fused_activation = activation
             module.__class__ = _fused(_FusedMLP, type(module))
             in_mlp.update(id(getattr(module, p)) for p in projections)
             fused += 1

@@ -41,14 +41,16 @@ class OutputLayerLoss(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, hidden, weight, targets, chunk_size: int, dtype: torch.dtype, keep: bool):
+    def forward(ctx, hidden, weight, targets, chunk_size: int, dtype: torch.dtype, keep: bool, softcap=None):
         hidden = hidden.to(dtype)
         kept = kept_logits(keep, len(targets), weight.shape[0], hidden)
-        top, total, target_logit, _, best_index = vocabulary_stats(hidden, weight, targets, chunk_size, kept)
+        top, total, target_logit, _, best_index = vocabulary_stats(
+            hidden, weight, targets, chunk_size, kept, softcap=softcap
+        )
         lse = top + total.log()
         ctx.save_for_backward(hidden, weight, targets, lse)
         # An attribute, not a saved tensor: the activation arena would copy it (kernels/arena.py).
-        ctx.chunk_size, ctx.kept = chunk_size, kept
+        ctx.chunk_size, ctx.kept, ctx.softcap = chunk_size, kept, softcap
         correct = (best_index == targets).sum()
         ctx.mark_non_differentiable(correct)
         return lse - target_logit, correct
@@ -57,10 +59,11 @@ class OutputLayerLoss(torch.autograd.Function):
     def backward(ctx, grad_losses, _):
         hidden, weight, targets, lse = ctx.saved_tensors
         grad_hidden, grad_weight = vocabulary_grads(
-            hidden, weight, targets, lse, grad_losses, ctx.chunk_size, ctx.kept, ctx.needs_input_grad[:2]
+            hidden, weight, targets, lse, grad_losses, ctx.chunk_size, ctx.kept, ctx.needs_input_grad[:2], ctx.softcap
         )
         ctx.kept = None
-        return None if grad_hidden is None else grad_hidden.to(hidden.dtype), grad_weight, None, None, None, None
+        grad_hidden = None if grad_hidden is None else grad_hidden.to(hidden.dtype)
+        return grad_hidden, grad_weight, None, None, None, None, None
 
 
 def kept_logits(keep: bool, rows: int, vocab: int, hidden: torch.Tensor) -> torch.Tensor | None:
@@ -70,10 +73,16 @@ def kept_logits(keep: bool, rows: int, vocab: int, hidden: torch.Tensor) -> torc
     return None
 
 
-def vocabulary_stats(hidden, weight, targets, chunk_size: int, kept, offset: int = 0):
+def capped(logits: torch.Tensor, softcap: float | None) -> torch.Tensor:
+    """The final logits soft-capped as Gemma 2 does (softcap * tanh(logits / softcap)), in place."""
+    return logits if softcap is None else logits.div_(softcap).tanh_().mul_(softcap)
+
+
+def vocabulary_stats(hidden, weight, targets, chunk_size: int, kept, offset: int = 0, softcap: float | None = None):
     """Per row of `hidden`, over the vocabulary rows `weight` holds (ids `offset` onwards): the
     largest logit, the sum of exp(logit - largest), the target's logit (0 where the target is not
-    among them), and the best logit with its id (the lowest id on ties). Fills `kept` if given."""
+    among them), and the best logit with its id (the lowest id on ties). Fills `kept` if given, with
+    the logits before any `softcap`."""
     rows, device = len(targets), hidden.device
     top = torch.full((rows,), float("-inf"), device=device)
     total = torch.zeros(rows, device=device)
@@ -87,7 +96,7 @@ def vocabulary_stats(hidden, weight, targets, chunk_size: int, kept, offset: int
             logits = hidden[piece] @ cast.t()
             if kept is not None:
                 kept[piece, first : first + logits.shape[1]] = logits
-            logits = logits.float()
+            logits = capped(logits.float(), softcap)
             value, index = logits.max(-1)
             best_index[piece] = torch.where(value > best[piece], index + first + offset, best_index[piece])
             best[piece] = torch.maximum(best[piece], value)
@@ -100,7 +109,9 @@ def vocabulary_stats(hidden, weight, targets, chunk_size: int, kept, offset: int
     return top, total, target_logit, best, best_index
 
 
-def vocabulary_grads(hidden, weight, targets, lse, grad_losses, chunk_size: int, kept, wanted, offset: int = 0):
+def vocabulary_grads(
+    hidden, weight, targets, lse, grad_losses, chunk_size: int, kept, wanted, softcap=None, offset: int = 0
+):
     """(d loss / d hidden in float32, d loss / d weight) for the vocabulary rows `weight` holds,
     given each row's log-sum-exp over the whole vocabulary; None where `wanted` says so."""
     # Summed over vocabulary pieces in float32, as one matmul over the whole vocabulary would.
@@ -114,10 +125,14 @@ def vocabulary_grads(hidden, weight, targets, lse, grad_losses, chunk_size: int,
                 logits = hidden[piece] @ cast.t()
             else:
                 logits = kept[piece, first : first + cast.shape[0]]
-            grad_logits = logits.float().sub_(lse[piece, None]).exp_()
+            logits = capped(logits.float(), softcap)
+            grad_logits = logits.sub(lse[piece, None]).exp_()
             inside, column = _in_piece(targets[piece], first + offset, grad_logits.shape[1])
             grad_logits.scatter_add_(1, column[:, None], -inside[:, None].float())
-            grad_logits = grad_logits.mul_(grad_losses[piece, None]).to(hidden.dtype)
+            grad_logits = grad_logits.mul_(grad_losses[piece, None])
+            if softcap is not None:  # d capped / d logit = 1 - tanh^2
+                grad_logits.mul_(logits.div_(softcap).square_().neg_().add_(1))
+            grad_logits = grad_logits.to(hidden.dtype)
             if grad_hidden is not None:
                 grad_hidden[piece] += grad_logits @ cast
             if grad_weight is not None:

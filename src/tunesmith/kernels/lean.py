@@ -10,9 +10,12 @@ and PEFT casts the bf16 input of o_proj and down_proj up to float32 before autoc
 exactly the values autocast would have made), casts each norm's output to it once (for Llama-style
 norms, in one autograd node that keeps no input for backward: in float32 too, where autograd would
 keep every norm's input, a [tokens, hidden] tensor twice per layer), and lets PEFT pass bf16 inputs
-through. The computation is unchanged; the copies are gone. Embeddings, the output layer and the
-norm weights stay float32. `restore` reads the original float32 weights back from the model folder
-before anything is merged or exported, so the saved model is the original base plus the adapter.
+through. Only norms whose output feeds linear layers are touched, found by one tiny forward: a
+norm added to the residual (Gemma's post-norms) or feeding the rotary embedding (Qwen3's and
+Gemma 3's q/k-norms) keeps its float32 output, as autocast would. The computation is unchanged;
+the copies are gone. Embeddings, the output layer and the norm weights stay float32. `restore`
+reads the original float32 weights back from the model folder before anything is merged or
+exported, so the saved model is the original base plus the adapter.
 """
 
 from __future__ import annotations
@@ -22,19 +25,60 @@ from pathlib import Path
 
 import torch
 from safetensors import safe_open
-from transformers.models.llama.modeling_llama import LlamaRMSNorm
 
 from tunesmith.kernels.label_loss import output_layer
 from tunesmith.precision import active_dtype
 
 
-def _is_llama_norm(module: torch.nn.Module) -> bool:
-    # Qwen, Mistral and others copy Llama's RMSNorm verbatim; Gemma's (1 + weight) is not one of them.
-    forward = getattr(type(module), "forward", None)
-    return (
-        getattr(forward, "__code__", None) is not None
-        and forward.__code__.co_code == LlamaRMSNorm.forward.__code__.co_code
-    )
+def _norm_epsilon(module: torch.nn.Module) -> float | None:
+    eps = getattr(module, "variance_epsilon", getattr(module, "eps", None))
+    return eps if isinstance(eps, float) else None
+
+
+@torch.no_grad()
+def norm_kind(module: torch.nn.Module) -> str | None:
+    """ "llama" for an RMSNorm computing weight * x / rms(x) (Llama, Qwen, Mistral, Phi), "gemma" for
+    one computing (1 + weight) * x / rms(x) (Gemma 2 and 3), else None: told by what the module
+    computes on a probe input, not by its class or its code."""
+    weight, eps = getattr(module, "weight", None), _norm_epsilon(module)
+    if not isinstance(weight, torch.Tensor) or weight.dim() != 1 or eps is None or list(module.children()):
+        return None
+    probe = torch.randn(3, weight.shape[0], generator=torch.Generator().manual_seed(0)).to(weight.device)
+    normed = probe * torch.rsqrt(probe.pow(2).mean(-1, keepdim=True) + eps)
+    try:
+        out = module(probe.to(weight.dtype)).float()
+    except (TypeError, RuntimeError):
+        return None
+    for kind, scale in (("llama", weight.float()), ("gemma", 1 + weight.float())):
+        if out.shape == normed.shape and torch.allclose(out, normed * scale, rtol=1e-5, atol=1e-6):
+            return kind
+    return None
+
+
+@torch.no_grad()
+def _feeding_linears(model: torch.nn.Module, norms: list[torch.nn.Module]) -> set[int]:
+    """ids of the `norms` whose output (or a view of it: the output layer reads a slice) some linear
+    layer takes as its input, in one two-token forward of the causal LM `model`."""
+    outputs: dict[int, tuple[torch.nn.Module, torch.Tensor]] = {}
+    feeding: set[int] = set()
+
+    def record(norm, args, output):
+        # Held until the end, so no later tensor is given its memory.
+        outputs[output.data_ptr()] = (norm, output)
+
+    def consume(linear, args):
+        if args and args[0].data_ptr() in outputs:
+            feeding.add(id(outputs[args[0].data_ptr()][0]))
+
+    hooks = [n.register_forward_hook(record) for n in norms]
+    hooks += [m.register_forward_pre_hook(consume) for m in model.modules() if isinstance(m, torch.nn.Linear)]
+    try:
+        device = next(model.parameters()).device
+        model(input_ids=torch.zeros((1, 2), dtype=torch.long, device=device), use_cache=False)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    return feeding
 
 
 class _CastNorm(torch.autograd.Function):
@@ -70,7 +114,7 @@ class _CastNorm(torch.autograd.Function):
 
 
 def _lean_norm_forward(norm, hidden: torch.Tensor, divide: bool) -> torch.Tensor:
-    return _CastNorm.apply(hidden, norm.weight, norm.variance_epsilon, active_dtype(hidden), divide)
+    return _CastNorm.apply(hidden, norm.weight, _norm_epsilon(norm), active_dtype(hidden), divide)
 
 
 class _LeanNorm:
@@ -92,11 +136,14 @@ class LeanStorage:
     def __init__(self, model, dtype: torch.dtype):
         self.dtype = dtype
         base = model.get_base_model() if hasattr(model, "get_base_model") else model
-        decoder_prefix = next(n for n, m in base.named_modules() if m is output_layer(model)[0])
+        decoder = output_layer(model)[0]
+        decoder_prefix = next(n for n, m in base.named_modules() if m is decoder)
         self.frozen: dict[str, torch.nn.Linear] = {}
         self.hooks = []
         self.norms = []
         self.peft_layers = []
+        kinds = {id(m): kind for m in decoder.modules() if (kind := norm_kind(m)) is not None}
+        feeding = _feeding_linears(base, [m for m in decoder.modules() if id(m) in kinds])
         for name, module in base.named_modules():
             if not name.startswith(decoder_prefix):
                 continue
@@ -105,12 +152,12 @@ class LeanStorage:
                     # PEFT names the wrapped layer `<name>.base_layer`; the checkpoint knows it as <name>.
                     self.frozen[name.replace(".base_layer", "") + ".weight"] = module
                     module.weight.data = module.weight.data.to(dtype)
-            elif _is_llama_norm(module):
+            elif id(module) in feeding and kinds[id(module)] == "llama":
                 # Decided once here, not per call (on CUDA every check would be a host sync).
                 module.lean_divide = not module.weight.requires_grad and bool((module.weight != 0).all())
                 self.norms.append((module, type(module)))
                 module.__class__ = _lean(type(module))
-            elif type(module).__name__.endswith("RMSNorm"):
+            elif id(module) in feeding:
                 self.hooks.append(module.register_forward_hook(self._cast_output))
             if hasattr(module, "cast_input_dtype_enabled"):
                 module.cast_input_dtype_enabled = False

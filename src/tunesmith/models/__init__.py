@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from tunesmith.errors import TunesmithError
@@ -190,15 +190,18 @@ def resolve_model_path(name_or_path: str) -> str:
     )
 
 
-def load_tokenizer(name_or_path: str):
+def load_tokenizer(name_or_path: str, require_template: bool = True):
     """The model's own tokenizer, with a pad token (the end-of-turn token when it has none)."""
     from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(resolve_model_path(name_or_path))
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
-    if not tokenizer.chat_template:
-        raise TunesmithError(f"the tokenizer of {name_or_path!r} has no chat template")
+    if require_template and not tokenizer.chat_template:
+        raise TunesmithError(
+            f"the tokenizer of {name_or_path!r} has no chat template: set data.chat_template "
+            "(`chatml`, or the path of a Jinja file) to make it a chat model"
+        )
     return tokenizer
 
 
@@ -218,9 +221,10 @@ class LoadedModel:
     path: str
     model: object
     tokenizer: object
+    added_ids: list[int] = field(default_factory=list)  # rows the config added (models.vocabulary)
 
 
-def load_model(name_or_path: str, dtype: str = "float32") -> LoadedModel:
+def load_model(name_or_path: str, dtype: str = "float32", require_template: bool = True) -> LoadedModel:
     """Load a base model and its own tokenizer, refusing a tokenizer of another vocabulary."""
     from transformers import AutoModelForCausalLM
 
@@ -228,7 +232,7 @@ def load_model(name_or_path: str, dtype: str = "float32") -> LoadedModel:
 
     quiet_transformers()
     path = resolve_model_path(name_or_path)
-    tokenizer = load_tokenizer(name_or_path)
+    tokenizer = load_tokenizer(name_or_path, require_template)
     model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
     check_tokenizer_matches(tokenizer, model, name_or_path)
     # SDPA for everything except packed micro-batches, which it runs per example (kernels/attention.py).

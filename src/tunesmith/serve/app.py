@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import logging
 import sqlite3
-from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI, Request
@@ -20,9 +19,10 @@ from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
 
-from tunesmith.serve import openapi
+from tunesmith.serve import openapi, web
 from tunesmith.serve.errors import APIError, error_response, invalid_request
-from tunesmith.serve.limits import BodyLimit, BodyTooLarge, OrgSlots
+from tunesmith.serve.executors import FairExecutor
+from tunesmith.serve.limits import BodyLimit, BodyTooLarge
 from tunesmith.serve.redact import public
 from tunesmith.serve.routes import embeddings, files, graders, inference, jobs, models
 from tunesmith.serve.settings import ServeSettings
@@ -37,17 +37,23 @@ def create_app(settings: ServeSettings) -> FastAPI:
     from tunesmith.serve.jobs.supervisor import Worker
 
     store = Store(settings.home)
+    # Blocking work runs in executors of its own, never in the pool that serves management routes.
+    executors = {kind: FairExecutor(kind, limits.threads, limits.per_org) for kind, limits in settings.pools.items()}
+    executors["inference"] = FairExecutor(
+        "inference", settings.inference_threads, settings.max_inference_per_org, settings.inference_queue_timeout
+    )
     worker = Worker(
         store,
         settings.trainer_command,
         settings.max_running,
         settings.poll_seconds,
         settings.train_overrides,
+        validation=executors["validation"],
+        max_steps=settings.max_job_steps,
+        max_seconds=settings.max_job_seconds,
     )
 
-    engine = InferenceEngine(max_adapters=settings.max_adapters)
-    # Generation and model loads run here, never in the pool that serves management routes.
-    inference_pool = ThreadPoolExecutor(settings.inference_threads, thread_name_prefix="tunesmith-inference")
+    engine = InferenceEngine(max_adapters=settings.max_adapters, max_bases=settings.max_loaded_models)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -60,14 +66,14 @@ def create_app(settings: ServeSettings) -> FastAPI:
             yield
         finally:
             engine.close()
-            inference_pool.shutdown(wait=False, cancel_futures=True)
             worker.stop()
+            for executor in executors.values():
+                executor.shutdown()
 
     app = FastAPI(title="tunesmith", lifespan=lifespan)
     app.state.store, app.state.worker, app.state.settings = store, worker, settings
-    app.state.engine, app.state.inference_pool = engine, inference_pool
+    app.state.engine, app.state.executors = engine, executors
     app.state.storage = Storage(store, settings.storage_quota, settings.max_files, settings.min_free_disk)
-    app.state.inference_slots = OrgSlots(settings.max_inference_per_org)
     app.add_middleware(BodyLimit, json_limit=settings.max_body_bytes, upload_limit=settings.max_upload_bytes)
     _install_error_handlers(app, settings)
     files.add_routes(app)
@@ -76,6 +82,7 @@ def create_app(settings: ServeSettings) -> FastAPI:
     inference.add_routes(app)
     embeddings.add_routes(app)
     graders.add_routes(app)
+    web.add_routes(app)
     openapi.install(app)
     return app
 

@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 
 SHUTDOWN_GRACE_SECONDS = 5
+GIL_SWITCH_SECONDS = 0.001
 
 
 def default_home() -> Path:
@@ -26,8 +27,12 @@ def _serve(args: argparse.Namespace) -> int:
 
     from tunesmith.serve.app import create_app
     from tunesmith.serve.jobs.supervisor import parse_trainer_command
-    from tunesmith.serve.settings import ServeSettings
+    from tunesmith.serve.settings import DEFAULT_POOLS, PoolLimits, ServeSettings
 
+    pools = {
+        kind: PoolLimits(getattr(args, _dest(kind, "threads")), getattr(args, _dest(kind, "per_org")), default.help)
+        for kind, default in DEFAULT_POOLS.items()
+    }
     settings = ServeSettings(
         home=Path(args.home or default_home()),
         trainer_command=parse_trainer_command(args.trainer_command),
@@ -38,6 +43,8 @@ def _serve(args: argparse.Namespace) -> int:
         procs_per_job=args.procs_per_job,
         max_body_bytes=int(args.max_body_kb * 1024),
         max_active_jobs_per_org=args.max_jobs_per_org,
+        max_job_steps=args.max_job_steps,
+        max_job_seconds=args.max_job_minutes * 60 if args.max_job_minutes else None,
         max_inference_per_org=args.max_inference_per_org,
         inference_threads=args.inference_threads,
         generation_timeout=args.generation_timeout,
@@ -45,8 +52,15 @@ def _serve(args: argparse.Namespace) -> int:
         max_files=args.max_files,
         min_free_disk=args.min_free_disk,
         keep_failed_runs=args.keep_failed_runs,
+        inference_queue_timeout=args.inference_queue_timeout,
+        max_loaded_models=args.max_loaded_models,
+        pools=pools,
     )
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # Upload checks, exports and tokenizers run Python in worker threads; the event loop, which
+    # answers every request, asks for the GIL often. Python hands it over every 5 ms by default:
+    # a shorter interval keeps a management request's many hand-overs from adding up to seconds.
+    sys.setswitchinterval(GIL_SWITCH_SECONDS)
     app = create_app(settings)
     print(f"tunesmith serve: http://{args.host}:{args.port}/v1 (state in {settings.home})", file=sys.stderr)
     # On SIGTERM uvicorn waits for open connections; a client that never reads must not hold the
@@ -140,6 +154,32 @@ def _keys_create(args: argparse.Namespace) -> int:
     return 0
 
 
+def _dest(kind: str, limit: str) -> str:
+    return f"{kind.replace('-', '_')}_{limit}"
+
+
+def _add_pool_options(serve) -> None:
+    from tunesmith.serve.settings import DEFAULT_POOLS
+
+    for kind, default in DEFAULT_POOLS.items():
+        serve.add_argument(
+            f"--{kind}-threads",
+            dest=_dest(kind, "threads"),
+            type=int,
+            default=default.threads,
+            help=f"Threads of their own that run {default.help} (default {default.threads}).",
+        )
+        serve.add_argument(
+            f"--{kind}-per-org",
+            dest=_dest(kind, "per_org"),
+            type=int,
+            default=default.per_org,
+            help=f"{default.help[0].upper()}{default.help[1:]} one organisation may have running or waiting "
+            f"(default {default.per_org}); over it 429 with Retry-After. The next free thread goes to the "
+            "organisation served least recently.",
+        )
+
+
 def add_serve_commands(subparsers) -> None:
     """Register ``serve`` and ``keys create`` on the main CLI's subparsers (handler in ``func``)."""
     serve = subparsers.add_parser("serve", help="Run the OpenAI-compatible fine-tuning and inference API.")
@@ -148,7 +188,13 @@ def add_serve_commands(subparsers) -> None:
     serve.add_argument(
         "--home", default=None, help="State folder (database, files, runs); default $TUNESMITH_HOME/serve."
     )
-    serve.add_argument("--max-running", type=int, default=1, help="Training jobs run at the same time.")
+    serve.add_argument(
+        "--max-running",
+        type=int,
+        default=1,
+        help="Training jobs run at the same time; a free slot goes to the organisation whose last job "
+        "started longest ago (round-robin), then to its oldest queued job.",
+    )
     serve.add_argument("--max-upload-mb", type=float, default=512, help="Largest accepted upload, in MB.")
     serve.add_argument(
         "--procs-per-job", type=int, default=1, help="Processes that train each job (one per GPU; torch.distributed)."
@@ -166,26 +212,56 @@ def add_serve_commands(subparsers) -> None:
         "--max-jobs-per-org",
         type=int,
         default=20,
-        help="Unfinished fine-tuning jobs one organisation may have (429 over it).",
+        help="Unfinished (validating, queued, running or paused) fine-tuning jobs one organisation may have "
+        "(429 over it).",
+    )
+    serve.add_argument(
+        "--max-job-steps",
+        type=int,
+        default=None,
+        help="Optimizer steps one job may train; a job whose data and hyperparameters need more fails at "
+        "validation (default: no limit).",
+    )
+    serve.add_argument(
+        "--max-job-minutes",
+        type=float,
+        default=None,
+        help="Training wall time of one job, all its runs together; past it the trainer is stopped and the "
+        "job fails with code job_time_limit (default: no limit).",
     )
     serve.add_argument(
         "--max-inference-per-org",
         type=int,
         default=4,
-        help="Inference requests one organisation may have in progress (429 over it).",
+        help="Inference requests one organisation may have running or waiting (429 with Retry-After over it).",
     )
     serve.add_argument(
         "--inference-threads",
         type=int,
         default=2,
-        help="Threads that load models and generate; management routes never wait for them.",
+        help="Threads that load models and generate; management routes never wait for them. The next free "
+        "thread goes to the organisation served least recently.",
+    )
+    serve.add_argument(
+        "--inference-queue-timeout",
+        type=float,
+        default=30,
+        help="Seconds an inference request may wait for a thread and for its model; then 503 with Retry-After.",
     )
     serve.add_argument(
         "--generation-timeout",
         type=float,
         default=120,
-        help="Seconds one generation may compute; then it ends with finish_reason 'length'.",
+        help="Seconds one generation may compute, counted from its start (not from queueing); then it ends "
+        "with finish_reason 'length'.",
     )
+    serve.add_argument(
+        "--max-loaded-models",
+        type=int,
+        default=1,
+        help="Base models kept loaded for inference; past it the least recently used is dropped.",
+    )
+    _add_pool_options(serve)
     serve.add_argument(
         "--train-override",
         action="append",

@@ -10,9 +10,11 @@ that every token can be streamed as it comes and counted exactly: ``prompt_token
 length of the templated prompt, ``completion_tokens`` the number of tokens generated (the
 end-of-turn token included when the model produced it, as it was generated and billed). One
 lock per base serialises requests on that base: on a CPU running two generations at once is no
-faster, and it keeps the active adapter stable. The lock
-is held only while tokens are computed, never while a client reads: a caller's ``stop`` event, a
-deadline or :meth:`InferenceEngine.close` ends a generation at the next token.
+faster, and it keeps the active adapter stable. A request waits for the lock until its
+``wait_until`` and is then refused (503, never a late empty answer). The lock is held only while
+tokens are computed, never while a client reads: a caller's ``stop`` event, its ``timeout``
+(counted from when it has the lock, not from when it queued) or :meth:`InferenceEngine.close`
+ends a generation at the next token.
 
 Loads are serialised too (one lock for all of them): two first requests for a model load it
 once, and transformers' lazy imports never run in two threads at the same time.
@@ -25,8 +27,10 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import Iterator
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from typing import TYPE_CHECKING
+
+from tunesmith.serve.executors import busy
 
 if TYPE_CHECKING:
     from tunesmith.generation import Piece, Sampling
@@ -84,11 +88,13 @@ class InferenceEngine:
                     self._bases.popitem(last=False)
                 return base
 
-    def prepare(self, base_name: str, adapter_key: str | None, adapter_path: str | None) -> _Base:
+    def prepare(
+        self, base_name: str, adapter_key: str | None, adapter_path: str | None, wait_until: float | None = None
+    ) -> _Base:
         """Load the base (and make sure the adapter is loadable) before a response starts."""
         base = self._base(base_name)
         if adapter_key is not None:
-            with base.lock:
+            with _holding(base, wait_until):
                 self._ensure_adapter(base, adapter_key, adapter_path)
         return base
 
@@ -151,22 +157,25 @@ class InferenceEngine:
         prompt_ids: list[int],
         sampling: Sampling,
         stop: threading.Event | None = None,
-        deadline: float | None = None,
+        timeout: float | None = None,
+        wait_until: float | None = None,
     ) -> Iterator[Piece]:
         """Text pieces as tokens come (tunesmith.generation.stream) with this base's lock held.
 
-        ``stop`` set (the client left), ``deadline`` (``time.monotonic()``) passed or :meth:`close`
-        end the generation before its next token, with finish_reason "length".
+        ``stop`` set (the client left), ``timeout`` seconds passed since the lock was taken or
+        :meth:`close` end the generation before its next token, with finish_reason "length". The
+        lock not free by ``wait_until`` (``time.monotonic()``) raises the 503 of an overloaded server.
         """
         from tunesmith.generation import stream
 
         base = self._base(base_name)
+        with _holding(base, wait_until):
+            deadline = None if timeout is None else time.monotonic() + timeout
 
-        def should_stop() -> bool:
-            late = deadline is not None and time.monotonic() > deadline
-            return late or self._closing.is_set() or (stop is not None and stop.is_set())
+            def should_stop() -> bool:
+                late = deadline is not None and time.monotonic() > deadline
+                return late or self._closing.is_set() or (stop is not None and stop.is_set())
 
-        with base.lock:
             if adapter_key is not None:
                 base.peft.set_adapter(self._ensure_adapter(base, adapter_key, adapter_path))
                 model, context = base.peft, nullcontext()
@@ -176,3 +185,16 @@ class InferenceEngine:
                 model, context = base.loaded.model, nullcontext()
             with context:
                 yield from stream(model, base.loaded.tokenizer, prompt_ids, sampling, should_stop)
+
+
+@contextmanager
+def _holding(base: _Base, wait_until: float | None):
+    """``base.lock`` held, waited for until ``wait_until`` at most."""
+    started = time.monotonic()
+    wait = -1 if wait_until is None else max(0.0, wait_until - started)
+    if not base.lock.acquire(timeout=wait):
+        raise busy("inference", time.monotonic() - started, retry_after=5)
+    try:
+        yield
+    finally:
+        base.lock.release()

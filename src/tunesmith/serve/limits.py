@@ -1,14 +1,11 @@
-"""Limits that keep one client from taking the server: body size while it arrives, and
-per-organisation caps on concurrent inference."""
+"""Limits that keep one client from taking the server: body size while it arrives (the caps on
+concurrent work are the executors', serve/executors.py)."""
 
 from __future__ import annotations
 
-import threading
-from collections import Counter
-
 from starlette.exceptions import HTTPException
 
-from tunesmith.serve.errors import APIError, error_response, too_many
+from tunesmith.serve.errors import APIError, error_response
 
 # Room for the multipart headers and boundaries around an uploaded file's bytes.
 MULTIPART_OVERHEAD = 64 * 1024
@@ -65,28 +62,3 @@ class BodyLimit:
             return message
 
         await self.app(scope, counted, send)
-
-
-class OrgSlots:
-    """At most ``per_org`` concurrent inference requests per organisation; over it, 429."""
-
-    def __init__(self, per_org: int):
-        self.per_org = per_org
-        self._used: Counter[str] = Counter()
-        self._lock = threading.Lock()
-
-    def acquire(self, org_id: str) -> None:
-        with self._lock:
-            if self._used[org_id] >= self.per_org:
-                raise too_many(
-                    f"your organisation already has {self.per_org} inference requests in progress; "
-                    "retry when one finishes",
-                    retry_after=1,
-                )
-            self._used[org_id] += 1
-
-    def release(self, org_id: str) -> None:
-        with self._lock:
-            self._used[org_id] -= 1
-            if self._used[org_id] <= 0:
-                del self._used[org_id]

@@ -37,7 +37,8 @@ CREATE TABLE IF NOT EXISTS jobs (
     created_at INTEGER NOT NULL, started_at INTEGER, finished_at INTEGER, estimated_finish INTEGER,
     run_dir TEXT NOT NULL, total_steps INTEGER, pid INTEGER, attempts INTEGER NOT NULL DEFAULT 0,
     metrics_offset INTEGER NOT NULL DEFAULT 0, last_metrics_step INTEGER NOT NULL DEFAULT 0,
-    procs INTEGER NOT NULL DEFAULT 1);
+    procs INTEGER NOT NULL DEFAULT 1, train_seconds REAL NOT NULL DEFAULT 0,
+    integrations TEXT NOT NULL DEFAULT '[]');
 CREATE INDEX IF NOT EXISTS jobs_status ON jobs(status);
 CREATE TABLE IF NOT EXISTS events (
     seq INTEGER PRIMARY KEY AUTOINCREMENT, id TEXT UNIQUE NOT NULL, job_id TEXT NOT NULL,
@@ -53,9 +54,9 @@ CREATE TABLE IF NOT EXISTS models (
     adapter_path TEXT NOT NULL, created INTEGER NOT NULL);
 """
 
-_JSON_COLUMNS = {"metadata", "hyperparameters", "error", "result_files", "data", "metrics"}
+_JSON_COLUMNS = {"metadata", "hyperparameters", "error", "result_files", "data", "metrics", "integrations"}
 TERMINAL = ("succeeded", "failed", "cancelled")
-ACTIVE = ("validating_files", "queued", "running")
+ACTIVE = ("validating_files", "queued", "running", "paused")
 _ALPHABET = string.ascii_letters + string.digits
 
 
@@ -97,6 +98,10 @@ class Store:
             columns = {row[1] for row in db.execute("PRAGMA table_info(jobs)")}
             if "procs" not in columns:
                 db.execute("ALTER TABLE jobs ADD COLUMN procs INTEGER NOT NULL DEFAULT 1")
+            if "train_seconds" not in columns:
+                db.execute("ALTER TABLE jobs ADD COLUMN train_seconds REAL NOT NULL DEFAULT 0")
+            if "integrations" not in columns:
+                db.execute("ALTER TABLE jobs ADD COLUMN integrations TEXT NOT NULL DEFAULT '[]'")
 
     @contextmanager
     def _connect(self):
@@ -223,12 +228,22 @@ class Store:
 
     # --- jobs -----------------------------------------------------------------------------------
 
-    def add_job(self, job: dict) -> dict:
+    def add_job(self, job: dict, max_active: int | None = None) -> dict | None:
+        """Insert ``job``; with ``max_active``, only if its organisation has fewer unfinished jobs
+        (None if not). Counted and inserted in one transaction, so concurrent creates cannot both
+        pass the cap."""
         row = dict(job)
         for key in _JSON_COLUMNS & row.keys():
             row[key] = _dump(row[key])
         names = ", ".join(row)
-        self._write(f"INSERT INTO jobs ({names}) VALUES ({', '.join('?' * len(row))})", tuple(row.values()))
+        with self._connect() as db:
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                if max_active is not None and self._count_active(db, job["org_id"]) >= max_active:
+                    return None
+                db.execute(f"INSERT INTO jobs ({names}) VALUES ({', '.join('?' * len(row))})", tuple(row.values()))
+            finally:
+                db.execute("COMMIT")
         return self.job(job["org_id"], job["id"])
 
     def job(self, org_id: str | None, job_id: str) -> dict | None:
@@ -236,18 +251,28 @@ class Store:
             return self._one("SELECT * FROM jobs WHERE id = ?", (job_id,))
         return self._one("SELECT * FROM jobs WHERE id = ? AND org_id = ?", (job_id, org_id))
 
-    def list_jobs(self, org_id: str, after: str | None, limit: int) -> list[dict]:
+    def list_jobs(
+        self, org_id: str, after: str | None, limit: int, metadata: dict[str, str] | None = None
+    ) -> list[dict]:
+        """Newest first; with ``metadata``, only jobs whose metadata has every one of its pairs."""
         sql, args = "SELECT * FROM jobs WHERE org_id = ?", [org_id]
+        for key, value in (metadata or {}).items():
+            sql += " AND EXISTS (SELECT 1 FROM json_each(jobs.metadata) WHERE key = ? AND value = ?)"
+            args += [key, value]
         if after:
             sql += " AND seq < COALESCE((SELECT seq FROM jobs WHERE id = ? AND org_id = ?), -1)"
             args += [after, org_id]
         return self._all(sql + " ORDER BY seq DESC LIMIT ?", [*args, limit])
 
     def count_active_jobs(self, org_id: str) -> int:
-        marks = ", ".join("?" * len(ACTIVE))
         with self._connect() as db:
-            sql = f"SELECT COUNT(*) FROM jobs WHERE org_id = ? AND status IN ({marks})"
-            return db.execute(sql, (org_id, *ACTIVE)).fetchone()[0]
+            return self._count_active(db, org_id)
+
+    @staticmethod
+    def _count_active(db, org_id: str) -> int:
+        marks = ", ".join("?" * len(ACTIVE))
+        sql = f"SELECT COUNT(*) FROM jobs WHERE org_id = ? AND status IN ({marks})"
+        return db.execute(sql, (org_id, *ACTIVE)).fetchone()[0]
 
     def active_jobs_using_file(self, org_id: str, file_id: str) -> list[str]:
         marks = ", ".join("?" * len(ACTIVE))

@@ -7,6 +7,7 @@ disk: the destination is removed on any error, a 413 included.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,6 +35,22 @@ class _Part:
     name: str = ""
     filename: str | None = None
     value: bytearray = field(default_factory=bytearray)
+
+
+WRITE_BATCH_BYTES = 1024 * 1024
+
+
+async def _write(out, pending: list[bytes]) -> None:
+    """Write and flush ``pending`` in a thread: a busy disk stalls a write, and on the event loop
+    that stall would hold every other request."""
+    batch = list(pending)
+    pending.clear()
+
+    def write() -> None:
+        out.writelines(batch)
+        out.flush()
+
+    await asyncio.to_thread(write)
 
 
 async def receive_upload(request, destination: Path, limit: int, grow: Callable[[int], None]) -> Upload:
@@ -104,9 +121,10 @@ async def receive_upload(request, destination: Path, limit: int, grow: Callable[
         with open(destination, "wb") as out:
             async for chunk in request.stream():
                 parser.write(chunk)
-                out.writelines(pending)
-                pending.clear()
+                if sum(map(len, pending)) >= WRITE_BATCH_BYTES:
+                    await _write(out, pending)
             parser.finalize()
+            await _write(out, pending)
     except BaseException as error:  # a 413, a malformed body, a client gone: nothing stays on disk
         destination.unlink(missing_ok=True)
         if disk_full(error):

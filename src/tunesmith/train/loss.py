@@ -44,16 +44,25 @@ def hidden_states(model, batch: Batch) -> torch.Tensor:
     return decoder(**inputs).last_hidden_state
 
 
+def final_softcap(model) -> float | None:
+    """The soft-cap transformers applies to the output logits (Gemma 2's final_logit_softcapping), if any."""
+    return getattr(output_layer(model)[0].config, "final_logit_softcapping", None)
+
+
 def label_token_losses(model, batch: Batch, chunk_size: int, fast: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
     """(cross-entropy of every label token, in row order [n_label_tokens]; argmax hits)."""
     hidden = hidden_states(model, batch)
     _, head = output_layer(model)
     keep = batch.targets != IGNORE_INDEX
     targets = batch.targets[keep]
+    softcap = final_softcap(model)
     if fast:
         losses = sharded_label_losses if is_vocab_sharded(head.weight) else OutputLayerLoss.apply
-        return losses(hidden[keep], head.weight, targets, chunk_size, active_dtype(hidden), torch.is_grad_enabled())
+        dtype = active_dtype(hidden)
+        return losses(hidden[keep], head.weight, targets, chunk_size, dtype, torch.is_grad_enabled(), softcap)
     logits = head(hidden).float()[keep]
+    if softcap is not None:
+        logits = torch.tanh(logits / softcap) * softcap
     return F.cross_entropy(logits, targets, reduction="none"), (logits.detach().argmax(-1) == targets).sum()
 
 

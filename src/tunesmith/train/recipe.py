@@ -24,7 +24,7 @@ from tunesmith.kernels.arena import ActivationArena, fix_mmap_threshold, release
 from tunesmith.kernels.fused_lora import fuse_lora
 from tunesmith.kernels.label_loss import output_layer
 from tunesmith.kernels.lean import LeanStorage
-from tunesmith.models import load_model
+from tunesmith.models.vocabulary import load_model_for
 from tunesmith.precision import autocast, compute_dtype
 from tunesmith.progress import TrainProgress, peak_rss_mb
 from tunesmith.runfolder import CHECKPOINTS, SAMPLES, TRAIN, TRAIN_LOSS, list_checkpoints
@@ -32,6 +32,7 @@ from tunesmith.train import distributed
 from tunesmith.train.checkpoint import TrainerState, read_trainer_state
 from tunesmith.train.distributed import Dist, LossModule, split_by_tokens, split_evenly
 from tunesmith.train.dpo import DPOObjective
+from tunesmith.train.fast_paths import describe, fast_paths_used
 from tunesmith.train.flops import mean_attended_keys, measured_peak_flops, mfu
 from tunesmith.train.grpo import GRPOObjective
 from tunesmith.train.objective import Objective, SFTObjective, evaluate
@@ -49,8 +50,9 @@ def objective_for(cfg: Config, pad_id: int, device, tokenizer=None) -> Objective
     return SFTObjective(cfg, pad_id, device)
 
 
-def attach_method(model, cfg: Config, task_type: str = "CAUSAL_LM"):
-    """The model as the method trains it: all weights (full) or a PEFT LoRA adapter of `task_type`."""
+def attach_method(model, cfg: Config, task_type: str = "CAUSAL_LM", token_ids: list[int] | None = None):
+    """The model as the method trains it: all weights (full) or a PEFT LoRA adapter of `task_type`;
+    under LoRA the rows of `token_ids` (tokens the config added) train too, without a copy of the embedding."""
     if not cfg.method.lora:
         model.requires_grad_(True)
         return model
@@ -62,6 +64,7 @@ def attach_method(model, cfg: Config, task_type: str = "CAUSAL_LM"):
         lora_alpha=cfg.method.alpha,
         lora_dropout=cfg.method.dropout,
         target_modules=cfg.method.target_modules,
+        trainable_token_indices=token_ids or None,
     )
     return get_peft_model(model, lora)
 
@@ -146,13 +149,14 @@ class Trainee:
     arena: ActivationArena | None
     trim_heap: bool
     compiled: bool
+    fast_paths_used: dict[str, str]  # train/fast_paths.py: said once in the log and in summary.json
 
 
 def prepare_trainee(cfg: Config, loaded, objective, data: PreparedData, strategy: str, dist: Dist) -> Trainee:
     """The loaded model with the method attached, the kernels (kernels/) unless train.fast_paths is
     off (then PEFT's and transformers' own modules), and the loss wrapped for the processes."""
     device = dist.device
-    model = attach_method(loaded.model, cfg).to(device)
+    model = attach_method(loaded.model, cfg, token_ids=loaded.added_ids).to(device)
     dtype = compute_dtype(cfg.train.dtype, device)
     fast_lora = cfg.method.lora and cfg.train.fast_paths
     lean = LeanStorage(model, dtype) if fast_lora else None
@@ -178,7 +182,8 @@ def prepare_trainee(cfg: Config, loaded, objective, data: PreparedData, strategy
     module.train()
     # After wrapping: FSDP2 replaces the parameters by their shards.
     params = [p for p in module.parameters() if p.requires_grad]
-    return Trainee(model, module, params, lean, arena, heap_fixed and arena is None, compiled)
+    used = fast_paths_used(cfg, model, lean, arena is not None, device, strategy, dist.world_size)
+    return Trainee(model, module, params, lean, arena, heap_fixed and arena is None, compiled, used)
 
 
 def train(cfg: Config, resume: bool = False, overwrite: bool = False) -> RunSummary:
@@ -191,7 +196,7 @@ def train(cfg: Config, resume: bool = False, overwrite: bool = False) -> RunSumm
     strategy = distributed.resolve_strategy(cfg.distributed.strategy, "lora" if cfg.method.lora else "full")
 
     # ---- setup: everything that can fail on bad input happens before out_dir is touched ----
-    loaded = load_model(cfg.model)
+    loaded = load_model_for(cfg)
     tokenizer = loaded.tokenizer
     # The objective (train/objective.py: SFT, DPO or GRPO) owns the batch layout, the loss and its metrics.
     objective = objective_for(cfg, tokenizer.pad_token_id, dist.device, tokenizer)
@@ -231,6 +236,7 @@ def train(cfg: Config, resume: bool = False, overwrite: bool = False) -> RunSumm
             f"{len(data.train)} examples, {steps_per_epoch} steps/epoch"
             + (f", {dist.world_size} processes ({strategy})" if dist.world_size > 1 else "")
         )
+        progress.say(describe(trainee.fast_paths_used))
         if cfg.train.compile and not trainee.compiled:
             progress.say("train.compile is off: torch.compile is not tested here under DDP/FSDP2")
         _loop(run, trainee, objective, data, progress)
@@ -243,14 +249,14 @@ def train(cfg: Config, resume: bool = False, overwrite: bool = False) -> RunSumm
     with distributed.whole_weights(trainee.module), autocast(cfg.train.dtype, dist.device):
         samples.generate("finetuned", trainee.model, tokenizer)
     # The last collective: FSDP2 gathers the whole model on rank 0; the others are done.
-    exported = distributed.whole_model(trainee.module, lambda: load_model(cfg.model).model, dist)
+    exported = distributed.whole_model(trainee.module, lambda: load_model_for(cfg).model, dist)
     dist.close()
     if dist.is_main:
         samples.save(out_dir / SAMPLES)
         if cfg.method.lora:
-            save_adapter(exported, out_dir)
+            save_adapter(exported, out_dir, tokenizer)
         save_merged(exported, tokenizer, out_dir)
-    return run.finish()
+    return run.finish(trainee.fast_paths_used)
 
 
 class Window:

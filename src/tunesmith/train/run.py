@@ -51,6 +51,7 @@ class RunSummary:
     initial_val_loss: float | None
     wall_seconds: float
     stopped_early: bool
+    fast_paths_used: dict | None = None  # kernels/ on this model, or why each stepped aside (train/fast_paths.py)
 
 
 def check_out_dir(out_dir: Path, resume: bool, overwrite: bool) -> None:
@@ -183,7 +184,7 @@ class TrainingRun:
         if self.stopper.best_step is not None:
             load_best(best_checkpoint(self.out_dir), self.module)
 
-    def finish(self) -> RunSummary:
+    def finish(self, fast_paths_used: dict | None = None) -> RunSummary:
         """The loss plot and summary.json (rank 0), after the recipe saved its weights."""
         history = read_metrics(self.out_dir) if self.dist.is_main else []
         val_losses = [m[VAL_LOSS] for m in history if VAL_LOSS in m]
@@ -196,6 +197,7 @@ class TrainingRun:
             initial_val_loss=val_losses[0] if val_losses else None,
             wall_seconds=round(time.perf_counter() - self.started, 2),
             stopped_early=self.stopped_early,
+            fast_paths_used=fast_paths_used,
         )
         if self.metrics is not None:
             plot_losses(history, self.out_dir / LOSS_PLOT)

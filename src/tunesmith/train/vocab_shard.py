@@ -78,13 +78,15 @@ class _ShardedLabelLoss(torch.autograd.Function):
     """kernels/label_loss.OutputLayerLoss with the weight's rows spread over the processes."""
 
     @staticmethod
-    def forward(ctx, hidden, local, targets, offset: int, chunk_size: int, dtype: torch.dtype, keep: bool, group):
+    def forward(
+        ctx, hidden, local, targets, offset: int, chunk_size: int, dtype: torch.dtype, keep: bool, group, softcap
+    ):
         rank = dist.get_rank(group)
         every, sizes = _gather_rows(hidden.to(dtype), group)
         every_target, _ = _gather_rows(targets, group, sizes)
         kept = kept_logits(keep, len(every), len(local), every)
         top, total, target_logit, best, best_index = vocabulary_stats(
-            every, local, every_target, chunk_size, kept, offset
+            every, local, every_target, chunk_size, kept, offset=offset, softcap=softcap
         )
         # log-sum-exp over all slices: rescale each slice's sum to the largest logit of all.
         overall = top.clone()
@@ -101,6 +103,7 @@ class _ShardedLabelLoss(torch.autograd.Function):
         own = _own(sizes, rank)
         ctx.save_for_backward(every, local, every_target, lse)
         ctx.kept, ctx.sizes, ctx.group, ctx.offset, ctx.chunk_size = kept, sizes, group, offset, chunk_size
+        ctx.softcap = softcap
         correct = (best_index[own] == targets).sum()
         ctx.mark_non_differentiable(correct)
         return (lse - target_logit)[own], correct
@@ -111,7 +114,7 @@ class _ShardedLabelLoss(torch.autograd.Function):
         every_grad, _ = _gather_rows(grad_losses.contiguous(), ctx.group, ctx.sizes)
         wanted = (True, ctx.needs_input_grad[1])
         grad_every, grad_local = vocabulary_grads(
-            every, local, every_target, lse, every_grad, ctx.chunk_size, ctx.kept, wanted, ctx.offset
+            every, local, every_target, lse, every_grad, ctx.chunk_size, ctx.kept, wanted, ctx.softcap, ctx.offset
         )
         ctx.kept = None
         # Each process's rows get every slice's share of their gradient.
@@ -119,7 +122,7 @@ class _ShardedLabelLoss(torch.autograd.Function):
         grad_hidden = grad_every[_own(ctx.sizes, dist.get_rank(ctx.group))].to(every.dtype)
         if grad_local is not None:
             grad_local.div_(dist.get_world_size(ctx.group))
-        return grad_hidden, grad_local, None, None, None, None, None, None
+        return grad_hidden, grad_local, None, None, None, None, None, None, None
 
 
 def _offset(weight) -> int:
@@ -132,10 +135,11 @@ def is_vocab_sharded(weight: torch.Tensor) -> bool:
     return hasattr(weight, "device_mesh")
 
 
-def sharded_label_losses(hidden, weight, targets, chunk_size: int, dtype: torch.dtype, keep: bool):
+def sharded_label_losses(hidden, weight, targets, chunk_size: int, dtype: torch.dtype, keep: bool, softcap=None):
     """(cross-entropy of every label row, argmax hits) against a vocabulary-sharded output weight."""
     group = weight.device_mesh.get_group()
-    return _ShardedLabelLoss.apply(hidden, weight.to_local(), targets, _offset(weight), chunk_size, dtype, keep, group)
+    local = weight.to_local()
+    return _ShardedLabelLoss.apply(hidden, local, targets, _offset(weight), chunk_size, dtype, keep, group, softcap)
 
 
 class VocabShardedEmbedding(nn.Module):
@@ -173,13 +177,19 @@ class VocabShardedEmbedding(nn.Module):
         return f"{rows}, {width}, rows split over {self.weight.device_mesh.size()} processes"
 
 
+def splits_vocabulary(embedding: nn.Module) -> bool:
+    """Whether `VocabShardedEmbedding` computes what this input embedding does: a plain lookup."""
+    return type(embedding).forward is nn.Embedding.forward
+
+
 def shard_vocabulary(model: nn.Module, head: nn.Module, mesh) -> set[nn.Parameter]:
     """Split a tied embedding / output weight by rows over `mesh`; the parameter FSDP2 must ignore.
 
-    An untied model is left as it is (its output weight stays in FSDP2's root unit).
+    An untied model is left as it is (its output weight stays in FSDP2's root unit), and so is an
+    embedding with a forward of its own (Gemma's scales its output), which the split would lose.
     """
     embedding = model.get_input_embeddings()
-    if head.weight is not embedding.weight:
+    if head.weight is not embedding.weight or not splits_vocabulary(embedding):
         return set()
     sharded = VocabShardedEmbedding(embedding, mesh)
     model.set_input_embeddings(sharded)

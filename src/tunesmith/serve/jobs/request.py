@@ -146,10 +146,21 @@ def _metadata(value):
     return value
 
 
-def _no_integrations(value):
-    if value:
-        raise rule("integrations are not supported")
-    return value
+class WandbIntegration(BaseModel):
+    """OpenAI's ``wandb`` integration: the run's metrics go to Weights & Biases (``WANDB_MODE=offline``
+    in the server's environment writes the run under the job's folder instead of sending it)."""
+
+    model_config = ConfigDict(strict=True, extra="forbid")
+    project: Annotated[str, Field(min_length=1, max_length=128)]
+    name: Annotated[str, Field(min_length=1, max_length=128)] | None = None
+    entity: Annotated[str, Field(min_length=1, max_length=128)] | None = None
+    tags: Annotated[list[Annotated[str, Field(min_length=1, max_length=64)]], Field(max_length=20)] | None = None
+
+
+class Integration(BaseModel):
+    model_config = ConfigDict(strict=True, extra="forbid")
+    type: Literal["wandb"]
+    wandb: WandbIntegration
 
 
 MetadataShape = Annotated[
@@ -158,7 +169,7 @@ MetadataShape = Annotated[
 
 
 class JobRequest(BaseModel):
-    """The request as a whole; OpenAI's ``integrations`` may only be empty."""
+    """The request as a whole."""
 
     model_config = ConfigDict(strict=True, extra="forbid")
     model: Annotated[str, Field(min_length=1), BeforeValidator(_present)]
@@ -168,11 +179,18 @@ class JobRequest(BaseModel):
     suffix: Annotated[str, Field(pattern=r"^[A-Za-z0-9._-]{1,64}$")] | None = None
     seed: integer(0, 2**31 - 1) | None = None
     metadata: Annotated[dict[str, str], PlainValidator(_metadata, json_schema_input_type=MetadataShape)] | None = None
-    integrations: Annotated[
-        Any, PlainValidator(_no_integrations, json_schema_input_type=Annotated[list, Field(max_length=0)] | None)
-    ] = None
+    integrations: Annotated[list[Integration], Field(max_length=1)] | None = None
     method: Method | None = None
     hyperparameters: Hyperparameters | None = None  # after method: _one_place reads it
+
+    @field_validator("integrations")
+    @classmethod
+    def _tracker_installed(cls, integrations: list[Integration] | None):
+        import importlib.util
+
+        if integrations and importlib.util.find_spec("wandb") is None:
+            raise rule("{where}: wandb is not installed on this server (pip install 'tunesmith[wandb]')")
+        return integrations
 
     @field_validator("method")
     @classmethod

@@ -3,16 +3,18 @@
 One background thread in the server process owns every trainer subprocess. Each tick it
 1. tails each running job's ``metrics.jsonl`` into ``metrics`` events, turns new
    ``checkpoints/step-NNNNNN`` folders into checkpoint rows, updates ``estimated_finish``, stops
-   the trainers of jobs cancelled meanwhile;
+   the trainers of jobs cancelled or paused meanwhile, and fails a job past its wall-time cap;
 2. reaps finished subprocesses (exit 0: register the model and the metrics CSV; exit 2: a user
    error, its stderr line becomes the job error; anything else: a crash, reported with its exit
    code and the last stderr line);
 3. reconciles: a job marked ``running`` that no trainer of ours runs (the server restarted, or a
    launch was lost) is started again with ``--resume``, at most ``MAX_ATTEMPTS`` times in all;
-4. validates at most one ``validating_files`` job per organisation (line errors fail the job
-   before any training; "auto" hyperparameters are resolved from the data size), so a flood of
-   new jobs never delays the supervision above;
-5. starts queued jobs while fewer than ``max_running`` run, the organisation running fewest first.
+4. hands each organisation's oldest ``validating_files`` job to the validation executor (line
+   errors fail the job before any training; "auto" hyperparameters are resolved from the data
+   size): tokenising a large file takes long, and this loop never waits for it;
+5. starts queued jobs while fewer than ``max_running`` run: the organisation running fewest, then
+   the one whose last job started longest ago (round-robin), then its oldest job. A job that ran
+   before (paused, then resumed) continues from its last checkpoint.
 
 A trainer runs in its own session (``start_new_session``: a process group of its own) so one
 signal stops it and its children. It holds its run folder's lock (tunesmith.runfolder) for its
@@ -33,6 +35,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -51,6 +54,8 @@ from tunesmith.runfolder import (
     read_metrics,
     read_summary,
 )
+from tunesmith.serve.errors import APIError
+from tunesmith.serve.executors import FairExecutor
 from tunesmith.serve.jobs.policy import BASE_ENCODER_LR, BASE_LORA_LR, VAL_FRACTION, resolve_hyperparameters
 from tunesmith.serve.jobs.validate import DataCheck, check_job_files, check_pair_files
 from tunesmith.serve.names import is_encoder, root_base
@@ -145,8 +150,16 @@ class Worker:
         max_running: int = 1,
         poll_seconds: float = 0.5,
         train_overrides: list[str] | None = None,
+        validation: FairExecutor | None = None,
+        max_steps: int | None = None,
+        max_seconds: float | None = None,
     ):
         self.store = store
+        self._own_validation = validation is None  # a worker on its own (tests) makes and stops its own
+        self.validation = validation or FairExecutor("validation", 1, 1)
+        self.max_steps, self.max_seconds = max_steps, max_seconds
+        self._validating: dict[str, str] = {}  # job id -> organisation id, handed to the executor
+        self._last_start: dict[str, float] = {}  # organisation id -> when its last job started
         self.trainer_command = trainer_command or default_trainer_command()
         self.max_running = max_running
         self.poll_seconds = poll_seconds
@@ -175,6 +188,8 @@ class Worker:
                 _kill_group(run.proc.pid, signal.SIGKILL)
                 run.proc.wait(timeout=10)
             self._running.clear()
+        if self._own_validation:
+            self.validation.shutdown()
 
     def wake(self) -> None:
         self._wake.set()
@@ -198,22 +213,47 @@ class Worker:
         for run in runs:
             self._supervise(run)
         self._reconcile()
-        validating = self.store.jobs_with_status("validating_files")
-        for job in {job["org_id"]: job for job in reversed(validating)}.values():  # each org's oldest
-            if self._stopping.is_set():
-                return
-            self._validate(job)
-        for job in self._fair_order(self.store.jobs_with_status("queued")):
+        self._dispatch_validations()
+        queued = self.store.jobs_with_status("queued")
+        while queued:
             with self._lock:
                 if len(self._running) >= self.max_running or self._stopping.is_set():
                     break
-            self._launch(job, resume=False)
+            job = self._next_to_start(queued)
+            queued.remove(job)
+            self._launch(job, resume=job["started_at"] is not None)
 
-    def _fair_order(self, queued: list[dict]) -> list[dict]:
-        """Queued jobs, those of organisations with the fewest running jobs first, then oldest first."""
+    def _next_to_start(self, queued: list[dict]) -> dict:
+        """The queued job of the organisation running fewest jobs, then of the one whose last job
+        started longest ago, then the oldest: one organisation's long queue delays another's first
+        job by at most one running slot."""
         with self._lock:
-            running = [run.org_id for run in self._running.values()]
-        return sorted(queued, key=lambda job: running.count(job["org_id"]))  # stable: oldest first within
+            running = Counter(run.org_id for run in self._running.values())
+        return min(queued, key=lambda job: (running[job["org_id"]], self._last_start.get(job["org_id"], 0.0)))
+
+    def _dispatch_validations(self) -> None:
+        """Each organisation's oldest job waiting for validation, to the validation executor (one per
+        organisation at a time; the executor serves organisations in turn)."""
+        with self._lock:
+            busy = set(self._validating.values())
+        for job in self.store.jobs_with_status("validating_files"):
+            if job["org_id"] in busy or self._stopping.is_set():
+                continue
+            try:
+                future = self.validation.submit(job["org_id"], self._validate, job)
+            except APIError:  # the organisation's validations are at their cap (a create's check): next tick
+                continue
+            busy.add(job["org_id"])
+            with self._lock:
+                self._validating[job["id"]] = job["org_id"]
+            future.add_done_callback(lambda done, job_id=job["id"]: self._validated(job_id, done))
+
+    def _validated(self, job_id: str, done) -> None:
+        if not done.cancelled() and done.exception() is not None:
+            log.error("validating %s", job_id, exc_info=done.exception())
+        with self._lock:
+            self._validating.pop(job_id, None)
+        self._wake.set()
 
     def _reconcile(self) -> None:
         """Jobs marked ``running`` that no trainer of ours runs: resume them, or fail them after
@@ -305,6 +345,14 @@ class Worker:
             )
         hyper = resolve_hyperparameters(job["hyperparameters"], check.n_examples, is_encoder(job["model"]))
         total_steps = math.ceil(check.n_train / hyper["batch_size"]) * hyper["n_epochs"]
+        if self.max_steps is not None and total_steps > self.max_steps:
+            return self._fail(
+                job["id"],
+                "job_step_limit",
+                f"the job would train {total_steps} steps ({check.n_train} examples, batch_size "
+                f"{hyper['batch_size']}, n_epochs {hyper['n_epochs']}); this server trains at most "
+                f"{self.max_steps} steps per job: lower n_epochs or raise batch_size",
+            )
         if self.store.update_job(
             job["id"],
             only_if_status=("validating_files",),
@@ -362,6 +410,9 @@ class Worker:
             "eval": {"samples": 0},  # the before/after sample table is for the CLI; the API has events
             "out_dir": str(Path(job["run_dir"]) / "out"),
         }
+        for integration in job.get("integrations") or []:  # OpenAI's integrations: only wandb exists
+            raw["train"]["report_to"] = ["wandb"]
+            raw["train"]["wandb"] = {"name": job["id"], **integration["wandb"]}
         return config_from_dict(apply_overrides(raw, list(self.train_overrides)), "job config")
 
     def _write_config(self, job: dict) -> Path:
@@ -399,6 +450,7 @@ class Worker:
                 )
         except OSError as error:
             return self._not_started(job, error)
+        self._last_start[job["org_id"]] = time.monotonic()
         fields = {"status": "running", "pid": proc.pid, "attempts": job["attempts"] + 1}
         if not job["started_at"]:
             fields["started_at"] = now()
@@ -418,9 +470,12 @@ class Worker:
                 seen,
                 stderr_path,
             )
-        if not resume:
+        if not job["started_at"]:
             on = f" on {job['procs']} processes" if job["procs"] > 1 else ""
             self.store.add_event(job["id"], f"Fine-tuning job started{on}", data={"procs": job["procs"]})
+        elif job["status"] == "queued":  # resumed after a pause
+            where = f"from the checkpoint at step {steps[-1]}" if steps else "from the start (no checkpoint yet)"
+            self.store.add_event(job["id"], f"Fine-tuning job continues {where}")
 
     def _not_started(self, job: dict, error: OSError) -> None:
         """The trainer could not start: the attempt counts (a resumed job is not retried forever);
@@ -485,20 +540,21 @@ class Worker:
     def _supervise(self, run: _Running) -> None:
         job = self.store.job(None, run.job_id)
         code = run.proc.poll()
-        if job is None or job["status"] in TERMINAL:  # cancelled (or deleted) while running
+        if job is not None and job["status"] == "running" and code is None and self._out_of_time(run, job):
+            job = self.store.job(None, run.job_id)
+        if job is None or job["status"] in (*TERMINAL, "paused"):  # cancelled, paused (or deleted) while running
             if code is None:
                 self._stop(run)
                 return
-            with self._lock:
-                self._running.pop(run.job_id, None)
-            self.store.update_job(run.job_id, pid=None)
+            self._end(run, job)
+            if job is not None:
+                self.store.update_job(run.job_id, pid=None)
             return
         self._tail_metrics(run, job)
         self._watch_checkpoints(run, job)
         if code is None:
             return
-        with self._lock:
-            self._running.pop(run.job_id, None)
+        self._end(run, job)
         job = self.store.job(None, run.job_id)
         if code == 0:
             try:
@@ -519,6 +575,28 @@ class Worker:
             tail = self._stderr_tail(run, job)
             self._fail(job["id"], "training_crashed", f"the training process {how}" + (f": {tail}" if tail else ""))
         self._wake.set()
+
+    def _train_seconds(self, run: _Running, job: dict) -> float:
+        """The job's training wall time: its earlier runs' and this one's so far."""
+        return job["train_seconds"] + time.monotonic() - run.started
+
+    def _out_of_time(self, run: _Running, job: dict) -> bool:
+        """Fail a job past ``max_seconds`` of training (its trainer is stopped as a cancelled one's)."""
+        if self.max_seconds is None or self._train_seconds(run, job) <= self.max_seconds:
+            return False
+        self._fail(
+            job["id"],
+            "job_time_limit",
+            f"the job trained for more than {self.max_seconds:.0f} s, the most this server allows per job",
+        )
+        return True
+
+    def _end(self, run: _Running, job: dict | None) -> None:
+        """A trainer has exited: forget it, and add its wall time to the job's."""
+        with self._lock:
+            self._running.pop(run.job_id, None)
+        if job is not None:
+            self.store.update_job(run.job_id, train_seconds=self._train_seconds(run, job))
 
     @staticmethod
     def _stop(run: _Running) -> None:

@@ -60,12 +60,12 @@ def check_job_files(
     and reasons. ``train`` / ``validation`` are file rows (``id``, ``filename``, ``path``);
     ``pairs``: the job is a DPO job, whose files must hold preference pairs."""
     from tunesmith.data.prepare import prepare_data
-    from tunesmith.models import load_tokenizer
+    from tunesmith.models.vocabulary import load_tokenizer_for
 
     files = _Files(train, validation)
     names, named = files.names, files.named
     try:
-        prepared = prepare_data(data, load_tokenizer(model), seed, strict=False)
+        prepared = prepare_data(data, load_tokenizer_for(model, data), seed, strict=False)
     except TunesmithError as error:
         return files.refused(str(error))
     if prepared.pairs != pairs:

@@ -16,7 +16,6 @@ import threading
 from collections import OrderedDict
 
 from fastapi import FastAPI, Request
-from starlette.concurrency import run_in_threadpool
 
 from tunesmith.serve.errors import APIError
 from tunesmith.serve.names import is_encoder
@@ -71,6 +70,7 @@ def add_routes(app: FastAPI) -> None:
 
     store: Store = app.state.store
     pool = EncoderPool(app.state.settings.max_adapters)
+    executor = app.state.executors["embeddings"]
 
     def resolve(org: dict, name: str) -> str:
         """What the encoder ``name`` loads from; a decoder, or another organisation's fine-tune, is
@@ -110,7 +110,7 @@ def add_routes(app: FastAPI) -> None:
             tokens = int(encoder.tokenize(texts)["attention_mask"].sum())
             return vectors, tokens
 
-        vectors, tokens = await run_in_threadpool(run)
+        vectors, tokens = await executor.run(org["id"], run)
         data = [
             {
                 "object": "embedding",

@@ -8,7 +8,6 @@ from typing import Annotated
 
 from fastapi import FastAPI, Query, Request
 from fastapi.responses import FileResponse
-from starlette.concurrency import run_in_threadpool
 
 from tunesmith.data.store import remove_stores_of
 from tunesmith.serve.errors import APIError, found, in_use
@@ -111,12 +110,14 @@ def add_routes(app: FastAPI) -> None:
     store: Store = app.state.store
     settings: ServeSettings = app.state.settings
     storage: Storage = app.state.storage
+    checks = app.state.executors["upload-checks"]
 
     @app.post("/v1/files", openapi_extra=multipart_request(FileUpload))
     async def upload_file(request: Request, org: Org):
         file_id = new_id("file-")
         path = store.files_dir / f"{file_id}.jsonl"  # the client's file name is never part of a path
         partial = store.files_dir / f"{UPLOAD_PREFIX}{file_id}"  # removed at start if the server dies
+        checks.check(org["id"])  # at its cap of checks: refused before the body is read and written
         with storage.reserve(org["id"]) as reservation:  # held until the file is registered
             upload = await receive_upload(request, partial, settings.max_upload_bytes, reservation.grow)
             return await _accept(org, upload, file_id, partial, path)
@@ -130,7 +131,7 @@ def add_routes(app: FastAPI) -> None:
                 raise APIError(400, f"purpose {purpose!r} is not supported; use 'fine-tune'", param="purpose")
             if upload.size < 0:
                 raise APIError(400, "missing required parameter 'file' (a file part)", param="file")
-            await run_in_threadpool(check_jsonl, partial)  # reads the whole file: off the event loop
+            await checks.run(org["id"], check_jsonl, partial)  # reads the whole file: off the event loop
             partial.rename(path)
             name = (upload.filename or "upload.jsonl").replace("\\", "/").rsplit("/", 1)[-1][:255] or "upload.jsonl"
             return file_object(store.add_file(file_id, org["id"], name, purpose, upload.size, str(path)))

@@ -1,4 +1,11 @@
-"""/v1/chat/completions and /v1/completions, streamed or whole, on the inference pool."""
+"""/v1/chat/completions and /v1/completions, streamed or whole, on the inference executor.
+
+One call of the executor per request loads the model, encodes the prompt, waits for the model's
+lock and generates; its pieces come back through a queue. So an organisation's cap counts whole
+requests, a free thread goes to the organisation served least recently, and a request that
+cannot start within ``--inference-queue-timeout`` is answered 503 with ``Retry-After``: never a
+200 whose text is empty because its time ran out while it waited.
+"""
 
 from __future__ import annotations
 
@@ -7,13 +14,12 @@ import json
 import logging
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
 
-from fastapi import FastAPI
-from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, Response, StreamingResponse
 
 from tunesmith.serve.errors import APIError
-from tunesmith.serve.limits import OrgSlots
+from tunesmith.serve.executors import FairExecutor
 from tunesmith.serve.names import is_encoder
 from tunesmith.serve.redact import public
 from tunesmith.serve.routes.params import Org
@@ -23,6 +29,8 @@ from tunesmith.serve.store import Store, new_id
 
 log = logging.getLogger("tunesmith.serve")
 
+DISCONNECT_POLL_SECONDS = 0.25  # how soon a whole (non-streamed) generation notices its client left
+
 
 def add_routes(app: FastAPI) -> None:
     from tunesmith.models import BUILTIN_MODELS
@@ -30,8 +38,7 @@ def add_routes(app: FastAPI) -> None:
     store: Store = app.state.store
     settings: ServeSettings = app.state.settings
     engine = app.state.engine
-    pool: ThreadPoolExecutor = app.state.inference_pool
-    slots: OrgSlots = app.state.inference_slots
+    executor: FairExecutor = app.state.executors["inference"]
 
     def resolve(org: dict, name: str) -> tuple[str, str | None, str | None, str]:
         if name in BUILTIN_MODELS:
@@ -53,10 +60,12 @@ def add_routes(app: FastAPI) -> None:
             )
         return row["base"], row["job_id"], row["adapter_path"], name
 
-    def load_and_encode(base: str, key: str | None, path: str | None, encode, param: str) -> list[int]:
-        """In the inference pool: load the model (and adapter), then the prompt's token ids."""
+    def load_and_encode(base: str, key: str | None, path: str | None, encode, param: str, wait_until: float):
+        """On an inference thread: load the model (and adapter), then the prompt's token ids."""
         try:
-            engine.prepare(base, key, path)
+            engine.prepare(base, key, path, wait_until)
+        except APIError:
+            raise
         except Exception as error:
             log.exception("loading %s", base)
             raise APIError(500, f"could not load the model: {error}", code="model_load_failed") from None
@@ -71,57 +80,87 @@ def add_routes(app: FastAPI) -> None:
             )
         return prompt_ids
 
-    async def complete(org: dict, body: _Generation, encode, param: str, chat: bool):
+    async def complete(request: Request, org: dict, body: _Generation, encode, param: str, chat: bool):
         params = body.sampling(256 if chat else 16)
         base, key, path, name = resolve(org, body.model)
-        slots.acquire(org["id"])
         loop = asyncio.get_running_loop()
         stop = threading.Event()  # set when the client is gone: the generation ends at its next token
-        streaming = False
-        try:
-            prompt_ids = await loop.run_in_executor(pool, load_and_encode, base, key, path, encode, param)
-            deadline = time.monotonic() + settings.generation_timeout
+        queue: asyncio.Queue = asyncio.Queue()  # pieces, then an error or None at the end
+        wait_until = time.monotonic() + settings.inference_queue_timeout
 
-            def pieces():
-                return engine.generate(base, key, path, prompt_ids, params, stop, deadline)
-
-            reply = Reply(name, chat, body.include_usage)
-            if not body.stream:
-                return JSONResponse(reply.whole(await loop.run_in_executor(pool, lambda: list(pieces()))))
-            queue: asyncio.Queue = asyncio.Queue()
-
-            def put(item) -> None:
-                try:
-                    loop.call_soon_threadsafe(queue.put_nowait, item)
-                except RuntimeError:  # the event loop is gone: the server is shutting down
-                    stop.set()
-
-            def produce() -> None:
-                # Runs to the end whatever the client reads: the model is never held by a slow reader.
-                try:
-                    for piece in pieces():
-                        put(piece)
-                except Exception as error:
-                    log.exception("generation failed")
-                    put(RuntimeError(public(str(error), settings.home)))  # the stream's error event shows it
-                finally:
-                    slots.release(org["id"])
-                    put(None)
-
-            pool.submit(produce)
-            streaming = True
-            return StreamingResponse(
-                reply.stream(queue, stop),
-                media_type="text/event-stream",
-                headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
-            )
-        finally:
-            if not streaming:
+        def put(item) -> None:
+            try:
+                loop.call_soon_threadsafe(queue.put_nowait, item)
+            except RuntimeError:  # the event loop is gone: the server is shutting down
                 stop.set()
-                slots.release(org["id"])
+
+        def produce() -> None:
+            # Runs to the end whatever the client reads: the model is never held by a slow reader.
+            try:
+                prompt_ids = load_and_encode(base, key, path, encode, param, wait_until)
+                timeout = settings.generation_timeout
+                for piece in engine.generate(base, key, path, prompt_ids, params, stop, timeout, wait_until):
+                    put(piece)
+            except Exception as error:
+                if not isinstance(error, APIError):
+                    log.exception("generation failed")
+                    error = RuntimeError(public(str(error), settings.home))  # no server path in the answer
+                put(error)
+            finally:
+                put(None)
+
+        work = executor.submit(org["id"], produce)  # 429 over the organisation's cap
+        finished = asyncio.wrap_future(work)
+        gone, checked = False, time.monotonic()
+
+        async def next_item():
+            """The next piece; a client gone meanwhile stops the generation (or its turn in the queue).
+            The executor's own refusal (a wait past the limit: produce never ran) comes as the error."""
+            nonlocal gone, checked
+            getter = asyncio.ensure_future(queue.get())
+            while True:
+                waiting = {getter} if finished.done() else {getter, finished}
+                done, _ = await asyncio.wait(
+                    waiting, timeout=DISCONNECT_POLL_SECONDS, return_when=asyncio.FIRST_COMPLETED
+                )
+                if finished.done() and not finished.cancelled() and finished.exception() is not None:
+                    getter.cancel()
+                    return finished.exception()
+                # Looked at every DISCONNECT_POLL_SECONDS, also while pieces keep coming.
+                if not gone and time.monotonic() - checked >= DISCONNECT_POLL_SECONDS:
+                    checked = time.monotonic()
+                    if await request.is_disconnected():
+                        gone = True
+                        stop.set()
+                        if work.cancel():  # it had not started: nothing will come
+                            getter.cancel()
+                            return None
+                if getter in done:
+                    return getter.result()
+
+        first = await next_item()
+        if isinstance(first, Exception):
+            raise first
+        if gone or first is None:
+            return Response(status_code=499)  # nobody reads it
+        reply = Reply(name, chat, body.include_usage)
+        if not body.stream:
+            pieces = [first]
+            while (piece := await next_item()) is not None:
+                if isinstance(piece, Exception):
+                    raise piece
+                pieces.append(piece)
+            if gone:
+                return Response(status_code=499)
+            return JSONResponse(reply.whole(pieces))
+        return StreamingResponse(
+            reply.stream(first, queue, stop),
+            media_type="text/event-stream",
+            headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+        )
 
     @app.post("/v1/chat/completions")
-    async def chat_completions(body: ChatRequest, org: Org):
+    async def chat_completions(body: ChatRequest, org: Org, request: Request):
         messages = [message.as_dict() for message in body.messages]
 
         def encode(base: str) -> list[int]:
@@ -132,17 +171,17 @@ def add_routes(app: FastAPI) -> None:
                     400, f"messages cannot be rendered with the model's chat template: {error}", param="messages"
                 ) from None
 
-        return await complete(org, body, encode, "messages", chat=True)
+        return await complete(request, org, body, encode, "messages", chat=True)
 
     @app.post("/v1/completions")
-    async def completions(body: CompletionRequest, org: Org):
+    async def completions(body: CompletionRequest, org: Org, request: Request):
         def encode(base: str) -> list[int]:
             prompt_ids = engine.text_prompt(base, body.text)
             if not prompt_ids:
                 raise APIError(400, "prompt must not be empty", param="prompt")
             return prompt_ids
 
-        return await complete(org, body, encode, "prompt", chat=False)
+        return await complete(request, org, body, encode, "prompt", chat=False)
 
 
 class Reply:
@@ -193,17 +232,18 @@ class Reply:
         choice.update({"delta": delta_or_text} if self.chat else {"text": delta_or_text})
         return self._event([choice], system_fingerprint=None)
 
-    async def stream(self, queue: asyncio.Queue, stop: threading.Event):
+    async def stream(self, first, queue: asyncio.Queue, stop: threading.Event):
         try:
             if self.chat:
                 yield self._chunk({"role": "assistant", "content": ""})
-            last = None
-            while (piece := await queue.get()) is not None:
+            last, piece = None, first
+            while piece is not None:
                 if isinstance(piece, Exception):
                     raise piece
                 last = piece
                 if piece.text:
                     yield self._chunk({"content": piece.text} if self.chat else piece.text)
+                piece = await queue.get()
             yield self._chunk({} if self.chat else "", last.finish_reason)
             if self.include_usage:
                 yield self._event([], usage=self.usage(last))

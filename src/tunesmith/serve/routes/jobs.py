@@ -1,5 +1,10 @@
 """/v1/fine_tuning/jobs: create (the request checked by jobs/request.py and here, trained by
-jobs/supervisor.py), list, retrieve, cancel, events, checkpoints.
+jobs/supervisor.py), list (paged, filtered by ``metadata[KEY]=VALUE``), retrieve, cancel, pause,
+resume, events, checkpoints.
+
+A paused job keeps its run folder and checkpoints and gives its training slot up (its trainer is
+stopped; the steps since its last checkpoint are trained again); resumed, it queues again and
+continues from its last checkpoint when a slot is free.
 """
 
 from __future__ import annotations
@@ -8,7 +13,6 @@ import random
 from typing import Annotated
 
 from fastapi import FastAPI, Query, Request
-from starlette.concurrency import run_in_threadpool
 
 from tunesmith.serve.errors import APIError, found, too_many
 from tunesmith.serve.jobs.request import METHODS, JobRequest
@@ -39,7 +43,7 @@ def job_object(row: dict) -> dict:
         "training_file": row["training_file"],
         "validation_file": row["validation_file"],
         "estimated_finish": row["estimated_finish"],
-        "integrations": [],
+        "integrations": row["integrations"],
         "metadata": row["metadata"],
         "user_provided_suffix": row["suffix"],
         "method": {"type": method, method: {"hyperparameters": hyper}},
@@ -110,16 +114,20 @@ def add_routes(app: FastAPI) -> None:
     worker = app.state.worker
 
     settings: ServeSettings = app.state.settings
+    validation = app.state.executors["validation"]
+
+    def over_cap() -> APIError:
+        cap = settings.max_active_jobs_per_org
+        return too_many(f"your organisation already has {cap} unfinished fine-tuning jobs", retry_after=60)
 
     @app.post("/v1/fine_tuning/jobs", openapi_extra=json_request(JobRequest))
     async def create_job(request: Request, org: Org):
         # Read as JSON whatever its Content-Type, as it always was (a body parameter would need JSON's).
         spec = parse(JobRequest, await json_body(request))
-        train, validation = _check_sources(spec, store, org)
+        train, validation_row = _check_sources(spec, store, org)
         app.state.storage.check_free()  # 507 below the floor: a trainer would fill the disk for everyone
-        cap = settings.max_active_jobs_per_org
-        if store.count_active_jobs(org["id"]) >= cap:
-            raise too_many(f"your organisation already has {cap} unfinished fine-tuning jobs", retry_after=60)
+        if store.count_active_jobs(org["id"]) >= settings.max_active_jobs_per_org:
+            raise over_cap()  # early, before any work; add_job below is what enforces it
         job_id = new_id("ftjob-")
         job = {
             "id": job_id,
@@ -130,26 +138,36 @@ def add_routes(app: FastAPI) -> None:
             "suffix": spec.suffix,
             "seed": random.randint(0, 2**31 - 1) if spec.seed is None else spec.seed,
             "metadata": spec.metadata,
+            "integrations": [i.model_dump(exclude_none=True) for i in spec.integrations or []],
             "hyperparameters": spec.job_hyperparameters(),
             "status": "validating_files",
             "created_at": now(),
             "run_dir": str(store.runs_dir / job_id),
-            "procs": settings.procs_per_job,
+            # Encoder runs train in one process (encoders/recipe.py refuses several).
+            "procs": 1 if is_encoder(spec.model) else settings.procs_per_job,
         }
         if is_encoder(spec.model):
             # Pairs are read in a moment, without a tokenizer: a bad line is this request's 400, not a
             # failed job (a decoder's files are tokenized, which takes too long to wait for here).
-            check = await run_in_threadpool(worker.check_files, job, train, validation)
+            check = await validation.run(org["id"], worker.check_files, job, train, validation_row)
             if not check.ok:
                 raise APIError(400, check.message, param=check.param, code=f"invalid_{check.param}")
-        row = store.add_job(job)
+        row = store.add_job(job, max_active=settings.max_active_jobs_per_org)
+        if row is None:  # other creates of the organisation took the last places while this one was checked
+            raise over_cap()
         store.add_event(job_id, f"Created fine-tuning job: {job_id}")
         worker.wake()
         return job_object(row)
 
     @app.get("/v1/fine_tuning/jobs")
-    def list_jobs(org: Org, after: str | None = None, limit: Limit = 20):
-        return page(store.list_jobs(org["id"], after, limit + 1), limit, job_object)
+    def list_jobs(request: Request, org: Org, after: str | None = None, limit: Limit = 20):
+        # OpenAI's filter: metadata[KEY]=VALUE, every pair given must match.
+        metadata = {
+            name[len("metadata[") : -1]: value
+            for name, value in request.query_params.multi_items()
+            if name.startswith("metadata[") and name.endswith("]")
+        }
+        return page(store.list_jobs(org["id"], after, limit + 1, metadata), limit, job_object)
 
     def get_job(org: dict, job_id: str) -> dict:
         return found(store.job(org["id"], job_id), "fine-tuning job", job_id, "fine_tuning_job_id")
@@ -170,13 +188,46 @@ def add_routes(app: FastAPI) -> None:
             )
         if store.update_job(
             job_id,
-            only_if_status=("validating_files", "queued", "running"),
+            only_if_status=("validating_files", "queued", "running", "paused"),
             status="cancelled",
             finished_at=now(),
             estimated_finish=None,
         ):
             store.add_event(job_id, "Fine-tuning job cancelled")
             worker.cancel()
+        return job_object(get_job(org, job_id))
+
+    @app.post("/v1/fine_tuning/jobs/{job_id}/pause")
+    def pause_job(job_id: str, org: Org):
+        get_job(org, job_id)
+        if not store.update_job(job_id, only_if_status=("queued", "running"), status="paused", estimated_finish=None):
+            status = get_job(org, job_id)["status"]
+            raise APIError(
+                400,
+                f"the job is {status}: only a queued or running job can be paused",
+                param="fine_tuning_job_id",
+                code="job_not_pausable",
+            )
+        steps = [c["step"] for c in store.list_checkpoints(job_id, None, 1)]
+        kept = f"; it keeps its checkpoint at step {steps[0]}" if steps else ""
+        store.add_event(job_id, f"Fine-tuning job paused{kept}")
+        worker.wake()  # its trainer is stopped at the next tick
+        return job_object(get_job(org, job_id))
+
+    @app.post("/v1/fine_tuning/jobs/{job_id}/resume")
+    def resume_job(job_id: str, org: Org):
+        get_job(org, job_id)
+        # attempts counts trainer starts since the last resume (the supervisor gives up after a few)
+        if not store.update_job(job_id, only_if_status=("paused",), status="queued", attempts=0):
+            status = get_job(org, job_id)["status"]
+            raise APIError(
+                400,
+                f"the job is {status}: only a paused job can be resumed",
+                param="fine_tuning_job_id",
+                code="job_not_resumable",
+            )
+        store.add_event(job_id, "Fine-tuning job resumed")
+        worker.wake()
         return job_object(get_job(org, job_id))
 
     @app.get("/v1/fine_tuning/jobs/{job_id}/events")

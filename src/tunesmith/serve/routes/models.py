@@ -9,7 +9,6 @@ from typing import Literal
 
 from fastapi import FastAPI
 from fastapi.responses import FileResponse
-from starlette.concurrency import run_in_threadpool
 
 from tunesmith.serve.errors import APIError, in_use
 from tunesmith.serve.names import is_encoder
@@ -26,6 +25,7 @@ def add_routes(app: FastAPI) -> None:
     from tunesmith.models import BUILTIN_MODELS, ENCODER_MODELS
 
     store: Store = app.state.store
+    exports = app.state.executors["exports"]
 
     def fine_tune(org: dict, model_id: str) -> dict:
         row = store.model(org["id"], model_id)
@@ -59,7 +59,7 @@ def add_routes(app: FastAPI) -> None:
         path = run / "export" / f"model-{outtype}.gguf"
         if not path.is_file():
             try:  # the export blocks for seconds: off the event loop
-                await run_in_threadpool(export_run, run, "gguf", outtype, path)
+                await exports.run(org["id"], export_run, run, "gguf", outtype, path)
             except TunesmithError as error:
                 raise APIError(400, str(error), param="model", code="model_not_exportable") from None
         filename = re.sub(r"[^A-Za-z0-9._-]", "_", model_id) + f"-{outtype}.gguf"
