@@ -34,6 +34,7 @@ from tunesmith.graders import Context, Grader, grade_many, make_sample
 from tunesmith.graders.data import GradedPrompt, read_graded
 from tunesmith.graders.load import load_grader
 from tunesmith.models import load_model
+from tunesmith.models.vocabulary import load_model_for
 from tunesmith.precision import autocast, default_device
 
 SIDE_BY_SIDE = 10
@@ -72,8 +73,7 @@ def _scorer(grader: Grader, context: Context):
     return score
 
 
-def _variant(folder: str, items: list[GradedPrompt], settings: EvalConfig, score, dtype: str) -> dict:
-    loaded = load_model(folder)
+def _variant(loaded, items: list[GradedPrompt], settings: EvalConfig, score, dtype: str) -> dict:
     model, tokenizer = prepare_model(loaded), loaded.tokenizer
     prompts = [encode_chat(tokenizer, item.messages) for item in items]
     with autocast(dtype, default_device()):
@@ -86,13 +86,13 @@ def evaluate_graded(config: Config, run_dir: Path | None, out_dir: str) -> dict:
     items = load_graded_items(config, grader)
     score = _scorer(grader, Context())
     result = empty_result(config, "graded", run_dir, len(items), 0)
-    result["variants"]["zero_shot"] = _variant(config.model, items, config.eval, score, config.train.dtype)
+    result["variants"]["zero_shot"] = _variant(load_model_for(config), items, config.eval, score, config.train.dtype)
     result["notes"].append("few-shot skipped: reinforcement prompts have no answers to show as examples")
     if run_dir is None:
         result["notes"].append(f"no fine-tuned model in {config.out_dir}: base variants only")
     else:
-        folder = model_folder(run_dir)
-        result["variants"]["finetuned"] = _variant(folder, items, config.eval, score, config.train.dtype)
+        tuned = load_model(model_folder(run_dir))
+        result["variants"]["finetuned"] = _variant(tuned, items, config.eval, score, config.train.dtype)
         result["training"] = read_training_summary(run_dir)
         result["loss_curve"] = read_loss_curve(run_dir)
     result["samples"] = [
