@@ -107,7 +107,7 @@ def make_tiny_config(tiny_model_name, small_e2e):
             "out_dir": str(out_dir),
         }
         for section, values in sections.items():
-            raw[section] = {**raw[section], **values} if isinstance(values, dict) else values
+            raw[section] = {**raw.get(section, {}), **values} if isinstance(values, dict) else values
         return config_from_dict(raw)
 
     return make

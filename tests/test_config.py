@@ -61,7 +61,7 @@ def test_every_foreign_name_points_at_a_real_key():
         # tunesmith's own name in the wrong section
         ({"lr": 1e-4}, "unknown key 'lr' (did you mean 'train.lr'?)"),
         ({"train": {"r": 8}}, "unknown key 'train.r' (did you mean 'method.r'?)"),
-        ({"temperature": 0.5}, "(did you mean 'eval.temperature' or 'encoder.temperature'?)"),
+        ({"temperature": 0.5}, "(did you mean 'eval.temperature' or 'encoder.temperature' or 'rl.temperature'?)"),
         # misspellings, of tunesmith's names or of a foreign one
         ({"train": {"lerning_rate": 1e-4}}, "(did you mean 'train.lr'?)"),
         ({"train": {"epoch": 2}}, "unknown key 'train.epoch' (did you mean 'train.epochs'?)"),
@@ -162,7 +162,11 @@ def test_the_reference_has_every_key_with_its_description():
         ("method.target_modules", "list of string or `all-linear`", "`all-linear`"),
         ("data.columns", "mapping of string to string or null", "`null`"),
         ("data.packing", "boolean", "`true`"),
-        ("eval.task", "one of `generation`, `classification`, `text`, `retrieval`, `preference`, `tool_calls`", "`generation`"),
+        (
+            "eval.task",
+            "one of `generation`, `classification`, `text`, `retrieval`, `preference`, `tool_calls`, `graded`",
+            "`generation`",
+        ),
         ("eval.decoder", "string or null", "`null`"),
         ("method", "section [`method`](#method)", "see its section"),
     ],

@@ -108,8 +108,10 @@ class DataConfig(_Strict):
 
 
 class MethodConfig(_Strict):
-    name: Literal["lora", "full", "dpo"] = Field(
-        "lora", description="`lora` (PEFT adapter), `full` fine-tuning, or `dpo` preference tuning on pairs."
+    name: Literal["lora", "full", "dpo", "grpo"] = Field(
+        "lora",
+        description="`lora` (PEFT adapter), `full` fine-tuning, `dpo` preference tuning on pairs, or `grpo` "
+        "reinforcement fine-tuning: answers sampled and scored by a grader (section `rl`).",
     )
     r: int = Field(16, ge=1, description="LoRA rank.")
     alpha: float = Field(32.0, gt=0, description="LoRA alpha; the update is scaled by alpha / r.")
@@ -130,8 +132,9 @@ class MethodConfig(_Strict):
     )
     weights: Literal["lora", "full"] = Field(
         "lora",
-        description="dpo only: what is trained, a LoRA adapter (the reference is the same model with the "
-        "adapter disabled) or all weights (reference log-probs computed once before training).",
+        description="dpo and grpo: what is trained, a LoRA adapter (the reference is the same model with the "
+        "adapter disabled) or all weights (dpo: reference log-probs computed once before training; grpo: a "
+        "frozen copy of the base, one more model in memory when rl.beta > 0).",
     )
     beta: float = Field(
         0.1, gt=0, description="dpo only: strength of the pull towards the reference (higher = stay closer)."
@@ -144,19 +147,19 @@ class MethodConfig(_Strict):
     def _dpo_fields_need_dpo(self):
         # Values, not keys: a dumped config (run folder config.yaml) holds every field at its default.
         fields = type(self).model_fields
-        given = [f for f in ("weights", "beta", "sft_weight") if getattr(self, f) != fields[f].default]
+        given = [f for f in ("beta", "sft_weight") if getattr(self, f) != fields[f].default]
         if self.name != "dpo" and given:
             raise ValueError(f"method.{given[0]} only applies to method.name=dpo (got name={self.name})")
-        if self.name == "dpo" and self.objective != "sft":
-            raise ValueError(
-                f"method.name=dpo tunes a decoder on preference pairs, not method.objective={self.objective}"
-            )
+        if self.name not in ("dpo", "grpo") and self.weights != fields["weights"].default:
+            raise ValueError(f"method.weights only applies to method.name=dpo or grpo (got name={self.name})")
+        if self.name in ("dpo", "grpo") and self.objective != "sft":
+            raise ValueError(f"method.name={self.name} tunes a decoder, not method.objective={self.objective}")
         return self
 
     @property
     def lora(self) -> bool:
-        """Whether the trained weights are a LoRA adapter (plain LoRA, or DPO on an adapter)."""
-        return self.name == "lora" or (self.name == "dpo" and self.weights == "lora")
+        """Whether the trained weights are a LoRA adapter (plain LoRA, or DPO / GRPO on an adapter)."""
+        return self.name == "lora" or (self.name in ("dpo", "grpo") and self.weights == "lora")
 
 
 class EncoderConfig(_Strict):
@@ -305,13 +308,14 @@ class TrainConfig(_Strict):
 
 
 class EvalConfig(_Strict):
-    task: Literal["generation", "classification", "text", "retrieval", "preference", "tool_calls"] = Field(
+    task: Literal["generation", "classification", "text", "retrieval", "preference", "tool_calls", "graded"] = Field(
         "generation",
         description="Metrics: generation (BLEU...), classification (accuracy), text (perplexity), "
         "retrieval (nDCG@10, MRR@10, Recall@100, P@10 of an encoder over a BEIR folder), "
         "preference (held-out pairs: preference accuracy and log-prob margins), "
         "tool_calls (BFCL's AST match of the calls made: exact-call, name and argument accuracy, JSON validity, "
-        "no-call accuracy, per category; test items carry `possible_answer`, see data/tool_calling/SOURCE.md).",
+        "no-call accuracy, per category; test items carry `possible_answer`, see data/tool_calling/SOURCE.md), "
+        "graded (OpenAI reinforcement JSONL scored by rl.grader: mean score and pass rate).",
     )
     labels: list[str] | None = Field(
         None,
@@ -346,6 +350,57 @@ class EvalConfig(_Strict):
         "and few-shot on the same test texts, each prompted with the label set: an encoder or an LLM for this task?",
     )
     samples: int = Field(5, ge=0, description="Held-out items printed side by side after training.")
+
+
+class RLConfig(_Strict):
+    """method.name=grpo: Group Relative Policy Optimization (Shao et al., 2024) against a grader."""
+
+    grader: dict | str | None = Field(
+        None,
+        description="The grader that scores each sampled answer: OpenAI's grader JSON inline, or the path of a "
+        "JSON file holding it (required for method.name=grpo; checked before the model loads).",
+    )
+    group_size: int = Field(
+        4, ge=2, description="Answers sampled per prompt; each is judged against the mean of its group."
+    )
+    max_new_tokens: int = Field(64, ge=1, description="Length limit of a sampled answer.")
+    temperature: float = Field(
+        1.0, gt=0.0, description="Sampling temperature of the rollouts (> 0: a group of greedy answers is one answer)."
+    )
+    top_p: float = Field(1.0, gt=0.0, le=1.0, description="Nucleus sampling mass of the rollouts.")
+    rollout_batch_size: int = Field(16, ge=1, description="Answers generated together in one batched decode.")
+    beta: float = Field(
+        0.04,
+        ge=0.0,
+        description="Weight of the KL penalty to the reference (the model before training), k3 estimator per "
+        "answer token. 0.04 as in DeepSeekMath and TRL's first default: with LoRA the reference costs one "
+        "no-grad forward with the adapter disabled, and it keeps a small model from drifting into "
+        "degenerate text that happens to score; 0 (DAPO, Dr. GRPO) skips that forward.",
+    )
+    epsilon: float = Field(
+        0.2, gt=0.0, lt=1.0, description="PPO ratio clip: the ratio pi/pi_old is kept within [1 - eps, 1 + eps]."
+    )
+    loss_normalisation: Literal["token", "sequence"] = Field(
+        "token",
+        description="`token` (default, as DAPO and Dr. GRPO): the step's summed per-token loss divided by the "
+        "step's answer tokens, so every answer token weighs the same and a long wrong answer is not "
+        "penalised less per token than a short one; `sequence` (the original GRPO): each answer's mean "
+        "token loss, averaged over answers, which favours long wrong answers and short right ones.",
+    )
+    scale_rewards: bool = Field(
+        True,
+        description="Divide each group's advantages by its reward standard deviation (GRPO). False (Dr. GRPO) "
+        "keeps them unscaled, which avoids over-weighting groups that are nearly all right or all wrong; "
+        "on by default because grader rewards have no common scale across tasks and the division makes lr "
+        "transfer between graders.",
+    )
+    num_iterations: int = Field(
+        1,
+        ge=1,
+        le=1,
+        description="Policy updates per rollout. 1: the ratio is 1 at the update, but the clipped form is kept "
+        "so the loss and its gradient are GRPO's.",
+    )
 
 
 class DistributedConfig(_Strict):
@@ -389,6 +444,7 @@ class Config(_Strict):
         default_factory=DistributedConfig, description="Training on several processes and machines."
     )
     encoder: EncoderConfig = Field(default_factory=EncoderConfig, description="Encoder objective settings.")
+    rl: RLConfig = Field(default_factory=RLConfig, description="Reinforcement fine-tuning (method.name=grpo).")
     tokenizer: TokenizerConfig = Field(default_factory=TokenizerConfig, description="Tokens added to the vocabulary.")
     out_dir: str = Field("runs/default", description="Run folder: adapter, merged model, metrics, checkpoints.")
 
@@ -416,6 +472,20 @@ class Config(_Strict):
             raise ValueError(f"data.format={self.data.format} is preference data: it needs method.name=dpo")
         if self.method.name == "dpo" and self.data.format not in ("auto", *PREFERENCE_FORMATS):
             raise ValueError(f"method.name=dpo needs preference pairs, not data.format={self.data.format}")
+        return self
+
+    @model_validator(mode="after")
+    def _grpo_needs_a_grader(self):
+        if self.method.name == "grpo" and self.rl.grader is None:
+            raise ValueError("method.name=grpo needs rl.grader (OpenAI grader JSON, inline or a file path)")
+        if self.method.name == "grpo" and self.data.format != "auto":
+            raise ValueError(f"method.name=grpo reads OpenAI reinforcement JSONL, not data.format={self.data.format}")
+        if self.eval.task == "graded" and self.rl.grader is None:
+            raise ValueError("eval.task=graded needs rl.grader (OpenAI grader JSON, inline or a file path)")
+        if self.method.name != "grpo" and self.rl.model_copy(update={"grader": None}) != RLConfig():
+            raise ValueError(f"the rl section only applies to method.name=grpo (got method.name={self.method.name})")
+        if self.method.name != "grpo" and self.rl.grader is not None and self.eval.task != "graded":
+            raise ValueError("rl.grader applies to method.name=grpo or eval.task=graded")
         return self
 
 

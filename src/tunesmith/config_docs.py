@@ -37,7 +37,7 @@ out_dir: runs/my_chat
 ```
 """
 
-_SIMPLE = {str: "string", int: "integer", float: "number", bool: "boolean", type(None): "null"}
+_SIMPLE = {str: "string", int: "integer", float: "number", bool: "boolean", dict: "object", type(None): "null"}
 _BOUNDS = {"ge": "≥", "gt": ">", "le": "≤", "lt": "<"}  # annotated_types' Ge, Gt, Le, Lt in field.metadata
 
 

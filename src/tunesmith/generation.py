@@ -124,6 +124,34 @@ def batches_by_length(lengths: Sequence[int], batch_size: int, description: str)
     yield from tracked(batches, f"{description} {len(lengths)} prompts")
 
 
+def generate_tokens(
+    model,
+    prompts: Sequence[Sequence[int]],
+    pad_id: int,
+    eos_id: int | None,
+    max_new_tokens: int,
+    batch_size: int,
+    pick: Callable[[torch.Tensor], torch.Tensor],
+    grammars: Sequence | None = None,
+) -> list[list[int]]:
+    """Each prompt's new token ids, up to and including its end-of-turn token ``eos_id``."""
+    produced_all: list[list[int]] = [[] for _ in prompts]
+    for batch in batches_by_length([len(p) for p in prompts], batch_size, "generating"):
+        produced: list[list[int]] = [[] for _ in batch]
+        done = [False] * len(batch)
+        step = pick if grammars is None else constrain(pick, [grammars[i] for i in batch], eos_id)
+        for tokens in decode(model, [prompts[i] for i in batch], pad_id, max_new_tokens, step):
+            for row, token in enumerate(tokens.tolist()):
+                if not done[row]:
+                    produced[row].append(token)
+                    done[row] = token == eos_id
+            if all(done):
+                break
+        for i, row in zip(batch, produced, strict=True):
+            produced_all[i] = row
+    return produced_all
+
+
 def generate(
     model,
     tokenizer,
@@ -142,26 +170,13 @@ def generate(
     SmolLM2); it is counted as produced but not decoded into the text. ``grammars``: one compiled
     grammar (tunesmith.constrained) or None per prompt, holding that prompt's tokens to it.
     """
-    eos_id = tokenizer.eos_token_id
-    texts: list[str] = [""] * len(prompts)
-    counts = [0] * len(prompts)
     pick = sampler(Sampling(max_new_tokens, temperature, top_p, seed), model_device(model))
     start = time.perf_counter()
-    for batch in batches_by_length([len(p) for p in prompts], batch_size, "generating"):
-        produced: list[list[int]] = [[] for _ in batch]
-        done = [False] * len(batch)
-        step = pick if grammars is None else constrain(pick, [grammars[i] for i in batch], eos_id)
-        for tokens in decode(model, [prompts[i] for i in batch], tokenizer.pad_token_id, max_new_tokens, step):
-            for row, token in enumerate(tokens.tolist()):
-                if not done[row]:
-                    produced[row].append(token)
-                    done[row] = token == eos_id
-            if all(done):
-                break
-        for i, row in zip(batch, produced, strict=True):
-            counts[i] = len(row)
-            texts[i] = tokenizer.decode(row, skip_special_tokens=True)
-    return Generations(texts, counts, time.perf_counter() - start)
+    produced = generate_tokens(
+        model, prompts, tokenizer.pad_token_id, tokenizer.eos_token_id, max_new_tokens, batch_size, pick, grammars
+    )
+    texts = [tokenizer.decode(row, skip_special_tokens=True) for row in produced]
+    return Generations(texts, [len(row) for row in produced], time.perf_counter() - start)
 
 
 def stream(

@@ -278,10 +278,15 @@ def run_evaluation(config: Config, finetuned: str | None, out_dir: str) -> dict:
     settings = config.eval
     pairs = settings.task == "preference"  # held-out pairs, not items to answer: evaluate/preference.py
     tools = settings.task == "tool_calls"  # items with tools and acceptable calls: evaluate/tool_eval.py
-    items = [] if pairs or tools else load_test_items(config)
+    graded = settings.task == "graded"  # prompts scored by rl.grader: evaluate/graded.py
+    items = [] if pairs or tools or graded else load_test_items(config)
     run_dir = run_folder(finetuned, config)
     if run_dir is not None:
         check_same_base(config, model_folder(run_dir))
+    if graded:
+        from tunesmith.evaluate.graded import evaluate_graded
+
+        return evaluate_graded(config, run_dir, out_dir)
     if tools:
         from tunesmith.evaluate.tool_eval import evaluate_tool_calls
 

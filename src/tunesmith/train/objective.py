@@ -3,7 +3,7 @@
 The recipe owns the loop (step order, accumulation, processes, clipping, checkpoints, early
 stopping on `val_loss`); an objective owns the micro-batch layout, the loss of a micro-batch, and
 the names and values of its metrics. Supervised fine-tuning is `SFTObjective`; preference tuning
-is `train.dpo.DPOObjective`.
+is `train.dpo.DPOObjective`; reinforcement with a grader `train.grpo.GRPOObjective`.
 
 An objective's loss is normalised by counts of the whole step on all processes (`counts`), which
 every process knows without asking: a step's examples are a pure function of the step. Its
@@ -30,7 +30,7 @@ from tunesmith.train.loss import labelled_loss
 
 @runtime_checkable
 class Objective(Protocol):
-    """What the recipe asks of an objective (SFTObjective, train.dpo.DPOObjective)."""
+    """What the recipe asks of an objective (SFTObjective, train.dpo.DPOObjective, train.grpo.GRPOObjective)."""
 
     sums: tuple[str, ...]  # names of the sums `forward` returns, in order
     step_counts: list[int]  # the current step's counts, set by `start_step`

@@ -34,14 +34,19 @@ from tunesmith.train.distributed import Dist, LossModule, split_by_tokens, split
 from tunesmith.train.dpo import DPOObjective
 from tunesmith.train.fast_paths import describe, fast_paths_used
 from tunesmith.train.flops import mean_attended_keys, measured_peak_flops, mfu
+from tunesmith.train.grpo import GRPOObjective
 from tunesmith.train.lr_finder import range_test, read_chosen, save_curve
 from tunesmith.train.objective import Objective, SFTObjective, evaluate
 from tunesmith.train.optim import build_optimizer
+from tunesmith.train.rollout import prepare_graded
 from tunesmith.train.run import RunSummary, TrainingRun, check_out_dir
 from tunesmith.train.samples import SampleSet
 
 
-def objective_for(cfg: Config, pad_id: int, device) -> Objective:
+def objective_for(cfg: Config, pad_id: int, device, tokenizer=None) -> Objective:
+    """The objective of `cfg.method`; GRPO also needs the tokenizer (it samples and decodes answers)."""
+    if cfg.method.name == "grpo":
+        return GRPOObjective(cfg, pad_id, device, tokenizer)
     if cfg.method.name == "dpo":
         return DPOObjective(cfg, pad_id, device)
     return SFTObjective(cfg, pad_id, device)
@@ -195,9 +200,12 @@ def train(cfg: Config, resume: bool = False, overwrite: bool = False) -> RunSumm
     # ---- setup: everything that can fail on bad input happens before out_dir is touched ----
     loaded = load_model_for(cfg)
     tokenizer = loaded.tokenizer
-    data: PreparedData = prepare_data(cfg.data, tokenizer, cfg.train.seed, cfg.train.batch_size, cfg.train.grad_accum)
-    # The objective (train/objective.py: SFT, or DPO) owns the batch layout, the loss and its metrics.
-    objective = objective_for(cfg, tokenizer.pad_token_id, dist.device)
+    # The objective (train/objective.py: SFT, DPO or GRPO) owns the batch layout, the loss and its metrics.
+    objective = objective_for(cfg, tokenizer.pad_token_id, dist.device, tokenizer)
+    if cfg.method.name == "grpo":  # prompts for a grader (train/rollout.py), not labelled examples
+        data = prepare_graded(cfg, objective.grader, tokenizer)
+    else:
+        data = prepare_data(cfg.data, tokenizer, cfg.train.seed, cfg.train.batch_size, cfg.train.grad_accum)
     objective.check(data)
     if not data.validation:
         raise TunesmithError("no validation data: give data.validation or a data.val_fraction > 0")
