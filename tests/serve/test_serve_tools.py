@@ -1,0 +1,162 @@
+"""Tool calling and structured output through /v1/chat/completions with the official SDK, on the
+tiny random model: constrained decoding makes its answers valid however random its weights."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import httpx
+import jsonschema
+import pytest
+from serve_helpers import FAKE_TRAINER, Server
+
+WEATHER = {
+    "type": "object",
+    "properties": {"city": {"type": "string", "maxLength": 8}, "unit": {"enum": ["c", "f"]}},
+    "required": ["city", "unit"],
+    "additionalProperties": False,
+}
+TOOLS = [
+    {
+        "type": "function",
+        "function": {"name": "get_weather", "description": "Weather in a city", "parameters": WEATHER},
+    },
+    {
+        "type": "function",
+        "function": {
+            "name": "get_time",
+            "parameters": {"type": "object", "properties": {"zone": {"type": "integer"}}, "required": ["zone"]},
+        },
+    },
+]
+ASK = [{"role": "user", "content": "What is the weather in Paris?"}]
+SCHEMAS = {tool["function"]["name"]: tool["function"]["parameters"] for tool in TOOLS}
+
+
+@pytest.fixture(scope="module")
+def server(tiny_model_name, tmp_path_factory):
+    server = Server(tmp_path_factory.mktemp("home"), ["--trainer-command", f"{sys.executable} {FAKE_TRAINER}"], {})
+    server.home.mkdir(parents=True, exist_ok=True)
+    server.start()
+    yield server
+    server.kill()
+
+
+@pytest.fixture(scope="module")
+def client(server):
+    return server.client(server.key("acme"))
+
+
+def streamed_calls(stream) -> tuple[str, list[dict], str]:
+    """(content, calls, finish_reason) accumulated from the chunks as OpenAI's clients do."""
+    content, calls, finish = "", {}, None
+    for chunk in stream:
+        if not chunk.choices:
+            continue
+        choice = chunk.choices[0]
+        content += choice.delta.content or ""
+        for delta in choice.delta.tool_calls or []:
+            call = calls.setdefault(delta.index, {"id": None, "name": "", "arguments": ""})
+            call["id"] = delta.id or call["id"]
+            call["name"] += (delta.function.name or "") if delta.function else ""
+            call["arguments"] += (delta.function.arguments or "") if delta.function else ""
+        finish = choice.finish_reason or finish
+    return content, [calls[i] for i in sorted(calls)], finish
+
+
+@pytest.mark.parametrize(
+    ("tool_choice", "names"),
+    [
+        ({"type": "function", "function": {"name": "get_weather"}}, {"get_weather"}),
+        ({"type": "function", "function": {"name": "get_time"}}, {"get_time"}),
+        ("required", {"get_weather", "get_time"}),
+    ],
+)
+@pytest.mark.parametrize("stream", [False, True])
+def test_forced_tool_choice_returns_valid_tool_calls(client, tiny_model_name, tool_choice, names, stream):
+    kwargs = dict(model=tiny_model_name, messages=ASK, tools=TOOLS, tool_choice=tool_choice, max_tokens=60, seed=1)
+    if stream:
+        content, calls, finish = streamed_calls(client.chat.completions.create(stream=True, **kwargs))
+    else:
+        choice = client.chat.completions.create(**kwargs).choices[0]
+        content, finish = choice.message.content, choice.finish_reason
+        calls = [
+            {"id": c.id, "name": c.function.name, "arguments": c.function.arguments} for c in choice.message.tool_calls
+        ]
+    assert finish == "tool_calls"
+    assert not content  # only the call
+    assert len(calls) == 1 and calls[0]["name"] in names and calls[0]["id"].startswith("call_")
+    jsonschema.validate(json.loads(calls[0]["arguments"]), SCHEMAS[calls[0]["name"]])
+
+
+def test_response_format_json_schema_gives_valid_json(client, tiny_model_name):
+    response_format = {"type": "json_schema", "json_schema": {"name": "w", "schema": WEATHER, "strict": True}}
+    choice = client.chat.completions.create(
+        model=tiny_model_name, messages=ASK, response_format=response_format, max_tokens=60, seed=2
+    ).choices[0]
+    assert choice.finish_reason == "stop"
+    jsonschema.validate(json.loads(choice.message.content), WEATHER)
+
+
+def test_response_format_json_object_starts_an_object(client, tiny_model_name):
+    # Any object: a random model may nest past max_tokens, but never writes anything else.
+    choice = client.chat.completions.create(
+        model=tiny_model_name, messages=ASK, response_format={"type": "json_object"}, max_tokens=8, seed=2
+    ).choices[0]
+    assert choice.message.content.startswith("{")
+
+
+def test_a_conversation_with_a_tool_result_renders(client, tiny_model_name):
+    messages = [
+        *ASK,
+        {
+            "role": "assistant",
+            "content": None,
+            "tool_calls": [
+                {
+                    "id": "call_1",
+                    "type": "function",
+                    "function": {"name": "get_weather", "arguments": '{"city": "Paris", "unit": "c"}'},
+                }
+            ],
+        },
+        {"role": "tool", "tool_call_id": "call_1", "content": "21 degrees"},
+    ]
+    reply = client.chat.completions.create(model=tiny_model_name, messages=messages, tools=TOOLS, max_tokens=4)
+    assert reply.choices[0].finish_reason in ("stop", "length", "tool_calls")
+
+
+def test_tool_choice_none_offers_no_tools(client, tiny_model_name):
+    reply = client.chat.completions.create(
+        model=tiny_model_name, messages=ASK, tools=TOOLS, tool_choice="none", max_tokens=4, seed=3
+    )
+    assert reply.choices[0].message.tool_calls is None
+
+
+@pytest.mark.parametrize(
+    ("change", "param", "words"),
+    [
+        ({"tools": TOOLS + TOOLS[:1]}, "tools[2].function.name", "get_weather"),
+        (
+            {"messages": [*ASK, {"role": "tool", "tool_call_id": "call_9", "content": "21"}], "tools": TOOLS},
+            "messages[1]",
+            "call_9",
+        ),
+        ({"tool_choice": {"type": "function", "function": {"name": "nope"}}, "tools": TOOLS}, "tool_choice", "nope"),
+        ({"tool_choice": "required"}, "tool_choice", "no tools"),
+        (
+            {"response_format": {"type": "json_schema", "json_schema": {"name": "x", "schema": {"type": 5}}}},
+            "response_format.json_schema.schema",
+            "JSON Schema",
+        ),
+    ],
+)
+def test_bad_tool_requests_are_400s_naming_the_field(server, tiny_model_name, change, param, words):
+    body = {"model": tiny_model_name, "messages": ASK, "max_tokens": 2, **change}
+    response = httpx.post(
+        f"{server.url}/chat/completions", json=body, headers={"Authorization": f"Bearer {server.key('acme')}"}
+    )
+    assert response.status_code == 400, response.text
+    error = response.json()["error"]
+    assert error["param"].startswith(param) and words in error["message"], error
