@@ -3,13 +3,14 @@ tiny random model: constrained decoding makes its answers valid however random i
 
 from __future__ import annotations
 
+import io
 import json
 import sys
 
 import httpx
 import jsonschema
 import pytest
-from serve_helpers import FAKE_TRAINER, Server
+from serve_helpers import FAKE_TRAINER, Server, wait_for
 
 WEATHER = {
     "type": "object",
@@ -160,3 +161,52 @@ def test_bad_tool_requests_are_400s_naming_the_field(server, tiny_model_name, ch
     assert response.status_code == 400, response.text
     error = response.json()["error"]
     assert error["param"].startswith(param) and words in error["message"], error
+
+
+def tool_rows(n: int) -> list[dict]:
+    """OpenAI-format tool-calling lines: a question, the call, its result, the answer."""
+    rows = []
+    for i in range(n):
+        arguments = json.dumps({"city": f"c{i}", "unit": "c"})
+        call = {"id": f"call_{i}", "type": "function", "function": {"name": "get_weather", "arguments": arguments}}
+        rows.append(
+            {
+                "tools": TOOLS,
+                "messages": [
+                    {"role": "user", "content": f"Weather in c{i}?"},
+                    {"role": "assistant", "content": None, "tool_calls": [call]},
+                    {"role": "tool", "tool_call_id": f"call_{i}", "content": f"{i} degrees"},
+                    {"role": "assistant", "content": f"It is {i} degrees."},
+                ],
+            }
+        )
+    return rows
+
+
+def test_a_tool_calling_fine_tune_answers_with_tool_calls(make_server, tiny_model_name):
+    server = make_server()  # the real trainer
+    client = server.client(server.key("acme"))
+    data = "".join(json.dumps(row) + "\n" for row in tool_rows(8)).encode()
+    train = client.files.create(file=("tools.jsonl", io.BytesIO(data)), purpose="fine-tune")
+    hyper = {"n_epochs": 1, "batch_size": 4}
+    job = client.fine_tuning.jobs.create(
+        model=tiny_model_name,
+        training_file=train.id,
+        method={"type": "supervised", "supervised": {"hyperparameters": hyper}},
+    )
+    job = wait_for(client, job.id, timeout=150)
+    assert job.status == "succeeded", job.error
+    kwargs = dict(
+        model=job.fine_tuned_model,
+        messages=ASK,
+        tools=TOOLS,
+        tool_choice={"type": "function", "function": {"name": "get_weather"}},
+        max_tokens=60,
+        temperature=0,
+    )
+    choice = client.chat.completions.create(**kwargs).choices[0]
+    assert choice.finish_reason == "tool_calls" and choice.message.tool_calls[0].function.name == "get_weather"
+    whole = json.loads(choice.message.tool_calls[0].function.arguments)
+    jsonschema.validate(whole, WEATHER)
+    _, calls, finish = streamed_calls(client.chat.completions.create(stream=True, **kwargs))
+    assert finish == "tool_calls" and json.loads(calls[0]["arguments"]) == whole  # greedy: the same call
