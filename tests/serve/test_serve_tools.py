@@ -12,6 +12,8 @@ import jsonschema
 import pytest
 from serve_helpers import FAKE_TRAINER, Server, wait_for
 
+from tunesmith.serve.tool_calls import CallSplitter
+
 WEATHER = {
     "type": "object",
     "properties": {"city": {"type": "string", "maxLength": 8}, "unit": {"enum": ["c", "f"]}},
@@ -210,3 +212,18 @@ def test_a_tool_calling_fine_tune_answers_with_tool_calls(make_server, tiny_mode
     jsonschema.validate(whole, WEATHER)
     _, calls, finish = streamed_calls(client.chat.completions.create(stream=True, **kwargs))
     assert finish == "tool_calls" and json.loads(calls[0]["arguments"]) == whole  # greedy: the same call
+
+
+@pytest.mark.parametrize(
+    ("pieces", "sent", "content", "names"),
+    [
+        (["Hel", "lo <tool", "_call>", '{"name": "f", "arguments": {}}', "</tool_call>"], "Hello ", "", ["f"]),
+        (["a <to", "o b"], "a <too b", "", []),  # a false start of the opener is sent after all
+        (["<tool_call>{bad", "</tool_call>"], "", "<tool_call>{bad</tool_call>", []),  # unreadable: content
+    ],
+)
+def test_stream_splitter_holds_calls_back_and_reads_them_at_the_end(pieces, sent, content, names):
+    splitter = CallSplitter(active=True)
+    assert "".join(splitter.feed(p) for p in pieces) == sent
+    left, calls = splitter.finish()
+    assert left == content and [c.name for c in calls] == names
