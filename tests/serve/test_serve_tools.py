@@ -12,7 +12,7 @@ import jsonschema
 import pytest
 from serve_helpers import FAKE_TRAINER, Server, wait_for
 
-from tunesmith.serve.tool_calls import CallSplitter
+from tunesmith.serve.tool_calls import CallSplitter, rendering_mode
 
 WEATHER = {
     "type": "object",
@@ -227,3 +227,21 @@ def test_stream_splitter_holds_calls_back_and_reads_them_at_the_end(pieces, sent
     assert "".join(splitter.feed(p) for p in pieces) == sent
     left, calls = splitter.finish()
     assert left == content and [c.name for c in calls] == names
+
+
+@pytest.mark.parametrize(
+    ("saved_in", "asked", "mode"),
+    [
+        ("run", "run/adapter", "template"),  # a fine-tune's adapter: its run's record
+        ("run", "run/checkpoints/step-4", "template"),  # a checkpoint of the run
+        ("run/merged", "run/merged", "fallback"),  # a merged fine-tune is its own base
+        (None, "run/adapter", None),  # a run from before the record: the tokenizer decides
+    ],
+)
+def test_a_fine_tune_renders_as_its_run_did(tmp_path, saved_in, asked, mode):
+    (tmp_path / asked).mkdir(parents=True)
+    if saved_in:
+        (tmp_path / saved_in / "chat_rendering.json").write_text(json.dumps({"tools": mode}))
+    path = str(tmp_path / asked)
+    merged = asked.endswith("merged")
+    assert rendering_mode(path if merged else "tiny-llama-test", None if merged else path) == mode
