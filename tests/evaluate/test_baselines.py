@@ -1,5 +1,6 @@
 import pytest
 
+from tunesmith.chat.tools import Tool
 from tunesmith.data.formats import Example, Message, split_prompt, with_system
 from tunesmith.data.tokenize import encode_chat
 from tunesmith.evaluate.baselines import FewShotSelector, demonstrations, few_shot_prompt
@@ -99,3 +100,10 @@ def test_zero_shot_prompt_fits_even_over_budget(tiny):
     prompt = few_shot_prompt(tiny.tokenizer, QUESTION, TRAIN, None, budget=1)
     assert prompt.shots == 0
     assert prompt.ids == encode_chat(tiny.tokenizer, QUESTION)
+
+
+@pytest.mark.parametrize("tools", [(), (Tool("get_weather", "Weather in a city", {"type": "object"}),)])
+def test_few_shot_prompt_offers_the_test_examples_tools(tiny, tools):
+    text = tiny.tokenizer.decode(few_shot_prompt(tiny.tokenizer, QUESTION, TRAIN[:1], None, 10_000, tools).ids)
+    assert ("get_weather" in text) is bool(tools)
+    assert text.index("capital of Italy") < text.rindex("<|im_start|>assistant")

@@ -14,7 +14,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from tunesmith.chat.messages import Message
-from tunesmith.chat.render import rendering, reply_text, template_inputs
+from tunesmith.chat.render import render_prompt, rendering, reply_text, template_inputs
+from tunesmith.chat.tools import Tool
 from tunesmith.data.formats import Example
 from tunesmith.errors import TunesmithError
 
@@ -189,10 +190,10 @@ def _render(render, example: Example, messages, add_generation_prompt: bool = Fa
         raise TunesmithError(f"line {example.line}: the tokenizer's chat template failed: {e}") from None
 
 
-def encode_chat(tokenizer, messages: Sequence[Message]) -> list[int]:
-    """Token ids of a chat in the model's own template, ending with the assistant header."""
-    text = tokenizer.apply_chat_template(
-        [{"role": m.role, "content": m.content} for m in messages], tokenize=False, add_generation_prompt=True
-    )
+def encode_chat(
+    tokenizer, messages: Sequence[Message], tools: tuple[Tool, ...] = (), parallel_tool_calls: bool = True
+) -> list[int]:
+    """Token ids of a chat (offering ``tools``) rendered as training renders it, ending with the assistant header."""
+    text = render_prompt(tokenizer, messages, tools, parallel_tool_calls)
     # The template already wrote any BOS it wants; tokenising again must not add another.
     return tokenizer(text, add_special_tokens=False).input_ids

@@ -14,6 +14,7 @@ import random
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from tunesmith.chat.tools import Tool
 from tunesmith.data.formats import Example, Message, with_system
 from tunesmith.data.tokenize import encode_chat
 
@@ -84,8 +85,11 @@ def few_shot_prompt(
     ranked: Sequence[tuple[Message, ...]],
     system: str | None,
     budget: int,
+    tools: tuple[Tool, ...] = (),
+    parallel_tool_calls: bool = True,
 ) -> FewShotPrompt:
-    """The test prompt after as many of the ranked demonstrations as fit in ``budget`` tokens."""
+    """The test prompt after as many of the ranked demonstrations as fit in ``budget`` tokens,
+    offering the test example's ``tools``."""
     own = with_system(prompt, system)
     head = tuple(m for m in own if m.role == "system")
     question = tuple(m for m in own if m.role != "system")
@@ -93,7 +97,7 @@ def few_shot_prompt(
     while True:
         # Reversed so that the best-ranked demonstration sits right before the question.
         turns = [m for demo in reversed(ranked[:shots]) for m in demo]
-        ids = encode_chat(tokenizer, (*head, *turns, *question))
+        ids = encode_chat(tokenizer, (*head, *turns, *question), tools, parallel_tool_calls)
         if len(ids) <= budget or shots == 0:
             return FewShotPrompt(ids, shots)
         shots -= 1

@@ -20,9 +20,10 @@ from __future__ import annotations
 
 import gc
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
+from tunesmith.chat.tools import Tool
 from tunesmith.config import Config, EvalConfig
 from tunesmith.data.formats import Message, read_examples, split_prompt, with_system
 from tunesmith.data.tokenize import encode_chat
@@ -65,6 +66,8 @@ class TestItem:
     prompt: tuple[Message, ...]  # the chat before the answer; empty for raw text
     references: tuple[str, ...]  # answers, or the raw text itself
     line: int
+    tools: tuple[Tool, ...] = ()  # the example's tools: its prompt offers them, as in training
+    parallel_tool_calls: bool = True
 
 
 def load_test_items(config: Config) -> list[TestItem]:
@@ -94,9 +97,9 @@ def load_test_items(config: Config) -> list[TestItem]:
         prompt, answer = split
         key = prompt if task == "generation" else n
         if key in items:
-            items[key] = TestItem(prompt, (*items[key].references, answer), items[key].line)
+            items[key] = replace(items[key], references=(*items[key].references, answer))
         else:
-            items[key] = TestItem(prompt, (answer,), example.line)
+            items[key] = TestItem(prompt, (answer,), example.line, example.tools, example.parallel_tool_calls)
     result = list(items.values())[: config.eval.max_items]
     if task == "classification":
         _check_labels(result, config.eval, path)
@@ -172,7 +175,7 @@ SCORERS = {"generation": _score_generation, "classification": _score_classificat
 def _prompt_ids(tokenizer, item: TestItem, system: str | None) -> list[int]:
     if not item.prompt:
         return tokenizer(item.references[0], add_special_tokens=False).input_ids[:1]
-    return encode_chat(tokenizer, with_system(item.prompt, system))
+    return encode_chat(tokenizer, with_system(item.prompt, system), item.tools, item.parallel_tool_calls)
 
 
 def _general_text_perplexity(model, tokenizer, path: str, window: int, settings: EvalConfig) -> dict:
@@ -206,7 +209,15 @@ def base_variants(config: Config, items: list[TestItem], result: dict) -> None:
         budget = context_budget(model, settings.max_new_tokens, settings.context_tokens)
         wanted = MAX_AUTO_SHOTS if settings.few_shot_k is None else settings.few_shot_k
         built = [
-            few_shot_prompt(tokenizer, item.prompt, selector.ranked(item.prompt, i, wanted), config.data.system, budget)
+            few_shot_prompt(
+                tokenizer,
+                item.prompt,
+                selector.ranked(item.prompt, i, wanted),
+                config.data.system,
+                budget,
+                item.tools,
+                item.parallel_tool_calls,
+            )
             for i, item in enumerate(items)
         ]
         few = evaluate_variant(model, tokenizer, [b.ids for b in built], items, settings, SCORERS[settings.task])

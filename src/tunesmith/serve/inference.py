@@ -141,10 +141,20 @@ class InferenceEngine:
     def context_length(self, base_name: str) -> int:
         return getattr(self._base(base_name).loaded.model.config, "max_position_embeddings", None) or 2048
 
-    def chat_prompt(self, base_name: str, messages: list[dict]) -> list[int]:
+    def chat_prompt(self, base_name: str, messages, tools=(), parallel_tool_calls=True, mode=None) -> list[int]:
+        """The prompt's ids, rendered as chat.render does for training (``mode``: the run's rendering)."""
+        from tunesmith.chat.render import render_prompt
+
         tokenizer = self.tokenizer(base_name)
-        text = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+        text = render_prompt(tokenizer, messages, tools, parallel_tool_calls, mode)
         return tokenizer(text, add_special_tokens=False)["input_ids"]
+
+    def compile(self, base_name: str, grammar):
+        """``grammar`` (tunesmith.constrained) compiled for this base's tokenizer and output layer."""
+        from tunesmith.constrained import compile_grammar
+
+        loaded = self._base(base_name).loaded
+        return compile_grammar(loaded.tokenizer, loaded.model.config.vocab_size, grammar)
 
     def text_prompt(self, base_name: str, prompt: str) -> list[int]:
         return self.tokenizer(base_name)(prompt, add_special_tokens=False)["input_ids"]
@@ -159,12 +169,14 @@ class InferenceEngine:
         stop: threading.Event | None = None,
         timeout: float | None = None,
         wait_until: float | None = None,
+        grammar=None,
     ) -> Iterator[Piece]:
         """Text pieces as tokens come (tunesmith.generation.stream) with this base's lock held.
 
         ``stop`` set (the client left), ``timeout`` seconds passed since the lock was taken or
         :meth:`close` end the generation before its next token, with finish_reason "length". The
         lock not free by ``wait_until`` (``time.monotonic()``) raises the 503 of an overloaded server.
+        ``grammar``: a compiled grammar (:meth:`compile`) the text is held to.
         """
         from tunesmith.generation import stream
 
@@ -184,7 +196,7 @@ class InferenceEngine:
             else:
                 model, context = base.loaded.model, nullcontext()
             with context:
-                yield from stream(model, base.loaded.tokenizer, prompt_ids, sampling, should_stop)
+                yield from stream(model, base.loaded.tokenizer, prompt_ids, sampling, should_stop, grammar)
 
 
 @contextmanager

@@ -10,6 +10,8 @@ from tunesmith.data.tokenize import encode_chat
 from tunesmith.generation import generate
 from tunesmith.paths import write_text_atomic
 
+_INPUTS = ("prompt", "tools", "parallel_tool_calls")  # what the model is asked with, not shown in the table
+
 
 class SampleSet:
     def __init__(self, examples: list[Example], n: int, max_new_tokens: int):
@@ -24,19 +26,32 @@ class SampleSet:
             if key in seen:
                 continue
             seen.add(key)
-            self.items.append({"prompt": prompt, "input": prompt[-1].content, "reference": reference})
+            self.items.append(
+                {
+                    "prompt": prompt,
+                    "tools": example.tools,
+                    "parallel_tool_calls": example.parallel_tool_calls,
+                    "input": prompt[-1].content,
+                    "reference": reference,
+                }
+            )
         self.max_new_tokens = max_new_tokens
 
     def generate(self, variant: str, model, tokenizer) -> None:
         if not self.items:
             return
-        prompts = [encode_chat(tokenizer, item["prompt"]) for item in self.items]
+        prompts = [
+            encode_chat(tokenizer, item["prompt"], item["tools"], item["parallel_tool_calls"]) for item in self.items
+        ]
         out = generate(model, tokenizer, prompts, max_new_tokens=self.max_new_tokens, batch_size=len(prompts))
         for item, text in zip(self.items, out.texts, strict=True):
             item[variant] = text.strip()
 
     def save(self, path: Path) -> None:
-        rows = [{k: v for k, v in item.items() if k != "prompt"} for item in self.items]
+        rows = [
+            {k: v for k, v in item.items() if k not in ("prompt", "tools", "parallel_tool_calls")}
+            for item in self.items
+        ]
         write_text_atomic(path, json.dumps(rows, indent=1))
 
     def load(self, path: Path) -> None:

@@ -18,6 +18,7 @@ import time
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
+from tunesmith.chat.tools import parse_tool_calls
 from tunesmith.serve.errors import APIError
 from tunesmith.serve.executors import FairExecutor
 from tunesmith.serve.names import is_encoder
@@ -26,6 +27,14 @@ from tunesmith.serve.routes.params import Org
 from tunesmith.serve.schemas import ChatRequest, CompletionRequest, _Generation
 from tunesmith.serve.settings import ServeSettings
 from tunesmith.serve.store import Store, new_id
+from tunesmith.serve.tool_calls import (
+    CallSplitter,
+    call_items,
+    offered_tools,
+    read_conversation,
+    rendering_mode,
+    request_grammar,
+)
 
 log = logging.getLogger("tunesmith.serve")
 
@@ -61,7 +70,8 @@ def add_routes(app: FastAPI) -> None:
         return row["base"], row["job_id"], row["adapter_path"], name
 
     def load_and_encode(base: str, key: str | None, path: str | None, encode, param: str, wait_until: float):
-        """On an inference thread: load the model (and adapter), then the prompt's token ids."""
+        """On an inference thread: load the model (and adapter), then the prompt's token ids
+        (``encode(base, adapter_path)``)."""
         try:
             engine.prepare(base, key, path, wait_until)
         except APIError:
@@ -69,7 +79,7 @@ def add_routes(app: FastAPI) -> None:
         except Exception as error:
             log.exception("loading %s", base)
             raise APIError(500, f"could not load the model: {error}", code="model_load_failed") from None
-        prompt_ids = encode(base)
+        prompt_ids = encode(base, path)
         context = engine.context_length(base)
         if len(prompt_ids) >= context:
             raise APIError(
@@ -80,7 +90,15 @@ def add_routes(app: FastAPI) -> None:
             )
         return prompt_ids
 
-    async def complete(request: Request, org: dict, body: _Generation, encode, param: str, chat: bool):
+    def compiled(base: str, grammar):
+        try:
+            return engine.compile(base, grammar)
+        except Exception as error:
+            raise APIError(400, f"the output format cannot be enforced: {error}", param="response_format") from None
+
+    async def complete(
+        request: Request, org: dict, body: _Generation, encode, param: str, chat: bool, grammar=None, tools=False
+    ):
         params = body.sampling(256 if chat else 16)
         base, key, path, name = resolve(org, body.model)
         loop = asyncio.get_running_loop()
@@ -98,8 +116,10 @@ def add_routes(app: FastAPI) -> None:
             # Runs to the end whatever the client reads: the model is never held by a slow reader.
             try:
                 prompt_ids = load_and_encode(base, key, path, encode, param, wait_until)
+                held_to = None if grammar is None else compiled(base, grammar)
                 timeout = settings.generation_timeout
-                for piece in engine.generate(base, key, path, prompt_ids, params, stop, timeout, wait_until):
+                pieces = engine.generate(base, key, path, prompt_ids, params, stop, timeout, wait_until, held_to)
+                for piece in pieces:
                     put(piece)
             except Exception as error:
                 if not isinstance(error, APIError):
@@ -143,7 +163,7 @@ def add_routes(app: FastAPI) -> None:
             raise first
         if gone or first is None:
             return Response(status_code=499)  # nobody reads it
-        reply = Reply(name, chat, body.include_usage)
+        reply = Reply(name, chat, body.include_usage, tools)
         if not body.stream:
             pieces = [first]
             while (piece := await next_item()) is not None:
@@ -161,21 +181,24 @@ def add_routes(app: FastAPI) -> None:
 
     @app.post("/v1/chat/completions")
     async def chat_completions(body: ChatRequest, org: Org, request: Request):
-        messages = [message.as_dict() for message in body.messages]
+        conversation = read_conversation(body)
+        tools = offered_tools(body, conversation)
+        grammar = request_grammar(body, tools)
 
-        def encode(base: str) -> list[int]:
+        def encode(base: str, adapter_path: str | None) -> list[int]:
+            mode = rendering_mode(base, adapter_path)
             try:
-                return engine.chat_prompt(base, messages)
+                return engine.chat_prompt(base, conversation.messages, tools, conversation.parallel_tool_calls, mode)
             except Exception as error:
                 raise APIError(
                     400, f"messages cannot be rendered with the model's chat template: {error}", param="messages"
                 ) from None
 
-        return await complete(request, org, body, encode, "messages", chat=True)
+        return await complete(request, org, body, encode, "messages", True, grammar, bool(tools))
 
     @app.post("/v1/completions")
     async def completions(body: CompletionRequest, org: Org, request: Request):
-        def encode(base: str) -> list[int]:
+        def encode(base: str, adapter_path: str | None) -> list[int]:
             prompt_ids = engine.text_prompt(base, body.text)
             if not prompt_ids:
                 raise APIError(400, "prompt must not be empty", param="prompt")
@@ -187,8 +210,9 @@ def add_routes(app: FastAPI) -> None:
 class Reply:
     """One completion's response: the whole object, or its server-sent event stream."""
 
-    def __init__(self, model: str, chat: bool, include_usage: bool):
+    def __init__(self, model: str, chat: bool, include_usage: bool, tools: bool = False):
         self.model, self.chat, self.include_usage = model, chat, include_usage
+        self.tools = tools  # tools were offered: calls in the text come back as tool_calls
         self.id = new_id("chatcmpl-" if chat else "cmpl-")
         self.created = int(time.time())
 
@@ -202,10 +226,16 @@ class Reply:
 
     def whole(self, pieces: list) -> dict:
         text, last = "".join(p.text for p in pieces), pieces[-1]
-        choice = {"index": 0, "finish_reason": last.finish_reason, "logprobs": None}
-        choice.update(
-            {"message": {"role": "assistant", "content": text, "refusal": None}} if self.chat else {"text": text}
-        )
+        content, calls = parse_tool_calls(text) if self.tools else (text, [])
+        finish = "tool_calls" if calls else last.finish_reason
+        choice = {"index": 0, "finish_reason": finish, "logprobs": None}
+        if not self.chat:
+            choice["text"] = text
+        elif calls:
+            message = {"role": "assistant", "content": content or None, "refusal": None}
+            choice["message"] = {**message, "tool_calls": call_items(calls)}
+        else:
+            choice["message"] = {"role": "assistant", "content": content, "refusal": None}
         return {
             "id": self.id,
             "object": "chat.completion" if self.chat else "text_completion",
@@ -236,15 +266,24 @@ class Reply:
         try:
             if self.chat:
                 yield self._chunk({"role": "assistant", "content": ""})
-            last, piece = None, first
+            last, piece, splitter = None, first, CallSplitter(self.tools)
             while piece is not None:
                 if isinstance(piece, Exception):
                     raise piece
                 last = piece
-                if piece.text:
-                    yield self._chunk({"content": piece.text} if self.chat else piece.text)
+                if text := splitter.feed(piece.text):
+                    yield self._chunk({"content": text} if self.chat else text)
                 piece = await queue.get()
-            yield self._chunk({} if self.chat else "", last.finish_reason)
+            content, calls = splitter.finish()
+            if content:
+                yield self._chunk({"content": content})
+            for index, item in enumerate(call_items(calls)):
+                opening = {"index": index, "id": item["id"], "type": "function"}
+                name = {"name": item["function"]["name"], "arguments": ""}
+                yield self._chunk({"tool_calls": [{**opening, "function": name}]})
+                arguments = {"arguments": item["function"]["arguments"]}
+                yield self._chunk({"tool_calls": [{"index": index, "function": arguments}]})
+            yield self._chunk({} if self.chat else "", "tool_calls" if calls else last.finish_reason)
             if self.include_usage:
                 yield self._event([], usage=self.usage(last))
         except Exception as error:
