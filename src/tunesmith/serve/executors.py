@@ -105,21 +105,29 @@ class FairExecutor:
         while (picked := self._next()) is not None:
             org_id, (future, fn, args, queued) = picked
             try:
-                if not future.set_running_or_notify_cancel():
-                    continue  # its caller left while it waited
-                waited = time.monotonic() - queued
-                if self.max_wait is not None and waited > self.max_wait:
-                    future.set_exception(busy(self.what, waited, self.retry_after))
-                    continue
-                try:
-                    future.set_result(fn(*args))
-                except BaseException as error:
-                    future.set_exception(error)
+                outcome = self._call(future, fn, args, queued)
             finally:
+                # Given back before the caller hears the result: a client that sends its next request
+                # the moment it has its answer finds its organisation's slot free.
                 with self._cond:
                     self._admitted[org_id] -= 1
                     if self._admitted[org_id] <= 0:
                         del self._admitted[org_id]
+            if outcome is not None:
+                succeeded, value = outcome
+                future.set_result(value) if succeeded else future.set_exception(value)
+
+    def _call(self, future: Future, fn, args, queued: float) -> tuple[bool, object] | None:
+        """(True, result) or (False, error) of one call; None when its caller left while it waited."""
+        if not future.set_running_or_notify_cancel():
+            return None
+        waited = time.monotonic() - queued
+        if self.max_wait is not None and waited > self.max_wait:
+            return False, busy(self.what, waited, self.retry_after)
+        try:
+            return True, fn(*args)
+        except BaseException as error:
+            return False, error
 
     def shutdown(self) -> None:
         """Refuse new calls and cancel the waiting ones; running calls finish on their own."""

@@ -172,6 +172,7 @@ def add_routes(app: FastAPI) -> None:
                 pieces.append(piece)
             if gone:
                 return Response(status_code=499)
+            await finished  # the organisation's slot is free before the client has its answer
             return JSONResponse(reply.whole(pieces))
         return StreamingResponse(
             reply.stream(first, queue, stop),
