@@ -158,7 +158,7 @@ def test_the_reference_has_every_key_with_its_description():
         ("train.max_grad_norm", "number or null, > 0", "`1.0`"),
         ("train.early_stopping", "section [`train.early_stopping`](#trainearly_stopping) or null", "`null`"),
         ("train.early_stopping.patience", "integer, ≥ 1", "`3`"),
-        ("train.report_to", "list of `tensorboard`, `mlflow`", "`[]`"),
+        ("train.report_to", "list of `tensorboard`, `mlflow`, `wandb`", "`[]`"),
         ("method.target_modules", "list of string or `all-linear`", "`all-linear`"),
         ("data.columns", "mapping of string to string or null", "`null`"),
         ("data.packing", "boolean", "`true`"),

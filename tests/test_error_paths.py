@@ -21,7 +21,8 @@ def no_model_loads(monkeypatch):
         raise AssertionError("a model was loaded before the data files were checked")
 
     for target in (
-        "tunesmith.train.recipe.load_model",
+        "tunesmith.train.recipe.load_model_for",
+        "tunesmith.evaluate.run.load_model_for",
         "tunesmith.evaluate.run.load_model",
         "tunesmith.evaluate.run.load_tokenizer",
     ):

@@ -94,5 +94,5 @@ def test_the_service_answers_with_the_fine_tune(server, tiny_model_name, monkeyp
     code = code.replace("http://127.0.0.1:8000/v1", server.url).replace('"ts-..."', repr(server.key("me")))
     exec(code.replace("smollm2-135m-instruct", tiny_model_name), {})
     printed = capsys.readouterr().out.strip().splitlines()
-    assert printed[0].startswith(f"ft:{tiny_model_name}:me:"), printed
+    assert printed[0].startswith(f"ft:{tiny_model_name}:org-") and ":trips:" in printed[0], printed
     assert len(printed) >= 2 and printed[1].strip(), "the fine-tune's answer is printed"
