@@ -40,6 +40,8 @@ class Judges:
         self._lock = threading.Lock()  # one generation at a time: a model is not shared across threads
 
     def answer(self, model: str, messages: list[dict], params: SamplingParams) -> tuple[str, int]:
+        from tunesmith.chat.messages import Message
+        from tunesmith.data.tokenize import encode_chat
         from tunesmith.generation import generate
         from tunesmith.models import load_model
 
@@ -48,9 +50,7 @@ class Judges:
             if loaded is None:
                 loaded = self._loaded[model] = load_model(model)
                 loaded.model.eval()
-            text = loaded.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-            # The template already wrote any BOS it wants; tokenising again must not add another.
-            prompt = loaded.tokenizer(text, add_special_tokens=False).input_ids
+            prompt = encode_chat(loaded.tokenizer, [Message(m["role"], m["content"]) for m in messages])
             out = generate(
                 loaded.model,
                 loaded.tokenizer,
