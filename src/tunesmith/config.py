@@ -364,6 +364,12 @@ class RLConfig(_Strict):
         4, ge=2, description="Answers sampled per prompt; each is judged against the mean of its group."
     )
     max_new_tokens: int = Field(64, ge=1, description="Length limit of a sampled answer.")
+    eval_samples: int = Field(
+        1,
+        ge=1,
+        description="Answers per validation prompt at each evaluation: 1 = one greedy answer; more are sampled "
+        "at rl.temperature and their rewards averaged (a less noisy estimate of what training samples).",
+    )
     temperature: float = Field(
         1.0, gt=0.0, description="Sampling temperature of the rollouts (> 0: a group of greedy answers is one answer)."
     )

@@ -292,7 +292,11 @@ BAD_JOBS = [  # (body, param expected in the error)
         },
         "method.supervised.hyperparameters.learning_rate_multiplier",
     ),
-    ({"model": "tiny-llama-test", "training_file": "TRAIN", "method": {"type": "reinforcement"}}, "method.type"),
+    ({"model": "tiny-llama-test", "training_file": "TRAIN", "method": {"type": "rlhf"}}, "method.type"),
+    (
+        {"model": "tiny-llama-test", "training_file": "TRAIN", "method": {"type": "reinforcement"}},
+        "method.reinforcement.grader",
+    ),
     ({"model": "tiny-llama-test", "training_file": "TRAIN", "method": {"type": ["dpo"]}}, "method.type"),
     ({"model": "tiny-llama-test", "training_file": "TRAIN", "method": "dpo"}, "method.type"),
     (

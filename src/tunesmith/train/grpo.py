@@ -95,8 +95,9 @@ class GRPOObjective:
     A step's items are prompts. `start_step` rolls out and grades the whole step's prompts (the same
     on every process: a pure function of the step), and computes the group advantages;
     `forward` scores this process's prompts' answers with the policy (and the reference) and returns
-    the clipped loss. In evaluation mode `forward` answers each prompt once, greedily, and its loss is
-    minus the mean reward: the recipe's best checkpoint is the one with the highest validation reward.
+    the clipped loss. In evaluation mode `forward` answers each prompt `rl.eval_samples` times (once:
+    greedily; more: sampled) and its loss is minus the mean reward: the recipe's best checkpoint is
+    the one with the highest validation reward.
     """
 
     # Sums over answers and answer tokens (a training window, a validation pass), in this order.
@@ -230,17 +231,17 @@ class GRPOObjective:
         if not prompts:
             return torch.zeros((), device=self.device), torch.zeros(len(self.sums), device=self.device)
         start = time.perf_counter()
-        rollout = roll_out(model, self.tokenizer, prompts, self.grader, self.context, self.cfg, 1)
+        rollout = roll_out(model, self.tokenizer, prompts, self.grader, self.context, self.cfg, self.rl.eval_samples)
         self.validation_seconds += time.perf_counter() - start
         self.first_forward = False
-        indices = list(range(len(prompts)))
+        indices = list(range(len(rollout.answers)))
         zeros = torch.zeros(0)
         sums = self._sums(rollout, indices, -rollout.rewards, zeros, zeros)
         return -rollout.rewards.sum().to(self.device), sums
 
     def metrics(self, sums: list[float], counts: list[int], prefix: str) -> dict:
         """Per answer: reward mean and std, pass rate, length; per answer token: loss, KL, clip fraction.
-        Validation's loss is minus its mean reward (greedy answers)."""
+        Validation's loss is minus its mean reward."""
         named = dict(zip(self.sums, sums, strict=True))
         answers, tokens = max(named["answers"], 1), max(named["answer_tokens"], 1)
         mean = named["reward"] / answers

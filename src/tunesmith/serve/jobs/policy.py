@@ -14,10 +14,30 @@ MAX_EXAMPLES_SEEN = 25_000
 MAX_AUTO_EPOCHS = 25
 MAX_AUTO_BATCH = 32
 DPO_BETA = 0.1
+# Reinforcement: compute_multiplier 1 samples rl.group_size's default of 4 answers per prompt.
+BASE_GROUP_SIZE = 4
+EVALUATIONS = 10  # per run, when eval_interval is "auto" (as for the other methods' validation loss)
 VAL_FRACTION = 0.1  # held out of the training file when a job has no validation file (as the trainer does)
 
 
-def resolve_hyperparameters(requested: dict, n_examples: int, encoder: bool = False) -> dict:
+def total_steps(hyper: dict, n_train: int) -> int:
+    """Optimizer steps of a job training on ``n_train`` items with resolved ``hyper`` (as the recipe counts)."""
+    return math.ceil(n_train / hyper["batch_size"]) * hyper["n_epochs"]
+
+
+def auto_eval_interval(total: int) -> int:
+    return math.ceil(total / EVALUATIONS)
+
+
+def group_size(compute_multiplier: float) -> int:
+    """Answers sampled per prompt (rl.group_size): 4 times ``compute_multiplier``, at least 2 (a group
+    of one has no baseline to be better than)."""
+    return max(2, round(BASE_GROUP_SIZE * compute_multiplier))
+
+
+def resolve_hyperparameters(
+    requested: dict, n_examples: int, encoder: bool = False, n_train: int | None = None
+) -> dict:
     """Replace "auto" (or missing) hyperparameters with the values a careful user would pick.
 
     - ``n_epochs``: 3, unless that shows the model fewer than 100 examples in total (tiny sets:
@@ -30,6 +50,9 @@ def resolve_hyperparameters(requested: dict, n_examples: int, encoder: bool = Fa
       batch is a query's negative, so a small batch teaches little (a batch of 1, nothing).
     - ``learning_rate_multiplier``: 1.0, which means the base LoRA learning rate 2e-4 (an encoder
       job's full fine-tuning: 8e-5).
+    - reinforcement: ``compute_multiplier`` 1.0 (``group_size``: 4 answers per prompt),
+      ``eval_interval`` a tenth of the run's steps (``n_train`` items, rounded up), ``eval_samples``
+      1 (one greedy answer per validation prompt); the grader is kept as given.
     """
     n = max(1, n_examples)
     epochs = requested.get("n_epochs", "auto")
@@ -49,4 +72,17 @@ def resolve_hyperparameters(requested: dict, n_examples: int, encoder: bool = Fa
     if requested.get("method") == "dpo":  # beta: "auto" is DPO's usual 0.1
         beta = requested.get("beta", "auto")
         resolved |= {"method": "dpo", "beta": DPO_BETA if beta in (None, "auto") else float(beta)}
+    if requested.get("method") == "reinforcement":
+        compute = requested.get("compute_multiplier", "auto")
+        interval = requested.get("eval_interval", "auto")
+        samples = requested.get("eval_samples", "auto")
+        steps = total_steps(resolved, n_examples if n_train is None else n_train)
+        resolved |= {
+            "method": "reinforcement",
+            "grader": requested["grader"],
+            "compute_multiplier": 1.0 if compute in (None, "auto") else float(compute),
+            "eval_interval": auto_eval_interval(steps) if interval in (None, "auto") else int(interval),
+            "eval_samples": 1 if samples in (None, "auto") else int(samples),
+            "reasoning_effort": "default",
+        }
     return resolved

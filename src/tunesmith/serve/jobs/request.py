@@ -56,6 +56,28 @@ Epochs = _setting(int, 1, 50)
 BatchSize = _setting(int, 1, 256)
 LearningRateMultiplier = _setting(float, 0, 10)
 Beta = _setting(float, 0, 2)
+ComputeMultiplier = _setting(float, 0, 10)
+EvalInterval = _setting(int, 1, 100_000)
+EvalSamples = _setting(int, 1, 32)
+REASONING_EFFORTS = ("default", "low", "medium", "high")  # OpenAI's; only "default" means something here
+
+
+def _reasoning_effort(value):
+    """OpenAI's reasoning models think before answering; the models here answer directly."""
+    if value is None or value == "default":
+        return "default"
+    if value in REASONING_EFFORTS:
+        raise rule(
+            "{where} {got} is not supported: no reasoning models here (leave it out or give 'default')",
+            got=repr(value),
+        )
+    expected = ", ".join(repr(e) for e in REASONING_EFFORTS)
+    raise rule("{where} must be one of {expected}, got {got}", expected=expected, got=json.dumps(value)[:100])
+
+
+ReasoningEffort = Annotated[
+    Any, PlainValidator(_reasoning_effort, json_schema_input_type=Literal[REASONING_EFFORTS] | None)
+]
 
 
 class Hyperparameters(BaseModel):
@@ -84,8 +106,17 @@ class DpoHyperparameters(Hyperparameters):
     beta: Beta = "auto"
 
 
+class ReinforcementHyperparameters(Hyperparameters):
+    """How they map onto the GRPO trainer: jobs/policy.py and supervisor.py (docs/service.md)."""
+
+    compute_multiplier: ComputeMultiplier = "auto"
+    eval_interval: EvalInterval = "auto"
+    eval_samples: EvalSamples = "auto"
+    reasoning_effort: ReasoningEffort = "default"
+
+
 # OpenAI's fine-tuning methods and the hyperparameters each takes.
-METHODS = {"supervised": Hyperparameters, "dpo": DpoHyperparameters}
+METHODS = {"supervised": Hyperparameters, "dpo": DpoHyperparameters, "reinforcement": ReinforcementHyperparameters}
 
 
 class SupervisedSection(BaseModel):
@@ -94,6 +125,13 @@ class SupervisedSection(BaseModel):
 
 class DpoSection(BaseModel):
     hyperparameters: DpoHyperparameters | None = None
+
+
+class ReinforcementSection(BaseModel):
+    # An OpenAI grader object; routes/jobs.py checks it whole with the graders' own parser, as
+    # /v1/fine_tuning/alpha/graders/validate does, so a grader that cannot run is this request's 400.
+    grader: dict[str, Any]
+    hyperparameters: ReinforcementHyperparameters | None = None
 
 
 def _unknown_method(value, **key) -> PydanticCustomError:
@@ -114,6 +152,7 @@ class Method(BaseModel):
     type: Annotated[str, PlainValidator(_method_type, json_schema_input_type=Literal[tuple(METHODS)])]
     supervised: SupervisedSection | None = None
     dpo: DpoSection | None = None
+    reinforcement: ReinforcementSection | None = None
 
     @model_validator(mode="before")
     @classmethod
@@ -121,6 +160,15 @@ class Method(BaseModel):
         if not isinstance(data, dict):  # "method": "dpo" names no method.type
             raise _unknown_method(data, key="type")
         return {key: value for key, value in data.items() if key in ("type", data.get("type"))}
+
+    @model_validator(mode="after")
+    def _graded(self):
+        if self.type == "reinforcement" and self.reinforcement is None:
+            raise rule(
+                "{where} is required with method type 'reinforcement' (the OpenAI grader that scores answers)",
+                key="reinforcement.grader",
+            )
+        return self
 
     def hyperparameters(self) -> dict:
         section = getattr(self, self.type)
@@ -195,14 +243,17 @@ class JobRequest(BaseModel):
     @field_validator("method")
     @classmethod
     def _fits_model(cls, method: Method | None, info: ValidationInfo):
-        """An encoder's only method is supervised (contrastive, on query/positive pairs): DPO tunes a
-        decoder's answers and has no meaning for an embedding model."""
+        """An encoder's only method is supervised (contrastive, on query/positive pairs): DPO and
+        reinforcement tune a decoder's answers and have no meaning for an embedding model."""
         model = info.data.get("model")
-        if method and method.type == "dpo" and model and is_encoder(model):
+        tunes = {"dpo": "on preference pairs", "reinforcement": "on its sampled answers, scored by a grader"}
+        if method and method.type in tunes and model and is_encoder(model):
             raise rule(
-                "{where} 'dpo' tunes a decoder on preference pairs; {model} is an embedding model, "
+                "{where} {method} tunes a decoder {how}; {model} is an embedding model, "
                 "fine-tuned on query/positive pairs with method type 'supervised'",
                 key="type",
+                method=repr(method.type),
+                how=tunes[method.type],
                 model=repr(model),
             )
         return method
@@ -216,11 +267,14 @@ class JobRequest(BaseModel):
         return hyperparameters
 
     def job_hyperparameters(self) -> dict:
-        """What the job row keeps: the hyperparameters given, and the method unless it is supervised
-        (it travels with them, so the job table needs no column of its own)."""
+        """What the job row keeps: the hyperparameters given, and the method unless it is supervised,
+        with a reinforcement job's grader (they travel with them, so the job table needs no column
+        of its own)."""
         given = (self.hyperparameters.given() if self.hyperparameters else {}) or (
             self.method.hyperparameters() if self.method else {}
         )
         if self.method and self.method.type != "supervised":
             given["method"] = self.method.type
+        if self.method and self.method.reinforcement:
+            given["grader"] = self.method.reinforcement.grader
         return given

@@ -56,8 +56,16 @@ from tunesmith.runfolder import (
 )
 from tunesmith.serve.errors import APIError
 from tunesmith.serve.executors import FairExecutor
-from tunesmith.serve.jobs.policy import BASE_ENCODER_LR, BASE_LORA_LR, VAL_FRACTION, resolve_hyperparameters
-from tunesmith.serve.jobs.validate import DataCheck, check_job_files, check_pair_files
+from tunesmith.serve.jobs.policy import (
+    BASE_ENCODER_LR,
+    BASE_LORA_LR,
+    VAL_FRACTION,
+    auto_eval_interval,
+    group_size,
+    resolve_hyperparameters,
+    total_steps,
+)
+from tunesmith.serve.jobs.validate import DataCheck, check_graded_files, check_job_files, check_pair_files
 from tunesmith.serve.names import is_encoder, root_base
 from tunesmith.serve.redact import public
 from tunesmith.serve.storage import disk_full
@@ -94,7 +102,7 @@ def openai_metrics(row: dict) -> dict:
     if row.get(VAL_LOSS) is not None:
         out["valid_loss"] = row[VAL_LOSS]
         out["valid_mean_token_accuracy"] = row.get(VAL_ACCURACY)
-    for key in ("epoch", "lr", "tokens_per_second", "grad_norm", "peak_rss_mb", *DPO_METRICS):
+    for key in ("epoch", "lr", "tokens_per_second", "grad_norm", "peak_rss_mb", *DPO_METRICS, *RL_METRICS):
         if key in row:
             out[key] = row[key]
     return out
@@ -102,6 +110,30 @@ def openai_metrics(row: dict) -> dict:
 
 # What a DPO job reports besides its loss (train/dpo.py names them).
 DPO_METRICS = [f"{split}_{name}" for split in ("train", "val") for name in ("reward_accuracy", "reward_margin")]
+# What a reinforcement job reports (train/grpo.py): the grader's mean reward and pass rate first.
+RL_METRICS = [
+    *(f"{split}_{name}" for split in ("train", "val") for name in ("reward", "reward_std", "pass_rate")),
+    *(f"train_{name}" for name in ("kl", "clip_fraction", "answer_length", "rollout_seconds")),
+    "val_answer_length",
+]
+# The result file's columns (OpenAI's step_metrics.csv) and the metrics they are read from.
+CSV_COLUMNS = {
+    "step": "step",
+    "train_loss": TRAIN_LOSS,
+    "train_accuracy": TRAIN_ACCURACY,
+    "valid_loss": VAL_LOSS,
+    "valid_mean_token_accuracy": VAL_ACCURACY,
+}
+RL_CSV_COLUMNS = {
+    "train_reward": "train_reward",
+    "train_pass_rate": "train_pass_rate",
+    "valid_reward": "val_reward",
+    "valid_pass_rate": "val_pass_rate",
+}
+
+
+def _reinforcement(hyper: dict) -> bool:
+    return hyper.get("method") == "reinforcement"
 
 
 def fine_tuned_model_name(job: dict) -> str:
@@ -126,6 +158,8 @@ def _method(encoder: bool, hyper: dict) -> dict:
     fine-tuning on an encoder (the only way an embedding model learns from pairs)."""
     if encoder:
         return {"name": "full", "objective": "contrastive"}
+    if _reinforcement(hyper):  # GRPO on a LoRA adapter (docs/reinforcement.md)
+        return {"name": "grpo"}
     return {"name": "dpo", "beta": hyper["beta"]} if hyper.get("method") == "dpo" else {"name": "lora"}
 
 
@@ -343,13 +377,15 @@ class Worker:
                 "a validation_file or at least 2 training examples",
                 "training_file",
             )
-        hyper = resolve_hyperparameters(job["hyperparameters"], check.n_examples, is_encoder(job["model"]))
-        total_steps = math.ceil(check.n_train / hyper["batch_size"]) * hyper["n_epochs"]
-        if self.max_steps is not None and total_steps > self.max_steps:
+        hyper = resolve_hyperparameters(
+            job["hyperparameters"], check.n_examples, is_encoder(job["model"]), n_train=check.n_train
+        )
+        steps = total_steps(hyper, check.n_train)
+        if self.max_steps is not None and steps > self.max_steps:
             return self._fail(
                 job["id"],
                 "job_step_limit",
-                f"the job would train {total_steps} steps ({check.n_train} examples, batch_size "
+                f"the job would train {steps} steps ({check.n_train} examples, batch_size "
                 f"{hyper['batch_size']}, n_epochs {hyper['n_epochs']}); this server trains at most "
                 f"{self.max_steps} steps per job: lower n_epochs or raise batch_size",
             )
@@ -358,25 +394,36 @@ class Worker:
             only_if_status=("validating_files",),
             status="queued",
             hyperparameters=hyper,
-            total_steps=total_steps,
+            total_steps=steps,
         ):
+            graded = ""
+            if _reinforcement(hyper):
+                graded = (
+                    f", compute_multiplier={hyper['compute_multiplier']} ({group_size(hyper['compute_multiplier'])} "
+                    f"answers per prompt), eval_interval={hyper['eval_interval']}, "
+                    f"eval_samples={hyper['eval_samples']}"
+                )
             self.store.add_event(
                 job["id"],
                 f"Validated training file: {check.n_examples} examples"
                 + (f", validation file: {check.n_validation} examples" if validation else "")
                 + f"; hyperparameters: n_epochs={hyper['n_epochs']}, batch_size={hyper['batch_size']}, "
-                f"learning_rate_multiplier={hyper['learning_rate_multiplier']} ({total_steps} steps)",
+                f"learning_rate_multiplier={hyper['learning_rate_multiplier']}{graded} ({steps} steps)",
             )
             self._wake.set()
 
     def check_files(self, job: dict, train: dict, validation: dict | None) -> DataCheck:
         """The job's files (rows of the store) read by its trainer's own readers, on the data
         settings and seed its config will have."""
-        # Batch size and epochs do not change the data settings.
+        # Batch size, epochs and the rollouts' budget do not change the data settings.
         sizing = {"n_epochs": 1, "batch_size": 1, "learning_rate_multiplier": 1.0, "beta": 0.1}
+        sizing |= {"compute_multiplier": 1.0, "eval_interval": 1, "eval_samples": 1}
         config = self._job_config(job, {**job["hyperparameters"], **sizing}, 1)
         if is_encoder(job["model"]):
             return check_pair_files(train, validation, config.data, config.train.seed)
+        if _reinforcement(job["hyperparameters"]):
+            grader = job["hyperparameters"]["grader"]
+            return check_graded_files(train, validation, grader, config.data, config.train.seed)
         dpo = job["hyperparameters"].get("method") == "dpo"
         return check_job_files(train, validation, self._start_model(job), config.data, config.train.seed, pairs=dpo)
 
@@ -403,17 +450,26 @@ class Worker:
                 "seed": job["seed"],
                 # ~100 metrics lines, ~10 evaluations and ~5 checkpoints per run, whatever its length
                 "log_every": math.ceil(total / 100),
-                "eval_every": math.ceil(total / 10),
+                "eval_every": hyper.get("eval_interval") or auto_eval_interval(total),
                 "save_every": math.ceil(total / 5),
                 "warmup_steps": min(10, total // 10),
             },
             "eval": {"samples": 0},  # the before/after sample table is for the CLI; the API has events
             "out_dir": str(Path(job["run_dir"]) / "out"),
         }
+        overrides = list(self.train_overrides)
+        if _reinforcement(hyper):
+            raw["rl"] = {
+                "grader": hyper["grader"],
+                "group_size": group_size(hyper["compute_multiplier"]),
+                "eval_samples": hyper["eval_samples"],
+            }
+        else:  # the rl section is GRPO's: an rl.* override of the server applies to reinforcement jobs only
+            overrides = [o for o in overrides if not o.startswith("rl.")]
         for integration in job.get("integrations") or []:  # OpenAI's integrations: only wandb exists
             raw["train"]["report_to"] = ["wandb"]
             raw["train"]["wandb"] = {"name": job["id"], **integration["wandb"]}
-        return config_from_dict(apply_overrides(raw, list(self.train_overrides)), "job config")
+        return config_from_dict(apply_overrides(raw, overrides), "job config")
 
     def _write_config(self, job: dict) -> Path:
         from tunesmith.config import dump_config
@@ -509,12 +565,7 @@ class Worker:
                 continue
             last_step = step
             data = openai_metrics(row)
-            text = f"Step {step}" + (f"/{total}" if total else "")
-            if isinstance(data.get("train_loss"), (int, float)):
-                text += f": training loss={data['train_loss']:.4f}"
-            if isinstance(data.get("valid_loss"), (int, float)):
-                text += f", validation loss={data['valid_loss']:.4f}"
-            self.store.add_event(job["id"], text, type="metrics", data=data)
+            self.store.add_event(job["id"], _step_text(data, step, total), type="metrics", data=data)
         fields = {"metrics_offset": offset + end, "last_metrics_step": last_step}
         done = last_step - run.start_step
         if total and done > 0:
@@ -632,17 +683,11 @@ class Worker:
         file_id = csv_path.stem
         buffer = io.StringIO()
         writer = csv.writer(buffer)
-        writer.writerow(["step", "train_loss", "train_accuracy", "valid_loss", "valid_mean_token_accuracy"])
+        columns = CSV_COLUMNS | (RL_CSV_COLUMNS if _reinforcement(job["hyperparameters"]) else {})
+        writer.writerow(columns)
         for row in read_metrics(run.out_dir):
-            writer.writerow(
-                [
-                    row.get("step"),
-                    row.get(TRAIN_LOSS),
-                    row.get(TRAIN_ACCURACY),
-                    row.get(VAL_LOSS, ""),
-                    row.get(VAL_ACCURACY, ""),
-                ]
-            )
+            # A step without a value is empty: no evaluation at that step, no token accuracy in GRPO.
+            writer.writerow([row.get(key) for key in columns.values()])
         write_text_atomic(csv_path, buffer.getvalue())
         self.store.add_file(
             file_id,
@@ -674,6 +719,22 @@ class Worker:
             self.store.add_event(job["id"], "The job has successfully completed")
         else:
             self.store.delete_model(job["org_id"], model)
+
+
+def _step_text(data: dict, step: int, total: int | None) -> str:
+    """A metrics event's message: "Step 3/10: training loss=0.4121, reward=0.5000, pass rate=0.50, ..."."""
+    shown = [
+        ("training loss", "train_loss", ".4f"),
+        ("reward", "train_reward", ".4f"),
+        ("pass rate", "train_pass_rate", ".2f"),
+        ("validation loss", "valid_loss", ".4f"),
+        ("validation reward", "val_reward", ".4f"),
+        ("validation pass rate", "val_pass_rate", ".2f"),
+    ]
+    if "val_reward" in data:  # GRPO's validation loss is minus its reward: said once is enough
+        shown.remove(("validation loss", "valid_loss", ".4f"))
+    parts = [f"{name}={data[key]:{spec}}" for name, key, spec in shown if isinstance(data.get(key), (int, float))]
+    return f"Step {step}" + (f"/{total}" if total else "") + (": " + ", ".join(parts) if parts else "")
 
 
 def parse_trainer_command(text: str | None) -> list[str] | None:

@@ -114,3 +114,37 @@ def check_pair_files(train: dict, validation: dict | None, data: DataConfig, see
         return files.refused(re.sub(r"^(.+?):(\d+): ", r"\1 line \2: ", str(error)))
     kept, held = (pairs, held) if held is not None else split_off(pairs, data.val_fraction, seed)
     return DataCheck(True, len(pairs), len(kept), len(held))
+
+
+def check_graded_files(train: dict, validation: dict | None, grader: dict, data: DataConfig, seed: int) -> DataCheck:
+    """A reinforcement job's prompts as the GRPO trainer reads and splits them (train/rollout.py):
+    OpenAI reinforcement JSONL whose lines hold every item field ``grader`` reads. Read without a
+    tokenizer, in a moment: the job's create answers with the file, lines and fields at fault."""
+    from tunesmith.data.prepare import split_indices
+    from tunesmith.graders.data import read_graded
+    from tunesmith.graders.schema import parse_grader
+
+    files = _Files(train, validation)
+    parsed = parse_grader(grader)  # the route checked it: it parses
+    counts = {}
+    for param, row in files.rows.items():
+        if row is None:
+            continue
+        try:
+            loaded = read_graded(row["path"], parsed)
+        except TunesmithError as error:  # not UTF-8, no examples at all
+            return files.refused(str(error))
+        if loaded.errors:
+            bad = list(dict.fromkeys(e.line for e in loaded.errors))
+            lines = ", ".join(map(str, bad[:20]))
+            message = (
+                f"{param} {files.names[param]} has {len(bad)} invalid line(s) (lines {lines}): "
+                f"{_describe(loaded.errors)}"
+            )
+            return DataCheck(False, message=files.named(message), param=param)
+        counts[param] = len(loaded.examples)
+    n_examples = counts["training_file"]
+    if validation:
+        return DataCheck(True, n_examples, n_examples, counts["validation_file"])
+    kept, held = split_indices(n_examples, data.val_fraction, seed)
+    return DataCheck(True, n_examples, len(kept), len(held) if held is not None else 0)

@@ -42,32 +42,41 @@ def _graders(grader):
     return list(grader.graders.values()) if isinstance(grader, Multi) else [grader]
 
 
-def add_routes(app: FastAPI) -> None:
-    from tunesmith.graders import Context, GraderError, grade, make_sample, parse_grader
+def checked_grader(raw, where: str = "grader"):
+    """``raw`` (OpenAI's grader JSON, found at the request's ``where``) as a Grader that can run here,
+    or a 400 naming the field: what the validate route answers, and what a reinforcement job's
+    create answers before any training."""
+    from tunesmith.graders import GraderError, parse_grader
     from tunesmith.graders.schema import ScoreModel
     from tunesmith.models import BUILTIN_MODELS
+
+    try:
+        grader = parse_grader(raw)
+    except GraderError as error:
+        param = f"{where}.{error.param}" if error.param else where
+        raise APIError(400, f"invalid grader: {error}", param=param, code="invalid_grader") from None
+    for i, sub in enumerate(_graders(grader)):
+        if isinstance(sub, ScoreModel) and sub.model not in BUILTIN_MODELS:
+            param = f"{where}.model" if sub is grader else f"{where}.graders.{list(grader.graders)[i]}.model"
+            raise APIError(
+                400,
+                f"invalid grader: {param}: {sub.model!r} is not a model this server grades with "
+                f"(one of {', '.join(BUILTIN_MODELS)})",
+                param=param,
+                code="invalid_grader",
+            )
+    return grader
+
+
+def add_routes(app: FastAPI) -> None:
+    from tunesmith.graders import Context, grade, make_sample
 
     context = Context()  # judges and the cosine encoder load once and stay loaded
 
     def parsed(body: dict):
         if "grader" not in body:
             raise APIError(400, "missing required parameter 'grader'", param="grader", code="invalid_request")
-        try:
-            grader = parse_grader(body["grader"])
-        except GraderError as error:
-            param = f"grader.{error.param}" if error.param else "grader"
-            raise APIError(400, f"invalid grader: {error}", param=param, code="invalid_grader") from None
-        for i, sub in enumerate(_graders(grader)):
-            if isinstance(sub, ScoreModel) and sub.model not in BUILTIN_MODELS:
-                where = "grader.model" if sub is grader else f"grader.graders.{list(grader.graders)[i]}.model"
-                raise APIError(
-                    400,
-                    f"invalid grader: {where}: {sub.model!r} is not a model this server grades with "
-                    f"(one of {', '.join(BUILTIN_MODELS)})",
-                    param=where,
-                    code="invalid_grader",
-                )
-        return grader
+        return checked_grader(body["grader"])
 
     @app.post("/v1/fine_tuning/alpha/graders/validate", openapi_extra=json_request(GraderValidateRequest))
     async def validate(request: Request, org: Org):

@@ -18,6 +18,7 @@ from tunesmith.serve.errors import APIError, found, too_many
 from tunesmith.serve.jobs.request import METHODS, JobRequest
 from tunesmith.serve.names import is_encoder
 from tunesmith.serve.openapi import json_request
+from tunesmith.serve.routes.graders import checked_grader
 from tunesmith.serve.routes.params import Limit, Org, json_body, page, parse
 from tunesmith.serve.settings import ServeSettings
 from tunesmith.serve.store import TERMINAL, Store, new_id, now
@@ -25,7 +26,11 @@ from tunesmith.serve.store import TERMINAL, Store, new_id, now
 
 def job_object(row: dict) -> dict:
     method = row["hyperparameters"].get("method", "supervised")
-    hyper = {k: row["hyperparameters"].get(k, "auto") for k in METHODS[method].model_fields}
+    fields = METHODS[method].model_fields
+    hyper = {k: row["hyperparameters"].get(k, fields[k].default) for k in fields}  # "auto", or "default"
+    section = {"hyperparameters": hyper}
+    if method == "reinforcement":
+        section = {"grader": row["hyperparameters"]["grader"], **section}
     return {
         "id": row["id"],
         "object": "fine_tuning.job",
@@ -46,7 +51,7 @@ def job_object(row: dict) -> dict:
         "integrations": row["integrations"],
         "metadata": row["metadata"],
         "user_provided_suffix": row["suffix"],
-        "method": {"type": method, method: {"hyperparameters": hyper}},
+        "method": {"type": method, method: section},
         "procs": row["procs"],  # tunesmith: training processes (tunesmith serve --procs-per-job)
     }
 
@@ -124,6 +129,9 @@ def add_routes(app: FastAPI) -> None:
     async def create_job(request: Request, org: Org):
         # Read as JSON whatever its Content-Type, as it always was (a body parameter would need JSON's).
         spec = parse(JobRequest, await json_body(request))
+        graded = spec.method is not None and spec.method.type == "reinforcement"
+        if graded:  # a grader that cannot run is refused now, not found an hour into training
+            checked_grader(spec.method.reinforcement.grader, "method.reinforcement.grader")
         train, validation_row = _check_sources(spec, store, org)
         app.state.storage.check_free()  # 507 below the floor: a trainer would fill the disk for everyone
         if store.count_active_jobs(org["id"]) >= settings.max_active_jobs_per_org:
@@ -146,9 +154,10 @@ def add_routes(app: FastAPI) -> None:
             # Encoder runs train in one process (encoders/recipe.py refuses several).
             "procs": 1 if is_encoder(spec.model) else settings.procs_per_job,
         }
-        if is_encoder(spec.model):
-            # Pairs are read in a moment, without a tokenizer: a bad line is this request's 400, not a
-            # failed job (a decoder's files are tokenized, which takes too long to wait for here).
+        if is_encoder(spec.model) or graded:
+            # Pairs and graded prompts are read in a moment, without a tokenizer: a bad line (a field
+            # the grader reads and the line lacks) is this request's 400, not a failed job (a
+            # decoder's labelled files are tokenized, which takes too long to wait for here).
             check = await validation.run(org["id"], worker.check_files, job, train, validation_row)
             if not check.ok:
                 raise APIError(400, check.message, param=check.param, code=f"invalid_{check.param}")
