@@ -307,11 +307,41 @@ class TrainConfig(_Strict):
         return require_trackers(list(dict.fromkeys(names)))
 
 
+class RagConfig(_Strict):
+    """eval.rag: retrieved passages in the prompt, as two more variants (docs/evaluation.md)."""
+
+    corpus: str = Field(
+        description="The passages to retrieve from: JSON Lines with `id` and `text` (and an optional `title`) per "
+        "line, a BEIR folder, or a .txt file of blank-line separated passages (id: the line a passage starts on)."
+    )
+    retriever: str = Field(
+        "bm25",
+        min_length=1,
+        description="`bm25` (Okapi on lower-cased words), `hybrid` (BM25 and rag.encoder fused by reciprocal "
+        "rank), or an encoder that ranks by the cosine of pooled embeddings: a built-in name (`minilm-l6`), a "
+        "sentence-transformers folder or an encoder run folder.",
+    )
+    encoder: str = Field("minilm-l6", min_length=1, description="`hybrid` only: the dense retriever fused with BM25.")
+    k: int = Field(3, ge=1, description="Passages put in each prompt, best first.")
+
+    @model_validator(mode="after")
+    def _encoder_is_for_hybrid(self):
+        if self.retriever != "hybrid" and self.encoder != type(self).model_fields["encoder"].default:
+            raise ValueError(f"eval.rag.encoder only applies to retriever=hybrid (got retriever={self.retriever})")
+        return self
+
+
+EvalTask = Literal["generation", "qa", "classification", "text", "retrieval", "preference", "tool_calls", "graded"]
+# The tasks whose test items are prompts answered by a decoder (evaluate/run.py): where eval.rag applies.
+PROMPTED_TASKS = ("generation", "qa", "classification", "text")
+
+
 class EvalConfig(_Strict):
-    task: Literal["generation", "classification", "text", "retrieval", "preference", "tool_calls", "graded"] = Field(
+    task: EvalTask = Field(
         "generation",
-        description="Metrics: generation (BLEU...), classification (accuracy), text (perplexity), "
-        "retrieval (nDCG@10, MRR@10, Recall@100, P@10 of an encoder over a BEIR folder), "
+        description="Metrics: generation (BLEU...), qa (short answers: the share that contains a reference, and "
+        "exact match, both after normalising case, punctuation and articles), classification (accuracy), text "
+        "(perplexity), retrieval (nDCG@10, MRR@10, Recall@100, P@10 of an encoder over a BEIR folder), "
         "preference (held-out pairs: preference accuracy and log-prob margins), "
         "tool_calls (BFCL's AST match of the calls made: exact-call, name and argument accuracy, JSON validity, "
         "no-call accuracy, per category; test items carry `possible_answer`, see data/tool_calling/SOURCE.md), "
@@ -350,6 +380,20 @@ class EvalConfig(_Strict):
         "and few-shot on the same test texts, each prompted with the label set: an encoder or an LLM for this task?",
     )
     samples: int = Field(5, ge=0, description="Held-out items printed side by side after training.")
+    rag: RagConfig | None = Field(
+        None,
+        description="Retrieval-augmented variants: the base and the fine-tuned model with the top-k passages of "
+        "{corpus, retriever, k} before each question, scored against fine-tuning (docs/evaluation.md).",
+    )
+
+    @model_validator(mode="after")
+    def _rag_needs_prompts(self):
+        if self.rag is not None and self.task not in PROMPTED_TASKS:
+            raise ValueError(
+                f"eval.rag puts passages into prompts: it applies to eval.task {', '.join(PROMPTED_TASKS)}, "
+                f"not {self.task}"
+            )
+        return self
 
 
 class RLConfig(_Strict):

@@ -156,3 +156,19 @@ def test_paired_difference_sees_a_consistent_gain_that_unpaired_intervals_blur()
     assert sep_a.low < sep_b.high  # unpaired: overlapping, inconclusive
     with pytest.raises(ValueError, match="same items"):
         metrics.paired_difference(a, metrics.accuracy_stats(["x"], ["x"]))
+
+
+@pytest.mark.parametrize(
+    ("answer", "reference", "exact", "contains"),
+    [
+        ("The Vell.", "Vell", True, True),  # case, punctuation and articles do not count
+        ("12400", "12,400", True, True),
+        ("It was founded in 1632.", "1632", False, True),  # the answer in a sentence
+        ("In 16320.", "1632", False, False),  # whole words only
+        ("Orla", "Orla Vennick", False, False),
+        ("", "1632", False, False),
+    ],
+)
+def test_qa_answers_match_after_normalisation(answer, reference, exact, contains):
+    assert metrics.normalised_exact_match_stats([answer], [[reference]]).score() == (100.0 if exact else 0.0)
+    assert metrics.contains_stats([answer], [[reference]]).score() == (100.0 if contains else 0.0)

@@ -1,4 +1,5 @@
-"""Encoder data: query/positive pairs, BEIR retrieval folders, text/label files, raw text.
+"""Encoder data: query/positive pairs, BEIR retrieval folders, text/label files, raw text, passages
+to retrieve from (eval.rag).
 
 Every reader checks every line and raises one error naming the file, the line and the field of
 the first problem (and how many lines have problems), the way `tunesmith validate` does for chat data.
@@ -14,6 +15,7 @@ from tunesmith.errors import TunesmithError
 
 PAIR_KEYS = (("query", "positive"), ("negative",))
 LABEL_KEYS = (("text", "label"), ())
+PASSAGE_KEYS = (("text",), ("id", "_id", "title"))
 # BEIR's conventional qrels file for each role a split plays in a config.
 BEIR_SPLITS = {"train": "train", "validation": "dev", "test": "test"}
 
@@ -231,3 +233,53 @@ def read_texts(path: str, columns: dict[str, str] | None = None) -> list[str]:
     loaded = read_examples(path, "text")
     _raise_first([e for e in loaded.errors if e.severity == "error"], "text")
     return _non_empty([e.text for e in loaded.examples], path)
+
+
+@dataclass(frozen=True)
+class Passages:
+    """A retrieval corpus: ids and texts in file order."""
+
+    ids: list[str]
+    texts: list[str]
+
+
+def _passage_id(obj: dict, problems: list[tuple[str, str]]) -> str | None:
+    keys = [k for k in ("id", "_id") if k in obj]
+    if len(keys) != 1:
+        problems.append(("id", "missing key" if not keys else "give `id` or `_id`, not both"))
+        return None
+    ident = obj[keys[0]]
+    if isinstance(ident, bool) or not isinstance(ident, (str, int)) or str(ident).strip() == "":
+        problems.append((keys[0], f"expected a non-empty string or integer, got {json_type(ident)}"))
+        return None
+    return str(ident)
+
+
+def read_passages(path: str) -> Passages:
+    """Passages to retrieve from: JSON Lines `{"id", "text", "title"?}` (BEIR's `_id` too; a title is
+    prepended as BEIR does), a BEIR folder (its corpus.jsonl), or a .txt file of blank-line separated
+    passages, each known by the number of the line it starts on."""
+    if Path(path).is_dir():
+        corpus = _read_id_texts(Path(path) / "corpus.jsonl")
+        return Passages(list(corpus), list(corpus.values()))
+    if Path(path).suffix.lower() == ".txt":
+        loaded = read_examples(path, "text")
+        _raise_first([e for e in loaded.errors if e.severity == "error"], "passage")
+        return Passages([str(e.line) for e in loaded.examples], [e.text for e in loaded.examples])
+    ids, texts, seen, errors = [], [], set(), []
+    for line, obj, problems in _json_objects(path, PASSAGE_KEYS):
+        if obj is not None:
+            ident = _passage_id(obj, problems)
+            text = _string(obj, "text", problems) if "text" in obj else None
+            if ident in seen:
+                problems.append(("id", f"duplicate id {ident!r}"))
+            if not problems:
+                title = obj.get("title")
+                seen.add(ident)
+                ids.append(ident)
+                texts.append(f"{title}. {text}" if isinstance(title, str) and title.strip() else text)
+        errors += [LineError(path, line, field, reason) for field, reason in problems]
+    _raise_first(errors, "passage")
+    if not ids:
+        raise TunesmithError(f"{path}: no passages")
+    return Passages(ids, texts)

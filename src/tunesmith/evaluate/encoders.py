@@ -16,14 +16,12 @@ and head; with `eval.decoder`, also that LLM zero-shot and few-shot (evaluate/ru
 label scoring) on the same texts, so the gain is over the best of an encoder and an LLM without
 training.
 
-Embeddings are computed in length-sorted batches, normalised once, and cached under
-`$TUNESMITH_HOME/embeddings` keyed by the model's weights, its pooling and the texts, so the base
-encoder's corpus is embedded once however many runs compare against it.
+Embeddings are computed in length-sorted batches, normalised once, and cached (evaluate/embedding_cache.py),
+so the base encoder's corpus is embedded once however many runs compare against it.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import tempfile
 from pathlib import Path
@@ -36,6 +34,7 @@ from tunesmith.encoders.data import LabelledText, read_beir, read_labelled
 from tunesmith.encoders.model import Encoder, load_encoder
 from tunesmith.errors import TunesmithError
 from tunesmith.evaluate import metrics
+from tunesmith.evaluate.embedding_cache import embed_cached
 from tunesmith.evaluate.retrieval_metrics import DEPTH, RRF_K, fuse, query_groups, rank, retrieval_stats
 from tunesmith.evaluate.run import base_variants, load_test_items
 from tunesmith.evaluate.variants import (
@@ -48,7 +47,6 @@ from tunesmith.evaluate.variants import (
     run_folder,
     write_result,
 )
-from tunesmith.paths import atomic_file, tunesmith_home
 from tunesmith.precision import autocast, default_device
 from tunesmith.runfolder import HEAD_FILE
 
@@ -56,28 +54,6 @@ SIDE_BY_SIDE = 10
 # Late interaction: query tokens x document tokens scored at a time (a [queries, documents] block of
 # MaxSim): ~256 MB of float32 similarities at 32 tokens a query and 256 a document.
 LATE_QUERIES, LATE_DOCUMENTS = 64, 128
-
-
-def _cache_key(encoder: Encoder, texts: list[str]) -> str:
-    digest = hashlib.sha256()
-    for weights in sorted(Path(encoder.path).glob("*.safetensors")):
-        stat = weights.stat()
-        digest.update(f"{weights.resolve()}:{stat.st_size}:{stat.st_mtime_ns}".encode())
-    digest.update(repr(encoder.pooling).encode())
-    for text in texts:
-        digest.update(hashlib.sha256(text.encode()).digest())
-    return digest.hexdigest()[:32]
-
-
-def embed_cached(encoder: Encoder, texts: list[str], what: str, batch_size: int) -> np.ndarray:
-    """`encoder.encode(texts)`, read from / written to the embedding cache."""
-    path = tunesmith_home() / "embeddings" / f"{_cache_key(encoder, texts)}.npy"
-    if path.is_file():
-        return np.load(path)
-    out = encoder.encode(texts, batch_size, progress=f"embedding {len(texts)} {what}")
-    with atomic_file(path) as fh:
-        np.save(fh, out)
-    return out
 
 
 def _variant(stats: dict, config: Config, outputs: list[str], mean_tokens: float | None) -> dict:
@@ -308,6 +284,10 @@ def run_encoder_classification(config: Config, finetuned: str | None, out_dir: s
 
 
 def run_encoder_evaluation(config: Config, finetuned: str | None, out_dir: str) -> dict:
+    if config.eval.rag is not None:
+        raise TunesmithError(
+            f"eval.rag puts passages into a decoder's prompts; an encoder run ({config.method.objective}) has none"
+        )
     if config.method.objective == "classification":
         return run_encoder_classification(config, finetuned, out_dir)
     if config.eval.task != "retrieval":

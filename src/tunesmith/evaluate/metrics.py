@@ -14,6 +14,7 @@ table of them reads on one scale with BLEU and chrF.
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -137,6 +138,37 @@ def exact_match_stats(hypotheses: Sequence[str], references: Sequence[Sequence[s
     """Share of items whose output equals one of its references after stripping whitespace."""
     return share_stats(
         [hyp.strip() in {ref.strip() for ref in refs} for hyp, refs in zip(hypotheses, references, strict=True)]
+    )
+
+
+ARTICLES = re.compile(r"\b(a|an|the)\b")
+NOT_WORD = re.compile(r"[^\w\s]")
+
+
+def normalise_answer(text: str) -> str:
+    """SQuAD's answer normalisation: lower case, punctuation and the articles a/an/the removed, runs
+    of whitespace made one space ("The Harbour, 1,204." -> "harbour 1204")."""
+    return " ".join(ARTICLES.sub(" ", NOT_WORD.sub("", text.lower())).split())
+
+
+def normalised_exact_match_stats(hypotheses: Sequence[str], references: Sequence[Sequence[str]]) -> ItemStats:
+    """Share of items whose normalised output equals one of its normalised references."""
+    return share_stats(
+        [
+            normalise_answer(hyp) in {normalise_answer(ref) for ref in refs}
+            for hyp, refs in zip(hypotheses, references, strict=True)
+        ]
+    )
+
+
+def contains_stats(hypotheses: Sequence[str], references: Sequence[Sequence[str]]) -> ItemStats:
+    """Share of items whose normalised output holds one of its normalised references as whole words: an
+    answer given in a sentence counts ("It was founded in 1987." holds "1987"; "19870" does not)."""
+    return share_stats(
+        [
+            any(f" {normalise_answer(ref)} " in f" {normalise_answer(hyp)} " for ref in refs if normalise_answer(ref))
+            for hyp, refs in zip(hypotheses, references, strict=True)
+        ]
     )
 
 

@@ -23,9 +23,11 @@ VARIANT_TITLES = {
     "zero_shot": "base, zero-shot",
     "zero_shot_maxsim": "base, zero-shot, late interaction (MaxSim)",
     "few_shot": "base, few-shot",
+    "base_rag": "base + retrieved",
     "decoder_zero_shot": "decoder, zero-shot",
     "decoder_few_shot": "decoder, few-shot",
     "finetuned": "fine-tuned",
+    "finetuned_rag": "fine-tuned + retrieved",
     "hybrid_zero_shot": "BM25 + base (hybrid)",
     "hybrid_zero_shot_maxsim": "BM25 + base late interaction (hybrid)",
     "hybrid_finetuned": "BM25 + fine-tuned (hybrid)",
@@ -71,6 +73,12 @@ def _quality(result: dict) -> Section:
         notes.append(
             f"few-shot: {few['mean_shots']:.1f} examples per prompt on average (budget {few['budget']} tokens)."
         )
+    if result.get("rag"):
+        rag = result["rag"]
+        notes.append(
+            f"+ retrieved: the top {rag['k']} of the {rag['passages']} passages of {rag['corpus']} by "
+            f"{rag['retriever']}, before the question in its user turn (docs/evaluation.md)."
+        )
     if result["task"] == "classification":
         notes.append(
             "accuracy and macro-F1 use constrained scoring: the label (plus end-of-turn token) with "
@@ -110,6 +118,21 @@ def _hybrid_gain(result: dict) -> Section:
     )
 
 
+def _rag_gain(result: dict) -> Section:
+    rows = [
+        [VARIANT_TITLES[tuned], *row]
+        for tuned, by_metric in result["rag_gain"].items()
+        for row in _gain_rows(by_metric)
+    ]
+    said = {
+        "base_rag": "base + retrieved minus the better of base zero-shot and few-shot",
+        "finetuned": "fine-tuned minus base + retrieved (is retrieval alone enough?)",
+        "finetuned_rag": "fine-tuned + retrieved minus the best other variant",
+    }
+    notes = ["; ".join(said[tuned] for tuned in result["rag_gain"]).capitalize() + "; paired bootstrap intervals."]
+    return Section("rag", "Does retrieval help?", ["variant", *GAIN_HEADERS], rows, notes)
+
+
 def _cost(result: dict) -> Section:
     rows = [
         [
@@ -121,6 +144,13 @@ def _cost(result: dict) -> Section:
         for v, data in result["variants"].items()
     ]
     notes = []
+    variants = result["variants"]
+    if "base_rag" in variants:
+        passages = variants["base_rag"]["cost"]["prompt_tokens"] - variants["zero_shot"]["cost"]["prompt_tokens"]
+        notes.append(
+            f"+ retrieved: the {result['rag']['k']} passages add {_fmt(passages, 1)} prompt tokens per request "
+            "(counted in its prompt tokens)."
+        )
     training = result.get("training")
     if training:
         notes.append(
@@ -152,6 +182,9 @@ def _samples(result: dict) -> Section:
         [s["input"], "\n".join(s["references"]), *(s[v] if s[v] is not None else "-" for v in shown)] for s in samples
     ]
     headers = ["input", "reference", *(VARIANT_TITLES[v] for v in shown)]
+    if samples and "retrieved" in samples[0]:
+        rows = [[*row, ", ".join(s["retrieved"])] for row, s in zip(rows, samples, strict=True)]
+        headers.append("retrieved passages")
     return Section("samples", "Test items side by side", headers, rows)
 
 
@@ -210,11 +243,13 @@ STYLE = (
 
 def write_reports(result: dict, folder: Path) -> None:
     hybrid = [_hybrid_gain(result)] if result.get("hybrid_gain") else []
+    rag = [_rag_gain(result)] if result.get("rag_gain") else []
     sections = [
         _verdict(result),
         _quality(result),
         _gain(result),
         *hybrid,
+        *rag,
         _cost(result),
         _forgetting(result),
         _samples(result),

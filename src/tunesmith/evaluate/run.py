@@ -1,10 +1,16 @@
-"""`tunesmith eval`: the same held-out items through three variants, with cost next to quality.
+"""`tunesmith eval`: the same held-out items through every variant, with cost next to quality.
 
 Variants: the base model zero-shot, the base model few-shot (training examples as earlier chat
-turns), and the fine-tuned model zero-shot. Metrics depend on ``eval.task``:
+turns), and the fine-tuned model zero-shot; with ``eval.rag``, also the base and the fine-tuned
+model with retrieved passages in the prompt (evaluate/rag.py), retrieved once for both. Metrics
+depend on ``eval.task``:
 
 * generation: corpus BLEU and chrF, ROUGE-L and exact match, each against all references of an
   item (test lines with the same prompt are one item with several references);
+* qa: short answers to questions: the share of answers that contain a reference as whole words,
+  and exact match, both after SQuAD's normalisation (metrics.normalise_answer); references grouped
+  as for generation. Contains comes first (the verdict's metric): a model that answers in a
+  sentence knows the fact as well as one that answers in a word;
 * classification: the prediction is the label whose tokens (followed by the end-of-turn token,
   so a label that is the prefix of another cannot win by stopping early) have the highest
   *mean* log-prob per token under the model. Mean rather than sum, so multi-token labels are not
@@ -27,6 +33,7 @@ from tunesmith.chat.tools import Tool
 from tunesmith.config import Config, EvalConfig
 from tunesmith.data.formats import Message, read_examples, split_prompt, with_system
 from tunesmith.data.tokenize import encode_chat
+from tunesmith.encoders.data import read_passages
 from tunesmith.errors import TunesmithError
 from tunesmith.evaluate import metrics
 from tunesmith.evaluate.baselines import (
@@ -37,6 +44,7 @@ from tunesmith.evaluate.baselines import (
     few_shot_prompt,
 )
 from tunesmith.evaluate.loglikelihood import continuation_logprobs, label_logprobs
+from tunesmith.evaluate.rag import Retrieved, describe, question, retrieve, with_context
 from tunesmith.evaluate.variants import (
     bootstrap_ci,
     empty_result,
@@ -54,7 +62,10 @@ from tunesmith.models import load_model, load_tokenizer, resolve_model_path
 from tunesmith.models.vocabulary import load_model_for, load_tokenizer_for
 from tunesmith.precision import autocast, default_device
 
-VARIANTS = ("zero_shot", "few_shot", "finetuned")
+VARIANTS = ("zero_shot", "few_shot", "base_rag", "finetuned", "finetuned_rag")
+RAG_VARIANTS = ("base_rag", "finetuned_rag")  # only with eval.rag
+# The alternatives to fine-tuning that need no training: the fine-tune's gain is over the best of them.
+UNTRAINED = ("zero_shot", "few_shot", "base_rag")
 SIDE_BY_SIDE = 10
 # A valid label is at most its own tokens plus a few whitespace tokens around it, so longer free
 # generations cannot parse and need not be produced.
@@ -95,7 +106,7 @@ def load_test_items(config: Config) -> list[TestItem]:
         if split is None:
             raise TunesmithError(f"{path}:{example.line}: no assistant answer to evaluate against")
         prompt, answer = split
-        key = prompt if task == "generation" else n
+        key = prompt if task in ("generation", "qa") else n
         if key in items:
             items[key] = replace(items[key], references=(*items[key].references, answer))
         else:
@@ -122,16 +133,27 @@ def _answer_ids(tokenizer, text: str) -> list[int]:
     return tokenizer(text, add_special_tokens=False).input_ids + [tokenizer.eos_token_id]
 
 
-def _score_generation(model, tokenizer, prompts, items, settings: EvalConfig) -> dict:
+def _generated(model, tokenizer, prompts, items, settings: EvalConfig, table: dict) -> dict:
+    """Greedy (or sampled) answers scored against each item's references by every metric of `table`."""
     out = generate_answers(model, tokenizer, prompts, settings, settings.max_new_tokens)
     refs = [item.references for item in items]
+    scored = {name: stats(out.texts, refs) for name, stats in table.items()}
+    return {"metrics": scored, "outputs": out.texts, "generation": out}
+
+
+def _score_generation(model, tokenizer, prompts, items, settings: EvalConfig) -> dict:
     table = {
-        "bleu": metrics.bleu_stats(out.texts, refs),
-        "rouge_l": metrics.rouge_l_stats(out.texts, refs),
-        "chrf": metrics.chrf_stats(out.texts, refs),
-        "exact_match": metrics.exact_match_stats(out.texts, refs),
+        "bleu": metrics.bleu_stats,
+        "rouge_l": metrics.rouge_l_stats,
+        "chrf": metrics.chrf_stats,
+        "exact_match": metrics.exact_match_stats,
     }
-    return {"metrics": table, "outputs": out.texts, "generation": out}
+    return _generated(model, tokenizer, prompts, items, settings, table)
+
+
+def _score_qa(model, tokenizer, prompts, items, settings: EvalConfig) -> dict:
+    table = {"contains": metrics.contains_stats, "exact_match": metrics.normalised_exact_match_stats}
+    return _generated(model, tokenizer, prompts, items, settings, table)
 
 
 def _score_classification(model, tokenizer, prompts, items, settings: EvalConfig) -> dict:
@@ -169,7 +191,12 @@ def _score_text(model, tokenizer, prompts, items, settings: EvalConfig) -> dict:
     return {"metrics": {"perplexity": stats}, "outputs": ["" for _ in items], "generation": None}
 
 
-SCORERS = {"generation": _score_generation, "classification": _score_classification, "text": _score_text}
+SCORERS = {
+    "generation": _score_generation,
+    "qa": _score_qa,
+    "classification": _score_classification,
+    "text": _score_text,
+}
 
 
 def _prompt_ids(tokenizer, item: TestItem, system: str | None) -> list[int]:
@@ -192,12 +219,32 @@ def _general_text_perplexity(model, tokenizer, path: str, window: int, settings:
     return bootstrap_ci(stats, settings)
 
 
-def base_variants(config: Config, items: list[TestItem], result: dict) -> None:
+def _with_passages(items: list[TestItem], retrieved: list[Retrieved]) -> list[TestItem]:
+    return [replace(item, prompt=with_context(item.prompt, r)) for item, r in zip(items, retrieved, strict=True)]
+
+
+def _answer_all(model, tokenizer, items, config: Config, retrieved: list[Retrieved] | None, names: tuple[str, str]):
+    """{names[0]: the items answered zero-shot, names[1]: with their retrieved passages (when there are)}."""
+
+    def answer(asked: list[TestItem]) -> dict:
+        prompts = [_prompt_ids(tokenizer, item, config.data.system) for item in asked]
+        return evaluate_variant(model, tokenizer, prompts, items, config.eval, SCORERS[config.eval.task])
+
+    out = {names[0]: answer(items)}
+    if retrieved is not None:
+        out[names[1]] = answer(_with_passages(items, retrieved))
+    return out
+
+
+def base_variants(
+    config: Config, items: list[TestItem], result: dict, retrieved: list[Retrieved] | None = None
+) -> None:
+    """The base model zero-shot, few-shot and (with `retrieved`) with the retrieved passages."""
     settings = config.eval
     loaded = load_model_for(config)
     model, tokenizer = prepare_model(loaded), loaded.tokenizer
-    zero = [_prompt_ids(tokenizer, item, config.data.system) for item in items]
-    result["variants"]["zero_shot"] = evaluate_variant(model, tokenizer, zero, items, settings, SCORERS[settings.task])
+    answered = _answer_all(model, tokenizer, items, config, retrieved, ("zero_shot", "base_rag"))
+    result["variants"]["zero_shot"] = answered["zero_shot"]
 
     if all(item.prompt for item in items):
         selector = FewShotSelector(
@@ -226,6 +273,8 @@ def base_variants(config: Config, items: list[TestItem], result: dict) -> None:
         result["few_shot"] = {"requested": settings.few_shot_k, "mean_shots": few["shots"], "budget": budget}
     else:
         result["notes"].append("few-shot skipped: raw-text test items have no prompt to put examples before")
+    if "base_rag" in answered:
+        result["variants"]["base_rag"] = answered["base_rag"]
 
     if settings.general_text:
         result["forgetting"]["base"] = _general_text_perplexity(
@@ -257,31 +306,61 @@ def check_same_base(config: Config, tuned_folder: str) -> None:
         )
 
 
-def score_model(config: Config, folder: str, items: list[TestItem]) -> tuple[dict, dict | None]:
-    """One model folder answering the items zero-shot (a variant), and its general-text perplexity if configured."""
+def _score_folder(
+    config: Config, folder: str, items: list[TestItem], retrieved: list[Retrieved] | None
+) -> tuple[dict, dict | None]:
+    """{"finetuned": zero-shot, "finetuned_rag": with `retrieved`} of one model folder, and its
+    general-text perplexity if configured."""
     settings = config.eval
     loaded = load_model(folder)
     model, tokenizer = prepare_model(loaded), loaded.tokenizer
-    prompts = [_prompt_ids(tokenizer, item, config.data.system) for item in items]
     with autocast(config.train.dtype, default_device()):
-        variant = evaluate_variant(model, tokenizer, prompts, items, settings, SCORERS[settings.task])
+        variants = _answer_all(model, tokenizer, items, config, retrieved, ("finetuned", "finetuned_rag"))
         forgetting = (
             _general_text_perplexity(model, tokenizer, settings.general_text, config.data.max_seq_len, settings)
             if settings.general_text
             else None
         )
-    return variant, forgetting
+    return variants, forgetting
 
 
-def _side_by_side(items: list[TestItem], variants: dict) -> list[dict]:
+def score_model(config: Config, folder: str, items: list[TestItem]) -> tuple[dict, dict | None]:
+    """One model folder answering the items zero-shot (a variant), and its general-text perplexity if configured."""
+    variants, forgetting = _score_folder(config, folder, items, None)
+    return variants["finetuned"], forgetting
+
+
+def _side_by_side(items: list[TestItem], variants: dict, retrieved: list[Retrieved] | None) -> list[dict]:
     rows = []
     for i, item in enumerate(items[:SIDE_BY_SIDE]):
-        question = "\n".join(m.content for m in item.prompt if m.role == "user")
-        row = {"input": question or item.references[0][:200], "references": list(item.references)}
+        asked = "\n".join(m.content for m in item.prompt if m.role == "user")
+        row = {"input": asked or item.references[0][:200], "references": list(item.references)}
         for name in VARIANTS:
-            row[name] = variants[name]["outputs"][i] if name in variants else None
+            if name in variants or name not in RAG_VARIANTS:
+                row[name] = variants[name]["outputs"][i] if name in variants else None
+        if retrieved is not None:
+            row["retrieved"] = list(retrieved[i].ids)
         rows.append(row)
     return rows
+
+
+def _retrieve_for(config: Config, items: list[TestItem], passages) -> list[Retrieved]:
+    if not all(item.prompt for item in items):
+        raise TunesmithError(f"{config.data.test}: eval.rag needs questions to retrieve for; raw text has none")
+    queries = [question(item.prompt) for item in items]
+    return retrieve(config.eval.rag, passages, queries, config.eval.batch_size)
+
+
+def _rag_gains(variants: dict, settings: EvalConfig) -> dict:
+    """What retrieval is worth, as paired gains: the base with passages over the base without them; the
+    fine-tune against retrieval alone (the verdict's "does retrieval suffice?"); and the fine-tune with
+    passages over every other variant."""
+    out = {"base_rag": gains(variants, settings, ("zero_shot", "few_shot"), tuned="base_rag")}
+    if "finetuned" in variants:
+        out["finetuned"] = gains(variants, settings, ("base_rag",))
+        others = tuple(v for v in variants if v != "finetuned_rag")
+        out["finetuned_rag"] = gains(variants, settings, others, tuned="finetuned_rag")
+    return out
 
 
 def run_evaluation(config: Config, finetuned: str | None, out_dir: str) -> dict:
@@ -291,6 +370,7 @@ def run_evaluation(config: Config, finetuned: str | None, out_dir: str) -> dict:
     tools = settings.task == "tool_calls"  # items with tools and acceptable calls: evaluate/tool_eval.py
     graded = settings.task == "graded"  # prompts scored by rl.grader: evaluate/graded.py
     items = [] if pairs or tools or graded else load_test_items(config)
+    passages = read_passages(settings.rag.corpus) if settings.rag else None  # before any model loads
     run_dir = run_folder(finetuned, config)
     if run_dir is not None:
         check_same_base(config, model_folder(run_dir))
@@ -308,21 +388,27 @@ def run_evaluation(config: Config, finetuned: str | None, out_dir: str) -> dict:
         tuned, training = (model_folder(run_dir), read_training_summary(run_dir)) if run_dir else (None, None)
         return evaluate_preferences(config, tuned, out_dir, training)
     result = empty_result(config, settings.task, run_dir, len(items), sum(len(item.references) for item in items))
+    retrieved = _retrieve_for(config, items, passages) if passages is not None else None
+    if retrieved is not None:
+        result["rag"] = describe(settings.rag, passages, retrieved)
     # Same precision policy as training: bf16 matmuls where the hardware has them.
     with autocast(config.train.dtype, default_device()):
-        base_variants(config, items, result)
+        base_variants(config, items, result, retrieved)
 
     if run_dir is None:
         result["notes"].append(f"no fine-tuned model in {config.out_dir}: base variants only")
     else:
-        result["variants"]["finetuned"], forgetting = score_model(config, model_folder(run_dir), items)
+        tuned, forgetting = _score_folder(config, model_folder(run_dir), items, retrieved)
+        result["variants"].update(tuned)
         if forgetting:
             result["forgetting"]["finetuned"] = forgetting
         result["training"] = read_training_summary(run_dir)
         result["loss_curve"] = read_loss_curve(run_dir)
 
-    result["samples"] = _side_by_side(items, result["variants"])
-    result["gain"] = gains(result["variants"], settings)
+    result["samples"] = _side_by_side(items, result["variants"], retrieved)
+    result["gain"] = gains(result["variants"], settings, UNTRAINED)
+    if retrieved is not None:
+        result["rag_gain"] = _rag_gains(result["variants"], settings)
     return write_result(result, out_dir)
 
 
@@ -350,10 +436,12 @@ def format_summary(result: dict) -> str:
     widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
     lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip() for row in rows]
     lines.insert(1, "  ".join("-" * w for w in widths))
+    gains_by_variant = [("fine-tuned", result.get("gain", {})), ("hybrid_finetuned", result.get("hybrid_gain", {}))]
+    gains_by_variant += list(result.get("rag_gain", {}).items())
     extra = [
         f"{who} vs {g['baseline']}: {name} {g['value']:+.2f} [{g['low']:+.2f}, {g['high']:+.2f}]"
-        for key, who in (("gain", "fine-tuned"), ("hybrid_gain", "hybrid_finetuned"))
-        for name, g in result.get(key, {}).items()
+        for who, by_metric in gains_by_variant
+        for name, g in by_metric.items()
     ]
     if result.get("forgetting"):
         extra.append(

@@ -2,11 +2,13 @@
 
 Three questions, each answered only from numbers already in the result:
 
-* quality: the fine-tune against the best alternative (the better of zero-shot and few-shot, or
-  the encoder task's baselines) on the task's main metric, the first one the task reports
-  (accuracy, BLEU, perplexity, ...). The paired interval decides: entirely on the better side is
-  a win, straddling 0 a tie, entirely on the worse side a loss. A tie means the cheaper option,
-  the one that needs no training, suffices;
+* quality: the fine-tune against the best alternative (the best of zero-shot, few-shot and, with
+  eval.rag, the base model with retrieved passages, or the encoder task's baselines) on the task's
+  main metric, the first one the task reports (accuracy, BLEU, perplexity, ...). The paired
+  interval decides: entirely on the better side is a win, straddling 0 a tie, entirely on the
+  worse side a loss. A tie means the cheaper option, the one that needs no training, suffices.
+  Retrieval is weighed on its own too: a fine-tune that beats the best alternative but not
+  retrieval (its paired interval against retrieval includes 0) ties with retrieval;
 * forgetting: the relative rise of general-text perplexity from base to fine-tune
   (eval.general_text), when measured;
 * break-even: a request's time is its generated tokens over the variant's measured tokens/s (the
@@ -20,7 +22,13 @@ import math
 
 from tunesmith.evaluate.metrics import LOWER_IS_BETTER
 
-TITLES = {"zero_shot": "zero-shot prompting", "few_shot": "few-shot prompting", "bm25": "BM25"}
+TITLES = {
+    "zero_shot": "zero-shot prompting",
+    "few_shot": "few-shot prompting",
+    "bm25": "BM25",
+    "base_rag": "retrieval (the base model with retrieved passages)",
+    "finetuned_rag": "the fine-tune with retrieved passages",
+}
 
 
 def _title(variant: str) -> str:
@@ -31,10 +39,14 @@ def _known(*values) -> bool:
     return all(v is not None and not (isinstance(v, float) and math.isnan(v)) for v in values)
 
 
+def _interval(gain: dict) -> str:
+    return f"{gain['value']:+.2f} [{gain['low']:+.2f}, {gain['high']:+.2f}]"
+
+
 def _quality(metric: str, gain: dict) -> tuple[str, str]:
     sign = -1.0 if metric in LOWER_IS_BETTER else 1.0
     low, high = sorted((sign * gain["low"], sign * gain["high"]))
-    interval = f"{gain['value']:+.2f} [{gain['low']:+.2f}, {gain['high']:+.2f}]"
+    interval = _interval(gain)
     other = _title(gain["baseline"])
     if low > 0:
         return (
@@ -78,6 +90,16 @@ def _break_even(variants: dict, baseline: str, training: dict | None) -> dict | 
     }
 
 
+def _retrieval(metric: str, rag_gain: dict) -> str:
+    """What retrieval added, on the main metric."""
+    base = rag_gain["base_rag"][metric]
+    said = f"Retrieval: the base model with retrieved passages against {_title(base['baseline'])}: {_interval(base)}"
+    tuned = (rag_gain.get("finetuned_rag") or {}).get(metric)
+    if tuned:
+        said += f"; the fine-tune with retrieved passages against {_title(tuned['baseline'])}: {_interval(tuned)}"
+    return said + f" on {metric}."
+
+
 def verdict(result: dict) -> dict:
     """The verdict entry of eval.json: outcome, forgetting, break-even, and the sentences saying so."""
     gains, variants = result.get("gain") or {}, result.get("variants", {})
@@ -86,6 +108,12 @@ def verdict(result: dict) -> dict:
     metric = next(iter(gains))
     gain = gains[metric]
     outcome, said = _quality(metric, gain)
+    rag_gain = result.get("rag_gain") or {}
+    against_retrieval = (rag_gain.get("finetuned") or {}).get(metric)
+    if outcome == "better" and against_retrieval and _quality(metric, against_retrieval)[0] == "tie":
+        # Retrieval is within the fine-tune's interval: it suffices, though another alternative scored higher.
+        gain = against_retrieval
+        outcome, said = _quality(metric, gain)
     sentences = [said]
     forgetting = _forgetting(result.get("forgetting") or {})
     if forgetting:
@@ -108,6 +136,8 @@ def verdict(result: dict) -> dict:
             f"({break_even['seconds_saved_per_request']:.4f} s against {other}) pays back the "
             f"{break_even['training_seconds']:.0f} s of training."
         )
+    if rag_gain.get("base_rag", {}).get(metric):
+        sentences.append(_retrieval(metric, rag_gain))
     return {
         "metric": metric,
         "baseline": gain["baseline"],
