@@ -200,7 +200,7 @@ def test_tune_end_to_end_never_reads_test_and_best_config_trains(
         data={"test": str(test_path)},
         train={"max_steps": 2, "eval_every": 1},
         eval={"general_text": str(general), "max_items": 4, "bootstrap_resamples": 10},
-        tune={"space": {**LR_SPACE, "method.r": [4, 8]}, "max_forgetting": 0.5},
+        tune={"space": {**LR_SPACE, "method.r": [4, 8]}, "max_forgetting": 1.0},
     )
     out = tmp_path / "study"
     assert main(["tune", str(config), "--trials", "2", "--out", str(out)]) == 0

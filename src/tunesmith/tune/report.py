@@ -79,6 +79,14 @@ def append_result(out: Path, trial, goal) -> None:
         fh.write(json.dumps(trial_record(trial, goal)) + "\n")
 
 
+def best_number(study) -> int | None:
+    """The best feasible finished trial (Optuna leaves trials over a constraint out), or None."""
+    try:
+        return study.best_trial.number
+    except ValueError:  # no complete trial, or none feasible
+        return None
+
+
 def say(text: str) -> None:
     """A progress line on stderr (never inside a trial, whose output goes to its log file)."""
     print(text, file=sys.stderr, flush=True)
@@ -99,8 +107,6 @@ def start_line(number: int, values: dict, retry_of: int | None) -> str:
 
 def progress_line(trial, study, goal) -> str:
     """What became of a trial, and the best so far."""
-    from tunesmith.tune.study import best_number
-
     record = trial_record(trial, goal)
     if record["state"] == "complete":
         text = f"trial {trial.number}: {goal.metric} {_value(record['value'])}"
@@ -137,8 +143,6 @@ def _rows(records: list[dict], best: int | None, columns: list[str]) -> list[dic
 
 def write_reports(out: Path, study, plan) -> None:
     """trials.csv, trials.md, pareto.png and best.yaml from the study as it is now."""
-    from tunesmith.tune.study import best_number
-
     out, goal = Path(out), plan.goal
     trials = study.get_trials(deepcopy=False)
     records = [trial_record(t, goal) for t in trials]

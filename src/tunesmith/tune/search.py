@@ -17,12 +17,11 @@ from tunesmith.data.sources import check_data_paths
 from tunesmith.errors import TunesmithError
 from tunesmith.runfolder import locked
 from tunesmith.tune.objective import Runner, base_perplexity, resolve_goal
-from tunesmith.tune.report import BEST_CONFIG, TABLE_MD, append_result, say, write_reports
+from tunesmith.tune.report import BEST_CONFIG, TABLE_MD, append_result, best_number, say, write_reports
 from tunesmith.tune.space import check_space, search_space
 from tunesmith.tune.study import (
     Plan,
     ask_lock,
-    best_number,
     counted,
     keep_best_weights,
     open_study,

@@ -27,6 +27,7 @@ from tunesmith.config import config_from_dict
 from tunesmith.errors import TunesmithError
 from tunesmith.runfolder import ADAPTER, CHECKPOINTS, HEAD_FILE, MERGED
 from tunesmith.tune.objective import Goal, Runner, TrialOutcome, TrialRunner, trial_config
+from tunesmith.tune.report import append_result, best_number, progress_line, say, start_line, write_reports
 from tunesmith.tune.space import Space, describe, suggest
 
 STUDY_NAME = "tunesmith"
@@ -167,14 +168,6 @@ def recover(study) -> list[int]:
     return [t.number for t in stale]
 
 
-def best_number(study) -> int | None:
-    """The best feasible finished trial (Optuna leaves trials over a constraint out), or None."""
-    try:
-        return study.best_trial.number
-    except ValueError:  # no complete trial, or none feasible
-        return None
-
-
 def keep_best_weights(out: Path, study) -> None:
     """Disk: only the best trial keeps its weights; every other finished trial keeps its logs and metrics."""
     from optuna.trial import TrialState
@@ -251,8 +244,6 @@ def _tell(study, trial, outcome: TrialOutcome | None, goal: Goal, seconds: float
 def work(plan: Plan, runner: Runner | None = None, study=None) -> None:
     """Run trials until the study has plan.trials of them or the time budget is spent (`study`: the
     caller's handle on it, in the caller's process)."""
-    from tunesmith.tune.report import append_result, progress_line, say, start_line, write_reports
-
     quiet_optuna()
     if plan.threads:
         import torch
