@@ -323,9 +323,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     from tunesmith.graders.cli import add_grader_commands
     from tunesmith.serve.cli import add_serve_commands
+    from tunesmith.tune.cli import add_tune_command
 
     add_serve_commands(sub)
     add_grader_commands(sub)
+    add_tune_command(sub)
     return parser
 
 

@@ -11,7 +11,16 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Discriminator,
+    Field,
+    Tag,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_core import PydanticCustomError
 
 from tunesmith.config_names import did_you_mean
@@ -478,6 +487,97 @@ class TokenizerConfig(_Strict):
     )
 
 
+# Keys a search may not change: what the trials are scored on, where they go, and the test split
+# kept for the one final evaluation.
+UNTUNABLE = ("tune", "eval", "out_dir", "data.train", "data.validation", "data.test")
+# `method.alpha` as a multiple of `method.r` (the update's scale alpha / r), searched apart from r.
+ALPHA_PER_R = "method.alpha_per_r"
+
+
+class SearchRange(_Strict):
+    # Integer bounds mean an integer search (method.r, train.warmup_steps): `int | float` keeps them integers.
+    low: int | float = Field(description="Smallest value searched.")
+    high: int | float = Field(description="Largest value searched.")
+    log: bool = Field(False, description="Search on a log scale (for learning rates and other scales).")
+
+    @model_validator(mode="after")
+    def _ordered(self):
+        if not self.low < self.high:
+            raise ValueError("low must be below high")
+        if self.log and self.low <= 0:
+            raise ValueError("a log-scale range needs low > 0")
+        return self
+
+
+# A range (a mapping) or a list of choices: told apart by the input's shape, so an error speaks of one.
+SearchEntry = Annotated[
+    Annotated[SearchRange, Tag("range")]
+    | Annotated[list[bool | int | float | str], Field(min_length=1), Tag("choices")],
+    Discriminator(lambda value: "range" if isinstance(value, (dict, SearchRange)) else "choices"),
+]
+
+
+class TuneConfig(_Strict):
+    """`tunesmith tune`: a hyperparameter search whose trials are scored on data.validation (docs/tuning.md)."""
+
+    space: dict[str, SearchEntry] | None = Field(
+        None,
+        description="What is searched: config keys mapped to a range {low, high, log} (integers when both "
+        "bounds are integers) or a list of choices, e.g. {train.lr: {low: 1e-5, high: 1e-3, log: true}, "
+        "method.r: [8, 16, 32]}; `method.alpha_per_r` searches method.alpha as a multiple of method.r. null: "
+        "the method's default space (docs/tuning.md).",
+    )
+    metric: str | None = Field(
+        None,
+        description="The validation number a trial is scored on: an eval.task metric (generation: bleu, rouge_l, "
+        "chrf, exact_match; classification: accuracy, macro_f1, parse_rate; text: perplexity) or val_loss; "
+        "default: the task's first metric, val_loss for tasks the search cannot score.",
+    )
+    direction: Literal["maximize", "minimize"] | None = Field(
+        None,
+        description="Whether a higher or lower metric is better; default: as the metric says (loss, "
+        "perplexity: minimize).",
+    )
+    max_forgetting: float | None = Field(
+        None,
+        gt=0,
+        description="Forgetting budget: the most a trial's general-text perplexity (eval.general_text) may rise "
+        "over the base model's, relative (0.05 = 5%); a trial over it is never chosen. null: no budget.",
+    )
+    trials: int = Field(20, ge=1, description="Trials in the study (`--trials` overrides it).")
+    seed: int = Field(0, description="Seed of the sampler (TPE).")
+    pruning: bool = Field(
+        True,
+        description="Stop a trial at an evaluation (train.eval_every) when its validation loss is worse than the "
+        "median of earlier trials at the same step.",
+    )
+    startup_trials: int = Field(
+        5, ge=0, description="Trials sampled at random before TPE models the results and before pruning starts."
+    )
+
+    @field_validator("space")
+    @classmethod
+    def _known_keys(cls, space):
+        if space is None:
+            return space
+        if not space:
+            raise ValueError("an empty space searches nothing: name at least one key, or null for the default")
+        known = set(field_names(Config))
+        sections = {name.rsplit(".", 1)[0] for name in known if "." in name}
+        for key in space:
+            if key == ALPHA_PER_R:
+                continue
+            if key.startswith(tuple(u + "." for u in UNTUNABLE)) or key in UNTUNABLE:
+                raise ValueError(f"{key} cannot be searched (a search never changes {', '.join(UNTUNABLE)})")
+            if key in sections:
+                raise ValueError(f"{key!r} is a section: name one of its keys, e.g. {key}.{_first_key(key)}")
+            if key not in known:
+                raise ValueError(f"{key!r} is not a config key{did_you_mean(key, sorted(known))}")
+        if ALPHA_PER_R in space and "method.alpha" in space:
+            raise ValueError(f"search {ALPHA_PER_R} or method.alpha, not both")
+        return space
+
+
 class Config(_Strict):
     model: str = Field(
         "smollm2-135m-instruct", description="Built-in name, HF folder, Hugging Face Hub id (owner/name) or .gguf path."
@@ -496,6 +596,9 @@ class Config(_Strict):
     encoder: EncoderConfig = Field(default_factory=EncoderConfig, description="Encoder objective settings.")
     rl: RLConfig = Field(default_factory=RLConfig, description="Reinforcement fine-tuning (method.name=grpo).")
     tokenizer: TokenizerConfig = Field(default_factory=TokenizerConfig, description="Tokens added to the vocabulary.")
+    tune: TuneConfig = Field(
+        default_factory=TuneConfig, description="Hyperparameter search (`tunesmith tune`; ignored by train)."
+    )
     out_dir: str = Field("runs/default", description="Run folder: adapter, merged model, metrics, checkpoints.")
 
     @model_validator(mode="after")
@@ -537,6 +640,16 @@ class Config(_Strict):
         if self.method.name != "grpo" and self.rl.grader is not None and self.eval.task != "graded":
             raise ValueError("rl.grader applies to method.name=grpo or eval.task=graded")
         return self
+
+    @model_validator(mode="after")
+    def _forgetting_budget_needs_general_text(self):
+        if self.tune.max_forgetting is not None and not self.eval.general_text:
+            raise ValueError("tune.max_forgetting needs eval.general_text: the text whose perplexity measures it")
+        return self
+
+
+def _first_key(section: str) -> str:
+    return next(name for name in field_names(Config) if name.startswith(section + ".")).rsplit(".", 1)[1]
 
 
 def field_names(model: type[BaseModel], prefix: str = "") -> list[str]:

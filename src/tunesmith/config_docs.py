@@ -52,7 +52,7 @@ def _type(annotation, key: str) -> str:
     """A field's type in words: `one of `a`, `b``, `list of string`, `integer or null`..."""
     origin, args = typing.get_origin(annotation), typing.get_args(annotation)
     if origin is typing.Annotated:  # a constrained member of a union, e.g. a bounded number or `auto`
-        return _type(args[0], key) + _bounds([rule for info in args[1:] for rule in info.metadata])
+        return _type(args[0], key) + _bounds([rule for info in args[1:] for rule in getattr(info, "metadata", ())])
     if origin is typing.Literal:
         return ("one of " if len(args) > 1 else "") + ", ".join(f"`{value}`" for value in args)
     if origin in (typing.Union, types.UnionType):
@@ -60,9 +60,10 @@ def _type(annotation, key: str) -> str:
     if origin is list:
         return f"list of {_type(args[0], key).removeprefix('one of ')}"
     if origin is dict:
-        return f"mapping of {_type(args[0], key)} to {_type(args[1], key)}"
+        return f"mapping of {_type(args[0], key)} to {_type(args[1], '')}"
     if isinstance(annotation, type) and issubclass(annotation, BaseModel):
-        return f"section [`{key}`](#{key.replace('.', '')})"
+        # A section has a key; a model inside a mapping's values is written as its fields.
+        return f"section [`{key}`](#{key.replace('.', '')})" if key else "{" + ", ".join(annotation.model_fields) + "}"
     return _SIMPLE[annotation]
 
 

@@ -28,7 +28,7 @@ from tunesmith.precision import autocast, default_device
 from tunesmith.progress import TrainProgress, peak_rss_mb
 from tunesmith.runfolder import HEAD_FILE, MERGED, TRAIN_ACCURACY, TRAIN_LOSS, VAL_ACCURACY, VAL_LOSS
 from tunesmith.train.recipe import attach_method
-from tunesmith.train.run import RunSummary, TrainingRun, check_out_dir
+from tunesmith.train.run import RunSummary, TrainingRun, ValidationObserver, check_out_dir
 
 ENCODER_OBJECTIVES = ("mlm", "contrastive", "classification")
 ONE_PROCESS_ONLY = "encoder objectives train on one process: run `tunesmith train` without --nproc-per-node"
@@ -83,7 +83,9 @@ def evaluate_loss(task: EncoderTask, body, cfg: Config, device) -> dict:
     return {VAL_LOSS: total / max(count, 1), VAL_ACCURACY: correct / max(count, 1)}
 
 
-def train_encoder(cfg: Config, resume: bool = False, overwrite: bool = False) -> RunSummary:
+def train_encoder(
+    cfg: Config, resume: bool = False, overwrite: bool = False, on_validation: ValidationObserver | None = None
+) -> RunSummary:
     out_dir = Path(cfg.out_dir)
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # started by torchrun: refuse on every process
         raise TunesmithError(ONE_PROCESS_ONLY)
@@ -111,7 +113,7 @@ def train_encoder(cfg: Config, resume: bool = False, overwrite: bool = False) ->
     trained = torch.nn.ModuleDict({"body": body, "head": head})
     body.train()
     params = [p for p in trained.parameters() if p.requires_grad]
-    run = TrainingRun(cfg, trained, params, steps_per_epoch, total_steps, resume)
+    run = TrainingRun(cfg, trained, params, steps_per_epoch, total_steps, resume, on_validation=on_validation)
     if not resume:
         run.log({**run.record(0), **evaluate_loss(task, body, cfg, device)})
 

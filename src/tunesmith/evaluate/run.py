@@ -236,6 +236,18 @@ def _answer_all(model, tokenizer, items, config: Config, retrieved: list[Retriev
     return out
 
 
+def general_perplexity(config: Config, folder: str | None = None) -> dict:
+    """General-text perplexity (eval.general_text, with its interval) of a model folder, or of the
+    config's base model (with the tokens the config adds) when `folder` is None: the forgetting
+    monitor's two ends, for a caller that scores nothing else."""
+    loaded = load_model_for(config) if folder is None else load_model(folder)
+    model = prepare_model(loaded)
+    with autocast(config.train.dtype, default_device()):
+        return _general_text_perplexity(
+            model, loaded.tokenizer, config.eval.general_text, config.data.max_seq_len, config.eval
+        )
+
+
 def base_variants(
     config: Config, items: list[TestItem], result: dict, retrieved: list[Retrieved] | None = None
 ) -> None:

@@ -39,7 +39,7 @@ from tunesmith.train.lr_finder import range_test, read_chosen, save_curve
 from tunesmith.train.objective import Objective, SFTObjective, evaluate
 from tunesmith.train.optim import build_optimizer
 from tunesmith.train.rollout import prepare_graded
-from tunesmith.train.run import RunSummary, TrainingRun, check_out_dir
+from tunesmith.train.run import RunSummary, TrainingRun, ValidationObserver, check_out_dir
 from tunesmith.train.samples import SampleSet
 
 
@@ -188,7 +188,10 @@ def prepare_trainee(cfg: Config, loaded, objective, data: PreparedData, strategy
     return Trainee(model, module, params, lean, arena, heap_fixed and arena is None, compiled, used)
 
 
-def train(cfg: Config, resume: bool = False, overwrite: bool = False) -> RunSummary:
+def train(
+    cfg: Config, resume: bool = False, overwrite: bool = False, on_validation: ValidationObserver | None = None
+) -> RunSummary:
+    """One run as `cfg` says; `on_validation` watches each evaluation and may stop the run (train/run.py)."""
     out_dir = Path(cfg.out_dir)
     # One process: no process group, every reduction below returns its input. Several (started by
     # `tunesmith train --nproc-per-node N` or torchrun): rank 0 alone writes the run folder.
@@ -222,7 +225,7 @@ def train(cfg: Config, resume: bool = False, overwrite: bool = False) -> RunSumm
         curve = None if resume else _find_lr(cfg, trainee, objective, data, steps_per_epoch, dist)
         lr = read_chosen(out_dir) if resume else curve.chosen
         cfg = cfg.model_copy(update={"train": cfg.train.model_copy(update={"lr": lr})})  # config.yaml says it
-    run = TrainingRun(cfg, trainee.module, trainee.params, steps_per_epoch, total_steps, resume, dist)
+    run = TrainingRun(cfg, trainee.module, trainee.params, steps_per_epoch, total_steps, resume, dist, on_validation)
     if curve is not None:
         save_curve(curve, out_dir)
     samples = SampleSet(data.validation_examples, cfg.eval.samples, cfg.eval.max_new_tokens)

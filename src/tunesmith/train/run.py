@@ -4,6 +4,11 @@ stopping and the best weights, checkpoints, and the plot and summary at the end.
 
 A recipe owns its setup, what a step computes and the metrics of its training window; it calls a
 `TrainingRun` around its loop.
+
+Whoever starts a run may watch its evaluations (`on_validation`): called with the step and the
+val_* metrics after each one, it returns why the run should stop now, or None to go on. A
+hyperparameter search stops hopeless trials this way (tune/objective.py) without the loop knowing
+who asks.
 """
 
 from __future__ import annotations
@@ -39,6 +44,10 @@ from tunesmith.train.checkpoint import TrainerState, load_best, load_checkpoint,
 from tunesmith.train.distributed import ONE_PROCESS, Dist
 from tunesmith.train.optim import build_optimizer, build_scheduler
 from tunesmith.train.stopping import EarlyStopping, stop_if_diverged
+
+# (step, val_* metrics) -> the reason to stop the run now, or None. It must answer the same on every
+# process of a distributed run, as early stopping does.
+ValidationObserver = Callable[[int, dict], "str | None"]
 
 
 @dataclass
@@ -92,8 +101,10 @@ class TrainingRun:
         total_steps: int,
         resume: bool,
         dist: Dist = ONE_PROCESS,
+        on_validation: ValidationObserver | None = None,
     ):
         self.cfg, self.module, self.params, self.dist = cfg, module, params, dist
+        self.on_validation = on_validation
         self.steps_per_epoch, self.total_steps = steps_per_epoch, total_steps
         self.out_dir = Path(cfg.out_dir)
         self.optimizer = build_optimizer(params, cfg.train)
@@ -149,9 +160,11 @@ class TrainingRun:
 
     def end_step(self, step: int, record: dict | None, validate: Callable[[], dict], progress) -> bool:
         """After a step's optimizer step: evaluate when due (`validate` returns the val_* metrics; a new
-        best is saved), write the metrics line, checkpoint when due. True when early stopping ends the run."""
+        best is saved), write the metrics line, checkpoint when due. True when early stopping or the
+        observer (`on_validation`) ends the run."""
         cfg, state, stopper = self.cfg.train, self.state, self.stopper
         state.step = step
+        stop_reason = None
         if step % cfg.eval_every == 0 or step % self.steps_per_epoch == 0 or step == self.total_steps:
             validation = validate()
             record = {**(record or self.record(step)), **validation}
@@ -163,7 +176,8 @@ class TrainingRun:
                 + "  ".join(f"{k} {v:.4f}" for k, v in validation.items())
                 + ("  (best)" if improved else "")
             )
-            self.stopped_early = stopper.should_stop
+            stop_reason = self.on_validation(step, validation) if self.on_validation else None
+            self.stopped_early = stopper.should_stop or stop_reason is not None
         if record is not None:
             self.log(record)
         state.best_val_loss, state.best_step = stopper.best_loss, stopper.best_step
@@ -172,7 +186,9 @@ class TrainingRun:
         if step % cfg.save_every == 0 and step != self.total_steps and not self.stopped_early:
             save_checkpoint(self.out_dir / CHECKPOINTS, self.module, self.optimizer, self.scheduler, state, self.dist)
             progress.say(f"step {step}: checkpoint saved")
-        if self.stopped_early:
+        if stop_reason is not None:
+            progress.say(f"stopping at step {step}: {stop_reason}")
+        elif self.stopped_early:
             progress.say(
                 f"early stopping at step {step}: no improvement in {stopper.evals_without_improvement} evaluations"
             )

@@ -1,0 +1,155 @@
+"""One trial of `tunesmith tune`: train with the trial's values, score the model on the validation
+split, measure forgetting.
+
+The score is an eval.task metric (evaluate/run.py's scorers) on data.validation's items, or the
+best validation loss where the search cannot score the task (encoders, preference, tool calls,
+graded). Forgetting is the relative rise of general-text perplexity (eval.general_text) over the
+base model's, as `tunesmith eval`'s forgetting monitor measures it. A trial's config has no
+data.test: the test split is kept for the one evaluation of the chosen config.
+"""
+
+from __future__ import annotations
+
+import gc
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from tunesmith.config import Config, config_from_dict
+from tunesmith.encoders.recipe import is_encoder_run
+from tunesmith.errors import TunesmithError
+from tunesmith.evaluate.metrics import LOWER_IS_BETTER
+from tunesmith.runfolder import VAL_LOSS
+from tunesmith.tune.space import apply_values
+
+# The metrics each task's scorer returns (evaluate/run.py's SCORERS), the first the default.
+TASK_METRICS = {
+    "generation": ("bleu", "rouge_l", "chrf", "exact_match"),
+    "classification": ("accuracy", "macro_f1", "parse_rate"),
+    "text": ("perplexity",),
+}
+# A trial writes no resumable checkpoints: a trial cut short is run again from its start.
+NO_CHECKPOINTS = 10**9
+
+
+@dataclass(frozen=True)
+class Goal:
+    """What a trial is scored on, which way is better, and the forgetting budget."""
+
+    metric: str
+    direction: str  # "maximize" or "minimize"
+    max_forgetting: float | None
+    measures_forgetting: bool
+
+    def signed(self, loss: float) -> float:
+        """A validation loss as an intermediate value the study compares the way it compares scores:
+        negated when the study maximises, so that a higher loss always reads as worse."""
+        return -loss if self.direction == "maximize" else loss
+
+
+def resolve_goal(cfg: Config) -> Goal:
+    task_metrics = () if is_encoder_run(cfg) else TASK_METRICS.get(cfg.eval.task, ())
+    metric = cfg.tune.metric or (task_metrics[0] if task_metrics else VAL_LOSS)
+    if metric != VAL_LOSS and metric not in task_metrics:
+        choices = ", ".join((*task_metrics, VAL_LOSS))
+        raise TunesmithError(
+            f"tune.metric {metric!r} is not scored for this run's eval.task={cfg.eval.task}: choose {choices}"
+        )
+    if metric != VAL_LOSS and not cfg.data.validation:
+        raise TunesmithError(
+            f"tune scores {metric} on data.validation: set it to a held-out file (the search never reads data.test), "
+            f"or tune.metric={VAL_LOSS}"
+        )
+    direction = cfg.tune.direction or ("minimize" if metric in (VAL_LOSS, *LOWER_IS_BETTER) else "maximize")
+    measures = bool(cfg.eval.general_text) and not is_encoder_run(cfg)
+    if cfg.tune.max_forgetting is not None and not measures:
+        raise TunesmithError("tune.max_forgetting: general-text perplexity is measured for decoder runs only")
+    return Goal(metric, direction, cfg.tune.max_forgetting, measures)
+
+
+@dataclass
+class TrialOutcome:
+    value: float | None  # the goal's metric on validation; None when the trial was stopped
+    val_loss: float | None  # the run's best validation loss
+    general_perplexity: float | None
+    forgetting: float | None  # relative rise of general-text perplexity over the base's
+    steps: int
+    stopped_at: int | None = None  # the evaluation step at which pruning stopped it
+
+
+def trial_config(raw: dict, values: dict, out_dir: Path) -> Config:
+    """The base config (a dict) with the trial's values, trained into `out_dir`, without the test split."""
+    raw = apply_values(raw, values)
+    raw["out_dir"] = str(out_dir)
+    raw.setdefault("data", {})["test"] = None
+    raw.setdefault("eval", {})["samples"] = 0  # before/after samples: time no trial needs
+    raw.setdefault("train", {})["save_every"] = NO_CHECKPOINTS
+    return config_from_dict(raw, f"trial {out_dir.name}")
+
+
+# (step, validation loss) -> whether to stop the trial now.
+ShouldStop = Callable[[int, float], bool]
+Runner = Callable[[Config, ShouldStop], TrialOutcome]
+
+
+class TrialRunner:
+    """Trains and scores trials of one study; the validation items and the base model's general-text
+    perplexity are read once per process."""
+
+    def __init__(self, cfg: Config, goal: Goal, base_perplexity: float | None):
+        from tunesmith.evaluate.run import load_test_items
+
+        self.goal, self.base_perplexity = goal, base_perplexity
+        scored = goal.metric != VAL_LOSS
+        # The validation file read the way `tunesmith eval` reads a test file (eval.max_items applies).
+        self.items = load_test_items(_on_validation(cfg)) if scored else None
+
+    def __call__(self, cfg: Config, should_stop: ShouldStop) -> TrialOutcome:
+        from tunesmith.evaluate.run import general_perplexity, score_model
+        from tunesmith.evaluate.variants import model_folder
+
+        stopped: list[int] = []
+
+        def observe(step: int, validation: dict) -> str | None:
+            if not should_stop(step, validation[VAL_LOSS]):
+                return None
+            stopped.append(step)
+            return "pruned: its validation loss trails the earlier trials' at this step"
+
+        summary = _train_function(cfg)(cfg, overwrite=True, on_validation=observe)
+        if stopped:
+            return TrialOutcome(None, summary.best_val_loss, None, None, summary.steps, stopped[0])
+        folder = model_folder(Path(cfg.out_dir))
+        perplexity = None
+        if self.items is not None:
+            variant, measured = score_model(cfg, folder, self.items)
+            value = variant["metrics"][self.goal.metric]["value"]
+            perplexity = measured["value"] if measured else None
+        else:
+            value = summary.best_val_loss
+            if self.goal.measures_forgetting:
+                perplexity = general_perplexity(cfg, folder)["value"]
+        gc.collect()  # the trial's models, before the next trial loads its own
+        forgetting = perplexity / self.base_perplexity - 1.0 if perplexity and self.base_perplexity else None
+        return TrialOutcome(value, summary.best_val_loss, perplexity, forgetting, summary.steps)
+
+
+def base_perplexity(cfg: Config) -> float:
+    """The base model's general-text perplexity: the reference every trial's forgetting is measured against."""
+    from tunesmith.evaluate.run import general_perplexity
+
+    return general_perplexity(cfg)["value"]
+
+
+def _on_validation(cfg: Config) -> Config:
+    return cfg.model_copy(update={"data": cfg.data.model_copy(update={"test": cfg.data.validation})})
+
+
+def _train_function(cfg: Config):
+    if is_encoder_run(cfg):
+        from tunesmith.encoders.recipe import train_encoder
+
+        return train_encoder
+    from tunesmith.train.recipe import train
+
+    return train
