@@ -164,7 +164,7 @@ def test_the_reference_has_every_key_with_its_description():
         ("data.packing", "boolean", "`true`"),
         (
             "eval.task",
-            "one of `generation`, `classification`, `text`, `retrieval`, `preference`, `tool_calls`, `graded`",
+            "one of `generation`, `qa`, `classification`, `text`, `retrieval`, `preference`, `tool_calls`, `graded`",
             "`generation`",
         ),
         ("eval.decoder", "string or null", "`null`"),

@@ -4,6 +4,7 @@ test questions are worded away from the documents they ask about."""
 import importlib.util
 import json
 import re
+import sys
 from pathlib import Path
 
 from tunesmith.config import load_config
@@ -16,6 +17,7 @@ FOLDER = REPO / "examples" / "knowledge_base"
 def _generator():
     spec = importlib.util.spec_from_file_location("knowledge_base_generate", FOLDER / "generate.py")
     module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # its dataclasses look their module up while the class is built
     spec.loader.exec_module(module)
     return module
 

@@ -206,7 +206,7 @@ def test_tune_end_to_end_never_reads_test_and_best_config_trains(
     assert main(["tune", str(config), "--trials", "2", "--out", str(out)]) == 0
     assert opened == []
     captured = capsys.readouterr()
-    assert "trial 0: train.lr=" in captured.err and "trial 1: bleu " in captured.err
+    assert "trial 0: method.r=" in captured.err and "train.lr=" in captured.err and "trial 1: bleu " in captured.err
     assert "best: trial" in captured.out
 
     rows = list(csv.DictReader((out / "trials.csv").open()))
