@@ -147,8 +147,12 @@ def test_cancel_crash_and_queue(fake_server):
     first = client.fine_tuning.jobs.create(model="tiny-llama-test", training_file=train.id, hyperparameters=hyper)
     second = client.fine_tuning.jobs.create(model="tiny-llama-test", training_file=train.id, hyperparameters=hyper)
     wait_for(client, first.id, ("running",))
+    # Validation of the second job's files may lag on a loaded machine: wait for it to be queued, then
+    # check it stays queued behind the running one (one at a time).
+    wait_for(client, second.id, ("queued", "running"), timeout=30)
     time.sleep(1.5)
-    assert client.fine_tuning.jobs.retrieve(second.id).status == "queued"  # one at a time
+    assert client.fine_tuning.jobs.retrieve(second.id).status == "queued"
+    assert client.fine_tuning.jobs.retrieve(first.id).status == "running"
     start = time.time()
     client.fine_tuning.jobs.cancel(first.id)
     job = wait_for(client, first.id, ("cancelled", "succeeded", "failed"), timeout=10)
