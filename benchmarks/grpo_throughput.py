@@ -60,9 +60,9 @@ def write_prompts(n: int, folder: Path) -> Path:
 
 def _no_end_of_turn(eos_id: int):
     """tunesmith's sampler with the end-of-turn logit masked: every answer runs the whole budget."""
-    from tunesmith.train import rollout
-
     import torch
+
+    from tunesmith.train import rollout
 
     plain = rollout.sampler
 
