@@ -63,3 +63,20 @@ def test_the_file_is_a_python_grader_run_in_the_sandbox():
     context = Context(limits=Limits(cpu_seconds=5, memory_bytes=512 << 20, wall_seconds=60), workers=1)
     text = "The Eagle pub near Burger King has a 3 star rating."
     assert grade(grader, make_sample(text), {"mr": EAGLE}, context).reward == pytest.approx(4 / 6)
+
+
+def test_the_shipped_config_and_its_prompts_check(monkeypatch):
+    """configs/e2e_grpo.yaml loads, its grader is this file, and every rl_*.jsonl line carries the mr it reads."""
+    from tunesmith.config import load_config
+    from tunesmith.graders.data import read_graded
+
+    repo = FILE.parents[1]
+    monkeypatch.chdir(repo)  # the config's paths are relative to the repository root
+    cfg = load_config(repo / "configs/e2e_grpo.yaml")
+    grader = load_grader(cfg.rl.grader)
+    assert cfg.method.name == "grpo" and cfg.eval.task == "graded" and grader.name == "e2e_slot_coverage"
+    for name, lines in (("train", 522), ("validation", 25), ("test", 630)):
+        data = read_graded(repo / f"data/e2e_nlg/rl_{name}.jsonl", grader)
+        assert data.errors == [] and len(data.examples) == lines
+        first = data.examples[0]
+        assert first.messages[0].content.endswith(first.item["mr"])

@@ -280,7 +280,9 @@ def test_a_prompt_with_tools_is_the_sft_prompt_offering_them(tiny_config, tmp_pa
     assert [t.name for t in prompt.tools] == ["get_weather"]
 
 
-def test_a_grader_on_output_tools_gets_the_calls_read_from_the_answers(tiny_config, tmp_path, smol_tokenizer):
+def test_a_grader_on_output_tools_gets_the_calls_read_from_the_answers(
+    tiny_config, tmp_path, smol_tokenizer, monkeypatch
+):
     """Rollout answers are read as the service reads them: a <tool_call> line is a call in sample.output_tools."""
     import tunesmith.train.rollout as rollout
     from tunesmith.graders import Context
@@ -296,14 +298,11 @@ def test_a_grader_on_output_tools_gets_the_calls_read_from_the_answers(tiny_conf
         seen.update(prompts=prompts, copies=copies)
         return [smol_tokenizer(t, add_special_tokens=False).input_ids + [smol_tokenizer.eos_token_id] for t in texts]
 
-    class Model(torch.nn.Module):
+    class Model(torch.nn.Linear):  # parameters (a device), a config; its answers come from `answers`
         config = type("Config", (), {"vocab_size": 49152})
 
-    rollout.generate_tokens, original = answers, rollout.generate_tokens
-    try:
-        result = rollout.roll_out(Model(), smol_tokenizer, [prompt], load_grader(grader), Context(), cfg, 2)
-    finally:
-        rollout.generate_tokens = original
+    monkeypatch.setattr(rollout, "generate_tokens", answers)
+    result = rollout.roll_out(Model(1, 1), smol_tokenizer, [prompt], load_grader(grader), Context(), cfg, 2)
     assert seen == {"prompts": [prompt.input_ids], "copies": 2}  # the prompt once, sampled twice
     assert result.rewards.tolist() == [1.0, 0.0]
 
