@@ -22,7 +22,7 @@ def _tokens(model, prompts, copies, temperature, batch_size, seed=7):
 
 
 @pytest.mark.parametrize("temperature", [0.0, 1.0])
-@pytest.mark.parametrize("batch_size", [12, 5, 1])  # 5: a batch boundary splits groups; 1: a row per batch
+@pytest.mark.parametrize("batch_size", [12, 5])  # 5: batches of 5, 5 and 2 rows split groups
 def test_a_prompt_shared_by_its_group_is_sampled_as_its_copies_are(tiny, temperature, batch_size):
     copies = 4
     plain = _tokens(tiny, [p for p in PROMPTS for _ in range(copies)], 1, temperature, batch_size)
@@ -46,15 +46,6 @@ def test_a_peft_model_keeps_only_the_last_logits(tiny_model_name):
     from peft import LoraConfig, get_peft_model
 
     model = get_peft_model(load_model(tiny_model_name).model, LoraConfig(r=2, target_modules="all-linear"))
-    assert generation.last_logits_only(model) == {"logits_to_keep": 1}
-    calls = []
-    original = model.base_model.model.forward
-
-    def spy(*args, **kwargs):
-        calls.append(kwargs.get("logits_to_keep"))
-        return original(*args, **kwargs)
-
-    model.base_model.model.forward = spy
-    _tokens(model.eval(), PROMPTS, 2, 0.0, 6)
-    out = model(input_ids=torch.tensor([PROMPTS[0]]), logits_to_keep=1)
-    assert out.logits.shape[1] == 1 and calls[0] == 1
+    assert generation.last_logits_only(model) == {"logits_to_keep": 1}  # read from the model PEFT wraps
+    out = model(input_ids=torch.tensor([PROMPTS[1]]), logits_to_keep=1)  # and passed through to it
+    assert out.logits.shape == (1, 1, model.config.vocab_size)
