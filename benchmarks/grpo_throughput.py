@@ -14,7 +14,9 @@ against ``{{item.name}}``, a Python function for TRL), so the table measures sam
 
 Each run is its own process and prints one JSON line: completions/s from the end of warm-up step
 --warmup to the end of the last step (where TRL's on_step_end fires), and the process's peak RSS
-(``ru_maxrss``). With --repeats R the runs take turns R times and the table shows medians.
+(``ru_maxrss``) through training: for TRL when ``train()`` returns, for tunesmith at its last step
+as the recipe logs it (after it tunesmith writes the merged model, which is no part of training).
+With --repeats R the runs take turns R times and the table shows medians.
 """
 
 from __future__ import annotations
@@ -113,7 +115,10 @@ def run_tunesmith(args, prompts: Path) -> dict:
         }
     )
     recipe.train(cfg, overwrite=True)
-    return _result(step_ends, args)
+    result = _result(step_ends, args)
+    # ru_maxrss at the last training step, as the recipe logs it: not the export of the merged model after it.
+    logged = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    return {**result, "peak_rss_mb": [m for m in logged if "peak_rss_mb" in m][-1]["peak_rss_mb"]}
 
 
 def run_trl(name: str, args, prompts: Path) -> dict:
