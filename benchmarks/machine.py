@@ -14,3 +14,12 @@ def cpu_flags() -> str:
     except (OSError, IndexError):
         return "unknown"
     return ", ".join(f for f in SHOWN if f in flags) or "no AVX2/AVX-512"
+
+
+def cpu_model() -> str:
+    """The CPU's model name as /proc/cpuinfo gives it."""
+    try:
+        line = next(x for x in Path("/proc/cpuinfo").read_text().splitlines() if x.startswith("model name"))
+    except (OSError, StopIteration):
+        return "unknown CPU"
+    return line.split(":", 1)[1].strip()

@@ -410,8 +410,9 @@ class RLConfig(_Strict):
 
     grader: dict | str | None = Field(
         None,
-        description="The grader that scores each sampled answer: OpenAI's grader JSON inline, or the path of a "
-        "JSON file holding it (required for method.name=grpo; checked before the model loads).",
+        description="The grader that scores each sampled answer: OpenAI's grader JSON inline, the path of a "
+        "JSON file holding it, or the path of a .py file defining grade(sample, item) (a python grader) "
+        "(required for method.name=grpo; checked before the model loads).",
     )
     group_size: int = Field(
         4, ge=2, description="Answers sampled per prompt; each is judged against the mean of its group."

@@ -13,6 +13,7 @@ and initialisation must keep that stream), and the same seed gives the same text
 
 from __future__ import annotations
 
+import inspect
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -98,23 +99,42 @@ def decode(
     pad_id: int,
     max_new_tokens: int,
     pick: Callable[[torch.Tensor], torch.Tensor],
+    rows: Sequence[int] | None = None,
 ) -> Iterator[torch.Tensor]:
-    """Each step's next token of every row [rows], computed with the KV cache; the caller stops it."""
+    """Each step's next token of every row [rows], computed with the KV cache; the caller stops it.
+
+    ``rows``: the prompt each row continues (default: one row per prompt). A prompt shared by
+    several rows (GRPO's group of answers) is prefilled once and its cache copied to its rows:
+    the rows are then computed as if each had been prefilled alone.
+    """
     device = model_device(model)
     ids, mask = (t.to(device) for t in left_padded(prompts, pad_id))
     positions = (mask.cumsum(-1) - 1).clamp(min=0)
+    source = None if rows is None else torch.tensor(rows, dtype=torch.long, device=device)
+    n_rows = len(prompts) if rows is None else len(rows)
+    keep = last_logits_only(model)
     cache = None
     for _ in range(max_new_tokens):
         # Entered per step, not around the yield: inference mode is per thread, and the caller's
         # code between steps must not run in it.
         with torch.inference_mode():
-            out = model(input_ids=ids, attention_mask=mask, position_ids=positions, cache=cache, use_cache=True)
-            cache = out.cache
-            token = pick(out.logits[:, -1].float())
+            out = model(input_ids=ids, attention_mask=mask, position_ids=positions, cache=cache, use_cache=True, **keep)
+            cache, logits = out.cache, out.logits[:, -1].float()
+            if source is not None:  # after the prefill: each row takes its prompt's cache and state
+                cache.reorder_cache(source)
+                logits, mask, positions, source = logits[source], mask[source], positions[source], None
+            token = pick(logits)
             ids = token[:, None]
-            mask = torch.cat([mask, mask.new_ones((len(prompts), 1))], dim=1)
+            mask = torch.cat([mask, mask.new_ones((n_rows, 1))], dim=1)
             positions = positions[:, -1:] + 1
         yield token
+
+
+def last_logits_only(model) -> dict:
+    """``logits_to_keep=1`` where the model takes it: the prefill computes the output layer for the
+    last position only (the one sampled from), not the whole prompt's [tokens, vocab]."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model  # PEFT passes it through
+    return {"logits_to_keep": 1} if "logits_to_keep" in inspect.signature(base.forward).parameters else {}
 
 
 def batches_by_length(lengths: Sequence[int], batch_size: int, description: str) -> Iterator[list[int]]:
@@ -133,14 +153,23 @@ def generate_tokens(
     batch_size: int,
     pick: Callable[[torch.Tensor], torch.Tensor],
     grammars: Sequence | None = None,
+    copies: int = 1,
 ) -> list[list[int]]:
-    """Each prompt's new token ids, up to and including its end-of-turn token ``eos_id``."""
-    produced_all: list[list[int]] = [[] for _ in prompts]
-    for batch in batches_by_length([len(p) for p in prompts], batch_size, "generating"):
+    """Each prompt's new token ids, up to and including its end-of-turn token ``eos_id``.
+
+    ``copies``: continuations per prompt (a GRPO group), prompt by prompt in the result. The
+    batches are those of the prompts each listed ``copies`` times, and so are the tokens drawn;
+    each batch prefills a prompt once however many of its copies it holds.
+    """
+    produced_all: list[list[int]] = [[] for _ in range(len(prompts) * copies)]
+    lengths = [len(prompts[i // copies]) for i in range(len(produced_all))]
+    for batch in batches_by_length(lengths, batch_size, "generating"):
         produced: list[list[int]] = [[] for _ in batch]
         done = [False] * len(batch)
-        step = pick if grammars is None else constrain(pick, [grammars[i] for i in batch], eos_id)
-        for tokens in decode(model, [prompts[i] for i in batch], pad_id, max_new_tokens, step):
+        step = pick if grammars is None else constrain(pick, [grammars[i // copies] for i in batch], eos_id)
+        shared = {p: k for k, p in enumerate(dict.fromkeys(i // copies for i in batch))}  # the batch's prompts
+        rows = None if copies == 1 else [shared[i // copies] for i in batch]
+        for tokens in decode(model, [prompts[p] for p in shared], pad_id, max_new_tokens, step, rows):
             for row, token in enumerate(tokens.tolist()):
                 if not done[row]:
                     produced[row].append(token)

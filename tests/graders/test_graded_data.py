@@ -89,7 +89,7 @@ def test_reads_prompts_and_items(tmp_path):
     prompt = data.examples[0]
     assert [m.role for m in prompt.messages] == ["system", "user"]
     assert prompt.item["reference"] == {"answer": "Paris"}
-    assert prompt.tools[0]["function"]["name"] == "f" and prompt.response_format == {"type": "json_object"}
+    assert prompt.tools[0].name == "f" and prompt.response_format == {"type": "json_object"}
 
 
 @pytest.mark.parametrize(
@@ -115,8 +115,30 @@ def test_reads_prompts_and_items(tmp_path):
         ({"messages": []}, None, "messages: expected a non-empty array of messages, got array"),
         ({"messages": [{"role": "bot", "content": "x"}]}, None, "messages[0].role: unknown role 'bot'"),
         ({"prompt": "x"}, None, "messages: missing key"),
-        ({"messages": [USER], "tools": {"a": 1}}, None, "tools: expected an array of tool objects"),
+        ({"messages": [USER], "tools": {"a": 1}}, None, "tools: expected an array, got object"),
+        (
+            {"messages": [USER], "tools": [{"type": "function", "function": {}}]},
+            None,
+            "tools[0].function.name: missing",
+        ),
+        (
+            {"messages": [USER], "tools": [{"type": "function", "function": {"name": "f", "parameters": {"type": 3}}}]},
+            None,
+            "tools[0].function.parameters: not a valid JSON Schema",
+        ),
+        ({"messages": [USER], "parallel_tool_calls": "yes"}, None, "parallel_tool_calls: expected true or false"),
         ({"messages": [USER], "response_format": "json"}, None, "response_format: expected an object, got string"),
+        (
+            {"messages": [USER], "response_format": {"type": "yaml"}},
+            None,
+            "response_format.type: expected text, json_object or json_schema, got 'yaml'",
+        ),
+        (
+            {"messages": [USER], "response_format": {"type": "json_schema", "json_schema": {"schema": {"type": 3}}}},
+            None,
+            "response_format.json_schema.schema: not a valid JSON Schema",
+        ),
+        ({"messages": [USER], "response_format": {"type": "json_object"}}, None, None),
         ("{not json", None, "invalid JSON"),
         ("[1]", None, "expected a JSON object, got array"),
     ],

@@ -233,3 +233,102 @@ def test_the_reference_is_the_base_model(grpo_config, tmp_path, tiny_model_name,
     assert reference.shape == (7,)  # every answer token
     assert (reference - expected).abs().max().item() < 1e-5
     assert (objective._token_logps(model, batch) - expected).abs().max().item() > 1e-3
+
+
+WEATHER = {
+    "type": "function",
+    "function": {
+        "name": "get_weather",
+        "description": "The weather in a city.",
+        "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]},
+    },
+}
+TOOL_LINE = {
+    "messages": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Weather in Paris?"}],
+    "tools": [WEATHER],
+    "city": "Paris",
+}
+CALLED = {"type": "string_check", "name": "called", "input": "{{sample.output_tools}}", "operation": "like"}
+
+
+def _graded_config(tiny_config, tmp_path, lines, grader, **rl):
+    path = tmp_path / "graded.jsonl"
+    path.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    return tiny_config(
+        data={"train": str(path), "validation": str(path)},
+        method={"name": "grpo"},
+        rl={"grader": grader, "group_size": 2, "max_new_tokens": 16, **rl},
+    )
+
+
+def test_a_prompt_with_tools_is_the_sft_prompt_offering_them(tiny_config, tmp_path, smol_tokenizer):
+    from tunesmith.data.formats import read_chat
+    from tunesmith.data.tokenize import IGNORE_INDEX, tokenize_chats
+    from tunesmith.graders.load import load_grader
+    from tunesmith.train.rollout import prepare_graded
+
+    cfg = _graded_config(tiny_config, tmp_path, [TOOL_LINE], {**CALLED, "reference": "get_weather"})
+    prompt = prepare_graded(cfg, load_grader(cfg.rl.grader), smol_tokenizer).train[0]
+    call = {"id": "c1", "type": "function", "function": {"name": "get_weather", "arguments": '{"city": "Paris"}'}}
+    answered = {**TOOL_LINE, "messages": [*TOOL_LINE["messages"], {"role": "assistant", "tool_calls": [call]}]}
+    chat, problems = read_chat(answered)
+    assert problems == []
+    ids, labels = tokenize_chats(smol_tokenizer, [chat])[0]
+    first_trained = next(i for i, label in enumerate(labels) if label != IGNORE_INDEX)
+    assert prompt.input_ids == ids[:first_trained]
+    assert '"name": "get_weather"' in smol_tokenizer.decode(prompt.input_ids)  # the tool is offered
+    assert [t.name for t in prompt.tools] == ["get_weather"]
+
+
+def test_a_grader_on_output_tools_gets_the_calls_read_from_the_answers(
+    tiny_config, tmp_path, smol_tokenizer, monkeypatch
+):
+    """Rollout answers are read as the service reads them: a <tool_call> line is a call in sample.output_tools."""
+    import tunesmith.train.rollout as rollout
+    from tunesmith.graders import Context
+    from tunesmith.graders.load import load_grader
+
+    grader = {**CALLED, "reference": '"arguments": "{\\"city\\": \\"Paris\\"}"'}
+    cfg = _graded_config(tiny_config, tmp_path, [TOOL_LINE], grader)
+    prompt = rollout.prepare_graded(cfg, load_grader(cfg.rl.grader), smol_tokenizer).train[0]
+    texts = ['<tool_call>{"name": "get_weather", "arguments": {"city": "Paris"}}</tool_call>', "It is sunny."]
+    seen = {}
+
+    def answers(model, prompts, *args, copies=1, **kwargs):
+        seen.update(prompts=prompts, copies=copies)
+        return [smol_tokenizer(t, add_special_tokens=False).input_ids + [smol_tokenizer.eos_token_id] for t in texts]
+
+    class Model(torch.nn.Linear):  # parameters (a device), a config; its answers come from `answers`
+        config = type("Config", (), {"vocab_size": 49152})
+
+    monkeypatch.setattr(rollout, "generate_tokens", answers)
+    result = rollout.roll_out(Model(1, 1), smol_tokenizer, [prompt], load_grader(grader), Context(), cfg, 2)
+    assert seen == {"prompts": [prompt.input_ids], "copies": 2}  # the prompt once, sampled twice
+    assert result.rewards.tolist() == [1.0, 0.0]
+
+
+def test_answers_are_held_to_the_lines_response_format(tiny_config, tmp_path, tiny_model_name):
+    from tunesmith.graders import Context
+    from tunesmith.graders.load import load_grader
+    from tunesmith.models import load_model
+    from tunesmith.train.rollout import prepare_graded, roll_out
+
+    schema = {
+        "type": "object",
+        "properties": {"answer": {"enum": ["yes", "no"]}},
+        "required": ["answer"],
+        "additionalProperties": False,
+    }
+    line = {
+        "messages": [{"role": "user", "content": "Is Paris in France?"}],
+        "response_format": {"type": "json_schema", "json_schema": {"name": "verdict", "schema": schema}},
+    }
+    grader = {"type": "string_check", "name": "yes", "input": "{{sample.output_json.answer}}", "operation": "eq"}
+    grader["reference"] = "yes"
+    cfg = _graded_config(tiny_config, tmp_path, [line], grader, group_size=4)
+    loaded = load_model(tiny_model_name)
+    prompt = prepare_graded(cfg, load_grader(grader), loaded.tokenizer).train[0]
+    result = roll_out(loaded.model, loaded.tokenizer, [prompt], load_grader(grader), Context(), cfg, 4)
+    answers = [json.loads(loaded.tokenizer.decode(a, skip_special_tokens=True)) for a in result.answers]
+    assert all(a["answer"] in ("yes", "no") for a in answers)
+    assert result.rewards.tolist() == [float(a["answer"] == "yes") for a in answers]

@@ -5,6 +5,9 @@ model answer every test prompt (greedy unless eval.temperature), each answer get
 reward, and the report gives the mean score and, where the grader has a pass_threshold, the pass
 rate, each with a bootstrap interval, and the fine-tune's paired gain over the base.
 
+Prompts are asked and answers read as GRPO's rollouts ask and read them: a line's tools offered,
+its response_format enforced, tool calls parsed into ``sample.output_tools``.
+
 Few-shot is not scored: reinforcement data holds prompts and grader fields, no answers to show
 as examples.
 """
@@ -16,7 +19,6 @@ from pathlib import Path
 import numpy as np
 
 from tunesmith.config import Config, EvalConfig
-from tunesmith.data.tokenize import encode_chat
 from tunesmith.errors import TunesmithError
 from tunesmith.evaluate import metrics
 from tunesmith.evaluate.variants import (
@@ -30,8 +32,8 @@ from tunesmith.evaluate.variants import (
     read_training_summary,
     write_result,
 )
-from tunesmith.graders import Context, Grader, grade_many, make_sample
-from tunesmith.graders.data import GradedPrompt, read_graded
+from tunesmith.graders import Context, Grader, answer_sample, grade_many
+from tunesmith.graders.data import GradedPrompt, answer_grammar, prompt_ids, read_graded
 from tunesmith.graders.load import load_grader
 from tunesmith.models import load_model
 from tunesmith.models.vocabulary import load_model_for
@@ -62,8 +64,9 @@ def load_graded_items(config: Config, grader: Grader) -> list[GradedPrompt]:
 
 def _scorer(grader: Grader, context: Context):
     def score(model, tokenizer, prompts, items: list[GradedPrompt], settings: EvalConfig) -> dict:
-        generation = generate_answers(model, tokenizer, prompts, settings, settings.max_new_tokens)
-        samples = [make_sample(text) for text in generation.texts]
+        grammars = _grammars(model, tokenizer, items)
+        generation = generate_answers(model, tokenizer, prompts, settings, settings.max_new_tokens, grammars)
+        samples = [answer_sample(text, bool(item.tools)) for text, item in zip(generation.texts, items, strict=True)]
         grades = grade_many(grader, samples, [item.item for item in items], context)
         scored = {"mean_score": score_stats([g.reward for g in grades])}
         if grader.pass_threshold is not None:
@@ -73,9 +76,18 @@ def _scorer(grader: Grader, context: Context):
     return score
 
 
+def _grammars(model, tokenizer, items: list[GradedPrompt]) -> list | None:
+    if all(item.response_format is None for item in items):
+        return None
+    from tunesmith.constrained import compile_grammar
+
+    grammars = [answer_grammar(item.response_format) for item in items]
+    return [g if g is None else compile_grammar(tokenizer, model.config.vocab_size, g) for g in grammars]
+
+
 def _variant(loaded, items: list[GradedPrompt], settings: EvalConfig, score, dtype: str) -> dict:
     model, tokenizer = prepare_model(loaded), loaded.tokenizer
-    prompts = [encode_chat(tokenizer, item.messages) for item in items]
+    prompts = [prompt_ids(tokenizer, item) for item in items]
     with autocast(dtype, default_device()):
         return evaluate_variant(model, tokenizer, prompts, items, settings, score)
 

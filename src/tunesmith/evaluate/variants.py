@@ -29,7 +29,7 @@ def bootstrap_ci(stats: metrics.ItemStats, settings: EvalConfig) -> dict[str, fl
     return metrics.bootstrap(stats, settings.bootstrap_resamples, settings.seed).as_dict()
 
 
-def generate_answers(model, tokenizer, prompts, settings: EvalConfig, max_new_tokens: int):
+def generate_answers(model, tokenizer, prompts, settings: EvalConfig, max_new_tokens: int, grammars=None):
     return generate(
         model,
         tokenizer,
@@ -39,6 +39,7 @@ def generate_answers(model, tokenizer, prompts, settings: EvalConfig, max_new_to
         temperature=settings.temperature,
         top_p=settings.top_p,
         seed=settings.seed,
+        grammars=grammars,
     )
 
 

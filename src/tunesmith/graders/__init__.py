@@ -5,7 +5,17 @@
 sample the grader cannot score (its reward is 0 and the Grade says why).
 """
 
-from tunesmith.graders.grade import Context, Grade, grade, grade_many, make_sample
+from tunesmith.graders.grade import Context, Grade, answer_sample, grade, grade_many, make_sample
 from tunesmith.graders.schema import Grader, GraderError, parse_grader
 
-__all__ = ["Context", "Grade", "Grader", "GraderError", "grade", "grade_many", "make_sample", "parse_grader"]
+__all__ = [
+    "Context",
+    "Grade",
+    "Grader",
+    "GraderError",
+    "answer_sample",
+    "grade",
+    "grade_many",
+    "make_sample",
+    "parse_grader",
+]

@@ -1,10 +1,16 @@
 """OpenAI's reinforcement fine-tuning JSONL: one prompt per line, graded by a grader.
 
-A record is ``{"messages": [... ending in a user turn], "tools"?: [...], "response_format"?: {...},
-<any item fields>}``: every key besides ``messages``, ``tools`` and ``response_format`` is an item
-field the grader may reference (``{{item.reference_answer}}``, ``item["slots"]`` in a python
+A record is ``{"messages": [... ending in a user turn], "tools"?: [...], "parallel_tool_calls"?: bool,
+"response_format"?: {...}, <any item fields>}``: every key besides those is an item field the
+grader may reference (``{{item.reference_answer}}``, ``item["slots"]`` in a python
 grader). Given the grader, a record lacking a field it references is an error naming the file,
-line and field, found before training instead of as a reward of 0 an hour into it. Bad lines are
+line and field, found before training instead of as a reward of 0 an hour into it. Tools are
+checked as a training line's are (data.formats.read_tools), and ``response_format`` as the
+service checks it: text, json_object, or json_schema with a schema constrained decoding supports.
+
+A prompt is asked as SFT, evaluation and the service ask it (``prompt_ids``: its tools offered in
+the chat rendering of chat/render.py), its answer held to ``response_format`` (``answer_grammar``)
+and read back with its tool calls (grade.answer_sample). Bad lines are
 LineErrors like the other formats'; ``check`` keeps the first of them and counts the rest
 (data/issues.py).
 """
@@ -12,8 +18,9 @@ LineErrors like the other formats'; ``check`` keeps the first of them and counts
 from __future__ import annotations
 
 import ast
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
+from tunesmith.chat.tools import Tool
 from tunesmith.data.formats import (
     BadJSON,
     LineError,
@@ -24,8 +31,10 @@ from tunesmith.data.formats import (
     json_type,
     parse_message,
     read_data_text,
+    read_tools,
 )
 from tunesmith.data.issues import IssueLog
+from tunesmith.data.tokenize import encode_chat
 from tunesmith.errors import TunesmithError
 from tunesmith.graders.schema import Grader, Multi, Python, ScoreModel
 from tunesmith.graders.templates import TemplateError, lookup, references
@@ -38,8 +47,50 @@ class GradedPrompt:
     line: int
     messages: tuple[Message, ...]  # ends with the user turn the model answers
     item: dict  # the whole record: the grader's item namespace
-    tools: list = field(default_factory=list)
+    tools: tuple[Tool, ...] = ()
     response_format: dict | None = None
+    parallel_tool_calls: bool = True
+
+
+def prompt_ids(tokenizer, prompt: GradedPrompt) -> list[int]:
+    """The prompt's token ids as SFT, evaluation and the service render it, its tools offered."""
+    return encode_chat(tokenizer, prompt.messages, prompt.tools, prompt.parallel_tool_calls)
+
+
+class FormatProblem(ValueError):
+    def __init__(self, where: str, reason: str):
+        super().__init__(f"{where}: {reason}")
+        self.where, self.reason = where, reason
+
+
+def answer_grammar(response_format: dict | None):
+    """The grammar (tunesmith.constrained, uncompiled) ``response_format`` holds an answer to: None
+    for free text; FormatProblem naming the field when it is not a format the service accepts."""
+    from jsonschema import SchemaError
+
+    from tunesmith.chat.schemas import schema_problem, schema_validator
+    from tunesmith.constrained import json_schema_grammar
+
+    kind = (response_format or {}).get("type", "text")
+    if kind == "text":
+        return None
+    if kind == "json_object":
+        return json_schema_grammar({"type": "object"})
+    if kind != "json_schema":
+        raise FormatProblem("response_format.type", f"expected text, json_object or json_schema, got {kind!r}")
+    spec = response_format.get("json_schema")
+    schema = spec.get("schema", {}) if isinstance(spec, dict) else None
+    where = "response_format.json_schema.schema"
+    if not isinstance(schema, dict):
+        raise FormatProblem(where if isinstance(spec, dict) else "response_format.json_schema", "expected an object")
+    try:
+        schema_validator(schema)
+    except SchemaError as error:
+        raise FormatProblem(where, schema_problem(error)) from None
+    try:
+        return json_schema_grammar(schema)
+    except Exception as error:  # xgrammar raises its own types for schemas it cannot compile
+        raise FormatProblem(where, f"not supported for constrained decoding: {error}") from None
 
 
 def item_fields(grader: Grader) -> list[tuple[str, ...]]:
@@ -103,11 +154,18 @@ def _record(required: list[tuple[str, ...]]):
             messages = [parse_message(i, m, problems) for i, m in enumerate(turns)]
             if not problems and messages[-1].role != "user":
                 problems.append((f"messages[{len(raw) - 1}].role", "the prompt must end with a user message"))
-        tools, response_format = obj.get("tools", []), obj.get("response_format")
-        if not isinstance(tools, list) or not all(isinstance(t, dict) for t in tools):
-            problems.append(("tools", "expected an array of tool objects"))
+        tools, _ = read_tools(obj, problems)
+        parallel = obj.get("parallel_tool_calls", True)
+        if not isinstance(parallel, bool):
+            problems.append(("parallel_tool_calls", f"expected true or false, got {json_type(parallel)}"))
+        response_format = obj.get("response_format")
         if response_format is not None and not isinstance(response_format, dict):
             problems.append(("response_format", f"expected an object, got {json_type(response_format)}"))
+        elif response_format is not None:
+            try:
+                answer_grammar(response_format)
+            except FormatProblem as problem:
+                problems.append((problem.where, problem.reason))
         for path in required:
             try:
                 lookup(obj, "item", path)
@@ -115,7 +173,7 @@ def _record(required: list[tuple[str, ...]]):
                 problems.append((".".join(path), f"the grader reads this field: {str(error).split(': ', 1)[1]}"))
         if problems:
             return None, problems
-        return GradedPrompt(line, tuple(messages), obj, tools, response_format), []
+        return GradedPrompt(line, tuple(messages), obj, tools, response_format, parallel is not False), []
 
     return convert
 

@@ -14,6 +14,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
+from tunesmith.chat.tools import parse_tool_calls
 from tunesmith.graders import formula, sandbox, similarity
 from tunesmith.graders.judge import Judges, judge
 from tunesmith.graders.schema import Grader, Multi, Python, ScoreModel, StringCheck, TextSimilarity
@@ -52,6 +53,16 @@ def make_sample(output_text: str, output_tools: list | None = None) -> dict:
         "output_tools": output_tools or [],
         "choices": [{"index": 0, "message": message, "finish_reason": "tool_calls" if output_tools else "stop"}],
     }
+
+
+def answer_sample(text: str, tools_offered: bool) -> dict:
+    """The sample of a generated answer. Where tools were offered, its ``<tool_call>`` blocks are
+    read as the service reads them (chat.tools.parse_tool_calls): ``output_tools`` holds the calls
+    in OpenAI's form, ids numbered in order, and ``output_text`` the text around them."""
+    if not tools_offered:
+        return make_sample(text)
+    content, calls = parse_tool_calls(text)
+    return make_sample(content, [{"id": f"call_{i}", **call.openai()} for i, call in enumerate(calls)])
 
 
 @dataclass

@@ -1,4 +1,5 @@
-"""A grader as a config names it (rl.grader): OpenAI's grader JSON inline, or the path of a file holding it."""
+"""A grader as a config names it (rl.grader): OpenAI's grader JSON inline, the path of a file holding
+it, or the path of a ``.py`` file defining ``grade(sample, item)``: a python grader named for the file."""
 
 from __future__ import annotations
 
@@ -17,6 +18,8 @@ def load_grader(spec: dict | str, key: str = "rl.grader") -> Grader:
         path = Path(spec)
         if not path.is_file():
             raise TunesmithError(f"{key}: {spec} is not a file (give the grader JSON inline or a path)")
+        if path.suffix == ".py":
+            return load_grader({"type": "python", "name": path.stem, "source": path.read_text()}, str(path))
         try:
             spec = json.loads(path.read_text())
         except ValueError as error:
