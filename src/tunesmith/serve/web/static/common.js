@@ -124,3 +124,25 @@ export function metricsOf(events) {
     .map((e) => e.data)
     .sort((a, b) => a.step - b.step);
 }
+
+// How far a job has trained: its newest metrics event says "Step 3/10: ..." (the step of total).
+export function progressOf(events) {
+  for (const event of events) {
+    if (event.type !== "metrics") continue;
+    const match = /^Step (\d+)\/(\d+)/.exec(event.message || "");
+    if (match) return { step: Number(match[1]), total: Number(match[2]) };
+  }
+  return null;
+}
+
+// A <progress> with its words beside it ("3 / 10 steps"), or a dash before the first step.
+export function progressBar(progress, label) {
+  if (!progress) return el("span", { class: "help" }, "–");
+  const { step, total } = progress;
+  return el(
+    "span",
+    { class: "progress" },
+    el("progress", { max: total, value: Math.min(step, total), "aria-label": label }),
+    ` ${step} / ${total} steps`,
+  );
+}
