@@ -97,6 +97,10 @@ CHROMIUM_ARGS = [
     "--disable-sync",
 ]
 WIDTHS = [1280, 390]
+# The ids of visible form controls that have neither a <label> nor an aria-label.
+UNLABELLED = """[...document.querySelectorAll("input, select, textarea, progress")]
+  .filter((c) => c.offsetParent !== null && !c.labels?.length && !c.getAttribute("aria-label"))
+  .map((c) => c.id || c.outerHTML)"""
 
 
 @pytest.fixture
@@ -336,6 +340,9 @@ def test_dashboard_in_a_browser(make_server, tiny_model_name, browser, tmp_path)
             if name == "playground":
                 ask_both(page, tiny_model_name)
             page.screenshot(path=shots / f"{name}-{width}.png", full_page=True)
+            # Every control has a label a screen reader reads, and nothing is wider than the window.
+            assert page.evaluate(UNLABELLED) == [], name
+            assert page.evaluate("document.documentElement.scrollWidth") <= width, (name, width)
     assert len(list(shots.glob("*.png"))) == 12
 
     # Another organisation sees none of it; its job page shows the API's message, not a trace.

@@ -101,7 +101,15 @@ export function when(seconds) {
   return seconds ? new Date(seconds * 1000).toLocaleString() : "";
 }
 
+// Each cell is labelled with its column's heading (data-label): at phone widths a row is shown as a
+// card of "heading: value" lines (dashboard.css), as a wide table does not fit.
 export function fill(tbody, rows) {
+  const headings = [...tbody.closest("table").querySelectorAll("thead th")].map((th) => th.textContent.trim());
+  for (const row of rows) {
+    [...row.children].forEach((cell, i) => {
+      if (headings[i]) cell.dataset.label = headings[i];
+    });
+  }
   tbody.replaceChildren(...rows);
 }
 

@@ -57,8 +57,8 @@ function showJob(progress) {
     grader ? fact("Grader", el("code", {}, JSON.stringify(grader))) : [],
     fact("Seed", job.seed),
     fact("Created", when(job.created_at)),
-    fact("Estimated finish", job.estimated_finish ? when(job.estimated_finish) : null),
-    fact("Finished", when(job.finished_at)),
+    job.estimated_finish ? fact("Estimated finish", when(job.estimated_finish)) : [],
+    job.finished_at ? fact("Finished", when(job.finished_at)) : [],
     fact("Trained tokens", job.trained_tokens),
     fact(
       "Fine-tuned model",
