@@ -132,8 +132,12 @@ class Session:
         )
         self.page.goto(base + "/")
         self.page.wait_for_url("**/ui/login")  # no key yet: the login page
-        self.page.fill("#key", "sk-wrong")
-        self.page.click("button[type=submit]")
+        # From the keyboard alone: the skip link, then the key's box; Enter submits.
+        self.page.keyboard.press("Tab")
+        self.page.keyboard.press("Tab")
+        assert self.page.evaluate("document.activeElement.id") == "key"
+        self.page.keyboard.type("sk-wrong")
+        self.page.keyboard.press("Enter")
         expect(self.page.locator("#error")).to_have_text("Incorrect API key provided")
         self.page.fill("#key", key)
         self.page.click("button[type=submit]")
