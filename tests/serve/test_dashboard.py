@@ -11,7 +11,9 @@ from pathlib import Path
 import httpx
 import pytest
 from playwright.sync_api import expect, sync_playwright
+from test_reinforcement_jobs import GRADER
 from test_serve_api import chat_rows
+from test_serve_tools import TOOLS
 
 from tunesmith.serve import web
 
@@ -95,6 +97,10 @@ CHROMIUM_ARGS = [
     "--disable-sync",
 ]
 WIDTHS = [1280, 390]
+# The ids of visible form controls that have neither a <label> nor an aria-label.
+UNLABELLED = """[...document.querySelectorAll("input, select, textarea, progress")]
+  .filter((c) => c.offsetParent !== null && !c.labels?.length && !c.getAttribute("aria-label"))
+  .map((c) => c.id || c.outerHTML)"""
 
 
 @pytest.fixture
@@ -126,8 +132,12 @@ class Session:
         )
         self.page.goto(base + "/")
         self.page.wait_for_url("**/ui/login")  # no key yet: the login page
-        self.page.fill("#key", "sk-wrong")
-        self.page.click("button[type=submit]")
+        # From the keyboard alone: the skip link, then the key's box; Enter submits.
+        self.page.keyboard.press("Tab")
+        self.page.keyboard.press("Tab")
+        assert self.page.evaluate("document.activeElement.id") == "key"
+        self.page.keyboard.type("sk-wrong")
+        self.page.keyboard.press("Enter")
         expect(self.page.locator("#error")).to_have_text("Incorrect API key provided")
         self.page.fill("#key", key)
         self.page.click("button[type=submit]")
@@ -136,6 +146,61 @@ class Session:
     def open(self, path: str):
         self.page.goto(self.base + path)
         return self.page
+
+
+def create_job(page, model: str, suffix: str):
+    """Fill the create form (supervised, 1 epoch of 4 batches) and land on the new job's page."""
+    page.select_option("#model", model)
+    for select, name in (("#training_file", "train.jsonl"), ("#validation_file", "valid.jsonl")):
+        page.select_option(select, page.locator(f"{select} option", has_text=name).get_attribute("value"))
+    page.fill("#n_epochs", "1")
+    page.fill("#batch_size", "4")
+    page.fill("#suffix", suffix)
+    page.click("#create-form button[type=submit]")
+    page.wait_for_url(re.compile(r"/ui/jobs/ftjob-"))
+
+
+def show_reinforcement_job(page, base: str):
+    """A reinforcement job's page draws the reward curve, not token accuracy, and its checkpoints'
+    rewards. The job's API answers are made up here in the shapes the API gives (a real GRPO run is
+    test_reinforcement_jobs.py's, minutes long); only the page's reading of them is under test."""
+    job_id = "ftjob-rl"
+    hyper = {"n_epochs": 1, "batch_size": 2, "learning_rate_multiplier": 1.0, "compute_multiplier": 0.5}
+    job = {
+        "id": job_id, "object": "fine_tuning.job", "status": "running", "model": "m", "created_at": 1,
+        "training_file": "file-x", "validation_file": None, "hyperparameters": hyper, "result_files": [],
+        "method": {"type": "reinforcement", "reinforcement": {"grader": GRADER, "hyperparameters": hyper}},
+    }  # fmt: skip
+    metrics = [
+        {"step": 1, "train_loss": 0.1, "train_reward": 0.25, "train_pass_rate": 0.25},
+        {"step": 2, "train_loss": 0.05, "train_reward": 0.5, "train_pass_rate": 0.5, "val_reward": 0.75},
+    ]
+    events = [
+        {"id": f"ev-{m['step']}", "object": "fine_tuning.job.event", "created_at": 1, "level": "info",
+         "message": f"Step {m['step']}/4: training loss={m['train_loss']}", "type": "metrics", "data": m}
+        for m in reversed(metrics)
+    ]  # fmt: skip
+    checkpoint = {"id": "ckpt", "object": "fine_tuning.job.checkpoint", "created_at": 1, "step_number": 2,
+                  "metrics": metrics[1], "fine_tuned_model_checkpoint": "ft:m:x::rl:ckpt-step-2"}  # fmt: skip
+    answers = {"": job, "/events": events, "/checkpoints": [checkpoint]}
+
+    def answer(route):
+        rest = route.request.url.split(job_id, 1)[1].split("?")[0]
+        body = answers[rest]
+        if isinstance(body, list):
+            body = {"object": "list", "data": body, "has_more": False}
+        route.fulfill(json=body)
+
+    page.route(f"{base}/v1/fine_tuning/jobs/{job_id}**", answer)
+    page.goto(f"{base}/ui/jobs/{job_id}")
+    expect(page.locator("#reward-chart canvas")).to_have_count(1)
+    assert page.locator("#reward-chart").get_attribute("data-points") == "3"  # two training rewards, one validation
+    expect(page.locator("#acc-section")).to_be_hidden()
+    expect(page.locator("#summary .progress")).to_have_text("2 / 4 steps")
+    expect(page.locator("#summary")).to_contain_text("has_letter")
+    expect(page.locator("#checkpoints thead")).to_contain_text("Validation reward")
+    expect(page.locator("#checkpoints tbody")).to_contain_text("0.7500")
+    expect(page.locator("#pause")).to_be_visible()
 
 
 def ask_both(page, model_a: str):
@@ -148,7 +213,7 @@ def ask_both(page, model_a: str):
 
 
 def test_dashboard_in_a_browser(make_server, tiny_model_name, browser, tmp_path):
-    server = make_server()
+    server = make_server(["--max-running", "1"])
     base = server.url.removesuffix("/v1")
     acme_key, other_key = server.key("acme"), server.key("other")
     shots = Path(os.environ.get("TUNESMITH_SCREENSHOTS") or tmp_path / "screenshots")
@@ -157,6 +222,7 @@ def test_dashboard_in_a_browser(make_server, tiny_model_name, browser, tmp_path)
     page = acme.page
     assert acme_key not in page.url and acme.context.cookies() == []
     assert page.evaluate("sessionStorage.getItem('tunesmith-key')") == acme_key
+    auth = {"Authorization": f"Bearer {acme_key}"}
 
     # Files: a broken file's line errors, then the good ones.
     acme.open("/ui/files")
@@ -172,24 +238,62 @@ def test_dashboard_in_a_browser(make_server, tiny_model_name, browser, tmp_path)
     expect(page.locator("#files tbody tr")).to_have_count(2)
     expect(page.locator("#progress")).to_have_attribute("value", "100")
 
-    # Jobs: create one on the tiny model and watch it train.
+    # Jobs: a reinforcement job's grader is checked by the service before anything is created.
     acme.open("/ui/jobs")
-    page.select_option("#model", tiny_model_name)
-    for select, name in (("#training_file", "train.jsonl"), ("#validation_file", "valid.jsonl")):
-        page.select_option(select, page.locator(f"{select} option", has_text=name).get_attribute("value"))
-    page.fill("#n_epochs", "1")
-    page.fill("#batch_size", "4")
-    page.fill("#suffix", "numbers")
+    page.select_option("#method", "reinforcement")
+    expect(page.locator("#grader")).to_be_visible()
+    expect(page.locator("#beta")).to_be_hidden()
+    page.fill("#grader", json.dumps({"type": "string_check", "name": "g", "input": "{{sample.output_text}}"}))
     page.click("#create-form button[type=submit]")
-    page.wait_for_url(re.compile(r"/ui/jobs/ftjob-"))
+    expect(page.locator("#grader-result")).to_have_text(re.compile(r"^invalid grader: .*reference"))
+    expect(page.locator("#error")).to_have_text(page.locator("#grader-result").text_content())
+    page.fill("#grader", "{not json")
+    page.click("#validate-grader")
+    expect(page.locator("#grader-result")).to_have_text(re.compile(r"^grader: not valid JSON"))
+    page.fill("#grader", json.dumps(GRADER))
+    page.click("#validate-grader")
+    expect(page.locator("#grader-result")).to_have_text('The grader "has_letter" is valid.')
+    assert httpx.get(f"{server.url}/fine_tuning/jobs", headers=auth).json()["data"] == []
+
+    # Create one on the tiny model and watch it train.
+    page.select_option("#method", "supervised")
+    expect(page.locator("#grader")).to_be_hidden()
+    create_job(page, tiny_model_name, "numbers")
     job_id = page.url.rsplit("/", 1)[1]
-    expect(page.locator("#status")).to_have_text("succeeded", timeout=150_000)
+
+    # A second job waits behind it (one training slot): pause, resume and cancel it from its page.
+    acme.open("/ui/jobs")
+    create_job(page, tiny_model_name, "second")
+    expect(page.locator("#status")).to_have_text("queued", timeout=60_000)
+    expect(page.locator("#resume")).to_be_hidden()
+    page.click("#pause")
+    expect(page.locator("#status")).to_have_text("paused")
+    expect(page.locator("#pause")).to_be_hidden()
+    page.click("#resume")
+    expect(page.locator("#status")).to_have_text("queued")
+    page.click("#cancel")
+    expect(page.locator("#status")).to_have_text("cancelled")
+    for button in ("#pause", "#resume", "#cancel"):
+        expect(page.locator(button)).to_be_hidden()
+    expect(page.locator("#events")).to_contain_text("Fine-tuning job resumed")
+
+    acme.open(f"/ui/jobs/{job_id}")
+    expect(page.locator("#status")).to_have_text("succeeded", timeout=300_000)
     loss = page.locator("#loss-chart")
     expect(loss.locator("canvas")).to_have_count(1)
     assert int(loss.get_attribute("data-points")) >= 5  # 4 training steps and at least one validation loss
+    expect(page.locator("#summary .progress")).to_have_text("4 / 4 steps")
+    expect(page.locator("#checkpoints thead")).to_contain_text("Validation loss")
     expect(page.locator("#checkpoints tbody tr")).not_to_have_count(0)
     expect(page.locator("#events")).to_contain_text("The job has successfully completed")
-    auth = {"Authorization": f"Bearer {acme_key}"}
+    expect(page.locator("#results button")).to_have_text("Download step_metrics.csv")
+    with page.expect_download() as download:
+        page.click("#results button")
+    assert Path(download.value.path()).read_text().startswith("step,train_loss,")
+    expect(page.locator("#acc-chart canvas")).to_have_count(1)
+    expect(page.locator("#reward-section")).to_be_hidden()
+    acme.open("/ui/jobs")
+    expect(page.locator("#jobs tbody tr", has_text=job_id).locator(".progress")).to_have_text("4 / 4 steps")
     fine_tuned = httpx.get(f"{server.url}/fine_tuning/jobs/{job_id}", headers=auth).json()["fine_tuned_model"]
 
     # Models: the lineage from the base model.
@@ -206,6 +310,20 @@ def test_dashboard_in_a_browser(make_server, tiny_model_name, browser, tmp_path)
         whole = httpx.post(f"{server.url}/chat/completions", json={**body, "temperature": 0}, headers=auth, timeout=60)
         assert page.locator(f"#answer-{side}").text_content() == whole.json()["choices"][0]["message"]["content"]
         assert page.locator(f"#answer-{side}").get_attribute("data-chunks") == "8"  # one piece per token
+
+    # Tools: both models are offered one and must call it; the calls show under the answers.
+    page.fill("#tools", json.dumps(TOOLS[:1]))
+    page.select_option("#tool_choice", "required")
+    page.fill("#max_tokens", "60")
+    page.click("#play-form button[type=submit]")
+    for side in "ab":
+        expect(page.locator(f"#answer-{side}[data-done]")).to_have_count(1, timeout=60_000)
+        expect(page.locator(f"#calls-{side} li")).to_have_text(re.compile(r"^get_weather\(\{.*\}\)$"))
+    page.fill("#tools", "[{")
+    page.click("#play-form button[type=submit]")
+    expect(page.locator("#error")).to_have_text(re.compile(r"^tools: not valid JSON"))
+
+    show_reinforcement_job(page, base)
 
     # Compare: the job's curve and hyperparameters.
     acme.open(f"/ui/compare?jobs={job_id}")
@@ -226,6 +344,9 @@ def test_dashboard_in_a_browser(make_server, tiny_model_name, browser, tmp_path)
             if name == "playground":
                 ask_both(page, tiny_model_name)
             page.screenshot(path=shots / f"{name}-{width}.png", full_page=True)
+            # Every control has a label a screen reader reads, and nothing is wider than the window.
+            assert page.evaluate(UNLABELLED) == [], name
+            assert page.evaluate("document.documentElement.scrollWidth") <= width, (name, width)
     assert len(list(shots.glob("*.png"))) == 12
 
     # Another organisation sees none of it; its job page shows the API's message, not a trace.

@@ -101,7 +101,15 @@ export function when(seconds) {
   return seconds ? new Date(seconds * 1000).toLocaleString() : "";
 }
 
+// Each cell is labelled with its column's heading (data-label): at phone widths a row is shown as a
+// card of "heading: value" lines (dashboard.css), as a wide table does not fit.
 export function fill(tbody, rows) {
+  const headings = [...tbody.closest("table").querySelectorAll("thead th")].map((th) => th.textContent.trim());
+  for (const row of rows) {
+    [...row.children].forEach((cell, i) => {
+      if (headings[i]) cell.dataset.label = headings[i];
+    });
+  }
   tbody.replaceChildren(...rows);
 }
 
@@ -123,4 +131,26 @@ export function metricsOf(events) {
     .filter((e) => e.type === "metrics" && e.data && typeof e.data.step === "number")
     .map((e) => e.data)
     .sort((a, b) => a.step - b.step);
+}
+
+// How far a job has trained: its newest metrics event says "Step 3/10: ..." (the step of total).
+export function progressOf(events) {
+  for (const event of events) {
+    if (event.type !== "metrics") continue;
+    const match = /^Step (\d+)\/(\d+)/.exec(event.message || "");
+    if (match) return { step: Number(match[1]), total: Number(match[2]) };
+  }
+  return null;
+}
+
+// A <progress> with its words beside it ("3 / 10 steps"), or a dash before the first step.
+export function progressBar(progress, label) {
+  if (!progress) return el("span", { class: "help" }, "–");
+  const { step, total } = progress;
+  return el(
+    "span",
+    { class: "progress" },
+    el("progress", { max: total, value: Math.min(step, total), "aria-label": label }),
+    ` ${step} / ${total} steps`,
+  );
 }

@@ -1,4 +1,4 @@
-import { api, authHeaders, errorOf, requireKey, showError } from "./common.js";
+import { api, authHeaders, el, errorOf, requireKey, showError } from "./common.js";
 
 await requireKey();
 const form = document.getElementById("play-form");
@@ -16,18 +16,41 @@ async function loadModels() {
   }
 }
 
+// The tools box: empty is no tools; otherwise a JSON list, which the API checks tool by tool.
+function tools() {
+  const raw = document.getElementById("tools").value.trim();
+  if (!raw) return null;
+  let parsed;
+  try {
+    parsed = JSON.parse(raw);
+  } catch (error) {
+    throw new Error(`tools: not valid JSON (${error.message})`);
+  }
+  if (!Array.isArray(parsed)) throw new Error("tools: a JSON list of tools, [{...}, ...], not an object");
+  return parsed;
+}
+
+// Tool calls arrive as deltas by index: the opening one names the function, later ones add arguments.
+function addCallDeltas(calls, deltas) {
+  for (const delta of deltas) {
+    const call = (calls[delta.index] ??= { name: "", arguments: "" });
+    call.name += delta.function?.name || "";
+    call.arguments += delta.function?.arguments || "";
+  }
+}
+
+function showCalls(list, calls) {
+  list.replaceChildren(
+    ...calls.filter(Boolean).map((c) => el("li", {}, el("code", {}, `${c.name}(${c.arguments})`))),
+  );
+}
+
 // One answer, streamed: chat completions' server-sent events read from fetch's body as they arrive.
-async function stream(model, messages, output, speed) {
+async function stream(model, request, output, callList, speed) {
   output.textContent = "";
+  callList.replaceChildren();
   speed.textContent = "waiting…";
-  const body = {
-    model,
-    messages,
-    stream: true,
-    stream_options: { include_usage: true },
-    temperature: Number(document.getElementById("temperature").value),
-    max_tokens: Number(document.getElementById("max_tokens").value),
-  };
+  const body = { model, ...request, stream: true, stream_options: { include_usage: true } };
   const started = performance.now();
   const response = await fetch("/v1/chat/completions", {
     method: "POST",
@@ -39,6 +62,7 @@ async function stream(model, messages, output, speed) {
   let buffer = "";
   let chunks = 0;
   let tokens = null;
+  const calls = [];
   for (;;) {
     const { value, done } = await reader.read();
     if (done) break;
@@ -59,6 +83,11 @@ async function stream(model, messages, output, speed) {
         output.textContent += piece;
         chunks += 1;
       }
+      const callDeltas = chunk.choices?.[0]?.delta?.tool_calls;
+      if (callDeltas) {
+        addCallDeltas(calls, callDeltas);
+        showCalls(callList, calls);
+      }
       if (chunk.usage) tokens = chunk.usage.completion_tokens;
     }
     const seconds = (performance.now() - started) / 1000;
@@ -78,11 +107,24 @@ form.addEventListener("submit", (event) => {
   const system = document.getElementById("system").value.trim();
   if (system) messages.push({ role: "system", content: system });
   messages.push({ role: "user", content: document.getElementById("user").value });
+  const request = {
+    messages,
+    temperature: Number(document.getElementById("temperature").value),
+    max_tokens: Number(document.getElementById("max_tokens").value),
+  };
+  try {
+    const offered = tools();
+    if (offered) Object.assign(request, { tools: offered, tool_choice: document.getElementById("tool_choice").value });
+  } catch (error) {
+    showError(error);
+    return;
+  }
   for (const side of ["a", "b"]) {
     const output = document.getElementById(`answer-${side}`);
+    const callList = document.getElementById(`calls-${side}`);
     const speed = document.getElementById(`speed-${side}`);
     delete output.dataset.done;
-    stream(document.getElementById(`model-${side}`).value, messages, output, speed).catch((error) => {
+    stream(document.getElementById(`model-${side}`).value, request, output, callList, speed).catch((error) => {
       speed.textContent = "";
       showError(error);
     });
