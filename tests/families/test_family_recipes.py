@@ -59,8 +59,11 @@ def few_e2e(tmp_path_factory, small_e2e):
 @pytest.fixture(scope="module")
 def family_run(family_folder, few_e2e, make_tiny_config, tmp_path_factory):
     """family_run(family, method, fast_paths): (config, run folder) of a finished 3-step run that
-    checkpointed at step 2 and evaluated at steps 0 and 3; each run once per module."""
+    checkpointed at step 2 and evaluated at steps 0 and 3; each run once per module. Without
+    loss.png: matplotlib would take half of a run's time here, and no test reads it."""
     runs = {}
+    patch = pytest.MonkeyPatch()
+    patch.setattr("tunesmith.train.run.plot_losses", lambda metrics, path: None)
 
     def run(family: str, method: str, fast: bool):
         key = family, method, fast
@@ -79,7 +82,8 @@ def family_run(family_folder, few_e2e, make_tiny_config, tmp_path_factory):
             runs[key] = cfg, Path(cfg.out_dir)
         return runs[key]
 
-    return run
+    yield run
+    patch.undo()
 
 
 def _losses(run) -> list[tuple[str, float]]:
