@@ -56,6 +56,8 @@ def test_added_words_are_one_token_and_start_as_the_mean_of_their_pieces(mlm_con
         "multilingual",
         "pretraining",
     ]
+    # Whole words only: not cut out of a longer word.
+    assert tokenizer.tokenize("nonconvolutional") == ["non", "##con", "##vo", "##lu", "##tion", "##al"]
     assert torch.equal(table[: len(old)], old)
     for word, ids in pieces.items():
         assert torch.allclose(table[tokenizer.convert_tokens_to_ids(word)], old[ids].mean(0), rtol=1e-6, atol=0)
