@@ -483,8 +483,10 @@ class DistributedConfig(_Strict):
 class TokenizerConfig(_Strict):
     add_tokens: list[str] | str | None = Field(
         None,
-        description="Domain vocabulary added as normal tokens: a list, or a file with one token per line. Each "
-        "new embedding row starts as the mean of the rows of the pieces the tokenizer split the word into.",
+        description="Domain vocabulary added as normal tokens: a list, or a file with one token per line; for "
+        "decoders and every encoder objective (e.g. medical terms before `mlm` domain adaptation). Each new "
+        "embedding row (and an MLM head's bias) starts as the mean of the pieces the tokenizer split the word "
+        "into; under LoRA the new rows train as PEFT trainable tokens. The tokenizer is saved with the run.",
     )
 
 

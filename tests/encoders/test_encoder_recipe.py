@@ -12,6 +12,7 @@ from tunesmith.encoders.model import load_encoder
 from tunesmith.encoders.recipe import HEAD_FILE, train_encoder
 from tunesmith.errors import TunesmithError
 from tunesmith.evaluate.encoders import run_encoder_evaluation
+from tunesmith.models.vocabulary import Added
 
 
 def _metrics(run):
@@ -209,5 +210,5 @@ def test_mlm_head_is_tied_to_the_word_embeddings(encoder_config, tmp_path):
         data={"train": str(tmp_path / "corpus.txt"), "validation": None, "val_fraction": 0.25, "test": None},
     )
     encoder = load_encoder(cfg.model)  # a plain BertModel folder: no MLM head in the checkpoint
-    task = _build_task(cfg, encoder)
+    task = _build_task(cfg, encoder, Added())
     assert task.head.predictions.decoder.weight is encoder.model.embeddings.word_embeddings.weight

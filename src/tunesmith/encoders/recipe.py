@@ -23,6 +23,7 @@ from tunesmith.encoders.model import Encoder, load_encoder, set_dropout
 from tunesmith.encoders.tasks import ClassificationTask, ContrastiveTask, EncoderTask, MaskedLMTask
 from tunesmith.errors import TunesmithError
 from tunesmith.export import save_adapter
+from tunesmith.models.vocabulary import Added, add_domain_words, grow_embeddings
 from tunesmith.paths import atomic_file
 from tunesmith.precision import autocast, default_device
 from tunesmith.progress import TrainProgress, peak_rss_mb
@@ -38,16 +39,19 @@ def is_encoder_run(cfg: Config) -> bool:
     return cfg.method.objective in ENCODER_OBJECTIVES
 
 
-def _build_task(cfg: Config, encoder: Encoder) -> EncoderTask:
-    if cfg.method.objective == "contrastive":
-        return ContrastiveTask(cfg, encoder)
-    if cfg.method.objective == "classification":
-        return ClassificationTask(cfg, encoder)
+def _build_task(cfg: Config, encoder: Encoder, added: Added) -> EncoderTask:
+    """The objective's task; the embedding grows by the rows of `added` (the tokenizer has them already)."""
+    old_rows = encoder.model.get_input_embeddings().weight.shape[0]
+    if cfg.method.objective != "mlm":
+        grow_embeddings(encoder.model, added, old_rows)
+        task_class = ContrastiveTask if cfg.method.objective == "contrastive" else ClassificationTask
+        return task_class(cfg, encoder)
     from transformers import AutoModelForMaskedLM
 
     # A sentence-embedding checkpoint has no MLM head: transformers ties the head's output matrix
     # to the word embeddings and initialises its small transform, which then trains in full.
     mlm_model = AutoModelForMaskedLM.from_pretrained(encoder.path, dtype=torch.float32)
+    grow_embeddings(mlm_model, added, old_rows)  # the tied output rows (and their biases) with it
     encoder.model = mlm_model.base_model
     return MaskedLMTask(cfg, encoder, mlm_model)
 
@@ -97,7 +101,9 @@ def train_encoder(
 
     # ---- setup: everything that can fail on bad input happens before out_dir is touched ----
     encoder = load_encoder(cfg.model, cfg.encoder.max_seq_len)
-    task = _build_task(cfg, encoder)
+    # Domain words before any text is tokenized; the same ids again on resume (the config is the same).
+    added = add_domain_words(encoder.tokenizer, cfg.tokenizer)
+    task = _build_task(cfg, encoder, added)
     if cfg.encoder.dropout is not None:
         set_dropout(encoder.model, cfg.encoder.dropout)
     if not task.validation:
@@ -106,7 +112,7 @@ def train_encoder(
     total_steps = cfg.train.max_steps or max(1, math.ceil(cfg.train.epochs * steps_per_epoch))
     device = default_device()
     torch.manual_seed(cfg.train.seed)
-    body = attach_method(encoder.model, cfg, "FEATURE_EXTRACTION").to(device)
+    body = attach_method(encoder.model, cfg, "FEATURE_EXTRACTION", token_ids=added.ids).to(device)
     head = task.head.to(device)
     _train_head(head, body)
     # One module holds everything trained, so checkpoints and the best weights cover the head too.
@@ -129,7 +135,7 @@ def train_encoder(
     # ---- save: the best weights, not the last ----
     run.restore_best()
     if cfg.method.lora:
-        save_adapter(body, out_dir)
+        save_adapter(body, out_dir, encoder.tokenizer)
         body = body.merge_and_unload()
     encoder.model = body
     save_encoder(encoder, out_dir / MERGED)

@@ -70,18 +70,28 @@ def domain_words(vocabulary: TokenizerConfig) -> list[str]:
     return list(dict.fromkeys(word for word in value if word))
 
 
+def add_domain_words(tokenizer, vocabulary: TokenizerConfig) -> Added:
+    """Add the `tokenizer.add_tokens` words `tokenizer` lacks as normal tokens (idempotent: a saved
+    run's tokenizer already has them); each new id with the pieces the tokenizer split the word into."""
+    from tokenizers import AddedToken
+
+    vocab = tokenizer.get_vocab()
+    new_words = [w for w in domain_words(vocabulary) if w not in vocab]
+    pieces = {w: tokenizer(w, add_special_tokens=False)["input_ids"] for w in new_words}
+    if not new_words:
+        return Added()
+    # Whole words only: Hugging Face matches an added token anywhere, so the medical abbreviation
+    # "lv" would cut "involving" into in ##vo lv ing (245 of 400 medical test abstracts changed so).
+    tokenizer.add_tokens([AddedToken(w, single_word=True) for w in new_words])
+    return Added(words={tokenizer.convert_tokens_to_ids(w): pieces[w] for w in new_words})
+
+
 def extend_tokenizer(tokenizer, data: DataConfig, vocabulary: TokenizerConfig | None = None) -> Added:
     """Set the config's template and add its tokens to `tokenizer` (idempotent: a saved run's tokenizer
     already has them)."""
     template, specials = chat_template(data)
-    added = Added()
-    words = domain_words(vocabulary or TokenizerConfig())
+    added = add_domain_words(tokenizer, vocabulary or TokenizerConfig())
     vocab = tokenizer.get_vocab()
-    new_words = [w for w in words if w not in vocab]
-    pieces = {w: tokenizer(w, add_special_tokens=False)["input_ids"] for w in new_words}
-    if new_words:
-        tokenizer.add_tokens(new_words)
-        added.words = {tokenizer.convert_tokens_to_ids(w): pieces[w] for w in new_words}
     if template is None:
         return added
     missing = [t for t in specials if t not in vocab]
@@ -110,7 +120,8 @@ def _end_of_turn(tokenizer, specials: list[str]) -> str | None:
 
 
 def grow_embeddings(model, added: Added, old_rows: int) -> None:
-    """Rows for the added ids (the embedding and an untied head grow to fit): the mean of the old rows."""
+    """Rows for the added ids (the embedding and an untied head grow to fit): the mean of the old rows;
+    an output bias (BERT's MLM head) gets the same mean of its entries."""
     import torch
 
     if not added.ids:
@@ -123,6 +134,8 @@ def grow_embeddings(model, added: Added, old_rows: int) -> None:
     head = model.get_output_embeddings()
     if head is not None and head.weight is not tables[0]:
         tables.append(head.weight)
+    if head is not None and getattr(head, "bias", None) is not None:
+        tables.append(head.bias)
     with torch.no_grad():
         for table in tables:
             mean = table[:old_rows].mean(dim=0)
