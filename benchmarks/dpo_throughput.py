@@ -21,15 +21,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from machine import cpu_flags
+from machine import cpu_flags, medians, ratio, run_worker  # noqa: E402
 from train_throughput import _device, _peak_rss_mb, _sync, _throughput, clock_recipe_steps  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
@@ -217,16 +215,10 @@ def worker(name: str, args) -> None:
 
 
 def run_in_subprocess(name: str, args, data_dir: Path) -> dict:
-    command = [sys.executable, __file__, "--worker", name, "--data-dir", str(data_dir)]
-    command += ["--steps", str(args.steps), "--warmup", str(args.warmup), "--model", args.model]
-    command += ["--max-len", str(args.max_len), "--batch-size", str(args.batch_size)]
-    env = {**os.environ, "TOKENIZERS_PARALLELISM": "false", "PYTHONWARNINGS": "ignore"}
-    done = subprocess.run(command, capture_output=True, text=True, env=env, cwd=REPO)
-    lines = [line for line in done.stdout.splitlines() if line.startswith("{")]
-    if done.returncode != 0 or not lines:
-        tail = "\n".join((done.stdout + done.stderr).splitlines()[-25:])
-        raise SystemExit(f"{name} failed (exit {done.returncode}):\n{tail}")
-    return json.loads(lines[-1])
+    worker_args = ["--data-dir", str(data_dir)]
+    worker_args += ["--steps", str(args.steps), "--warmup", str(args.warmup), "--model", args.model]
+    worker_args += ["--max-len", str(args.max_len), "--batch-size", str(args.batch_size)]
+    return run_worker(__file__, name, worker_args, REPO)
 
 
 def render(results: dict[str, list[dict]], args, load: str) -> str:
@@ -234,7 +226,7 @@ def render(results: dict[str, list[dict]], args, load: str) -> str:
 
     from tunesmith.precision import compute_dtype
 
-    median = {n: {k: statistics.median(r[k] for r in rs) for k in rs[0] if k != "name"} for n, rs in results.items()}
+    median = medians(results)
     ours = median.get("tunesmith")
     lines = [
         "# DPO throughput: tunesmith vs TRL DPOTrainer",
@@ -257,8 +249,8 @@ def render(results: dict[str, list[dict]], args, load: str) -> str:
         r = median.get(name)
         if r is None:
             continue
-        speed = f"{r['pairs_per_second'] / ours['pairs_per_second']:.2f}x" if ours else "-"
-        rss = f"{r['peak_rss_mb'] / ours['peak_rss_mb']:.2f}x" if ours else "-"
+        speed = ratio(r["pairs_per_second"], ours and ours["pairs_per_second"])
+        rss = ratio(r["peak_rss_mb"], ours and ours["peak_rss_mb"])
         lines.append(
             f"| {name} | {what} | {r['pairs_per_second']:.3f} | {r['peak_rss_mb']:.0f} | "
             f"{r['val_reward_accuracy']:.3f} | {r['val_loss']:.4f} | {speed} | {rss} |"

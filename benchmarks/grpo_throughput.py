@@ -24,15 +24,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from machine import cpu_flags, cpu_model  # noqa: E402
+from machine import cpu_flags, cpu_model, medians, ratio, run_worker  # noqa: E402
 from train_throughput import _device, _peak_rss_mb, _sync, _throughput, clock_recipe_steps  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
@@ -211,22 +209,16 @@ def worker(name: str, args) -> None:
 
 
 def run_in_subprocess(name: str, args, data_dir: Path) -> dict:
-    command = [sys.executable, __file__, "--worker", name, "--data-dir", str(data_dir), "--model", args.model]
-    command += ["--steps", str(args.steps), "--warmup", str(args.warmup), "--prompts", str(args.prompts)]
-    command += ["--group", str(args.group), "--new-tokens", str(args.new_tokens)]
-    env = {**os.environ, "TOKENIZERS_PARALLELISM": "false", "PYTHONWARNINGS": "ignore"}
-    done = subprocess.run(command, capture_output=True, text=True, env=env, cwd=REPO)
-    lines = [line for line in done.stdout.splitlines() if line.startswith("{")]
-    if done.returncode != 0 or not lines:
-        tail = "\n".join((done.stdout + done.stderr).splitlines()[-25:])
-        raise SystemExit(f"{name} failed (exit {done.returncode}):\n{tail}")
-    return json.loads(lines[-1])
+    worker_args = ["--data-dir", str(data_dir), "--model", args.model]
+    worker_args += ["--steps", str(args.steps), "--warmup", str(args.warmup), "--prompts", str(args.prompts)]
+    worker_args += ["--group", str(args.group), "--new-tokens", str(args.new_tokens)]
+    return run_worker(__file__, name, worker_args, REPO)
 
 
 def render(results: dict[str, list[dict]], args) -> str:
     import torch
 
-    median = {n: {k: statistics.median(r[k] for r in rs) for k in rs[0] if k != "name"} for n, rs in results.items()}
+    median = medians(results)
     ours = median.get("tunesmith")
     lines = [
         "# GRPO throughput: tunesmith vs TRL GRPOTrainer",
@@ -248,8 +240,8 @@ def render(results: dict[str, list[dict]], args) -> str:
         r = median.get(name)
         if r is None:
             continue
-        speed = f"{r['completions_per_second'] / ours['completions_per_second']:.2f}x" if ours else "-"
-        rss = f"{r['peak_rss_mb'] / ours['peak_rss_mb']:.2f}x" if ours else "-"
+        speed = ratio(r["completions_per_second"], ours and ours["completions_per_second"])
+        rss = ratio(r["peak_rss_mb"], ours and ours["peak_rss_mb"])
         lines.append(
             f"| {name} | {what} | {r['completions_per_second']:.3f} | {r['peak_rss_mb']:.0f} | {speed} | {rss} |"
         )
