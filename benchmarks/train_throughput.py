@@ -22,14 +22,13 @@ import json
 import os
 import platform
 import resource
-import subprocess
 import sys
 import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from machine import cpu_flags
+from machine import cpu_flags, run_worker
 
 REPO = Path(__file__).resolve().parents[1]
 TRAIN = REPO / "data/e2e_nlg/train.jsonl"
@@ -427,11 +426,7 @@ def model_flops(model: str, method: str, shape: dict) -> float:
 
 
 def run_in_subprocess(run: Run, args, shape: dict) -> dict:
-    command = [
-        sys.executable,
-        __file__,
-        "--worker",
-        run.name,
+    worker_args = [
         "--steps",
         str(args.steps),
         "--warmup",
@@ -447,13 +442,7 @@ def run_in_subprocess(run: Run, args, shape: dict) -> dict:
         "--mean-example-tokens",
         str(shape["mean_example_tokens"]),
     ]
-    env = {**os.environ, "TOKENIZERS_PARALLELISM": "false", "PYTHONWARNINGS": "ignore"}
-    done = subprocess.run(command, capture_output=True, text=True, env=env, cwd=REPO)
-    lines = [line for line in done.stdout.splitlines() if line.startswith("{")]
-    if done.returncode != 0 or not lines:
-        tail = "\n".join((done.stdout + done.stderr).splitlines()[-25:])
-        raise SystemExit(f"{run.name} failed (exit {done.returncode}):\n{tail}")
-    return json.loads(lines[-1])
+    return run_worker(__file__, run.name, worker_args, REPO)
 
 
 def _ratio(a: float | None, b: float | None) -> str:

@@ -12,6 +12,16 @@ not negated. Names (name, near) must appear as written. Runs in the sandbox: sta
 
 import re
 
+MODERATE = (
+    "moderate",
+    "average price",
+    "averagely priced",
+    "mid price",
+    "mid-price",
+    "mid range",
+    "mid-range",
+    "reasonabl",
+)
 PRICE = {
     "cheap": ("cheap", "inexpensive", "low price", "low cost", "low-cost", "affordable", "budget", "less than £20"),
     "less than £20": (
@@ -28,34 +38,8 @@ PRICE = {
         "low-cost",
         "affordable",
     ),
-    "moderate": (
-        "moderate",
-        "average price",
-        "averagely priced",
-        "mid price",
-        "mid-price",
-        "mid range",
-        "mid-range",
-        "reasonabl",
-        "£20-25",
-        "20-25",
-    ),
-    "£20-25": (
-        "£20-25",
-        "£20-£25",
-        "20-25",
-        "20 - 25",
-        "20 to 25",
-        "twenty to twenty-five",
-        "moderate",
-        "average price",
-        "averagely priced",
-        "mid price",
-        "mid-price",
-        "mid range",
-        "mid-range",
-        "reasonabl",
-    ),
+    "moderate": (*MODERATE, "£20-25", "20-25"),
+    "£20-25": ("£20-25", "£20-£25", "20-25", "20 - 25", "20 to 25", "twenty to twenty-five", *MODERATE),
     "high": ("high", "expensive", "pricey", "costly", "premium", "more than £30", "over £30"),
     "more than £30": (
         "more than £30",
