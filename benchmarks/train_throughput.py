@@ -557,12 +557,12 @@ def main() -> None:
     import torch
 
     from tunesmith.precision import bf16_supported
-    from tunesmith.train.flops import measured_peak_flops
+    from tunesmith.train.flops import PeakFlops
 
     chosen = [runs[n] for n in args.only] if args.only else [r for r in RUNS if r.by_default]
     device = _device()
     dtype = torch.bfloat16 if args.dtype == "auto" and bf16_supported(device) else torch.float32
-    peak = measured_peak_flops(device, dtype)
+    peak = PeakFlops(device, dtype).value
     if args.render:
         saved = json.loads(args.render.read_text())
         args.out.write_text(render(saved["results"], args, saved["shape"], peak, str(dtype).removeprefix("torch.")))

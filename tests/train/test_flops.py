@@ -9,7 +9,7 @@ from tunesmith.data.preference import TokenizedPair
 from tunesmith.data.tokenize import IGNORE_INDEX, TokenizedExample
 from tunesmith.models import load_model
 from tunesmith.train import flops
-from tunesmith.train.flops import flops_per_token, mean_attended_keys, measured_peak_flops
+from tunesmith.train.flops import PeakFlops, flops_per_token, mean_attended_keys
 
 # tiny-llama-test: hidden 64, 4 heads of 16, 2 kv heads, mlp 128, 2 layers, vocab 49152 (tied).
 LAYER = 64 * 64 + 2 * (64 * 32) + 64 * 64 + 3 * (64 * 128)
@@ -53,7 +53,7 @@ def test_mean_attended_keys(lengths, expected):
 
 def test_peak_is_measured_once_and_cached(tmp_path, monkeypatch):
     monkeypatch.setenv("TUNESMITH_HOME", str(tmp_path))
-    peak = measured_peak_flops("cpu", torch.float32, seconds=0.05)
+    peak = PeakFlops("cpu", torch.float32, seconds=0.05).value
     assert 1e8 < peak < 1e15
     cached = json.loads((tmp_path / "peak_flops.json").read_text())
     assert list(cached.values()) == [peak]
@@ -62,11 +62,37 @@ def test_peak_is_measured_once_and_cached(tmp_path, monkeypatch):
         raise AssertionError("timed again instead of reading the cache")
 
     monkeypatch.setattr(flops, "_time_matmul", must_not_time)
-    assert measured_peak_flops("cpu", torch.float32) == peak
+    assert PeakFlops("cpu", torch.float32).value == peak
     # Another dtype is another entry, measured on its own.
     monkeypatch.setattr(flops, "_time_matmul", lambda device, dtype, seconds: 123.0)
-    assert measured_peak_flops("cpu", torch.bfloat16) == 123.0
+    assert PeakFlops("cpu", torch.bfloat16).value == 123.0
     assert len(json.loads((tmp_path / "peak_flops.json").read_text())) == 2
+
+
+def test_a_peak_timed_under_load_is_raised_by_work_that_beats_it(tmp_path, monkeypatch):
+    # A peak first timed while the CPU was shared (100 FLOP/s) must not give MFU 8.0 later: work at
+    # 800 FLOP/s has the matmul timed again, and the peak is at least what the work achieved.
+    monkeypatch.setenv("TUNESMITH_HOME", str(tmp_path))
+    timings = iter([100.0, 500.0, 2000.0])
+    monkeypatch.setattr(flops, "_time_matmul", lambda device, dtype, seconds: next(timings))
+    peak = PeakFlops("cpu", torch.float32)
+    assert peak.utilisation(50.0) == pytest.approx(0.5)  # below the peak: not timed again
+    assert peak.utilisation(800.0) == pytest.approx(1.0)  # timed again at 500: the work's 800 is the peak
+    assert PeakFlops("cpu", torch.float32).value == 800.0  # cached for the next run
+    assert peak.utilisation(1000.0) == pytest.approx(0.5)  # timed again at 2000
+    assert json.loads((tmp_path / "peak_flops.json").read_text()) == {peak.key: 2000.0}
+
+
+def test_the_peak_is_cached_per_cpu_instruction_set(tmp_path, monkeypatch):
+    # One model name, two machines: with and without avx512_bf16 differ 10x in bfloat16.
+    monkeypatch.setenv("TUNESMITH_HOME", str(tmp_path))
+    monkeypatch.setattr(flops, "_time_matmul", lambda device, dtype, seconds: 7.0)
+    cpuinfo = "model name\t: AMD EPYC\nflags\t\t: fpu avx2 fma {}\n"
+    keys = []
+    for extra in ("", "avx512f avx512_bf16"):
+        monkeypatch.setattr(flops.Path, "read_text", lambda self, text=cpuinfo.format(extra): text)
+        keys.append(flops._device_name(torch.device("cpu")))
+    assert keys == ["AMD EPYC+avx2+fma", "AMD EPYC+avx2+fma+avx512f+avx512_bf16"]
 
 
 class _Toy(torch.nn.Module):
@@ -107,4 +133,4 @@ def test_mfu_counts_a_shared_prompt_once(packing, computed, keys, expected):
     batch = pair_batch([TokenizedPair(CHOSEN, REJECTED, 1, 0)], pad_id=0, packing=packing)
     assert batch.n_tokens == computed
     # 2 seconds on a machine of 100 FLOP/s.
-    assert flops.mfu(_Toy(), batch.n_tokens, 5, keys, 2.0, 100.0) == pytest.approx(expected)
+    assert flops.model_flops_per_second(_Toy(), batch.n_tokens, 5, keys, 2.0) / 100.0 == pytest.approx(expected)

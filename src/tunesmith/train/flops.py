@@ -1,6 +1,6 @@
 """Model FLOPs per trained token, and the machine's measured matmul peak, for MFU.
 
-MFU = computed tokens/s * flops_per_token(...) / measured_peak_flops(...) (`mfu`): a prompt prefix
+MFU = `model_flops_per_second` (computed tokens/s * flops_per_token) / `PeakFlops`: a prompt prefix
 shared by several examples is computed once, so it counts once.
 
 The count is of *model* FLOPs, the useful work of one training token, whatever the implementation
@@ -63,28 +63,34 @@ def flops_per_token(model, label_share: float = 1.0, attended_keys: float = 0.0)
     return total
 
 
-def mfu(model, computed_tokens: float, label_tokens: float, attended_keys: float, seconds: float, peak: float) -> float:
-    """Model FLOPs utilisation: the FLOPs of `computed_tokens` over `seconds`, as a share of `peak`
-    FLOP/s (all processes together).
+def model_flops_per_second(
+    model, computed_tokens: float, label_tokens: float, attended_keys: float, seconds: float
+) -> float:
+    """The model FLOP/s of training `computed_tokens` in `seconds`: MFU's numerator.
 
     `computed_tokens` are the tokens the model ran: a prompt prefix that several examples share
     (a DPO pair's two answers, or what every example of a packed micro-batch begins with) runs
     once and counts once, where tokens/s counts it in every example. The labelled positions are
     the same either way (prefixes carry no labels)."""
     share = label_tokens / max(computed_tokens, 1)
-    return computed_tokens * flops_per_token(model, share, attended_keys) / max(seconds, 1e-9) / peak
+    return computed_tokens * flops_per_token(model, share, attended_keys) / max(seconds, 1e-9)
+
+
+# The instruction sets a CPU matmul's speed depends on: two machines sold under one model name
+# ("AMD EPYC") differ by 10x in bfloat16 with and without avx512_bf16.
+MATMUL_FLAGS = ("avx2", "fma", "avx512f", "avx512_bf16", "amx_bf16")
 
 
 def _device_name(device: torch.device) -> str:
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
     try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
+        lines = Path("/proc/cpuinfo").read_text().splitlines()
     except OSError:
-        pass
-    return platform.processor() or platform.machine()
+        return platform.processor() or platform.machine()
+    name = next((line.split(":", 1)[1].strip() for line in lines if line.startswith("model name")), platform.machine())
+    flags = next((set(line.split(":", 1)[1].split()) for line in lines if line.startswith("flags")), set())
+    return "+".join([name, *(flag for flag in MATMUL_FLAGS if flag in flags)])
 
 
 def _time_matmul(device: torch.device, dtype: torch.dtype, seconds: float) -> float:
@@ -104,23 +110,42 @@ def _time_matmul(device: torch.device, dtype: torch.dtype, seconds: float) -> fl
     return 2 * n**3 / best
 
 
-def measured_peak_flops(device: torch.device | str, dtype: torch.dtype, seconds: float = 0.5) -> float:
-    """The machine's matmul FLOP/s in `dtype`, timed once (~`seconds`) and cached in
-    $TUNESMITH_HOME/peak_flops.json under the device name, dtype and CPU thread count."""
-    device = torch.device(device)
-    key = f"{_device_name(device)}|{device.type}|{dtype}|threads={torch.get_num_threads()}"
-    path = tunesmith_home() / PEAK_CACHE
+def _read_cache(path: Path) -> dict:
     try:
-        cached = json.loads(path.read_text())
+        return json.loads(path.read_text())
     except (OSError, ValueError):
-        cached = {}
-    if key in cached:
-        return float(cached[key])
-    peak = _time_matmul(device, dtype, seconds)
-    cached[key] = peak
-    # Write-then-rename: two runs starting together must not leave a half-written file.
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f"{PEAK_CACHE}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(cached, indent=1))
-    tmp.replace(path)
-    return peak
+        return {}
+
+
+class PeakFlops:
+    """This machine's matmul FLOP/s in `dtype` for one process, MFU's denominator: timed once
+    (~`seconds`) and cached in $TUNESMITH_HOME/peak_flops.json under the device (with its matmul
+    instruction sets), the dtype and the CPU thread count.
+
+    A timing taken while other work shares the CPU comes out low, and every MFU after it too high.
+    So the cache keeps the best timing it has seen, and work that runs faster than the cached peak
+    (MFU > 1) has the matmul timed again: the peak is then at least what that work achieved."""
+
+    def __init__(self, device: torch.device | str, dtype: torch.dtype, seconds: float = 0.5):
+        self.device, self.dtype, self.seconds = torch.device(device), dtype, seconds
+        self.key = f"{_device_name(self.device)}|{self.device.type}|{dtype}|threads={torch.get_num_threads()}"
+        self.path = tunesmith_home() / PEAK_CACHE
+        cached = _read_cache(self.path).get(self.key)
+        self.value = float(cached) if cached is not None else self._measure(floor=0.0)
+
+    def utilisation(self, flops_per_second: float) -> float:
+        """MFU of work running at `flops_per_second` on this one process."""
+        if flops_per_second > self.value:
+            self.value = self._measure(floor=flops_per_second)
+        return flops_per_second / self.value
+
+    def _measure(self, floor: float) -> float:
+        cached = _read_cache(self.path)
+        peak = max(_time_matmul(self.device, self.dtype, self.seconds), floor, float(cached.get(self.key, 0.0)))
+        cached[self.key] = peak
+        # Write-then-rename: two runs starting together must not leave a half-written file.
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.path.with_name(f"{PEAK_CACHE}.{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(cached, indent=1))
+        tmp.replace(self.path)
+        return peak

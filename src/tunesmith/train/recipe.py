@@ -33,7 +33,7 @@ from tunesmith.train.checkpoint import TrainerState, read_trainer_state
 from tunesmith.train.distributed import Dist, LossModule, split_by_tokens, split_evenly
 from tunesmith.train.dpo import DPOObjective
 from tunesmith.train.fast_paths import describe, fast_paths_used
-from tunesmith.train.flops import mean_attended_keys, measured_peak_flops, mfu
+from tunesmith.train.flops import PeakFlops, mean_attended_keys, model_flops_per_second
 from tunesmith.train.grpo import GRPOObjective
 from tunesmith.train.lr_finder import range_test, read_chosen, save_curve
 from tunesmith.train.objective import Objective, SFTObjective, evaluate
@@ -318,7 +318,7 @@ def _loop(run: TrainingRun, trainee: Trainee, objective: Objective, data: Prepar
     cfg, dist, module = run.cfg, run.dist, trainee.module
     step_batches = Prefetched(StepBatches(data.train, cfg, objective, run.steps_per_epoch, dist), run.total_steps)
     # MFU = achieved model FLOPs / this machine's measured matmul peak (timed once, then cached).
-    peak_flops = measured_peak_flops(dist.device, compute_dtype(cfg.train.dtype, dist.device))
+    peak_flops = PeakFlops(dist.device, compute_dtype(cfg.train.dtype, dist.device))
     attended_keys = mean_attended_keys(objective.sequence_lengths(data.train))
     window = Window(objective)
     for step in range(run.state.step + 1, run.total_steps + 1):
@@ -352,13 +352,10 @@ def _loop(run: TrainingRun, trainee: Trainee, objective: Objective, data: Prepar
                 **objective.metrics(totals, window.counts, TRAIN),
                 "lr": lr,
                 "tokens_per_second": rate,  # example tokens: a shared prompt counts in each example
-                "mfu": mfu(
-                    trainee.model,
-                    computed,
-                    window.label_tokens,
-                    attended_keys,
-                    window.seconds,
-                    peak_flops * dist.world_size,
+                # Per process: every process is measured against one's peak.
+                "mfu": peak_flops.utilisation(
+                    model_flops_per_second(trainee.model, computed, window.label_tokens, attended_keys, window.seconds)
+                    / dist.world_size
                 ),
                 "grad_norm": float(grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm),
                 **_memory(trainee, run.optimizer, dist),
