@@ -83,15 +83,10 @@ def test_a_peak_timed_under_load_is_raised_by_work_that_beats_it(tmp_path, monke
     assert json.loads((tmp_path / "peak_flops.json").read_text()) == {peak.key: 2000.0}
 
 
-def test_the_peak_is_cached_per_cpu_instruction_set(tmp_path, monkeypatch):
+def test_the_peak_is_cached_per_cpu_instruction_set():
     # One model name, two machines: with and without avx512_bf16 differ 10x in bfloat16.
-    monkeypatch.setenv("TUNESMITH_HOME", str(tmp_path))
-    monkeypatch.setattr(flops, "_time_matmul", lambda device, dtype, seconds: 7.0)
-    cpuinfo = "model name\t: AMD EPYC\nflags\t\t: fpu avx2 fma {}\n"
-    keys = []
-    for extra in ("", "avx512f avx512_bf16"):
-        monkeypatch.setattr(flops.Path, "read_text", lambda self, text=cpuinfo.format(extra): text)
-        keys.append(flops._device_name(torch.device("cpu")))
+    cpuinfo = "processor\t: 0\nmodel name\t: AMD EPYC\nflags\t\t: fpu avx2 fma {}\n"
+    keys = [flops.cpu_name(cpuinfo.format(extra)) for extra in ("", "avx512f avx512_bf16")]
     assert keys == ["AMD EPYC+avx2+fma", "AMD EPYC+avx2+fma+avx512f+avx512_bf16"]
 
 

@@ -81,16 +81,21 @@ def model_flops_per_second(
 MATMUL_FLAGS = ("avx2", "fma", "avx512f", "avx512_bf16", "amx_bf16")
 
 
+def cpu_name(cpuinfo: str) -> str:
+    """The CPU's model name and the matmul instruction sets it has, from /proc/cpuinfo's text."""
+    lines = cpuinfo.splitlines()
+    name = next((line.split(":", 1)[1].strip() for line in lines if line.startswith("model name")), platform.machine())
+    flags = next((set(line.split(":", 1)[1].split()) for line in lines if line.startswith("flags")), set())
+    return "+".join([name, *(flag for flag in MATMUL_FLAGS if flag in flags)])
+
+
 def _device_name(device: torch.device) -> str:
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
     try:
-        lines = Path("/proc/cpuinfo").read_text().splitlines()
+        return cpu_name(Path("/proc/cpuinfo").read_text())
     except OSError:
         return platform.processor() or platform.machine()
-    name = next((line.split(":", 1)[1].strip() for line in lines if line.startswith("model name")), platform.machine())
-    flags = next((set(line.split(":", 1)[1].split()) for line in lines if line.startswith("flags")), set())
-    return "+".join([name, *(flag for flag in MATMUL_FLAGS if flag in flags)])
 
 
 def _time_matmul(device: torch.device, dtype: torch.dtype, seconds: float) -> float:
