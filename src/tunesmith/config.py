@@ -362,7 +362,9 @@ class EvalConfig(_Strict):
         "answer must be one of them). Encoder classification takes its labels from the training data.",
     )
     few_shot_k: int | None = Field(
-        None, ge=0, description="In-context examples; null = the most that fit the context, up to 8."
+        None,
+        ge=0,
+        description="In-context examples; null = the most that fit the context, up to 8; 0 = no few-shot variant.",
     )
     few_shot_selection: Literal["random", "similar"] = Field(
         "random", description="How examples are drawn: seeded random, or most token overlap with the prompt."

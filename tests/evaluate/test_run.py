@@ -162,6 +162,14 @@ def test_base_only_run_without_a_finetuned_model(tmp_path, task, labels, names):
     assert all(s["finetuned"] is None for s in result["samples"])
 
 
+def test_few_shot_k_zero_leaves_the_few_shot_variant_out(tmp_path, run_folder):
+    # Comparing two fine-tunes (the base here a run folder): few-shot prompts would only cost time.
+    result = run_evaluation(_config(tmp_path, few_shot_k=0), str(run_folder), str(tmp_path / "out"))
+    assert list(result["variants"]) == ["zero_shot", "finetuned"]
+    assert "few-shot skipped: eval.few_shot_k is 0" in result["notes"]
+    assert set(result["gain"]["accuracy"]) >= {"value", "low", "high"}
+
+
 def test_generation_items_group_identical_prompts_into_references(tmp_path):
     config = _config(tmp_path, task="generation", labels=None)
     pairs = [

@@ -21,6 +21,9 @@ from tunesmith.data.tokenize import encode_chat
 # With no k configured, use as many demonstrations as fit the budget, up to this many: beyond
 # ~8, in-context gains flatten while every request pays for the extra prompt tokens.
 MAX_AUTO_SHOTS = 8
+# eval.few_shot_k: 0 leaves the few-shot variant out (e.g. comparing two fine-tunes, where showing
+# examples to either answers no question and costs the longest prompts of the evaluation).
+FEW_SHOT_OFF = "few-shot skipped: eval.few_shot_k is 0"
 
 
 @dataclass(frozen=True)

@@ -37,6 +37,7 @@ from tunesmith.encoders.data import read_passages
 from tunesmith.errors import TunesmithError
 from tunesmith.evaluate import metrics
 from tunesmith.evaluate.baselines import (
+    FEW_SHOT_OFF,
     MAX_AUTO_SHOTS,
     FewShotSelector,
     context_budget,
@@ -258,7 +259,9 @@ def base_variants(
     answered = _answer_all(model, tokenizer, items, config, retrieved, ("zero_shot", "base_rag"))
     result["variants"]["zero_shot"] = answered["zero_shot"]
 
-    if all(item.prompt for item in items):
+    if settings.few_shot_k == 0:
+        result["notes"].append(FEW_SHOT_OFF)
+    elif all(item.prompt for item in items):
         selector = FewShotSelector(
             demonstrations(read_examples(config.data.train, config.data.format, config.data.columns).examples),
             tokenizer,

@@ -29,7 +29,7 @@ from tunesmith.chat.tools import CALL_OPEN, Tool, parse_tool_calls
 from tunesmith.config import Config
 from tunesmith.data.formats import read_examples, read_tools
 from tunesmith.errors import TunesmithError
-from tunesmith.evaluate.baselines import MAX_AUTO_SHOTS, FewShotSelector, context_budget
+from tunesmith.evaluate.baselines import FEW_SHOT_OFF, MAX_AUTO_SHOTS, FewShotSelector, context_budget
 from tunesmith.evaluate.tool_calls import ParsedOutput, tool_call_stats
 from tunesmith.models import load_model
 from tunesmith.models.vocabulary import load_model_for
@@ -194,7 +194,9 @@ def _base_variants(config: Config, items: list[ToolItem], result: dict, score) -
     result["variants"]["zero_shot"] = evaluate_variant(model, tokenizer, zero, items, settings, score)
 
     demos, demo_tools = _demonstrations(config)
-    if demos:
+    if settings.few_shot_k == 0:
+        result["notes"].append(FEW_SHOT_OFF)
+    elif demos:
         selector = FewShotSelector(demos, tokenizer, settings.few_shot_selection, settings.seed)
         index = {id(demo): i for i, demo in enumerate(demos)}
         budget = context_budget(model, settings.max_new_tokens, settings.context_tokens)
