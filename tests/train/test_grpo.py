@@ -235,6 +235,39 @@ def test_the_reference_is_the_base_model(grpo_config, tmp_path, tiny_model_name,
     assert (objective._token_logps(model, batch) - expected).abs().max().item() > 1e-3
 
 
+def test_packed_groups_score_each_answer_as_padded_rows_do(grpo_config, tmp_path, tiny_model_name):
+    """A group's answers share one pass over their prompt: fewer tokens, the same log-probs and gradients."""
+    from tunesmith.models import load_model
+    from tunesmith.train.grpo import GRPOObjective
+    from tunesmith.train.recipe import attach_method
+    from tunesmith.train.rollout import RLPrompt
+
+    prompts = [RLPrompt(1, [1, 4093, 198, 28, 9], {}), RLPrompt(2, [1, 1780, 314, 260], {})]
+    answers = [[3575, 282], [2], [3575, 7, 7, 7, 7], [282, 2, 11]]
+    scored = {}
+    for packing in (True, False):
+        cfg = grpo_config(tmp_path / "run")
+        cfg.data.packing = packing
+        loaded = load_model(tiny_model_name)
+        torch.manual_seed(0)
+        model = attach_method(loaded.model, cfg)
+        objective = GRPOObjective(cfg, loaded.tokenizer.pad_token_id, torch.device("cpu"), loaded.tokenizer)
+        batch = objective._answers_batch(prompts, answers)
+        logps = objective._token_logps(model, batch)
+        logps.sum().backward()
+        grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+        scored[packing] = (batch.n_tokens, logps.detach(), grads)
+    (packed_tokens, packed, packed_grads), (padded_tokens, padded, padded_grads) = scored[True], scored[False]
+    # Padded: every answer with its whole prompt, 7 + 6 + 9 + 7. Packed: the shared BOS once, each
+    # group's prompt but its last token once (3 + 2), then each answer after that last token.
+    assert padded_tokens == 29 and packed_tokens == 1 + 3 + 2 + (3 + 2) + (6 + 4) == 21
+    assert packed.shape == (11,)  # every answer token, in the same order
+    assert (packed - padded).abs().max().item() < 1e-5
+    assert packed_grads.keys() == padded_grads.keys() and packed_grads
+    for name, grad in packed_grads.items():
+        assert torch.allclose(grad, padded_grads[name], rtol=1e-4, atol=1e-6), name
+
+
 WEATHER = {
     "type": "function",
     "function": {

@@ -98,8 +98,10 @@ def fast_paths_used(
         "activation_arena": _arena(cfg, arena, device),
         "vocab_split": _vocab_split(cfg, model, strategy, world_size),
     }
-    if cfg.method.name == "dpo":
-        used["dpo_shared_prompt"] = "on" if cfg.data.packing and cfg.train.fast_paths else "off: data.packing is false"
+    if cfg.method.name in ("dpo", "grpo"):
+        # A DPO pair's two answers, or a GRPO group's, run their prompt once.
+        shared = "on" if cfg.data.packing and cfg.train.fast_paths else "off: data.packing is false"
+        used[f"{cfg.method.name}_shared_prompt"] = shared
     return used
 
 

@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from tunesmith.config import Config
-from tunesmith.data.batching import pad_batch
+from tunesmith.data.batching import pack_groups, pad_batch
 from tunesmith.data.tokenize import IGNORE_INDEX, TokenizedExample
 from tunesmith.errors import TunesmithError
 from tunesmith.precision import autocast
@@ -163,13 +163,22 @@ class GRPOObjective:
         self.first_forward = True
 
     def _answers_batch(self, prompts, answers: list[list[int]]):
+        """The answers after their prompts. Packed (data.packing), a group's answers share one pass
+        over their prompt, as a DPO pair's two answers do: with group_size 4 and answers half a prompt
+        long, under half the tokens, and no padding to the step's longest answer."""
         group = len(answers) // max(len(prompts), 1)
-        examples = [
-            TokenizedExample(p.input_ids + a, [IGNORE_INDEX] * len(p.input_ids) + a, p.line, len(p.input_ids) + len(a))
+        groups = [
+            [
+                TokenizedExample(
+                    p.input_ids + a, [IGNORE_INDEX] * len(p.input_ids) + a, p.line, len(p.input_ids) + len(a)
+                )
+                for a in answers[i * group : (i + 1) * group]
+            ]
             for i, p in enumerate(prompts)
-            for a in answers[i * group : (i + 1) * group]
         ]
-        return to_device(pad_batch(examples, self.pad_id), self.device)
+        if self.cfg.data.packing:
+            return to_device(pack_groups(groups, self.pad_id), self.device)
+        return to_device(pad_batch([e for g in groups for e in g], self.pad_id), self.device)
 
     def _token_logps(self, model, batch) -> torch.Tensor:
         train = self.cfg.train
