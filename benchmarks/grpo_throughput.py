@@ -272,6 +272,8 @@ def main() -> None:
         for name in args.only or RUNS:
             print(f"[{repeat + 1}/{args.repeats}] {name} ...", file=sys.stderr, flush=True)
             results.setdefault(name, []).append(run_in_subprocess(name, args, data_dir))
+            # Each run as it ends: an interrupted benchmark keeps what it measured.
+            print(json.dumps(results[name][-1]), file=sys.stderr, flush=True)
     table = render(results, args)
     print(table)
     if args.out != "-":
