@@ -98,13 +98,23 @@ def extend_tokenizer(tokenizer, data: DataConfig, vocabulary: TokenizerConfig | 
     if missing:
         tokenizer.add_tokens(missing, special_tokens=True)
         added.special = tokenizer.convert_tokens_to_ids(missing)
-    tokenizer.chat_template = template
+    tokenizer.chat_template = _with_bos(tokenizer, template) if data.chat_template == CHATML else template
     end = _end_of_turn(tokenizer, specials)
     if end is not None:
         tokenizer.eos_token = end
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
     return added
+
+
+def _with_bos(tokenizer, template: str) -> str:
+    """ChatML writes no BOS, and rendered chats are tokenized without special tokens; a model whose
+    tokenizer puts a BOS before every text (Gemma, Llama 2) was pretrained with it there, and Gemma's
+    outputs fall apart without it. So the template writes it first, as those models' own templates do."""
+    bos, plain = tokenizer.bos_token_id, tokenizer("x", add_special_tokens=False).input_ids
+    if bos is None or tokenizer("x").input_ids != [bos, *plain]:
+        return template
+    return "{{- bos_token -}}" + template
 
 
 def _end_of_turn(tokenizer, specials: list[str]) -> str | None:
