@@ -107,14 +107,17 @@ def extend_tokenizer(tokenizer, data: DataConfig, vocabulary: TokenizerConfig | 
     return added
 
 
-def _with_bos(tokenizer, template: str) -> str:
-    """ChatML writes no BOS, and rendered chats are tokenized without special tokens; a model whose
-    tokenizer puts a BOS before every text (Gemma, Llama 2) was pretrained with it there, and Gemma's
-    outputs fall apart without it. So the template writes it first, as those models' own templates do."""
+def adds_bos(tokenizer) -> bool:
+    """Whether the tokenizer puts a BOS before every text (Gemma, Llama 2): the model was pretrained with
+    it there, and Gemma's outputs fall apart without it."""
     bos, plain = tokenizer.bos_token_id, tokenizer("x", add_special_tokens=False).input_ids
-    if bos is None or tokenizer("x").input_ids != [bos, *plain]:
-        return template
-    return "{{- bos_token -}}" + template
+    return bos is not None and tokenizer("x").input_ids == [bos, *plain]
+
+
+def _with_bos(tokenizer, template: str) -> str:
+    # ChatML writes no BOS, and rendered chats are tokenized without special tokens: for a model that
+    # wants one, the template writes it first, as those models' own templates do.
+    return "{{- bos_token -}}" + template if adds_bos(tokenizer) else template
 
 
 def _end_of_turn(tokenizer, specials: list[str]) -> str | None:
