@@ -2,6 +2,7 @@
 them (a tiny random Gemma 3 GGUF from tunesmith's own export, cut into four), so the join, its checks
 and the terms gate run in CI as they would on the real ~250 MB file."""
 
+import copy
 import dataclasses
 import hashlib
 import json
@@ -10,10 +11,14 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, Gemma3TextConfig
 
+from tunesmith.config import DataConfig
+from tunesmith.data.formats import Example, Message
+from tunesmith.data.tokenize import tokenize_example
 from tunesmith.errors import TunesmithError
 from tunesmith.export.gguf import write_model_gguf
 from tunesmith.models import BUILTIN_MODELS, GEMMA3_270M, gemma, resolve_model_path
 from tunesmith.models.packaged import SplitFile, join_parts
+from tunesmith.models.vocabulary import CHATML_TEMPLATE, adds_bos, extend_tokenizer
 
 ACCEPT = "TUNESMITH_ACCEPT_GEMMA_TERMS"
 
@@ -154,3 +159,34 @@ def test_the_joined_gguf_is_cached_as_a_gemma3_checkpoint(home, packages, tiny_g
     assert sorted(p.name for p in (home / "models").iterdir()) == [GEMMA3_270M]
     monkeypatch.setattr(gemma, "GGUF", None)
     assert resolve_model_path(GEMMA3_270M) == folder
+
+
+def _with_bos_added(tokenizer):
+    """`tokenizer` putting a `<bos>` before every text, as Gemma's does."""
+    from tokenizers.processors import TemplateProcessing
+
+    tokenizer = copy.deepcopy(tokenizer)
+    tokenizer.add_special_tokens({"bos_token": "<bos>"})
+    bos = tokenizer.bos_token_id
+    tokenizer.backend_tokenizer.post_processor = TemplateProcessing(
+        single="<bos> $A", pair="<bos> $A <bos> $B", special_tokens=[("<bos>", bos)]
+    )
+    return tokenizer
+
+
+def test_chatml_writes_the_bos_gemma_was_pretrained_with_once(byte_level_tokenizer):
+    chat = Example(line=1, messages=(Message(role="user", content="Hi"), Message(role="assistant", content="Yo")))
+    data = DataConfig(train="unused.jsonl", chat_template="chatml")
+    plain = copy.deepcopy(byte_level_tokenizer)  # SmolLM2's style: no BOS added, ChatML as it is
+    extend_tokenizer(plain, data)
+    assert not adds_bos(plain) and plain.chat_template == CHATML_TEMPLATE
+
+    gemma_like = _with_bos_added(byte_level_tokenizer)
+    extend_tokenizer(gemma_like, data)
+    assert adds_bos(gemma_like)
+    tokenized = tokenize_example(gemma_like, chat, 64)
+    bos = gemma_like.bos_token_id
+    assert tokenized.input_ids[0] == bos and tokenized.input_ids.count(bos) == 1
+    assert (
+        tokenized.labels[0] == -100 and gemma_like.decode([t for t in tokenized.labels if t != -100]) == "Yo<|im_end|>"
+    )
