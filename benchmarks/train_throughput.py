@@ -309,7 +309,9 @@ def run_trl(run: Run, args) -> dict:
     path = resolve_model_path(args.model)
     tokenizer = load_tokenizer(args.model, require_template=args.chat_template == "model")
     model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
-    # --chat-template's tokens get the rows tunesmith gives them, and train under LoRA as there.
+    # --chat-template's tokens get the rows tunesmith gives them (mean-initialised). They stay frozen here:
+    # TRL 1.16's fused LM head reads lm_head.weight and .bias directly, which PEFT's trainable token rows
+    # on a tied head do not have (AttributeError), so TRL cannot train them as tunesmith does.
     rows = len(tokenizer)
     added = extend_tokenizer(tokenizer, _eval_config(args).data)
     grow_embeddings(model, added, rows)
@@ -348,7 +350,6 @@ def run_trl(run: Run, args) -> dict:
             lora_alpha=LORA["alpha"],
             lora_dropout=LORA["dropout"],
             target_modules="all-linear",
-            trainable_token_indices=added.ids or None,
         )
 
     step_tokens: list[int] = []
@@ -479,7 +480,12 @@ def render(results: dict[str, dict], args, shape: dict, peak: float, peak_dtype:
         if args.dtype == "auto"
         else "float32 (tunesmith dtype float32, TRL bf16=False)"
     )
-    template = "" if args.chat_template == "model" else f" with the {args.chat_template} chat template"
+    template = (
+        ""
+        if args.chat_template == "model"
+        else f" with the {args.chat_template} chat template (its added token rows train under tunesmith's LoRA; "
+        "TRL 1.16 cannot train them on a tied head, so its val loss is not comparable)"
+    )
     lines = [
         "# Training throughput: tunesmith vs TRL SFTTrainer",
         "",
