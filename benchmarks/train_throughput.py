@@ -4,6 +4,7 @@
     python benchmarks/train_throughput.py --quick      # 3-step smoke test of the whole harness
     python benchmarks/train_throughput.py --repeats 3 --only tunesmith-lora trl-lora-defaults
     python benchmarks/train_throughput.py --dtype float32  # both trainers in float32: any CPU can run it
+    python benchmarks/train_throughput.py --model gemma3-270m --chat-template chatml  # a base model, ChatML added
 
 Each configuration runs in its own process (a fresh interpreter: no warm caches, its own peak RSS)
 and prints one JSON line. Throughput is non-padding tokens over the wall-clock time from the end
@@ -160,20 +161,28 @@ def _peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
 
 
-def _eval_config(model: str, max_len: int):
+def _eval_config(args):
     from tunesmith.config import config_from_dict
 
+    data = {"train": str(TRAIN), "validation": str(VALIDATION), "max_seq_len": args.max_len}
     return config_from_dict(
         {
-            "model": model,
+            "model": args.model,
             # Padded batches: any model's attention runs them, TRL's included.
-            "data": {"train": str(TRAIN), "validation": str(VALIDATION), "max_seq_len": max_len, "packing": False},
+            "data": {**data, "packing": False, "chat_template": args.chat_template},
             "train": {"batch_size": 8, "dtype": "float32"},
         }
     )
 
 
-def validation_loss(model, tokenizer, model_name: str, max_len: int) -> float:
+def _tokenizer(args):
+    """The model's tokenizer with --chat-template applied, as tunesmith trains with it."""
+    from tunesmith.models.vocabulary import load_tokenizer_for
+
+    return load_tokenizer_for(args.model, _eval_config(args).data)
+
+
+def validation_loss(model, tokenizer, args) -> float:
     """The one definition used for every run: float32, mean CE over the completion tokens (and the
     end-of-turn token closing them) of the validation file, tokenized with the chat template."""
     from tunesmith.data.formats import read_examples
@@ -181,8 +190,8 @@ def validation_loss(model, tokenizer, model_name: str, max_len: int) -> float:
     from tunesmith.data.views import Listed
     from tunesmith.train.objective import SFTObjective, evaluate_model
 
-    examples = Listed(tokenize_examples(tokenizer, read_examples(VALIDATION).examples, max_len))
-    cfg = _eval_config(model_name, max_len)
+    examples = Listed(tokenize_examples(tokenizer, read_examples(VALIDATION).examples, args.max_len))
+    cfg = _eval_config(args)
     objective = SFTObjective(cfg, tokenizer.pad_token_id, _device())
     return evaluate_model(model, objective, examples, cfg)["val_loss"]
 
@@ -201,7 +210,6 @@ def run_tunesmith(run: Run, args) -> dict:
     from transformers import AutoModelForCausalLM
 
     from tunesmith.config import config_from_dict
-    from tunesmith.models import load_tokenizer
     from tunesmith.train import recipe
 
     device = _device()
@@ -230,6 +238,7 @@ def run_tunesmith(run: Run, args) -> dict:
                 "train": str(TRAIN),
                 "validation": str(VALIDATION),
                 "max_seq_len": args.max_len,
+                "chat_template": args.chat_template,
                 **{k: run.options[k] for k in ("packing", "group_by_length") if k in run.options},
             },
             "method": {"name": run.method, **(LORA if run.method == "lora" else {})},
@@ -261,11 +270,11 @@ def run_tunesmith(run: Run, args) -> dict:
         "train_loss_last": steps[-1]["train_loss"],
         "best_step": summary.best_step,
     }
-    tokenizer = load_tokenizer(args.model)
+    tokenizer = _tokenizer(args)
     # The exported model: the best checkpoint, which with only the initial and the final
     # evaluation is the final weights unless training made the model worse than the base.
     model = AutoModelForCausalLM.from_pretrained(out / "merged", dtype=torch.float32).to(device)
-    result["val_loss"] = validation_loss(model, tokenizer, args.model, args.max_len)
+    result["val_loss"] = validation_loss(model, tokenizer, args)
     return result
 
 
@@ -293,12 +302,19 @@ def run_trl(run: Run, args) -> dict:
     from trl import SFTConfig, SFTTrainer
 
     from tunesmith.models import load_tokenizer, resolve_model_path
+    from tunesmith.models.vocabulary import extend_tokenizer, grow_embeddings
     from tunesmith.precision import bf16_supported
 
     device = _device()
     path = resolve_model_path(args.model)
-    tokenizer = load_tokenizer(args.model)
+    tokenizer = load_tokenizer(args.model, require_template=args.chat_template == "model")
     model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
+    # --chat-template's tokens get the rows tunesmith gives them (mean-initialised). They stay frozen here:
+    # TRL 1.16's fused LM head reads lm_head.weight and .bias directly, which PEFT's trainable token rows
+    # on a tied head do not have (AttributeError), so TRL cannot train them as tunesmith does.
+    rows = len(tokenizer)
+    added = extend_tokenizer(tokenizer, _eval_config(args).data)
+    grow_embeddings(model, added, rows)
     dataset = _trl_dataset(TRAIN)
     options = dict(run.options)
     batch_size = args.batch_size
@@ -377,7 +393,7 @@ def run_trl(run: Run, args) -> dict:
     trained = trainer.model
     if trained.is_gradient_checkpointing:
         trained.gradient_checkpointing_disable()
-    result["val_loss"] = validation_loss(trained, tokenizer, args.model, args.max_len)
+    result["val_loss"] = validation_loss(trained, tokenizer, args)
     return result
 
 
@@ -389,14 +405,13 @@ def worker(run: Run, args) -> None:
 # ---------------------------------------------------------------- parent side
 
 
-def data_shape(model: str, max_len: int) -> dict:
+def data_shape(args) -> dict:
     """Token statistics of the training file, as tunesmith tokenizes it (the same for every run)."""
     from tunesmith.data.formats import read_examples
     from tunesmith.data.tokenize import IGNORE_INDEX, tokenize_examples
-    from tunesmith.models import load_tokenizer
     from tunesmith.train.flops import mean_attended_keys
 
-    examples = tokenize_examples(load_tokenizer(model), read_examples(TRAIN).examples, max_len)
+    examples = tokenize_examples(_tokenizer(args), read_examples(TRAIN).examples, args.max_len)
     lengths = [len(e.input_ids) for e in examples]
     labels = sum(sum(x != IGNORE_INDEX for x in e.labels[1:]) for e in examples)
     return {
@@ -413,7 +428,7 @@ def model_flops(model: str, method: str, shape: dict) -> float:
     from tunesmith.models import load_model
     from tunesmith.train.flops import flops_per_token
 
-    base = load_model(model).model
+    base = load_model(model, require_template=False).model  # a chat template's few added rows: negligible
     if method == "lora":
         lora = LoraConfig(r=LORA["r"], lora_alpha=LORA["alpha"], target_modules="all-linear")
         base = get_peft_model(base, lora)
@@ -441,6 +456,8 @@ def run_in_subprocess(run: Run, args, shape: dict) -> dict:
         args.dtype,
         "--mean-example-tokens",
         str(shape["mean_example_tokens"]),
+        "--chat-template",
+        args.chat_template,
     ]
     return run_worker(__file__, run.name, worker_args, REPO)
 
@@ -463,6 +480,12 @@ def render(results: dict[str, dict], args, shape: dict, peak: float, peak_dtype:
         if args.dtype == "auto"
         else "float32 (tunesmith dtype float32, TRL bf16=False)"
     )
+    template = (
+        ""
+        if args.chat_template == "model"
+        else f" with the {args.chat_template} chat template (its added token rows train under tunesmith's LoRA; "
+        "TRL 1.16 cannot train them on a tied head, so its val loss is not comparable)"
+    )
     lines = [
         "# Training throughput: tunesmith vs TRL SFTTrainer",
         "",
@@ -470,7 +493,7 @@ def render(results: dict[str, dict], args, shape: dict, peak: float, peak_dtype:
         "",
         f"Machine: {machine}, {os.cpu_count()} CPUs visible, torch {torch.__version__}, "
         f"{torch.get_num_threads()} threads; measured {peak_dtype} matmul peak {peak / 1e12:.3f} TFLOP/s.",
-        f"Work: {args.model}, E2E NLG train file, max length {args.max_len}, batch {args.batch_size} "
+        f"Work: {args.model}{template}, E2E NLG train file, max length {args.max_len}, batch {args.batch_size} "
         f"examples x 1 micro-batch, {args.steps} optimizer steps, LoRA r={LORA['r']} alpha={LORA['alpha']} "
         f"dropout {LORA['dropout']} on all linear layers (lr {LR['lora']}) or full fine-tuning "
         f"(lr {LR['full']}); cosine schedule, 3 warm-up steps, grad-norm clip 1.0; {precision}; compute "
@@ -528,6 +551,11 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=1, help="runs per configuration (median shown)")
     parser.add_argument("--quick", action="store_true", help="3 steps, 1 warm-up: a smoke test")
     parser.add_argument("--model", default="smollm2-135m-instruct", help="built-in name or HF folder")
+    parser.add_argument(
+        "--chat-template",
+        default="model",
+        help="data.chat_template of every run: model (its own; default), or chatml for a base model (gemma3-270m)",
+    )
     parser.add_argument("--max-len", type=int, default=256)
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument(
@@ -567,7 +595,7 @@ def main() -> None:
         saved = json.loads(args.render.read_text())
         args.out.write_text(render(saved["results"], args, saved["shape"], peak, str(dtype).removeprefix("torch.")))
         return
-    shape = data_shape(args.model, args.max_len)
+    shape = data_shape(args)
     flops = {m: model_flops(args.model, m, shape) for m in {r.method for r in chosen}}
     results: dict[str, dict] = {}
     runs_of: dict[str, list[dict]] = {run.name: [] for run in chosen}

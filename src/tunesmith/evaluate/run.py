@@ -60,7 +60,7 @@ from tunesmith.evaluate.variants import (
     write_result,
 )
 from tunesmith.models import load_model, load_tokenizer, resolve_model_path
-from tunesmith.models.vocabulary import load_model_for, load_tokenizer_for
+from tunesmith.models.vocabulary import adds_bos, load_model_for, load_tokenizer_for
 from tunesmith.precision import autocast, default_device
 
 VARIANTS = ("zero_shot", "few_shot", "base_rag", "finetuned", "finetuned_rag")
@@ -216,7 +216,9 @@ def _general_text_perplexity(model, tokenizer, path: str, window: int, settings:
         raise TunesmithError(f"eval.general_text {path} has too little text to measure perplexity")
     windows = [ids[start : start + window] for start in range(0, len(ids) - 1, window)]
     windows = [w for w in windows if len(w) > 1]
-    stats = _perplexity(model, tokenizer, [w[:1] for w in windows], [w[1:] for w in windows], settings.batch_size)
+    start = [tokenizer.bos_token_id] if adds_bos(tokenizer) else []  # each window as pretraining began texts
+    contexts = [start + w[:1] for w in windows]
+    stats = _perplexity(model, tokenizer, contexts, [w[1:] for w in windows], settings.batch_size)
     return bootstrap_ci(stats, settings)
 
 

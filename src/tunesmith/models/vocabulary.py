@@ -98,13 +98,26 @@ def extend_tokenizer(tokenizer, data: DataConfig, vocabulary: TokenizerConfig | 
     if missing:
         tokenizer.add_tokens(missing, special_tokens=True)
         added.special = tokenizer.convert_tokens_to_ids(missing)
-    tokenizer.chat_template = template
+    tokenizer.chat_template = _with_bos(tokenizer, template) if data.chat_template == CHATML else template
     end = _end_of_turn(tokenizer, specials)
     if end is not None:
         tokenizer.eos_token = end
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
     return added
+
+
+def adds_bos(tokenizer) -> bool:
+    """Whether the tokenizer puts a BOS before every text (Gemma, Llama 2): the model was pretrained with
+    it there, and Gemma's outputs fall apart without it."""
+    bos, plain = tokenizer.bos_token_id, tokenizer("x", add_special_tokens=False).input_ids
+    return bos is not None and tokenizer("x").input_ids == [bos, *plain]
+
+
+def _with_bos(tokenizer, template: str) -> str:
+    # ChatML writes no BOS, and rendered chats are tokenized without special tokens: for a model that
+    # wants one, the template writes it first, as those models' own templates do.
+    return "{{- bos_token -}}" + template if adds_bos(tokenizer) else template
 
 
 def _end_of_turn(tokenizer, specials: list[str]) -> str | None:
