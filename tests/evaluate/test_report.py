@@ -88,3 +88,20 @@ def test_report_sections_tables_and_plot(tmp_path, loss_curve, has_plot):
     markdown = (tmp_path / "report.md").read_text()
     assert "| base, zero-shot | 71.2 [60.0, 80.5] | - [-, -] |" in markdown
     assert ("![train and validation loss](loss_curve.png)" in markdown) == has_plot
+
+
+def test_a_graders_mean_score_keeps_three_decimals(tmp_path):
+    # Slot coverage 0.770 vs 0.907 must not both read as 0.8 and 0.9; the pass rate stays in percent.
+    result = _result(2, None)
+    score = {"value": 0.7699, "low": 0.7588, "high": 0.7799}
+    passed = {"value": 61.25, "low": 50.0, "high": 70.0}
+    for variant in ("zero_shot", "few_shot"):
+        result["variants"][variant] = {
+            **result["variants"][variant],
+            "metrics": {"mean_score": score, "pass_rate": passed},
+        }
+    result["task"] = "graded"
+    write_reports(result, tmp_path)
+    page = _Cells()
+    page.feed((tmp_path / "report.html").read_text())
+    assert page.cells["quality"][:3] == ["base, zero-shot", "0.770 [0.759, 0.780]", "61.2 [50.0, 70.0]"]

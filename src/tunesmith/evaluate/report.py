@@ -57,11 +57,19 @@ def _with_ci(metric: dict, digits: int = 1) -> str:
     return f"{_fmt(metric['value'], digits)} [{_fmt(metric['low'], digits)}, {_fmt(metric['high'], digits)}]"
 
 
+def _digits(task: str, metric: str) -> int:
+    # A grader's mean score lies in [0, 1] (a share of slots, a similarity): one decimal would show
+    # 0.77 and 0.91 as 0.8 and 0.9. Perplexities need two; percentages one.
+    return 3 if metric == "mean_score" else 2 if task == "text" else 1
+
+
 def _quality(result: dict) -> Section:
     variants = result["variants"]
     names = list(next(iter(variants.values()))["metrics"]) if variants else []
-    digits = 2 if result["task"] == "text" else 1
-    rows = [[VARIANT_TITLES[v], *(_with_ci(data["metrics"][n], digits) for n in names)] for v, data in variants.items()]
+    rows = [
+        [VARIANT_TITLES[v], *(_with_ci(data["metrics"][n], _digits(result["task"], n)) for n in names)]
+        for v, data in variants.items()
+    ]
     conf = result["confidence"]
     notes = [
         f"{result['items']} test items ({result['references']} references). Brackets: "
