@@ -152,6 +152,20 @@ def test_under_lora_only_the_added_rows_train(phi_run, base_model):
     assert adapter["trainable_token_indices"] == before.added_ids
 
 
+def test_checkpoints_hold_the_trained_rows_not_the_frozen_tied_embedding(phi_run, base_model):
+    # The tiny model ties its output layer to the embedding; with added rows trained, PEFT wraps both,
+    # and the frozen table must not be saved once per checkpoint under the output layer's alias.
+    from torch.distributed.checkpoint import FileSystemReader
+
+    _, before, out = phi_run
+    (checkpoint,) = (out / "checkpoints").iterdir()
+    saved = FileSystemReader(str(checkpoint)).read_metadata().state_dict_metadata
+    model = {name: meta.size for name, meta in saved.items() if name.startswith("model.")}
+    rows = before.model.get_input_embeddings().weight.shape
+    assert model and all(tuple(size) != tuple(rows) for size in model.values()), model
+    assert any("trainable_tokens_delta" in name for name in model)
+
+
 @pytest.mark.parametrize("folder", ["merged", "adapter"])
 def test_the_tokens_and_template_are_saved_with_the_run(phi_run, folder):
     _, before, out = phi_run

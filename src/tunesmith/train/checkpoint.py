@@ -60,8 +60,17 @@ def _model_state(module: torch.nn.Module) -> dict:
     """Trained tensors under the base checkpoint's own names (the LossModule's prefix dropped)."""
     from torch.distributed.checkpoint.state_dict import get_model_state_dict
 
-    state = get_model_state_dict(_loss_module(module), options=_options())
-    return {name.removeprefix(_LOSS_PREFIX): tensor for name, tensor in state.items()}
+    loss_module = _loss_module(module)
+    state = get_model_state_dict(loss_module, options=_options())
+    # ignore_frozen_params finds frozen weights by name, and named_parameters() names a tied weight
+    # once: its alias (a tied output layer under PEFT's trainable tokens, `lm_head.token_adapter.
+    # base_layer.weight`) slips through, a whole frozen embedding (687 MB for Gemma 3) per checkpoint.
+    frozen = {_storage(p) for p in loss_module.parameters() if not p.requires_grad} - {0}  # 0: an empty shard
+    return {name.removeprefix(_LOSS_PREFIX): t for name, t in state.items() if _storage(t) not in frozen}
+
+
+def _storage(tensor: torch.Tensor) -> int:
+    return getattr(tensor, "_local_tensor", tensor).untyped_storage().data_ptr()
 
 
 def _set_model_state(module: torch.nn.Module, state: dict) -> None:
