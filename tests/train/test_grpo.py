@@ -205,20 +205,27 @@ def test_a_grpo_run_writes_reward_kl_and_clip_fraction_and_resumes_exactly(grpo_
     assert _rows(resumed) == rows
 
 
+def _policy(cfg, tiny_model_name):
+    """The tiny model with the config's method attached (seeded), and a GRPO objective over it."""
+    from tunesmith.models import load_model
+    from tunesmith.train.grpo import GRPOObjective
+    from tunesmith.train.recipe import attach_method
+
+    loaded = load_model(tiny_model_name)
+    torch.manual_seed(0)
+    model = attach_method(loaded.model, cfg)
+    return model, GRPOObjective(cfg, loaded.tokenizer.pad_token_id, torch.device("cpu"), loaded.tokenizer)
+
+
 @pytest.mark.parametrize("weights", ["lora", "full"])
 def test_the_reference_is_the_base_model(grpo_config, tmp_path, tiny_model_name, weights):
     """LoRA: the same model with its adapter disabled; full: a frozen copy taken before training."""
     from tunesmith.models import load_model
-    from tunesmith.train.grpo import GRPOObjective
-    from tunesmith.train.recipe import attach_method
     from tunesmith.train.rollout import RLPrompt
 
     cfg = grpo_config(tmp_path / "run")
     cfg.method.weights = weights
-    loaded = load_model(tiny_model_name)
-    torch.manual_seed(0)
-    model = attach_method(loaded.model, cfg)
-    objective = GRPOObjective(cfg, loaded.tokenizer.pad_token_id, torch.device("cpu"), loaded.tokenizer)
+    model, objective = _policy(cfg, tiny_model_name)
     objective.setup(model, None)
     with torch.no_grad():  # training moved the weights away from the base
         for name, p in model.named_parameters():
@@ -237,9 +244,6 @@ def test_the_reference_is_the_base_model(grpo_config, tmp_path, tiny_model_name,
 
 def test_packed_groups_score_each_answer_as_padded_rows_do(grpo_config, tmp_path, tiny_model_name):
     """A group's answers share one pass over their prompt: fewer tokens, the same log-probs and gradients."""
-    from tunesmith.models import load_model
-    from tunesmith.train.grpo import GRPOObjective
-    from tunesmith.train.recipe import attach_method
     from tunesmith.train.rollout import RLPrompt
 
     prompts = [RLPrompt(1, [1, 4093, 198, 28, 9], {}), RLPrompt(2, [1, 1780, 314, 260], {})]
@@ -248,10 +252,7 @@ def test_packed_groups_score_each_answer_as_padded_rows_do(grpo_config, tmp_path
     for packing in (True, False):
         cfg = grpo_config(tmp_path / "run")
         cfg.data.packing = packing
-        loaded = load_model(tiny_model_name)
-        torch.manual_seed(0)
-        model = attach_method(loaded.model, cfg)
-        objective = GRPOObjective(cfg, loaded.tokenizer.pad_token_id, torch.device("cpu"), loaded.tokenizer)
+        model, objective = _policy(cfg, tiny_model_name)
         batch = objective._answers_batch(prompts, answers)
         logps = objective._token_logps(model, batch)
         logps.sum().backward()
