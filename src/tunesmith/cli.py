@@ -221,12 +221,14 @@ def _interpolate(args) -> int:
     if (args.alpha is None) == (args.alphas is None):
         raise TunesmithError("give --alpha A (one model) or --alphas A,B,... with --eval CONFIG (the curve)")
     if args.alpha is not None:
+        if args.overrides:
+            raise TunesmithError(f"overrides ({' '.join(args.overrides)}) apply to the --eval config of --alphas")
         print(interpolate(args.run_dir, args.alpha, args.out))
         return 0
     alphas = parse_alphas(args.alphas)
     if not args.eval:
         raise TunesmithError("--alphas needs --eval CONFIG: the config whose test data scores each alpha")
-    curve = interpolation_curve(args.run_dir, alphas, load_config(args.eval), args.out)
+    curve = interpolation_curve(args.run_dir, alphas, load_config(args.eval, args.overrides), args.out)
     print(Path(curve["folder"]) / "curve.md")
     return 0
 
@@ -318,6 +320,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--alpha", type=float, help="0 = the base, 1 = the fine-tune: writes one model folder")
     p.add_argument("--alphas", help="comma-separated alphas, e.g. 0,0.25,0.5,0.75,1: the curve (needs --eval)")
     p.add_argument("--eval", help="YAML config whose test data and eval settings score each alpha")
+    p.add_argument(
+        "overrides",
+        nargs="*",
+        default=[],
+        help="overrides of the --eval config, e.g. data.test=data/trec/validation.jsonl: choose alpha on validation",
+    )
     p.add_argument("--out", help="model folder (--alpha) or curve folder (--alphas); default RUN_DIR/interpolated")
     p.set_defaults(func=_interpolate)
 

@@ -81,6 +81,7 @@ def test_different_tensors_refused():
         (["--alphas", "0,x"], "must be numbers separated by commas"),
         (["--alphas", "0,1"], "--alphas needs --eval CONFIG"),
         ([], "give --alpha A"),
+        (["--alpha", "0.5", "data.test=x.jsonl"], "apply to the --eval config of --alphas"),
     ],
 )
 def test_cli_errors(fake_run, capsys, args, message):
@@ -116,3 +117,13 @@ def test_curve_table_and_plot(fake_run, tmp_path, capsys):
     )
     assert (out / "interpolation.png").read_bytes().startswith(b"\x89PNG")
     assert (out / "alpha-0.5" / "model.safetensors").is_file()
+
+
+def test_curve_scores_the_file_an_override_names(fake_run, tmp_path):
+    """Choosing alpha is a choice: the curve can be scored on validation data instead of the test file."""
+    validation = _write_jsonl(tmp_path / "validation.jsonl", TEST[:2])
+    out = tmp_path / "curve"
+    args = ["interpolate", str(fake_run), "--alphas", "1", "--eval", str(fake_run / "config.yaml"), "--out", str(out)]
+    assert main([*args, f"data.test={validation}"]) == 0
+    curve = json.loads((out / "curve.json").read_text())
+    assert curve["test_file"] == validation and curve["items"] == 2

@@ -121,6 +121,7 @@ def interpolation_curve(
         "run": str(run_dir),
         "folder": str(folder),
         "test_file": config.data.test,
+        "items": len(items),
         "metric": next(iter(rows[0]["metrics"])),
         "alphas": rows,
     }
