@@ -559,6 +559,11 @@ class TuneConfig(_Strict):
     startup_trials: int = Field(
         5, ge=0, description="Trials sampled at random before TPE models the results and before pruning starts."
     )
+    baseline: bool = Field(
+        True,
+        description="Trial 0 trains the config's own values of the searched keys (when each lies in the space), "
+        "so the study shows whether the search beat the config as written.",
+    )
 
     @field_validator("space")
     @classmethod

@@ -10,11 +10,11 @@ import pytest
 import yaml
 
 from tunesmith.cli import main
-from tunesmith.config import config_from_dict, dump_config, load_config
+from tunesmith.config import SearchRange, config_from_dict, dump_config, load_config
 from tunesmith.runfolder import MERGED, METRICS, read_metrics
 from tunesmith.tune import search
 from tunesmith.tune.objective import TrialOutcome, TrialRunner, resolve_goal
-from tunesmith.tune.space import default_space, search_space
+from tunesmith.tune.space import config_values, default_space, search_space
 from tunesmith.tune.study import STUDY_NAME
 
 LR_SPACE = {"train.lr": {"low": 1e-4, "high": 1e-2, "log": True}}
@@ -27,6 +27,7 @@ def write_config(make_tiny_config, tmp_path):
     def write(name="config.yaml", **sections):
         # Dumped from a valid config, then the sections merged in unchecked: bad ones reach the command.
         raw = yaml.safe_load(dump_config(make_tiny_config(tmp_path / "run")))
+        raw["tune"]["baseline"] = False  # trials drawn from the first; the baseline trial has its own test
         for section, values in sections.items():
             raw[section] = {**raw[section], **values}
         path = tmp_path / name
@@ -71,6 +72,41 @@ def test_study_resumes_and_requeues_a_trial_left_running(write_config, tmp_path)
     assert sorted(r["trial"] for r in results) == [0, 1, 2, 3]
     # Enough trials already: nothing runs, nothing changes.
     assert search.tune(config, trials=3, out=out, runner=_lr_runner).trials == 4
+
+
+def test_the_config_as_written_is_trial_0(write_config, tmp_path, capsys):
+    config = write_config(train={"lr": 3e-3}, tune={"space": LR_SPACE, "baseline": True})
+    out = tmp_path / "study"
+    search.tune(config, trials=3, out=out, runner=_lr_runner)
+    study, states = _states(out)
+    assert states == ["COMPLETE"] * 3
+    assert study.trials[0].params == {"train.lr": 3e-3}
+    assert all(t.params["train.lr"] != 3e-3 for t in study.trials[1:])  # then drawn
+    notes = [r["note"] for r in csv.DictReader((out / "trials.csv").open())]
+    assert notes == ["the config as written", "", ""]
+    # A value outside the space cannot be a trial: said once, and every trial is drawn.
+    outside = write_config("outside.yaml", train={"lr": 0.5}, tune={"space": LR_SPACE, "baseline": True})
+    search.tune(outside, trials=1, out=tmp_path / "outside", runner=_lr_runner)
+    assert "the config as written is not a trial: train.lr = 0.5 is outside the space" in capsys.readouterr().err
+    study, _ = _states(tmp_path / "outside")
+    assert 1e-4 <= study.trials[0].params["train.lr"] <= 1e-2
+
+
+def test_the_config_values_of_the_default_lora_space():
+    raw = {"method": {"r": 16, "alpha": 32.0}, "train": {"lr": 1e-3, "batch_size": 8, "warmup_steps": 10}}
+    space = {
+        "train.lr": SearchRange(low=1e-5, high=2e-3, log=True),
+        "method.r": [8, 16, 32, 64],
+        "method.alpha_per_r": [0.5, 1, 2, 4],
+        "train.batch_size": [4, 8, 16],
+        "train.warmup_steps": [0, 10, 50],
+    }
+    values, why = config_values(raw, space)
+    assert why == "" and values == {
+        "train.lr": 1e-3, "method.r": 16, "method.alpha_per_r": 2, "train.batch_size": 8, "train.warmup_steps": 10
+    }  # fmt: skip
+    raw["train"]["warmup_steps"] = 20
+    assert config_values(raw, space) == (None, "train.warmup_steps = 20 is outside the space")
 
 
 def test_a_folder_holding_another_search_is_refused(write_config, tmp_path):

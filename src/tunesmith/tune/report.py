@@ -45,6 +45,8 @@ def feasible(trial) -> bool | None:
 def _note(trial) -> str:
     attrs = trial.user_attrs
     notes = []
+    if attrs.get("baseline"):
+        notes.append("the config as written")
     if "retry_of" in attrs:
         notes.append(f"retry of trial {attrs['retry_of']}")
     if attrs.get("stopped_at") is not None:

@@ -88,6 +88,7 @@ def tune(
             seed=cfg.tune.seed,
             startup_trials=cfg.tune.startup_trials,
             pruning=cfg.tune.pruning,
+            baseline=cfg.tune.baseline,
             deadline=time.time() + 60 * time_budget_min if time_budget_min else None,
             jobs=jobs,
             threads=max(1, cores() // jobs) if jobs > 1 else None,

@@ -75,6 +75,39 @@ def suggest(trial, space: Space) -> dict:
     return values
 
 
+def _get(raw: dict, dotted: str):
+    node = raw
+    for part in dotted.split("."):
+        node = node.get(part) if isinstance(node, dict) else None
+    return node
+
+
+def _contains(entry: SearchRange | list, value) -> bool:
+    if not isinstance(entry, SearchRange):
+        return value in entry
+    if isinstance(entry.low, int) and isinstance(entry.high, int) and value != int(value):
+        return False
+    return isinstance(value, (int, float)) and entry.low <= value <= entry.high
+
+
+def config_values(raw: dict, space: Space) -> tuple[dict | None, str]:
+    """The config's own value of every searched key, or None and the first key whose value lies
+    outside the space (a trial can only take values the space holds)."""
+    values = {}
+    for key in space:
+        if key == ALPHA_PER_R:
+            method = raw.get("method", {})
+            value = method.get("alpha", 0) / method.get("r", 1)
+        else:
+            value = _get(raw, key)
+        if isinstance(value, float) and value.is_integer() and not isinstance(space[key], SearchRange):
+            value = next((choice for choice in space[key] if choice == value), value)
+        if value is None or not _contains(space[key], value):
+            return None, f"{key} = {value!r} is outside the space"
+        values[key] = value
+    return values, ""
+
+
 def _set(raw: dict, dotted: str, value) -> None:
     *sections, name = dotted.split(".")
     node = raw

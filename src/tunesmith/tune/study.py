@@ -28,7 +28,7 @@ from tunesmith.errors import TunesmithError
 from tunesmith.runfolder import ADAPTER, CHECKPOINTS, HEAD_FILE, MERGED
 from tunesmith.tune.objective import Goal, Runner, TrialOutcome, TrialRunner, trial_config
 from tunesmith.tune.report import append_result, best_number, progress_line, say, start_line, write_reports
-from tunesmith.tune.space import Space, describe, suggest
+from tunesmith.tune.space import Space, config_values, describe, suggest
 
 STUDY_NAME = "tunesmith"
 DATABASE = "study.db"
@@ -36,6 +36,7 @@ TRIALS = "trials"
 TRIAL_LOG = "tune.log"
 ASK_LOCK = ".ask.lock"
 RETRY_OF = "retry_of"
+BASELINE = "baseline"  # user attribute of the trial that trains the config as written
 # What makes a study this study: a folder holding another is refused rather than mixed into.
 IDENTITY = ("metric", "direction", "max_forgetting", "space")
 # Entries of a trial's run folder that hold weights: dropped for every trial but the best.
@@ -54,6 +55,7 @@ class Plan:
     seed: int
     startup_trials: int
     pruning: bool
+    baseline: bool  # trial 0 trains the config's own values
     deadline: float | None  # time.time() after which no trial starts
     jobs: int
     threads: int | None  # torch threads per worker (several jobs share the cores)
@@ -123,6 +125,8 @@ def open_study(plan: Plan):
     if not held:
         for key, value in wanted.items():
             study.set_user_attr(key, value)
+        if plan.baseline:
+            _enqueue_baseline(study, plan)
         return study
     for key in IDENTITY:
         if held.get(key) != wanted[key]:
@@ -131,6 +135,15 @@ def open_study(plan: Plan):
                 "give another --out, or the config that study was started with"
             )
     return study
+
+
+def _enqueue_baseline(study, plan: Plan) -> None:
+    """The config as written becomes the first trial: the bar every drawn trial has to clear."""
+    values, why_not = config_values(plan.raw, plan.space)
+    if values is None:
+        say(f"the config as written is not a trial: {why_not}")
+        return
+    study.enqueue_trial(values, user_attrs={BASELINE: True})
 
 
 def load_study(plan: Plan):
