@@ -3,10 +3,11 @@ transformers' GGUF loader (no llama.cpp here to compare with; the reader is the 
 for .gguf models).
 
     python benchmarks/gguf_roundtrip.py RUN_DIR [--prompts 20] [--max-new-tokens 32]
+    python benchmarks/gguf_roundtrip.py runs/gemma3_trec_chatml --data data/trec/test.jsonl --outtypes f16
 
-Per --outtype: file size, write time, the largest logit difference on 64 tokens of held-out E2E
-prompts, and how many greedy answers to the first N E2E test prompts are identical to the merged
-model's.
+Per --outtype: file size, write time, the largest logit difference on 64 tokens of held-out
+prompts (E2E's test file unless --data names another prompt/completion file), and how many greedy
+answers to the first N of them are identical to the merged model's.
 """
 
 from __future__ import annotations
@@ -35,9 +36,11 @@ def main() -> None:
     parser.add_argument("run_dir")
     parser.add_argument("--prompts", type=int, default=20)
     parser.add_argument("--max-new-tokens", type=int, default=32)
+    parser.add_argument("--data", type=Path, default=REPO / "data/e2e_nlg/test.jsonl", help="prompt/completion JSONL")
+    parser.add_argument("--outtypes", nargs="+", default=list(OUTTYPES), choices=list(OUTTYPES))
     args = parser.parse_args()
     run = Path(args.run_dir)
-    rows = [json.loads(line) for line in (REPO / "data/e2e_nlg/test.jsonl").read_text().splitlines()]
+    rows = [json.loads(line) for line in args.data.read_text().splitlines()]
     prompts = [r["prompt"] for r in rows[: args.prompts]]
 
     tokenizer = AutoTokenizer.from_pretrained(run / "merged")
@@ -53,18 +56,22 @@ def main() -> None:
     reference_logits, reference_texts = measure(AutoModelForCausalLM.from_pretrained(run / "merged").eval())
     merged_mb = sum(f.stat().st_size for f in (run / "merged").glob("*.safetensors")) / 1e6
     print(f"run {run}: merged safetensors {merged_mb:.0f} MB; CPU flags {cpu_flags()}; compute float32")
-    print("| outtype | size (MB) | write (s) | max abs logit diff (64 tokens) | same greedy answers |")
-    print("|---|---|---|---|---|")
+    print("| outtype | size (MB) | write (s) | load (s) | max abs logit diff (64 tokens) | same greedy answers |")
+    print("|---|---|---|---|---|---|")
     with tempfile.TemporaryDirectory() as folder:
-        for outtype in OUTTYPES:
+        for outtype in args.outtypes:
             start = time.perf_counter()
             path = export_run(run, "gguf", outtype, Path(folder) / f"model-{outtype}.gguf")
             seconds = time.perf_counter() - start
+            start = time.perf_counter()
             model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=path.name, dtype=torch.float32).eval()
+            load = time.perf_counter() - start
             logits, texts = measure(model)
             diff = (logits - reference_logits).abs().max().item()
             same = sum(a == b for a, b in zip(texts, reference_texts, strict=True))
-            print(f"| {outtype} | {path.stat().st_size / 1e6:.0f} | {seconds:.1f} | {diff:.2g} | {same}/{len(texts)} |")
+            size = path.stat().st_size / 1e6
+            cells = f"| {outtype} | {size:.0f} | {seconds:.1f} | {load:.0f} | {diff:.2g} | {same}/{len(texts)} |"
+            print(cells, flush=True)
             path.unlink()
 
 
