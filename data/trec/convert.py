@@ -24,9 +24,7 @@ def convert(source: Path, target: Path) -> int:
         label, question = line.split(" ", 1)
         coarse = label.split(":", 1)[0]
         assert coarse in LABELS, f"{source}: unknown label {label!r}"
-        rows.append(
-            json.dumps({"prompt": PROMPT.format(question.strip()), "completion": coarse}, ensure_ascii=False)
-        )
+        rows.append(json.dumps({"prompt": PROMPT.format(question.strip()), "completion": coarse}, ensure_ascii=False))
     target.write_text("\n".join(rows) + "\n", encoding="utf-8")
     return len(rows)
 
