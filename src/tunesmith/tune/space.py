@@ -75,36 +75,36 @@ def suggest(trial, space: Space) -> dict:
     return values
 
 
-def _get(raw: dict, dotted: str):
+def _config_value(raw: dict, key: str):
+    if key == ALPHA_PER_R:
+        return raw["method"]["alpha"] / raw["method"]["r"]
     node = raw
-    for part in dotted.split("."):
+    for part in key.split("."):
         node = node.get(part) if isinstance(node, dict) else None
     return node
 
 
-def _contains(entry: SearchRange | list, value) -> bool:
+def _in_space(entry: SearchRange | list, value):
+    """The space's own value equal to `value` (a choice keeps its type: alpha/r 2.0 is the choice 2),
+    or None when the space does not hold it."""
     if not isinstance(entry, SearchRange):
-        return value in entry
+        return next((choice for choice in entry if choice == value), None)
+    if not isinstance(value, (int, float)) or not entry.low <= value <= entry.high:
+        return None
     if isinstance(entry.low, int) and isinstance(entry.high, int) and value != int(value):
-        return False
-    return isinstance(value, (int, float)) and entry.low <= value <= entry.high
+        return None
+    return value
 
 
 def config_values(raw: dict, space: Space) -> tuple[dict | None, str]:
     """The config's own value of every searched key, or None and the first key whose value lies
     outside the space (a trial can only take values the space holds)."""
     values = {}
-    for key in space:
-        if key == ALPHA_PER_R:
-            method = raw.get("method", {})
-            value = method.get("alpha", 0) / method.get("r", 1)
-        else:
-            value = _get(raw, key)
-        if isinstance(value, float) and value.is_integer() and not isinstance(space[key], SearchRange):
-            value = next((choice for choice in space[key] if choice == value), value)
-        if value is None or not _contains(space[key], value):
+    for key, entry in space.items():
+        value = _config_value(raw, key)
+        values[key] = _in_space(entry, value)
+        if values[key] is None:
             return None, f"{key} = {value!r} is outside the space"
-        values[key] = value
     return values, ""
 
 
