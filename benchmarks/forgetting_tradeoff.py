@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
+import sys
 from pathlib import Path
 
 import matplotlib
@@ -87,7 +89,9 @@ def main() -> None:
     ax.legend(fontsize=8)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(args.out, bbox_inches="tight")
-    args.out.with_suffix(".md").write_text("\n".join(lines) + "\n")
+    command = " ".join(shlex.quote(a) for a in ["python", "benchmarks/forgetting_tradeoff.py", *sys.argv[1:]])
+    header = [f"Command: `{command}`", "", f"metric: validation {metric}; forgetting: general-text perplexity rise", ""]
+    args.out.with_suffix(".md").write_text("\n".join(header + lines) + "\n")
     print(args.out, args.out.with_suffix(".md"))
 
 
