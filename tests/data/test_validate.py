@@ -11,6 +11,7 @@ class CharTokenizer:
     """One token per character and eos = 0, so that token counts can be worked out by hand."""
 
     eos_token_id = 0
+    bos_token_id = None
 
     def __call__(self, text, add_special_tokens=False):
         return {"input_ids": [ord(c) for c in text]}

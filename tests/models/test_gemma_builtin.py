@@ -13,12 +13,13 @@ from transformers import AutoModelForCausalLM, Gemma3TextConfig
 
 from tunesmith.config import DataConfig
 from tunesmith.data.formats import Example, Message
-from tunesmith.data.tokenize import tokenize_example
+from tunesmith.data.prepare import prepare_data
+from tunesmith.data.tokenize import adds_bos, tokenize_example, tokenize_examples
 from tunesmith.errors import TunesmithError
 from tunesmith.export.gguf import write_model_gguf
 from tunesmith.models import BUILTIN_MODELS, GEMMA3_270M, gemma, resolve_model_path
 from tunesmith.models.packaged import SplitFile, join_parts
-from tunesmith.models.vocabulary import CHATML_TEMPLATE, adds_bos, extend_tokenizer
+from tunesmith.models.vocabulary import CHATML_TEMPLATE, extend_tokenizer
 
 ACCEPT = "TUNESMITH_ACCEPT_GEMMA_TERMS"
 
@@ -190,3 +191,28 @@ def test_chatml_writes_the_bos_gemma_was_pretrained_with_once(byte_level_tokeniz
     assert (
         tokenized.labels[0] == -100 and gemma_like.decode([t for t in tokenized.labels if t != -100]) == "Yo<|im_end|>"
     )
+
+
+def test_raw_text_starts_each_document_with_the_bos_gemma_was_pretrained_with(byte_level_tokenizer, tmp_path):
+    texts = ["The cat sat on the mat.", "Dogs bark at night.", "Birds sing."]
+    gemma_like = _with_bos_added(byte_level_tokenizer)
+    bos, eos = gemma_like.bos_token_id, gemma_like.eos_token_id
+    expected = []
+    for text in texts:
+        expected += [bos, *gemma_like(text, add_special_tokens=False).input_ids, eos]
+    blocks = tokenize_examples(gemma_like, [Example(i + 1, text=t) for i, t in enumerate(texts)], max_seq_len=8)
+    assert [t for b in blocks for t in b.input_ids] == expected
+    # Every token is trained but the BOS: after an EOS, the next BOS is no lesson.
+    assert [t for b in blocks for t in b.labels] == [-100 if t == bos else t for t in expected]
+    # The token store (what `tunesmith train` reads) holds the same tokens and labels.
+    path = tmp_path / "corpus.jsonl"
+    path.write_text("".join(json.dumps({"text": t}) + "\n" for t in texts))
+    stored = prepare_data(DataConfig(train=str(path), val_fraction=0.0, max_seq_len=8), gemma_like).train
+    rows = [stored[i] for i in range(len(stored))]
+    assert [t for r in rows for t in r.input_ids] == expected
+    assert [t for r in rows for t in r.labels] == [-100 if t == bos else t for t in expected]
+    assert list(stored.label_counts) == [sum(t != -100 for t in r.labels) for r in rows]
+    assert list(stored.shifted_label_counts) == [sum(t != -100 for t in r.labels[1:]) for r in rows]
+    # A tokenizer that adds no BOS (SmolLM2's) packs its texts as before: tokens and EOS only.
+    plain = tokenize_examples(byte_level_tokenizer, [Example(1, text=texts[0])], max_seq_len=64)[0]
+    assert plain.input_ids == plain.labels == [*byte_level_tokenizer(texts[0], add_special_tokens=False).input_ids, eos]

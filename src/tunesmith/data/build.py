@@ -24,7 +24,7 @@ from tunesmith.data.formats import Example, LineError, csv_example, json_line, r
 from tunesmith.data.issues import IssueLog
 from tunesmith.data.sources import Source, records
 from tunesmith.data.store import StoreWriter, TokenStore, open_store, token_dtype
-from tunesmith.data.tokenize import IGNORE_INDEX, encode_text, tokenize_chats
+from tunesmith.data.tokenize import IGNORE_INDEX, encode_text, text_labels, text_start, tokenize_chats
 from tunesmith.errors import TunesmithError
 from tunesmith.progress import WorkProgress
 
@@ -120,11 +120,12 @@ def tokenize_chunk(chunk: list[tuple[int, int, object, bool]]) -> ChunkResult:
         if example is not None:
             parsed.append((file_index, line, example))
     chats = iter(tokenize_chats(tokenizer, [example for *_, example in parsed if example.text is None]))
+    start = text_start(tokenizer)
     for file_index, line, example in parsed:
         name = options.files[file_index]
         if example.text is not None:
-            ids = encode_text(tokenizer, example.text)
-            mask = [1] * len(ids)
+            ids = encode_text(tokenizer, example.text, start)
+            mask = [label != IGNORE_INDEX for label in text_labels(ids, start)]
         else:
             whole = next(chats)
             if isinstance(whole, TunesmithError):

@@ -31,7 +31,7 @@ from tunesmith.data.sources import hash_file
 from tunesmith.data.tokenize import IGNORE_INDEX, TokenizedExample
 from tunesmith.paths import tunesmith_home
 
-STORE_VERSION = 2  # 2: digests are xxh3-128
+STORE_VERSION = 3  # 2: digests are xxh3-128; 3: raw text begins with the BOS its tokenizer adds
 META = "meta.json"
 # Per-example arrays; `tokens` takes uint16 when the vocabulary fits (half the disk and page cache).
 ARRAYS = {

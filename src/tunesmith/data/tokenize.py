@@ -38,8 +38,9 @@ class TokenizedExample:
 def tokenize_example(tokenizer, example: Example, max_seq_len: int) -> TokenizedExample:
     """Tokenize one example, keeping its first max_seq_len tokens."""
     if example.text is not None:
-        ids = encode_text(tokenizer, example.text)
-        labels = list(ids)
+        start = text_start(tokenizer)
+        ids = encode_text(tokenizer, example.text, start)
+        labels = text_labels(ids, start)
     else:
         ids, labels = _raise(tokenize_chats(tokenizer, [example])[0])
     return TokenizedExample(ids[:max_seq_len], labels[:max_seq_len], example.line, len(ids))
@@ -62,19 +63,42 @@ def _pack(tokenizer, examples: list[Example], max_seq_len: int) -> list[Tokenize
     # document ends, so it does not learn to run one into the next.
     stream: list[int] = []
     starts: list[int] = []
+    start = text_start(tokenizer) if examples else []
     for example in examples:
         starts.append(len(stream))
-        stream += encode_text(tokenizer, example.text)
+        stream += encode_text(tokenizer, example.text, start)
     blocks = []
     for begin in range(0, len(stream), max_seq_len):
         block = stream[begin : begin + max_seq_len]
         owner = examples[bisect.bisect_right(starts, begin) - 1]
-        blocks.append(TokenizedExample(block, list(block), owner.line, len(block)))
+        blocks.append(TokenizedExample(block, text_labels(block, start), owner.line, len(block)))
     return blocks
 
 
-def encode_text(tokenizer, text: str) -> list[int]:
-    return tokenizer(text, add_special_tokens=False)["input_ids"] + [_eos_id(tokenizer)]
+def adds_bos(tokenizer) -> bool:
+    """Whether the tokenizer puts a BOS before every text (Gemma, Llama 2): the model was pretrained with
+    it there, and Gemma's outputs fall apart without it."""
+    bos = tokenizer.bos_token_id
+    return bos is not None and tokenizer("x")["input_ids"] == [
+        bos,
+        *tokenizer("x", add_special_tokens=False)["input_ids"],
+    ]
+
+
+def text_start(tokenizer) -> list[int]:
+    """What a raw text starts with: the BOS where pretraining put one before every document."""
+    return [tokenizer.bos_token_id] if adds_bos(tokenizer) else []
+
+
+def encode_text(tokenizer, text: str, start: list[int]) -> list[int]:
+    """A raw text as pretraining saw it: `start` (see text_start), its tokens, and the EOS."""
+    return start + tokenizer(text, add_special_tokens=False)["input_ids"] + [_eos_id(tokenizer)]
+
+
+def text_labels(ids: list[int], start: list[int]) -> list[int]:
+    """Every token of raw text is trained but the BOS `start` put there: predicting the next document's
+    BOS after the last one's EOS teaches nothing."""
+    return [IGNORE_INDEX if t in start else t for t in ids]
 
 
 def _eos_id(tokenizer) -> int:

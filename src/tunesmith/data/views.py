@@ -42,7 +42,8 @@ class ExampleView:
 class TextBlocks:
     """Raw-text documents of a store packed back to back (an eos between them) into blocks of
     `block` tokens: packing wastes no compute on padding, and the eos tells the model where one
-    document ends, so it does not learn to run one into the next. Every token is a label."""
+    document ends, so it does not learn to run one into the next. Every token is a label but a
+    document's BOS (data/tokenize.text_labels)."""
 
     def __init__(self, store: TokenStore, index: np.ndarray, block: int):
         self.store, self.index, self.block = store, index, block
@@ -54,8 +55,10 @@ class TextBlocks:
         self.lengths = np.full(n, block, dtype=np.int64)
         if n:
             self.lengths[-1] = total - (n - 1) * block
-        self.label_counts = self.lengths
-        self.shifted_label_counts = self.lengths - 1
+        unlabelled = self._unlabelled(store, index, doc_lengths)
+        self.label_counts = self.lengths - np.bincount(unlabelled // block, minlength=n)
+        # The first token of a block predicts nothing: it counts as a shifted target only if unlabelled already.
+        self.shifted_label_counts = self.label_counts - ~np.isin(np.arange(n, dtype=np.int64) * block, unlabelled)
         owner = np.searchsorted(self.starts, np.arange(n, dtype=np.int64) * block, side="right") - 1
         self.lines = np.asarray(store.arrays["lines"][index[owner]]) if n else np.zeros(0, np.int64)
         self.file_index = np.asarray(store.arrays["file_index"][index[owner]]) if n else np.zeros(0, np.int32)
@@ -64,21 +67,35 @@ class TextBlocks:
         self.hash_lines = np.asarray(store.arrays["lines"][index])
         self.hash_files = np.asarray(store.arrays["file_index"][index])
 
+    def _unlabelled(self, store: TokenStore, index: np.ndarray, doc_lengths: np.ndarray) -> np.ndarray:
+        """Positions in the packed stream of the tokens that are not labels: in the common case a
+        document's first (its BOS), found without reading the documents; any other, by reading that one."""
+        offsets = store.offsets[index]
+        missing = doc_lengths - np.asarray(store.arrays["label_counts"][index], dtype=np.int64)
+        at_start = (missing == 1) & (store.arrays["label_mask"][offsets] == 0)
+        positions = [self.starts[:-1][at_start]]
+        for doc in np.flatnonzero((missing > 0) & ~at_start):
+            mask = store.arrays["label_mask"][offsets[doc] : offsets[doc] + doc_lengths[doc]]
+            positions.append(self.starts[doc] + np.flatnonzero(mask == 0))
+        return np.sort(np.concatenate(positions))
+
     def __len__(self) -> int:
         return len(self.lengths)
 
     def __getitem__(self, i: int) -> TokenizedExample:
         begin, end = i * self.block, i * self.block + int(self.lengths[i])
         doc = int(np.searchsorted(self.starts, begin, side="right")) - 1
-        pieces = []
+        ids, masks = [], []
         while begin < end:
             offset = int(self.store.offsets[self.index[doc]])
             lo, hi = begin - int(self.starts[doc]), min(end, int(self.starts[doc + 1])) - int(self.starts[doc])
-            pieces.append(self.store.arrays["tokens"][offset + lo : offset + hi])
+            ids.append(self.store.arrays["tokens"][offset + lo : offset + hi])
+            masks.append(self.store.arrays["label_mask"][offset + lo : offset + hi])
             begin += hi - lo
             doc += 1
-        ids = np.concatenate(pieces).astype(np.int64).tolist()
-        return TokenizedExample(ids, list(ids), int(self.lines[i]), len(ids))
+        tokens = np.concatenate(ids).astype(np.int64)
+        labels = np.where(np.concatenate(masks) != 0, tokens, IGNORE_INDEX)
+        return TokenizedExample(tokens.tolist(), labels.tolist(), int(self.lines[i]), len(tokens))
 
 
 def view(store: TokenStore, index: np.ndarray, max_seq_len: int):

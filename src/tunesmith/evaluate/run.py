@@ -32,7 +32,7 @@ from pathlib import Path
 from tunesmith.chat.tools import Tool
 from tunesmith.config import Config, EvalConfig
 from tunesmith.data.formats import Message, read_examples, split_prompt, with_system
-from tunesmith.data.tokenize import encode_chat
+from tunesmith.data.tokenize import encode_chat, text_start
 from tunesmith.encoders.data import read_passages
 from tunesmith.errors import TunesmithError
 from tunesmith.evaluate import metrics
@@ -60,7 +60,7 @@ from tunesmith.evaluate.variants import (
     write_result,
 )
 from tunesmith.models import load_model, load_tokenizer, resolve_model_path
-from tunesmith.models.vocabulary import adds_bos, load_model_for, load_tokenizer_for
+from tunesmith.models.vocabulary import load_model_for, load_tokenizer_for
 from tunesmith.precision import autocast, default_device
 
 VARIANTS = ("zero_shot", "few_shot", "base_rag", "finetuned", "finetuned_rag")
@@ -216,7 +216,7 @@ def _general_text_perplexity(model, tokenizer, path: str, window: int, settings:
         raise TunesmithError(f"eval.general_text {path} has too little text to measure perplexity")
     windows = [ids[start : start + window] for start in range(0, len(ids) - 1, window)]
     windows = [w for w in windows if len(w) > 1]
-    start = [tokenizer.bos_token_id] if adds_bos(tokenizer) else []  # each window as pretraining began texts
+    start = text_start(tokenizer)  # each window begins as pretraining began texts
     contexts = [start + w[:1] for w in windows]
     stats = _perplexity(model, tokenizer, contexts, [w[1:] for w in windows], settings.batch_size)
     return bootstrap_ci(stats, settings)

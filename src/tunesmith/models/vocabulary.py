@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from tunesmith.config import Config, DataConfig, TokenizerConfig
+from tunesmith.data.tokenize import adds_bos
 from tunesmith.errors import TunesmithError
 from tunesmith.models import LoadedModel, load_model, load_tokenizer
 
@@ -105,13 +106,6 @@ def extend_tokenizer(tokenizer, data: DataConfig, vocabulary: TokenizerConfig | 
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
     return added
-
-
-def adds_bos(tokenizer) -> bool:
-    """Whether the tokenizer puts a BOS before every text (Gemma, Llama 2): the model was pretrained with
-    it there, and Gemma's outputs fall apart without it."""
-    bos, plain = tokenizer.bos_token_id, tokenizer("x", add_special_tokens=False).input_ids
-    return bos is not None and tokenizer("x").input_ids == [bos, *plain]
 
 
 def _with_bos(tokenizer, template: str) -> str:
