@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import resource
 import sys
 import tempfile
@@ -29,7 +28,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from machine import cpu_flags, run_worker
+from machine import cpu_flags, cpu_model, run_worker
 
 REPO = Path(__file__).resolve().parents[1]
 TRAIN = REPO / "data/e2e_nlg/train.jsonl"
@@ -470,11 +469,7 @@ def render(results: dict[str, dict], args, shape: dict, peak: float, peak_dtype:
     import torch
 
     device = _device()
-    machine = (
-        torch.cuda.get_device_name()
-        if device.type == "cuda"
-        else f"{platform.processor() or 'CPU'} (flags: {cpu_flags()})"
-    )
+    machine = torch.cuda.get_device_name() if device.type == "cuda" else f"{cpu_model()} (flags: {cpu_flags()})"
     precision = (
         "bf16 autocast where supported (tunesmith dtype auto, TRL bf16=True)"
         if args.dtype == "auto"
@@ -489,7 +484,7 @@ def render(results: dict[str, dict], args, shape: dict, peak: float, peak_dtype:
     lines = [
         "# Training throughput: tunesmith vs TRL SFTTrainer",
         "",
-        f"Command: `python benchmarks/train_throughput.py {' '.join(sys.argv[1:])}`".rstrip(),
+        f"Command: `python benchmarks/train_throughput.py {' '.join(_measuring_args())}`".rstrip(),
         "",
         f"Machine: {machine}, {os.cpu_count()} CPUs visible, torch {torch.__version__}, "
         f"{torch.get_num_threads()} threads; measured {peak_dtype} matmul peak {peak / 1e12:.3f} TFLOP/s.",
@@ -542,6 +537,15 @@ def render(results: dict[str, dict], args, shape: dict, peak: float, peak_dtype:
             f"{ours['val_loss'] / best['val_loss'] - 1:+.1%} vs TRL fastest (target within 2%).",
         ]
     return "\n".join(lines) + "\n"
+
+
+def _measuring_args() -> list[str]:
+    """This command's arguments without `--render FILE`: a re-rendered table names the run that measured it."""
+    args = sys.argv[1:]
+    if "--render" in args:
+        at = args.index("--render")
+        del args[at : at + 2]
+    return args
 
 
 def main() -> None:
