@@ -11,10 +11,11 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, Gemma3TextConfig
 
+from tunesmith.chat.render import adds_bos
 from tunesmith.config import DataConfig
 from tunesmith.data.formats import Example, Message
 from tunesmith.data.prepare import prepare_data
-from tunesmith.data.tokenize import adds_bos, tokenize_example, tokenize_examples
+from tunesmith.data.tokenize import tokenize_example, tokenize_examples
 from tunesmith.errors import TunesmithError
 from tunesmith.export.gguf import write_model_gguf
 from tunesmith.models import BUILTIN_MODELS, GEMMA3_270M, gemma, resolve_model_path

@@ -104,3 +104,13 @@ def _fallback_dicts(messages, tools, parallel_tool_calls: bool) -> list[dict]:
     if results:
         out.append({"role": "user", "content": render_tool_responses(results)})
     return out
+
+
+def adds_bos(tokenizer) -> bool:
+    """Whether the tokenizer puts a BOS before every text (Gemma, Llama 2): the model was pretrained with
+    it there, and Gemma's outputs fall apart without it."""
+    bos = tokenizer.bos_token_id
+    return bos is not None and tokenizer("x")["input_ids"] == [
+        bos,
+        *tokenizer("x", add_special_tokens=False)["input_ids"],
+    ]

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from tunesmith.chat.messages import Message
-from tunesmith.chat.render import render_prompt, rendering, reply_text, template_inputs
+from tunesmith.chat.render import adds_bos, render_prompt, rendering, reply_text, template_inputs
 from tunesmith.chat.tools import Tool
 from tunesmith.data.formats import Example
 from tunesmith.errors import TunesmithError
@@ -73,16 +73,6 @@ def _pack(tokenizer, examples: list[Example], max_seq_len: int) -> list[Tokenize
         owner = examples[bisect.bisect_right(starts, begin) - 1]
         blocks.append(TokenizedExample(block, text_labels(block, start), owner.line, len(block)))
     return blocks
-
-
-def adds_bos(tokenizer) -> bool:
-    """Whether the tokenizer puts a BOS before every text (Gemma, Llama 2): the model was pretrained with
-    it there, and Gemma's outputs fall apart without it."""
-    bos = tokenizer.bos_token_id
-    return bos is not None and tokenizer("x")["input_ids"] == [
-        bos,
-        *tokenizer("x", add_special_tokens=False)["input_ids"],
-    ]
 
 
 def text_start(tokenizer) -> list[int]:

@@ -14,8 +14,8 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from tunesmith.chat.render import adds_bos
 from tunesmith.config import Config, DataConfig, TokenizerConfig
-from tunesmith.data.tokenize import adds_bos
 from tunesmith.errors import TunesmithError
 from tunesmith.models import LoadedModel, load_model, load_tokenizer
 
