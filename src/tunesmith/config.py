@@ -291,8 +291,9 @@ class TrainConfig(_Strict):
     fast_paths: bool = Field(
         True,
         description="tunesmith's kernels (src/tunesmith/kernels/): packed rows, the label-only lm_head loss, "
-        "fused LoRA, lean storage, the activation arena. false runs the plain PEFT / transformers path "
-        "(padded batches, logits at every position): the control for benchmarks and numerics.",
+        "fused LoRA, lean storage, the activation arena, added token rows beside their table. false runs the "
+        "plain PEFT / transformers path (padded batches, logits at every position): the control for benchmarks "
+        "and numerics.",
     )
     loss_chunk_size: int = Field(
         1024, ge=1, description="Label positions projected through lm_head at once (8,192 vocabulary rows at a time)."

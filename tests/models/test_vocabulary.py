@@ -150,6 +150,8 @@ def test_under_lora_only_the_added_rows_train(phi_run, base_model):
         assert not torch.allclose(trained[token], original[token])
     adapter = json.loads((out / "adapter/adapter_config.json").read_text())
     assert adapter["trainable_token_indices"] == before.added_ids
+    used = json.loads((out / "summary.json").read_text())["fast_paths_used"]
+    assert used["token_rows"] == "on: 3 added rows trained beside the 49,155-row table, not in a copy of it"
 
 
 def test_checkpoints_hold_the_trained_rows_not_the_frozen_tied_embedding(phi_run, base_model):

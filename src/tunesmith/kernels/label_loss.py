@@ -38,17 +38,21 @@ class OutputLayerLoss(torch.autograd.Function):
     With `keep` (a pass that will run backward) and logits of at most KEEP_BYTES in the compute
     dtype, forward writes them into one tensor that backward reads instead of recomputing: the
     same values, the matmul done once.
+
+    `added` = (ids, rows), the added token rows of kernels/token_rows.py, stand in for those rows of
+    `weight` and get the gradient they would have there: the weight with them written in is never built.
     """
 
     @staticmethod
-    def forward(ctx, hidden, weight, targets, chunk_size: int, dtype: torch.dtype, keep: bool, softcap=None):
+    def forward(ctx, hidden, weight, targets, chunk_size: int, dtype: torch.dtype, keep: bool, softcap=None, *added):
         hidden = hidden.to(dtype)
+        override = tuple(added) or None
         kept = kept_logits(keep, len(targets), weight.shape[0], hidden)
         top, total, target_logit, _, best_index = vocabulary_stats(
-            hidden, weight, targets, chunk_size, kept, softcap=softcap
+            hidden, weight, targets, chunk_size, kept, softcap=softcap, override=override
         )
         lse = top + total.log()
-        ctx.save_for_backward(hidden, weight, targets, lse)
+        ctx.save_for_backward(hidden, weight, targets, lse, *added)
         # An attribute, not a saved tensor: the activation arena would copy it (kernels/arena.py).
         ctx.chunk_size, ctx.kept, ctx.softcap = chunk_size, kept, softcap
         correct = (best_index == targets).sum()
@@ -57,13 +61,15 @@ class OutputLayerLoss(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_losses, _):
-        hidden, weight, targets, lse = ctx.saved_tensors
-        grad_hidden, grad_weight = vocabulary_grads(
-            hidden, weight, targets, lse, grad_losses, ctx.chunk_size, ctx.kept, ctx.needs_input_grad[:2], ctx.softcap
+        hidden, weight, targets, lse, *added = ctx.saved_tensors
+        override = tuple(added) or None
+        wanted = (*ctx.needs_input_grad[:2], override is not None and ctx.needs_input_grad[8])
+        grad_hidden, grad_weight, grad_rows = vocabulary_grads(
+            hidden, weight, targets, lse, grad_losses, ctx.chunk_size, ctx.kept, wanted, ctx.softcap, override=override
         )
         ctx.kept = None
         grad_hidden = None if grad_hidden is None else grad_hidden.to(hidden.dtype)
-        return grad_hidden, grad_weight, None, None, None, None, None
+        return grad_hidden, grad_weight, None, None, None, None, None, *((None, grad_rows) if added else ())
 
 
 def kept_logits(keep: bool, rows: int, vocab: int, hidden: torch.Tensor) -> torch.Tensor | None:
@@ -78,11 +84,28 @@ def capped(logits: torch.Tensor, softcap: float | None) -> torch.Tensor:
     return logits if softcap is None else logits.div_(softcap).tanh_().mul_(softcap)
 
 
-def vocabulary_stats(hidden, weight, targets, chunk_size: int, kept, offset: int = 0, softcap: float | None = None):
+def _piece(weight, first: int, dtype: torch.dtype, override) -> tuple[torch.Tensor, tuple | None]:
+    """Rows [first, first + VOCAB_PIECE) of `weight` in `dtype`, with the `override` rows
+    (index, values) that fall there written in; and (which of them, their rows in the piece)."""
+    cast = weight[first : first + VOCAB_PIECE]
+    if override is not None:
+        index, values = override
+        inside = (index >= first) & (index < first + cast.shape[0])
+        if inside.any():
+            cast = cast.to(dtype, copy=True)
+            at = index[inside] - first
+            cast[at] = values[inside].to(dtype)
+            return cast, (inside, at)
+    return cast.to(dtype), None
+
+
+def vocabulary_stats(
+    hidden, weight, targets, chunk_size: int, kept, offset: int = 0, softcap: float | None = None, override=None
+):
     """Per row of `hidden`, over the vocabulary rows `weight` holds (ids `offset` onwards): the
     largest logit, the sum of exp(logit - largest), the target's logit (0 where the target is not
     among them), and the best logit with its id (the lowest id on ties). Fills `kept` if given, with
-    the logits before any `softcap`."""
+    the logits before any `softcap`. `override`: (ids, rows) standing in for those rows of `weight`."""
     rows, device = len(targets), hidden.device
     top = torch.full((rows,), float("-inf"), device=device)
     total = torch.zeros(rows, device=device)
@@ -90,7 +113,7 @@ def vocabulary_stats(hidden, weight, targets, chunk_size: int, kept, offset: int
     best_index = torch.zeros(rows, dtype=torch.long, device=device)
     target_logit = torch.zeros(rows, device=device)
     for first in range(0, weight.shape[0], VOCAB_PIECE):
-        cast = weight[first : first + VOCAB_PIECE].to(hidden.dtype)
+        cast, _ = _piece(weight, first, hidden.dtype, override)
         for start in range(0, rows, chunk_size):
             piece = slice(start, start + chunk_size)
             logits = hidden[piece] @ cast.t()
@@ -110,15 +133,28 @@ def vocabulary_stats(hidden, weight, targets, chunk_size: int, kept, offset: int
 
 
 def vocabulary_grads(
-    hidden, weight, targets, lse, grad_losses, chunk_size: int, kept, wanted, softcap=None, offset: int = 0
+    hidden,
+    weight,
+    targets,
+    lse,
+    grad_losses,
+    chunk_size: int,
+    kept,
+    wanted,
+    softcap=None,
+    offset: int = 0,
+    override=None,
 ):
     """(d loss / d hidden in float32, d loss / d weight) for the vocabulary rows `weight` holds,
-    given each row's log-sum-exp over the whole vocabulary; None where `wanted` says so."""
+    given each row's log-sum-exp over the whole vocabulary, and with an `override` (ids, rows) the
+    gradient of those rows (in place of theirs in d loss / d weight); None where `wanted` says so
+    (hidden, weight[, rows])."""
     # Summed over vocabulary pieces in float32, as one matmul over the whole vocabulary would.
     grad_hidden = torch.zeros(hidden.shape, device=hidden.device) if wanted[0] else None
     grad_weight = torch.zeros_like(weight) if wanted[1] else None
+    grad_rows = torch.zeros_like(override[1]) if override is not None and len(wanted) > 2 and wanted[2] else None
     for first in range(0, weight.shape[0], VOCAB_PIECE):
-        cast = weight[first : first + VOCAB_PIECE].to(hidden.dtype)
+        cast, overridden = _piece(weight, first, hidden.dtype, override)
         for start in range(0, len(targets), chunk_size):
             piece = slice(start, start + chunk_size)
             if kept is None:
@@ -137,4 +173,7 @@ def vocabulary_grads(
                 grad_hidden[piece] += grad_logits @ cast
             if grad_weight is not None:
                 grad_weight[first : first + VOCAB_PIECE] += grad_logits.t() @ hidden[piece]
-    return grad_hidden, grad_weight
+            if grad_rows is not None and overridden is not None:
+                inside, at = overridden
+                grad_rows[inside] += grad_logits[:, at].t() @ hidden[piece]
+    return grad_hidden, grad_weight, grad_rows

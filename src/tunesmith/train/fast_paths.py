@@ -10,6 +10,7 @@ from __future__ import annotations
 from tunesmith.config import Config
 from tunesmith.kernels.label_loss import output_layer
 from tunesmith.kernels.lean import LeanStorage
+from tunesmith.kernels.token_rows import added_rows
 from tunesmith.train.loss import final_softcap
 from tunesmith.train.vocab_shard import splits_vocabulary
 
@@ -84,6 +85,17 @@ def _vocab_split(cfg: Config, model, strategy: str, world_size: int) -> str:
     return "on"
 
 
+def _token_rows(cfg: Config, model) -> str | None:
+    """What happens to the token rows the config added (trained under LoRA); None when it added none."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    rows = added_rows(base.get_input_embeddings())
+    if rows is None:
+        return None
+    if not cfg.train.fast_paths:
+        return OFF
+    return f"on: {len(rows.index)} added rows trained beside the {rows.table.shape[0]:,}-row table, not in a copy of it"
+
+
 def fast_paths_used(
     cfg: Config, model, lean: LeanStorage | None, arena: bool, device, strategy: str, world_size: int
 ) -> dict[str, str]:
@@ -98,6 +110,9 @@ def fast_paths_used(
         "activation_arena": _arena(cfg, arena, device),
         "vocab_split": _vocab_split(cfg, model, strategy, world_size),
     }
+    rows = _token_rows(cfg, model)
+    if rows:
+        used["token_rows"] = rows
     if cfg.method.name in ("dpo", "grpo"):
         # A DPO pair's two answers, or a GRPO group's, run their prompt once.
         shared = "on" if cfg.data.packing and cfg.train.fast_paths else "off: data.packing is false"

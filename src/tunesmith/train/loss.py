@@ -18,6 +18,7 @@ from tunesmith.data.batching import Batch
 from tunesmith.data.tokenize import IGNORE_INDEX
 from tunesmith.kernels import attention
 from tunesmith.kernels.label_loss import OutputLayerLoss, output_layer
+from tunesmith.kernels.token_rows import added_rows
 from tunesmith.precision import active_dtype
 from tunesmith.train.vocab_shard import is_vocab_sharded, sharded_label_losses
 
@@ -57,9 +58,14 @@ def label_token_losses(model, batch: Batch, chunk_size: int, fast: bool = True) 
     targets = batch.targets[keep]
     softcap = final_softcap(model)
     if fast:
+        dtype, grad = active_dtype(hidden), torch.is_grad_enabled()
+        rows = added_rows(head)  # added token rows over the table: passed beside it, never written into a copy
+        if rows is not None:
+            return OutputLayerLoss.apply(
+                hidden[keep], rows.table, targets, chunk_size, dtype, grad, softcap, rows.index, rows.values
+            )
         losses = sharded_label_losses if is_vocab_sharded(head.weight) else OutputLayerLoss.apply
-        dtype = active_dtype(hidden)
-        return losses(hidden[keep], head.weight, targets, chunk_size, dtype, torch.is_grad_enabled(), softcap)
+        return losses(hidden[keep], head.weight, targets, chunk_size, dtype, grad, softcap)
     logits = head(hidden).float()[keep]
     if softcap is not None:
         logits = torch.tanh(logits / softcap) * softcap

@@ -24,6 +24,7 @@ from tunesmith.kernels.arena import ActivationArena, fix_mmap_threshold, release
 from tunesmith.kernels.fused_lora import fuse_lora
 from tunesmith.kernels.label_loss import output_layer
 from tunesmith.kernels.lean import LeanStorage
+from tunesmith.kernels.token_rows import lean_token_rows
 from tunesmith.models.vocabulary import load_model_for
 from tunesmith.precision import autocast, compute_dtype
 from tunesmith.progress import TrainProgress, peak_rss_mb
@@ -164,6 +165,7 @@ def prepare_trainee(cfg: Config, loaded, objective, data: PreparedData, strategy
     lean = LeanStorage(model, dtype) if fast_lora else None
     if fast_lora:
         fuse_lora(model)
+        lean_token_rows(model)
     if cfg.train.gradient_checkpointing:
         output_layer(model)[0].gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     compiled = cfg.train.compile and dist.world_size == 1

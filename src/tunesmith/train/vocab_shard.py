@@ -113,7 +113,7 @@ class _ShardedLabelLoss(torch.autograd.Function):
         every, local, every_target, lse = ctx.saved_tensors
         every_grad, _ = _gather_rows(grad_losses.contiguous(), ctx.group, ctx.sizes)
         wanted = (True, ctx.needs_input_grad[1])
-        grad_every, grad_local = vocabulary_grads(
+        grad_every, grad_local, _ = vocabulary_grads(
             every, local, every_target, lse, every_grad, ctx.chunk_size, ctx.kept, wanted, ctx.softcap, ctx.offset
         )
         ctx.kept = None
