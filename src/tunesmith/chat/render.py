@@ -110,7 +110,7 @@ def adds_bos(tokenizer) -> bool:
     """Whether the tokenizer puts a BOS before every text (Gemma, Llama 2): the model was pretrained with
     it there, and Gemma's outputs fall apart without it."""
     bos = tokenizer.bos_token_id
-    return bos is not None and tokenizer("x")["input_ids"] == [
-        bos,
-        *tokenizer("x", add_special_tokens=False)["input_ids"],
-    ]
+    if bos is None:
+        return False
+    plain = tokenizer("x", add_special_tokens=False)["input_ids"]
+    return tokenizer("x")["input_ids"] == [bos, *plain]

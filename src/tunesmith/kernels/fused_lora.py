@@ -21,6 +21,7 @@ import functools
 import torch
 import torch.nn.functional as F
 
+from tunesmith.kernels import with_mixin
 from tunesmith.precision import active_dtype
 
 
@@ -179,12 +180,6 @@ class _FusedMLP:
         return out.view(*x.shape[:-1], out.shape[-1])
 
 
-@functools.cache
-def _fused(mixin: type, cls: type) -> type:
-    # A subclass, not a patched instance: print(model) names it, isinstance checks still hold.
-    return type(f"Fused{cls.__name__}", (mixin, cls), {"__module__": __name__})
-
-
 @torch.no_grad()
 def gated_activation(module) -> str | None:
     """The ACTIVATIONS name of a gated MLP (gate_proj, up_proj, down_proj, act_fn: transformers'
@@ -213,11 +208,11 @@ def fuse_lora(model: torch.nn.Module) -> int:
         activation = gated_activation(module)
         if activation and all(isinstance(getattr(module, p), Linear) for p in projections):
             module.fused_activation = activation
-            module.__class__ = _fused(_FusedMLP, type(module))
+            module.__class__ = with_mixin("Fused", _FusedMLP, type(module))
             in_mlp.update(id(getattr(module, p)) for p in projections)
             fused += 1
     for module in model.modules():
         if isinstance(module, Linear) and id(module) not in in_mlp:
-            module.__class__ = _fused(_FusedLinear, type(module))
+            module.__class__ = with_mixin("Fused", _FusedLinear, type(module))
             fused += 1
     return fused

@@ -20,12 +20,12 @@ exported, so the saved model is the original base plus the adapter.
 
 from __future__ import annotations
 
-import functools
 from pathlib import Path
 
 import torch
 from safetensors import safe_open
 
+from tunesmith.kernels import with_mixin
 from tunesmith.kernels.label_loss import output_layer
 from tunesmith.precision import active_dtype
 
@@ -126,12 +126,6 @@ class _LeanNorm:
         return _lean_norm_forward(self, hidden, self.lean_divide)
 
 
-@functools.cache
-def _lean(cls: type) -> type:
-    # A subclass, not a patched instance: print(model) names it.
-    return type(f"Lean{cls.__name__}", (_LeanNorm, cls), {"__module__": __name__})
-
-
 class LeanStorage:
     def __init__(self, model, dtype: torch.dtype):
         self.dtype = dtype
@@ -156,7 +150,7 @@ class LeanStorage:
                 # Decided once here, not per call (on CUDA every check would be a host sync).
                 module.lean_divide = not module.weight.requires_grad and bool((module.weight != 0).all())
                 self.norms.append((module, type(module)))
-                module.__class__ = _lean(type(module))
+                module.__class__ = with_mixin("Lean", _LeanNorm, type(module))
             elif id(module) in feeding:
                 self.hooks.append(module.register_forward_hook(self._cast_output))
             if hasattr(module, "cast_input_dtype_enabled"):

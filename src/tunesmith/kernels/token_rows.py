@@ -10,11 +10,12 @@ its vocabulary pieces: the same values and gradients, no copy.
 
 from __future__ import annotations
 
-import functools
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+
+from tunesmith.kernels import with_mixin
 
 
 @dataclass(frozen=True)
@@ -61,12 +62,6 @@ class _LeanLookup:
         return torch.where(hit.any(-1, keepdim=True), picked, out)
 
 
-@functools.cache
-def _lean(cls: type) -> type:
-    # A subclass, not a patched instance: print(model) names it, PEFT's isinstance checks still hold.
-    return type(f"Lean{cls.__name__}", (_LeanLookup, cls), {"__module__": __name__})
-
-
 def lean_token_rows(model: torch.nn.Module) -> int:
     """Route the input lookups of added token rows through _LeanLookup; returns how many layers now do."""
     from peft.tuners.trainable_tokens.layer import TrainableTokensLayer
@@ -77,5 +72,5 @@ def lean_token_rows(model: torch.nn.Module) -> int:
         if isinstance(m, TrainableTokensLayer) and isinstance(m.get_base_layer(), torch.nn.Embedding)
     ]
     for layer in layers:
-        layer.__class__ = _lean(type(layer))
+        layer.__class__ = with_mixin("Lean", _LeanLookup, type(layer))
     return len(layers)
