@@ -315,6 +315,14 @@ def test_default_spaces_of_dpo_and_contrastive():
     assert resolve_goal(encoder).metric == "val_loss"
 
 
+def test_a_qa_run_is_scored_by_contains_on_validation():
+    qa = config_from_dict({"data": {"train": "x", "validation": "v"}, "eval": {"task": "qa"}})
+    goal = resolve_goal(qa)
+    assert (goal.metric, goal.direction) == ("contains", "maximize")
+    exact = qa.model_copy(update={"tune": qa.tune.model_copy(update={"metric": "exact_match"})})
+    assert resolve_goal(exact).metric == "exact_match"
+
+
 def test_a_given_space_replaces_the_default(make_tiny_config, tmp_path):
     cfg = make_tiny_config(tmp_path, tune={"space": {"method.r": [8, 16]}})
     assert list(search_space(cfg)) == ["method.r"]

@@ -1,10 +1,12 @@
 """One trial of `tunesmith tune`: train with the trial's values, score the model on the validation
 split, measure forgetting.
 
-The score is an eval.task metric (evaluate/run.py's scorers) on data.validation's items, or the
-best validation loss where the search cannot score the task (encoders, preference, tool calls,
-graded). Forgetting is the relative rise of general-text perplexity (eval.general_text) over the
-base model's, as `tunesmith eval`'s forgetting monitor measures it. A trial's config has no
+The score is an eval.task metric (evaluate/run.py's scorers) on data.validation's items; for a
+contrastive encoder, a retrieval metric of the validation queries (the BEIR folder's qrels/dev.tsv)
+ranking the whole corpus, as `tunesmith eval` ranks the test queries; else the best validation loss
+(encoder MLM and classification, preference, tool calls, graded). Forgetting is the relative rise
+of general-text perplexity (eval.general_text) over the base model's, as `tunesmith eval`'s
+forgetting monitor measures it. A trial's config has no
 data.test: the test split is kept for the one evaluation of the chosen config.
 """
 
@@ -25,9 +27,11 @@ from tunesmith.tune.space import apply_values
 # The metrics each task's scorer returns (evaluate/run.py's SCORERS), the first the default.
 TASK_METRICS = {
     "generation": ("bleu", "rouge_l", "chrf", "exact_match"),
+    "qa": ("contains", "exact_match"),
     "classification": ("accuracy", "macro_f1", "parse_rate"),
     "text": ("perplexity",),
 }
+RETRIEVAL_METRICS = ("ndcg@10", "mrr@10", "recall@100")
 # A trial writes no resumable checkpoints: a trial cut short is run again from its start.
 NO_CHECKPOINTS = 10**9
 
@@ -48,7 +52,7 @@ class Goal:
 
 
 def resolve_goal(cfg: Config) -> Goal:
-    task_metrics = () if is_encoder_run(cfg) else TASK_METRICS.get(cfg.eval.task, ())
+    task_metrics = _encoder_metrics(cfg) if is_encoder_run(cfg) else TASK_METRICS.get(cfg.eval.task, ())
     metric = cfg.tune.metric or (task_metrics[0] if task_metrics else VAL_LOSS)
     if metric != VAL_LOSS and metric not in task_metrics:
         choices = ", ".join((*task_metrics, VAL_LOSS))
@@ -65,6 +69,12 @@ def resolve_goal(cfg: Config) -> Goal:
     if cfg.tune.max_forgetting is not None and not measures:
         raise TunesmithError("tune.max_forgetting: general-text perplexity is measured for decoder runs only")
     return Goal(metric, direction, cfg.tune.max_forgetting, measures)
+
+
+def _encoder_metrics(cfg: Config) -> tuple[str, ...]:
+    # Retrieval is scored on the whole corpus; the other objectives' metrics live in training only.
+    retrieval = cfg.method.objective == "contrastive" and cfg.eval.task == "retrieval"
+    return RETRIEVAL_METRICS if retrieval else ()
 
 
 @dataclass
@@ -100,7 +110,8 @@ class TrialRunner:
         from tunesmith.evaluate.run import load_test_items
 
         self.goal, self.base_perplexity = goal, base_perplexity
-        scored = goal.metric != VAL_LOSS
+        self.encoder = is_encoder_run(cfg)
+        scored = goal.metric != VAL_LOSS and not self.encoder
         # The validation file read the way `tunesmith eval` reads a test file (eval.max_items applies).
         self.items = load_test_items(_on_validation(cfg)) if scored else None
 
@@ -121,7 +132,9 @@ class TrialRunner:
             return TrialOutcome(None, summary.best_val_loss, None, None, summary.steps, stopped[0])
         folder = model_folder(Path(cfg.out_dir))
         perplexity = None
-        if self.items is not None:
+        if self.encoder and self.goal.metric != VAL_LOSS:
+            value = _retrieval_score(cfg, self.goal.metric)
+        elif self.items is not None:
             variant, measured = score_model(cfg, folder, self.items)
             value = variant["metrics"][self.goal.metric]["value"]
             perplexity = measured["value"] if measured else None
@@ -143,6 +156,17 @@ def base_perplexity(cfg: Config) -> float:
 
 def _on_validation(cfg: Config) -> Config:
     return cfg.model_copy(update={"data": cfg.data.model_copy(update={"test": cfg.data.validation})})
+
+
+def _retrieval_score(cfg: Config, metric: str) -> float:
+    """The trial's encoder ranking the corpus for the validation queries; the report in <trial>/validation."""
+    from tunesmith.encoders.data import BEIR_SPLITS
+    from tunesmith.evaluate.encoders import run_retrieval_evaluation
+
+    on_dev = _on_validation(cfg)
+    on_dev = on_dev.model_copy(update={"eval": on_dev.eval.model_copy(update={"qrels": BEIR_SPLITS["validation"]})})
+    result = run_retrieval_evaluation(on_dev, cfg.out_dir, str(Path(cfg.out_dir) / "validation"))
+    return result["variants"]["finetuned"]["metrics"][metric]["value"]
 
 
 def _train_function(cfg: Config):
