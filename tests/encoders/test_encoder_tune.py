@@ -30,3 +30,22 @@ def test_a_contrastive_trial_is_scored_by_ndcg_of_the_dev_queries_never_the_test
     assert report["items"] == 2  # the two dev queries of the BEIR folder
     assert outcome.value == report["variants"]["finetuned"]["metrics"]["ndcg@10"]["value"]
     assert 0.0 <= outcome.value <= 100.0 and outcome.val_loss is not None
+
+
+def test_an_encoder_classifier_trial_is_scored_by_validation_accuracy_at_the_kept_step(encoder_config, tmp_path):
+    from tunesmith.runfolder import read_metrics
+
+    texts = tmp_path / "texts.csv"
+    rows = [f"a paper on {topic} number {i},{topic}" for i in range(12) for topic in ("proteins", "galaxies")]
+    texts.write_text("text,label\n" + "\n".join(rows) + "\n")
+    data = {"train": str(texts), "validation": None, "val_fraction": 0.25, "test": None}
+    raw = encoder_config(data=data, method={"objective": "classification"}).model_dump(mode="json")
+    cfg = trial_config(raw, {}, tmp_path / "trial")
+    goal = resolve_goal(cfg)
+    assert (goal.metric, goal.in_loop) == ("accuracy", True)
+
+    outcome = TrialRunner(cfg, goal, None)(cfg, lambda step, validation: False)
+
+    best = json.loads((tmp_path / "trial" / "summary.json").read_text())["best_step"]
+    kept = next(m for m in read_metrics(tmp_path / "trial") if m["step"] == best and "val_accuracy" in m)
+    assert outcome.value == kept["val_accuracy"]

@@ -13,7 +13,7 @@ from tunesmith.cli import main
 from tunesmith.config import SearchRange, config_from_dict, dump_config, load_config
 from tunesmith.runfolder import MERGED, METRICS, read_metrics
 from tunesmith.tune import search
-from tunesmith.tune.objective import TrialOutcome, TrialRunner, resolve_goal
+from tunesmith.tune.objective import Goal, TrialOutcome, TrialRunner, resolve_goal
 from tunesmith.tune.space import config_values, default_space, search_space
 from tunesmith.tune.study import STUDY_NAME
 
@@ -145,7 +145,7 @@ def test_pruning_stops_a_trial_behind_the_median(write_config, tmp_path):
     def runner(cfg, should_stop):
         loss = 1.0 if _number(cfg) == 0 else 5.0
         for step in (1, 2, 3):
-            if should_stop(step, loss):
+            if should_stop(step, {"val_loss": loss}):
                 return TrialOutcome(None, loss, None, None, step, stopped_at=step)
         return TrialOutcome(-loss, loss, None, None, 3)
 
@@ -161,7 +161,7 @@ def test_a_pruned_trial_stops_its_training_run(tiny_config, tmp_path):
     cfg = tiny_config(train={"max_steps": 3, "eval_every": 1}, tune={"metric": "val_loss"})
     seen = []
 
-    def should_stop(step, loss):
+    def should_stop(step, validation):
         seen.append(step)
         return True
 
@@ -321,6 +321,36 @@ def test_a_qa_run_is_scored_by_contains_on_validation():
     assert (goal.metric, goal.direction) == ("contains", "maximize")
     exact = qa.model_copy(update={"tune": qa.tune.model_copy(update={"metric": "exact_match"})})
     assert resolve_goal(exact).metric == "exact_match"
+
+
+def test_a_dpo_trial_is_scored_by_reward_accuracy_at_the_kept_step(tiny_config, write_pairs, tmp_path):
+    # DPO's loss scales with beta, which the search varies; the share of pairs ranked right does not.
+    train = write_pairs(tmp_path / "pairs.jsonl", 16, openai=True)
+    cfg = tiny_config(
+        data={"train": str(train), "validation": None, "val_fraction": 0.25, "max_seq_len": 64},
+        method={"name": "dpo", "beta": 0.1},
+        train={"max_steps": 4, "eval_every": 2, "save_every": 100},
+        eval={"task": "preference"},
+    )
+    goal = resolve_goal(cfg)  # no validation file needed: the loop scores its own held-out pairs
+    assert (goal.metric, goal.direction, goal.in_loop) == ("reward_accuracy", "maximize", True)
+    reported = []
+
+    def should_stop(step, validation):
+        reported.append(goal.intermediate(validation))
+        return False
+
+    outcome = TrialRunner(cfg, goal, None)(cfg, should_stop)
+    records = {m["step"]: m for m in read_metrics(Path(cfg.out_dir)) if "val_reward_accuracy" in m}
+    best = json.loads((Path(cfg.out_dir) / "summary.json").read_text())["best_step"]
+    assert outcome.value == records[best]["val_reward_accuracy"]
+    assert reported == [records[step]["val_reward_accuracy"] for step in sorted(records) if step > 0]
+
+
+def test_a_validation_loss_is_compared_negated_when_the_study_maximises():
+    bleu = Goal("bleu", "maximize", None, False)
+    assert bleu.intermediate({"val_loss": 2.0, "val_accuracy": 0.5}) == -2.0
+    assert Goal("val_loss", "minimize", None, False).intermediate({"val_loss": 2.0}) == 2.0
 
 
 def test_a_given_space_replaces_the_default(make_tiny_config, tmp_path):

@@ -3,8 +3,10 @@ split, measure forgetting.
 
 The score is an eval.task metric (evaluate/run.py's scorers) on data.validation's items; for a
 contrastive encoder, a retrieval metric of the validation queries (the BEIR folder's qrels/dev.tsv)
-ranking the whole corpus, as `tunesmith eval` ranks the test queries; else the best validation loss
-(encoder MLM and classification, preference, tool calls, graded). Forgetting is the relative rise
+ranking the whole corpus, as `tunesmith eval` ranks the test queries; for DPO and an encoder
+classifier, a metric the training loop measures on its validation split (reward accuracy, accuracy),
+read at the step whose weights the run keeps; else the best validation loss (encoder MLM, tool
+calls, graded). Forgetting is the relative rise
 of general-text perplexity (eval.general_text) over the base model's, as `tunesmith eval`'s
 forgetting monitor measures it. A trial's config has no
 data.test: the test split is kept for the one evaluation of the chosen config.
@@ -21,7 +23,7 @@ from tunesmith.config import Config, config_from_dict
 from tunesmith.encoders.recipe import is_encoder_run
 from tunesmith.errors import TunesmithError
 from tunesmith.evaluate.metrics import LOWER_IS_BETTER
-from tunesmith.runfolder import VAL_LOSS
+from tunesmith.runfolder import VAL, VAL_LOSS, metric_name, read_metrics
 from tunesmith.tune.space import apply_values
 
 # The metrics each task's scorer returns (evaluate/run.py's SCORERS), the first the default.
@@ -32,6 +34,9 @@ TASK_METRICS = {
     "text": ("perplexity",),
 }
 RETRIEVAL_METRICS = ("ndcg@10", "mrr@10", "recall@100")
+# Measured by the training loop on the validation split (metrics.jsonl's val_<name>). DPO's loss depends
+# on beta, which its search varies, so only a beta-free number compares trials: reward accuracy.
+LOOP_METRICS = {"dpo": ("reward_accuracy",), "classification": ("accuracy",)}
 # A trial writes no resumable checkpoints: a trial cut short is run again from its start.
 NO_CHECKPOINTS = 10**9
 
@@ -45,21 +50,28 @@ class Goal:
     max_forgetting: float | None
     measures_forgetting: bool
 
-    def signed(self, loss: float) -> float:
-        """A validation loss as an intermediate value the study compares the way it compares scores:
-        negated when the study maximises, so that a higher loss always reads as worse."""
-        return -loss if self.direction == "maximize" else loss
+    in_loop: bool = False  # the metric is one the training loop measures at each evaluation
+
+    def intermediate(self, validation: dict) -> float:
+        """What the study compares at an evaluation step: the goal's metric where the loop measures it,
+        else the validation loss, negated when the study maximises (a higher loss always reads as worse)."""
+        if self.in_loop:
+            return validation[metric_name(VAL, self.metric)]
+        return -validation[VAL_LOSS] if self.direction == "maximize" else validation[VAL_LOSS]
 
 
 def resolve_goal(cfg: Config) -> Goal:
-    task_metrics = _encoder_metrics(cfg) if is_encoder_run(cfg) else TASK_METRICS.get(cfg.eval.task, ())
+    loop_metrics = _loop_metrics(cfg)
+    task_metrics = loop_metrics or (
+        _encoder_metrics(cfg) if is_encoder_run(cfg) else TASK_METRICS.get(cfg.eval.task, ())
+    )
     metric = cfg.tune.metric or (task_metrics[0] if task_metrics else VAL_LOSS)
     if metric != VAL_LOSS and metric not in task_metrics:
         choices = ", ".join((*task_metrics, VAL_LOSS))
         raise TunesmithError(
             f"tune.metric {metric!r} is not scored for this run's eval.task={cfg.eval.task}: choose {choices}"
         )
-    if metric != VAL_LOSS and not cfg.data.validation:
+    if metric not in (VAL_LOSS, *loop_metrics) and not cfg.data.validation:
         raise TunesmithError(
             f"tune scores {metric} on data.validation: set it to a held-out file (the search never reads data.test), "
             f"or tune.metric={VAL_LOSS}"
@@ -68,7 +80,15 @@ def resolve_goal(cfg: Config) -> Goal:
     measures = bool(cfg.eval.general_text) and not is_encoder_run(cfg)
     if cfg.tune.max_forgetting is not None and not measures:
         raise TunesmithError("tune.max_forgetting: general-text perplexity is measured for decoder runs only")
-    return Goal(metric, direction, cfg.tune.max_forgetting, measures)
+    return Goal(metric, direction, cfg.tune.max_forgetting, measures, in_loop=metric in loop_metrics)
+
+
+def _loop_metrics(cfg: Config) -> tuple[str, ...]:
+    if cfg.method.name == "dpo":
+        return LOOP_METRICS["dpo"]
+    if is_encoder_run(cfg) and cfg.method.objective == "classification":
+        return LOOP_METRICS["classification"]
+    return ()
 
 
 def _encoder_metrics(cfg: Config) -> tuple[str, ...]:
@@ -97,8 +117,8 @@ def trial_config(raw: dict, values: dict, out_dir: Path) -> Config:
     return config_from_dict(raw, f"trial {out_dir.name}")
 
 
-# (step, validation loss) -> whether to stop the trial now.
-ShouldStop = Callable[[int, float], bool]
+# (step, the validation record of that step) -> whether to stop the trial now.
+ShouldStop = Callable[[int, dict], bool]
 Runner = Callable[[Config, ShouldStop], TrialOutcome]
 
 
@@ -111,7 +131,7 @@ class TrialRunner:
 
         self.goal, self.base_perplexity = goal, base_perplexity
         self.encoder = is_encoder_run(cfg)
-        scored = goal.metric != VAL_LOSS and not self.encoder
+        scored = goal.metric != VAL_LOSS and not self.encoder and not goal.in_loop
         # The validation file read the way `tunesmith eval` reads a test file (eval.max_items applies).
         self.items = load_test_items(_on_validation(cfg)) if scored else None
 
@@ -120,26 +140,30 @@ class TrialRunner:
         from tunesmith.evaluate.variants import model_folder
 
         stopped: list[int] = []
+        what = self.goal.metric if self.goal.in_loop else "loss"
 
         def observe(step: int, validation: dict) -> str | None:
-            if not should_stop(step, validation[VAL_LOSS]):
+            if not should_stop(step, validation):
                 return None
             stopped.append(step)
-            return "pruned: its validation loss trails the earlier trials' at this step"
+            return f"pruned: its validation {what} trails the earlier trials' at this step"
 
         summary = _train_function(cfg)(cfg, overwrite=True, on_validation=observe)
         if stopped:
             return TrialOutcome(None, summary.best_val_loss, None, None, summary.steps, stopped[0])
         folder = model_folder(Path(cfg.out_dir))
         perplexity = None
-        if self.encoder and self.goal.metric != VAL_LOSS:
-            value = _retrieval_score(cfg, self.goal.metric)
-        elif self.items is not None:
+        if self.items is not None:
             variant, measured = score_model(cfg, folder, self.items)
             value = variant["metrics"][self.goal.metric]["value"]
             perplexity = measured["value"] if measured else None
         else:
-            value = summary.best_val_loss
+            if self.goal.in_loop:
+                value = _kept_step_value(Path(cfg.out_dir), summary.best_step, self.goal.metric)
+            elif self.encoder and self.goal.metric != VAL_LOSS:
+                value = _retrieval_score(cfg, self.goal.metric)
+            else:
+                value = summary.best_val_loss
             if self.goal.measures_forgetting:
                 perplexity = general_perplexity(cfg, folder)["value"]
         gc.collect()  # the trial's models, before the next trial loads its own
@@ -156,6 +180,16 @@ def base_perplexity(cfg: Config) -> float:
 
 def _on_validation(cfg: Config) -> Config:
     return cfg.model_copy(update={"data": cfg.data.model_copy(update={"test": cfg.data.validation})})
+
+
+def _kept_step_value(out_dir: Path, best_step: int | None, metric: str) -> float:
+    """val_<metric> at the evaluation whose weights the run kept (its best validation loss), else the last."""
+    name = metric_name(VAL, metric)
+    measured = [row for row in read_metrics(out_dir) if name in row and row["step"] > 0]
+    if not measured:
+        raise TunesmithError(f"{out_dir}: the run measured no {name} on its validation split")
+    kept = [row for row in measured if row["step"] == best_step]
+    return float((kept or measured)[-1][name])
 
 
 def _retrieval_score(cfg: Config, metric: str) -> float:

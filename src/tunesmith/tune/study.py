@@ -218,8 +218,8 @@ def _logged_to(path: Path) -> Iterator:
 
 
 def _should_stop(trial, goal: Goal):
-    def should_stop(step: int, val_loss: float) -> bool:
-        trial.report(goal.signed(val_loss), step)
+    def should_stop(step: int, validation: dict) -> bool:
+        trial.report(goal.intermediate(validation), step)
         return trial.should_prune()
 
     return should_stop
