@@ -6,9 +6,8 @@ contrastive encoder, a retrieval metric of the validation queries (the BEIR fold
 ranking the whole corpus, as `tunesmith eval` ranks the test queries; for DPO and an encoder
 classifier, a metric the training loop measures on its validation split (reward accuracy, accuracy),
 read at the step whose weights the run keeps; else the best validation loss (encoder MLM, tool
-calls, graded). Forgetting is the relative rise
-of general-text perplexity (eval.general_text) over the base model's, as `tunesmith eval`'s
-forgetting monitor measures it. A trial's config has no
+calls, graded). Forgetting is the relative rise of general-text perplexity (eval.general_text) over
+the base model's, as `tunesmith eval`'s forgetting monitor measures it. A trial's config has no
 data.test: the test split is kept for the one evaluation of the chosen config.
 """
 
@@ -34,9 +33,6 @@ TASK_METRICS = {
     "text": ("perplexity",),
 }
 RETRIEVAL_METRICS = ("ndcg@10", "mrr@10", "recall@100")
-# Measured by the training loop on the validation split (metrics.jsonl's val_<name>). DPO's loss depends
-# on beta, which its search varies, so only a beta-free number compares trials: reward accuracy.
-LOOP_METRICS = {"dpo": ("reward_accuracy",), "classification": ("accuracy",)}
 # A trial writes no resumable checkpoints: a trial cut short is run again from its start.
 NO_CHECKPOINTS = 10**9
 
@@ -84,10 +80,12 @@ def resolve_goal(cfg: Config) -> Goal:
 
 
 def _loop_metrics(cfg: Config) -> tuple[str, ...]:
+    """Metrics the training loop measures on the validation split (metrics.jsonl's val_<name>)."""
     if cfg.method.name == "dpo":
-        return LOOP_METRICS["dpo"]
+        # DPO's loss depends on beta, which its search varies: only a beta-free number compares trials.
+        return ("reward_accuracy",)
     if is_encoder_run(cfg) and cfg.method.objective == "classification":
-        return LOOP_METRICS["classification"]
+        return ("accuracy",)
     return ()
 
 
@@ -130,8 +128,7 @@ class TrialRunner:
         from tunesmith.evaluate.run import load_test_items
 
         self.goal, self.base_perplexity = goal, base_perplexity
-        self.encoder = is_encoder_run(cfg)
-        scored = goal.metric != VAL_LOSS and not self.encoder and not goal.in_loop
+        scored = goal.metric not in (VAL_LOSS, *RETRIEVAL_METRICS) and not goal.in_loop
         # The validation file read the way `tunesmith eval` reads a test file (eval.max_items applies).
         self.items = load_test_items(_on_validation(cfg)) if scored else None
 
@@ -160,7 +157,7 @@ class TrialRunner:
         else:
             if self.goal.in_loop:
                 value = _kept_step_value(Path(cfg.out_dir), summary.best_step, self.goal.metric)
-            elif self.encoder and self.goal.metric != VAL_LOSS:
+            elif self.goal.metric in RETRIEVAL_METRICS:
                 value = _retrieval_score(cfg, self.goal.metric)
             else:
                 value = summary.best_val_loss
