@@ -69,3 +69,19 @@ def test_graded_eval_names_the_line_lacking_a_grader_field(tmp_path):
 def test_graded_eval_needs_a_grader(tmp_path):
     with pytest.raises(TunesmithError, match="eval.task=graded needs rl.grader"):
         _config(tmp_path, None)
+
+
+def test_graded_eval_reports_each_part_of_a_multi_grader(tmp_path, tuned_run):
+    """A multi grader's reward and each named part, with intervals and paired gains: a reward that
+    rose because one part rose and another fell shows as such."""
+    parts = {"never": _check("ne", None), "always": _check("eq", None)}  # 1 and 0 for every answer
+    grader = {"type": "multi", "name": "m", "graders": parts, "calculate_output": "0.75 * never - 0.5 * always"}
+    result = run_evaluation(_config(tmp_path, grader), str(tuned_run), str(tmp_path / "out"))
+    for variant in result["variants"].values():
+        assert list(variant["metrics"]) == ["mean_score", "mean_score.never", "mean_score.always"]
+        assert variant["metrics"]["mean_score"]["value"] == 0.75
+        assert variant["metrics"]["mean_score.never"] == {"value": 1.0, "low": 1.0, "high": 1.0}
+        assert variant["metrics"]["mean_score.always"]["value"] == 0.0
+    assert set(result["gain"]) == {"mean_score", "mean_score.never", "mean_score.always"}
+    report = (tmp_path / "out/report.md").read_text()
+    assert "mean_score.never" in report and "0.750" in report

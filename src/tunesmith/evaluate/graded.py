@@ -3,7 +3,8 @@
 The same grader that trained a GRPO run judges it: the base model zero-shot and the fine-tuned
 model answer every test prompt (greedy unless eval.temperature), each answer gets the grader's
 reward, and the report gives the mean score and, where the grader has a pass_threshold, the pass
-rate, each with a bootstrap interval, and the fine-tune's paired gain over the base.
+rate, each with a bootstrap interval, and the fine-tune's paired gain over the base; for a multi
+grader, each named grader's mean score as well.
 
 Prompts are asked and answers read as GRPO's rollouts ask and read them: a line's tools offered,
 its response_format enforced, tool calls parsed into ``sample.output_tools``.
@@ -69,6 +70,10 @@ def _scorer(grader: Grader, context: Context):
         samples = [answer_sample(text, bool(item.tools)) for text, item in zip(generation.texts, items, strict=True)]
         grades = grade_many(grader, samples, [item.item for item in items], context)
         scored = {"mean_score": score_stats([g.reward for g in grades])}
+        # A multi grader's parts, each with its interval and paired gain: a reward that rose because
+        # one part rose and another fell (coverage bought with length) shows as such.
+        for name in getattr(grader, "graders", {}):
+            scored[f"mean_score.{name}"] = score_stats([g.sub_rewards[name] for g in grades])
         if grader.pass_threshold is not None:
             scored["pass_rate"] = metrics.share_stats([bool(g.passed) for g in grades])
         return {"generation": generation, "metrics": scored, "outputs": generation.texts}

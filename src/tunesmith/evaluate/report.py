@@ -60,7 +60,7 @@ def _with_ci(metric: dict, digits: int = 1) -> str:
 def _digits(task: str, metric: str) -> int:
     # A grader's mean score lies in [0, 1] (a share of slots, a similarity): one decimal would show
     # 0.77 and 0.91 as 0.8 and 0.9. Perplexities need two; percentages one.
-    return 3 if metric == "mean_score" else 2 if task == "text" else 1
+    return 3 if metric.startswith("mean_score") else 2 if task == "text" else 1
 
 
 def _quality(result: dict) -> Section:
