@@ -66,7 +66,7 @@ def test_the_file_is_a_python_grader_run_in_the_sandbox():
 
 
 def test_the_shipped_config_and_its_prompts_check(monkeypatch):
-    """configs/e2e_grpo.yaml loads, its grader is this file, and every rl_*.jsonl line carries the mr it reads."""
+    """configs/e2e_grpo.yaml loads, its grader joins this file's, and every rl_*.jsonl line carries the mr it reads."""
     from tunesmith.config import load_config
     from tunesmith.graders.data import read_graded
 
@@ -74,7 +74,8 @@ def test_the_shipped_config_and_its_prompts_check(monkeypatch):
     monkeypatch.chdir(repo)  # the config's paths are relative to the repository root
     cfg = load_config(repo / "configs/e2e_grpo.yaml")
     grader = load_grader(cfg.rl.grader)
-    assert cfg.method.name == "grpo" and cfg.eval.task == "graded" and grader.name == "e2e_slot_coverage"
+    assert cfg.method.name == "grpo" and cfg.eval.task == "graded"
+    assert grader.graders["slots"].name == "e2e_slot_coverage"
     for name, lines in (("train", 522), ("validation", 25), ("test", 630)):
         data = read_graded(repo / f"data/e2e_nlg/rl_{name}.jsonl", grader)
         assert data.errors == [] and len(data.examples) == lines
