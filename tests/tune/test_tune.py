@@ -323,6 +323,15 @@ def test_a_qa_run_is_scored_by_contains_on_validation():
     assert resolve_goal(exact).metric == "exact_match"
 
 
+def test_a_grpo_run_is_scored_by_its_validation_reward():
+    grader = {"type": "string_check", "name": "c", "input": "{{sample.output_text}}", "reference": "a", "operation": "eq"}
+    grpo = config_from_dict({"data": {"train": "x"}, "method": {"name": "grpo"}, "rl": {"grader": grader}})
+    goal = resolve_goal(grpo)  # the loop grades its own validation prompts: no validation file needed
+    assert (goal.metric, goal.direction, goal.in_loop) == ("reward", "maximize", True)
+    assert goal.intermediate({"val_reward": 0.7, "val_loss": -0.7}) == 0.7
+    assert set(default_space(grpo)) == {"train.lr"}
+
+
 def test_a_dpo_trial_is_scored_by_reward_accuracy_at_the_kept_step(tiny_config, write_pairs, tmp_path):
     # DPO's loss scales with beta, which the search varies; the share of pairs ranked right does not.
     train = write_pairs(tmp_path / "pairs.jsonl", 16, openai=True)

@@ -4,9 +4,9 @@ split, measure forgetting.
 The score is an eval.task metric (evaluate/run.py's scorers) on data.validation's items; for a
 contrastive encoder, a retrieval metric of the validation queries (the BEIR folder's qrels/dev.tsv)
 ranking the whole corpus, as `tunesmith eval` ranks the test queries; for DPO and an encoder
-classifier, a metric the training loop measures on its validation split (reward accuracy, accuracy),
-read at the step whose weights the run keeps; else the best validation loss (encoder MLM, tool
-calls, graded). Forgetting is the relative rise of general-text perplexity (eval.general_text) over
+classifier and GRPO, a metric the training loop measures on its validation split (reward accuracy,
+accuracy, the grader's mean reward), read at the step whose weights the run keeps; else the best
+validation loss (encoder MLM, tool calls). Forgetting is the relative rise of general-text perplexity (eval.general_text) over
 the base model's, as `tunesmith eval`'s forgetting monitor measures it. A trial's config has no
 data.test: the test split is kept for the one evaluation of the chosen config.
 """
@@ -84,6 +84,9 @@ def _loop_metrics(cfg: Config) -> tuple[str, ...]:
     if cfg.method.name == "dpo":
         # DPO's loss depends on beta, which its search varies: only a beta-free number compares trials.
         return ("reward_accuracy",)
+    if cfg.method.name == "grpo":
+        # The grader's mean reward on the validation prompts (its loss is the same number negated).
+        return ("reward",)
     if is_encoder_run(cfg) and cfg.method.objective == "classification":
         return ("accuracy",)
     return ()
