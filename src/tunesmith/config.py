@@ -537,8 +537,8 @@ class TuneConfig(_Strict):
         None,
         description="The validation number a trial is scored on: an eval.task metric (generation: bleu, rouge_l, "
         "chrf, exact_match; qa: contains, exact_match; classification: accuracy, macro_f1, parse_rate; text: "
-        "perplexity; a contrastive encoder's retrieval: ndcg@10, mrr@10, recall@100; DPO: reward_accuracy; GRPO: reward, "
-        "the grader's mean on the validation prompts; an encoder classifier: accuracy) or val_loss; "
+        "perplexity; a contrastive encoder's retrieval: ndcg@10, mrr@10, recall@100; DPO: reward_accuracy; "
+        "GRPO: reward, the grader's mean on the validation prompts; an encoder classifier: accuracy) or val_loss; "
         "default: the task's first metric, val_loss for tasks the search cannot score.",
     )
     direction: Literal["maximize", "minimize"] | None = Field(

@@ -154,7 +154,9 @@ def test_pruning_stops_a_trial_behind_the_median(write_config, tmp_path):
     search.tune(config, trials=2, out=out, runner=runner)
     _, states = _states(out)
     assert states == ["COMPLETE", "PRUNED"]
-    assert list(csv.DictReader((out / "trials.csv").open()))[1]["note"] == "pruned at step 1"
+    rows = list(csv.DictReader((out / "trials.csv").open()))
+    assert rows[1]["note"] == "pruned at step 1"
+    assert list(rows[0]).count("val_loss") == 1  # the study's value, not a second loss column
 
 
 def test_a_pruned_trial_stops_its_training_run(tiny_config, tmp_path):
@@ -324,7 +326,8 @@ def test_a_qa_run_is_scored_by_contains_on_validation():
 
 
 def test_a_grpo_run_is_scored_by_its_validation_reward():
-    grader = {"type": "string_check", "name": "c", "input": "{{sample.output_text}}", "reference": "a", "operation": "eq"}
+    grader = {"type": "string_check", "name": "c", "input": "{{sample.output_text}}", "reference": "a"}
+    grader["operation"] = "eq"
     grpo = config_from_dict({"data": {"train": "x"}, "method": {"name": "grpo"}, "rl": {"grader": grader}})
     goal = resolve_goal(grpo)  # the loop grades its own validation prompts: no validation file needed
     assert (goal.metric, goal.direction, goal.in_loop) == ("reward", "maximize", True)

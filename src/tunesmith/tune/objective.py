@@ -6,9 +6,10 @@ contrastive encoder, a retrieval metric of the validation queries (the BEIR fold
 ranking the whole corpus, as `tunesmith eval` ranks the test queries; for DPO and an encoder
 classifier and GRPO, a metric the training loop measures on its validation split (reward accuracy,
 accuracy, the grader's mean reward), read at the step whose weights the run keeps; else the best
-validation loss (encoder MLM, tool calls). Forgetting is the relative rise of general-text perplexity (eval.general_text) over
-the base model's, as `tunesmith eval`'s forgetting monitor measures it. A trial's config has no
-data.test: the test split is kept for the one evaluation of the chosen config.
+validation loss (encoder MLM, tool calls). Forgetting is the relative rise of general-text
+perplexity (eval.general_text) over the base model's, as `tunesmith eval`'s forgetting monitor
+measures it. A trial's config has no data.test: the test split is kept for the one evaluation of
+the chosen config.
 """
 
 from __future__ import annotations

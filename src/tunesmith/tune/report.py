@@ -16,6 +16,7 @@ from pathlib import Path
 
 from tunesmith.config import config_from_dict, dump_config
 from tunesmith.paths import atomic_file, write_text_atomic
+from tunesmith.runfolder import VAL_LOSS
 from tunesmith.tune.space import apply_values
 
 RESULTS = "trials.jsonl"
@@ -129,10 +130,11 @@ def progress_line(trial, study, goal) -> str:
     return text + f"; best: trial {best} ({goal.metric} {_value(leader.value)})"
 
 
-def _columns(records: list[dict], space_keys: list[str]) -> list[str]:
+def _columns(records: list[dict], space_keys: list[str], metric: str) -> list[str]:
     params = list(space_keys) + sorted({k for r in records for k in r["params"]} - set(space_keys))
     scores = ["trial", "state", "value", "forgetting", "feasible", "best"]
-    return [*scores, *params, "val_loss", "steps", "seconds", "note"]
+    loss = [] if metric == VAL_LOSS else ["val_loss"]  # a study scored on the loss has it as its value
+    return [*scores, *params, *loss, "steps", "seconds", "note"]
 
 
 def _rows(records: list[dict], best: int | None, columns: list[str]) -> list[dict]:
@@ -149,7 +151,7 @@ def write_reports(out: Path, study, plan) -> None:
     trials = study.get_trials(deepcopy=False)
     records = [trial_record(t, goal) for t in trials]
     best = best_number(study)
-    columns = _columns(records, list(plan.space))
+    columns = _columns(records, list(plan.space), goal.metric)
     rows = _rows(records, best, columns)
     header = [goal.metric if c == "value" else c for c in columns]
 
