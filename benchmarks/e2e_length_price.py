@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import json
+import math
 import os
 import statistics
 import sys
@@ -35,26 +36,6 @@ def _module(path: str):
     return module
 
 
-def kendall_tau(x: list[float], y: list[float]) -> float | None:
-    """Tau-b; None where either side is constant (the group teaches GRPO nothing)."""
-    concordant = discordant = ties_x = ties_y = 0
-    for i in range(len(x)):
-        for j in range(i + 1, len(x)):
-            dx, dy = x[i] - x[j], y[i] - y[j]
-            if dx == 0 and dy == 0:
-                continue
-            if dx == 0:
-                ties_x += 1
-            elif dy == 0:
-                ties_y += 1
-            elif (dx > 0) == (dy > 0):
-                concordant += 1
-            else:
-                discordant += 1
-    denominator = ((concordant + discordant + ties_x) * (concordant + discordant + ties_y)) ** 0.5
-    return (concordant - discordant) / denominator if denominator else None
-
-
 def references(path: str, prefix: str) -> dict[str, list[str]]:
     """The human references of each meaning representation in a prompt/completion file."""
     found = defaultdict(list)
@@ -65,11 +46,14 @@ def references(path: str, prefix: str) -> dict[str, list[str]]:
 
 
 def agreement(groups: list[dict], price: float) -> float:
+    """Mean tau-b over the groups; a group constant on either side (NaN) teaches GRPO nothing and is skipped."""
+    from scipy.stats import kendalltau  # scikit-learn's dependency
+
     taus = []
     for group in groups:
         rewards = [c - price * e for c, e in zip(group["coverage"], group["excess"], strict=True)]
-        tau = kendall_tau(rewards, group["bleu"])
-        if tau is not None:
+        tau = kendalltau(rewards, group["bleu"]).statistic
+        if not math.isnan(tau):
             taus.append(tau)
     return statistics.mean(taus)
 
