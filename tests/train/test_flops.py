@@ -1,4 +1,5 @@
 import json
+import time
 from types import SimpleNamespace
 
 import pytest
@@ -67,6 +68,16 @@ def test_peak_is_measured_once_and_cached(tmp_path, monkeypatch):
     monkeypatch.setattr(flops, "_time_matmul", lambda device, dtype, seconds: 123.0)
     assert PeakFlops("cpu", torch.bfloat16).value == 123.0
     assert len(json.loads((tmp_path / "peak_flops.json").read_text())) == 2
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_timing_the_peak_stays_near_its_budget_without_bfloat16_instructions(dtype):
+    # Without avx512_bf16 a 2048-square bfloat16 product takes about a minute on one thread: the
+    # first training step of a bfloat16 run must not wait for it (twice, once per DDP process).
+    start = time.perf_counter()
+    peak = flops._time_matmul(torch.device("cpu"), dtype, seconds=0.2)
+    assert time.perf_counter() - start < 15
+    assert peak > 1e7
 
 
 def test_a_peak_timed_under_load_is_raised_by_work_that_beats_it(tmp_path, monkeypatch):

@@ -99,19 +99,31 @@ def _device_name(device: torch.device) -> str:
 
 
 def _time_matmul(device: torch.device, dtype: torch.dtype, seconds: float) -> float:
-    """Best FLOP/s of repeated square matmuls over about `seconds` (the best, not the mean: a peak)."""
-    n = 8192 if device.type == "cuda" else 2048
-    a = torch.randn(n, n, device=device).to(dtype)
-    b = torch.randn(n, n, device=device).to(dtype)
+    """Best FLOP/s of repeated square matmuls over about `seconds` (the best, not the mean: a peak).
+
+    The size doubles from 256 while one product takes under a tenth of the budget: a CPU without
+    bfloat16 instructions multiplies 2048-square bfloat16 matrices in a minute, not a tenth of a
+    second, and the timing must stay within its budget there too."""
+    largest = 8192 if device.type == "cuda" else 2048
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
-    a @ b  # warm-up: kernel selection, first-touch of the output
-    sync()
-    best, deadline = float("inf"), time.perf_counter() + seconds
-    while time.perf_counter() < deadline:
+
+    def product_seconds(a, b) -> float:
         start = time.perf_counter()
         a @ b
         sync()
-        best = min(best, time.perf_counter() - start)
+        return time.perf_counter() - start
+
+    n = 256
+    while True:
+        a = torch.randn(n, n, device=device).to(dtype)
+        b = torch.randn(n, n, device=device).to(dtype)
+        product_seconds(a, b)  # warm-up: kernel selection, first-touch of the output
+        if n >= largest or product_seconds(a, b) >= seconds / 10:
+            break
+        n *= 2
+    best, deadline = float("inf"), time.perf_counter() + seconds
+    while time.perf_counter() < deadline:
+        best = min(best, product_seconds(a, b))
     return 2 * n**3 / best
 
 
