@@ -4,16 +4,17 @@ from tunesmith.evaluate.report import write_reports
 from tunesmith.evaluate.verdict import verdict
 
 
-def _variant(generated=2.0, speed=2.0):
-    return {"metrics": {}, "cost": {"prompt_tokens": 40.0, "generated_tokens": generated, "tokens_per_second": speed}}
+def _variant(generated=2.0, speed=2.0, prompt=40.0):
+    return {"metrics": {}, "cost": {"prompt_tokens": prompt, "generated_tokens": generated, "tokens_per_second": speed}}
 
 
-def _result(gain, forgetting=None, training=None, tuned_speed=8.0, few_speed=2.0, metric="accuracy"):
-    # Seconds per request: 2 tokens at 8 tok/s = 0.25 s tuned, 2 at 2 tok/s = 1.0 s few-shot: 0.75 s saved.
+def _result(gain, forgetting=None, training=None, tuned_speed=8.0, few_speed=2.0, metric="accuracy", few_prompt=200.0):
+    # Seconds per request: 2 tokens at 8 tok/s = 0.25 s tuned, 2 at 2 tok/s = 1.0 s few-shot: 0.75 s saved
+    # (the few-shot prompt is the longer one: its reading shows up as fewer tokens/s).
     return {
         "variants": {
             "zero_shot": _variant(),
-            "few_shot": _variant(speed=few_speed),
+            "few_shot": _variant(speed=few_speed, prompt=few_prompt),
             "finetuned": _variant(speed=tuned_speed),
         },
         "gain": {metric: {"baseline": "few_shot", **gain}},
@@ -78,6 +79,13 @@ def test_break_even_requests(training, tuned_speed, few_speed, requests, phrase)
     said = verdict(_result(WIN, training=training, tuned_speed=tuned_speed, few_speed=few_speed))
     assert (said["break_even"] or {}).get("requests") == requests
     assert phrase in said["sentences"][2]
+
+
+def test_no_break_even_when_the_finetune_reads_and_writes_as_many_tokens():
+    # Same prompt, same answer length: a faster measured tokens/s is the machine's load, not a saving.
+    said = verdict(_result(WIN, training={"wall_seconds": 300.0}, few_prompt=40.0))
+    assert (said["break_even"]["requests"], said["break_even"]["seconds_saved_per_request"]) == (None, 0.0)
+    assert "no fewer tokens than few-shot prompting, so it saves no time" in said["sentences"][2]
 
 
 def test_no_finetune_no_verdict(tmp_path):

@@ -14,6 +14,8 @@ Three questions, each answered only from numbers already in the result:
 * break-even: a request's time is its generated tokens over the variant's measured tokens/s (the
   generation timing includes reading the prompt, so the alternative's longer few-shot prompts show
   up as fewer tokens/s). Training pays back after training seconds / seconds saved per request.
+  A fine-tuned request that reads and writes no fewer tokens than the alternative saves nothing:
+  the same model doing the same work, so a difference in measured tokens/s is the machine's load.
 """
 
 from __future__ import annotations
@@ -75,15 +77,17 @@ def _seconds_per_request(cost: dict) -> float | None:
 
 
 def _break_even(variants: dict, baseline: str, training: dict | None) -> dict | None:
-    tuned = _seconds_per_request(variants["finetuned"]["cost"])
-    other = _seconds_per_request(variants[baseline]["cost"])
+    tuned_cost, other_cost = variants["finetuned"]["cost"], variants[baseline]["cost"]
+    tuned, other = _seconds_per_request(tuned_cost), _seconds_per_request(other_cost)
     seconds = (training or {}).get("wall_seconds")
     if not _known(tuned, other, seconds):
         return None
-    saved = other - tuned
+    fewer_tokens = any(tuned_cost[key] < other_cost[key] for key in ("prompt_tokens", "generated_tokens"))
+    saved = other - tuned if fewer_tokens else 0.0
     return {
         "seconds_per_request": {"finetuned": tuned, baseline: other},
-        "prompt_tokens": {v: variants[v]["cost"].get("prompt_tokens") for v in ("finetuned", baseline)},
+        "prompt_tokens": {"finetuned": tuned_cost["prompt_tokens"], baseline: other_cost["prompt_tokens"]},
+        "fewer_tokens": fewer_tokens,
         "seconds_saved_per_request": saved,
         "training_seconds": seconds,
         "requests": math.ceil(seconds / saved) if saved > 0 else None,
@@ -128,6 +132,11 @@ def verdict(result: dict) -> dict:
     other = _title(gain["baseline"])
     if break_even is None:
         sentences.append("Break-even: unknown (needs generation tokens/s of both variants and the training time).")
+    elif not break_even["fewer_tokens"]:
+        sentences.append(
+            f"Break-even: never; a fine-tuned request reads and writes no fewer tokens than {other}, "
+            "so it saves no time."
+        )
     elif break_even["requests"] is None:
         sentences.append(f"Break-even: never; a fine-tuned request is not faster than {other}.")
     else:
