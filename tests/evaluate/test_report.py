@@ -105,3 +105,25 @@ def test_a_graders_mean_score_keeps_three_decimals(tmp_path):
     page = _Cells()
     page.feed((tmp_path / "report.html").read_text())
     assert page.cells["quality"][:3] == ["base, zero-shot", "0.770 [0.759, 0.780]", "61.2 [50.0, 70.0]"]
+
+
+@pytest.mark.parametrize(
+    ("task", "metrics", "references", "note"),
+    [
+        ("classification", ("accuracy",), 10, "10 test items (10 references). Brackets"),
+        ("graded", ("mean_score", "pass_rate"), 0, "10 test items. Brackets"),
+        ("graded", ("mean_score",), 0, "10 test items. Brackets"),
+        ("text", ("perplexity",), 10, "10 test items (10 references). Brackets"),
+    ],
+)
+def test_the_quality_note_speaks_only_of_what_the_table_has(tmp_path, task, metrics, references, note):
+    # Graded prompts have no references; a mean score or a perplexity is not a share in percent.
+    result = _result(10, None)
+    score = {"value": 0.5, "low": 0.4, "high": 0.6}
+    for variant in ("zero_shot", "few_shot"):
+        result["variants"][variant]["metrics"] = {name: score for name in metrics}
+    result["task"], result["references"] = task, references
+    write_reports(result, tmp_path)
+    markdown = (tmp_path / "report.md").read_text()
+    assert note in markdown
+    assert ("Shares are in percent." in markdown) == any(m in ("accuracy", "pass_rate") for m in metrics)

@@ -15,6 +15,7 @@ import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from tunesmith.evaluate.metrics import LOWER_IS_BETTER
 from tunesmith.paths import write_text_atomic
 
 VARIANT_TITLES = {
@@ -71,10 +72,13 @@ def _quality(result: dict) -> Section:
         for v, data in variants.items()
     ]
     conf = result["confidence"]
+    # Graded prompts have no references, perplexity and a grader's mean score are not shares.
+    references = f" ({result['references']} references)" if result["references"] else ""
+    shares = any(n not in LOWER_IS_BETTER and not n.startswith("mean_score") for n in names)
     notes = [
-        f"{result['items']} test items ({result['references']} references). Brackets: "
+        f"{result['items']} test items{references}. Brackets: "
         f"{conf['level']:.0%} bootstrap confidence interval ({conf['resamples']} resamples of the items, "
-        f"percentile method, seed {conf['seed']}). Shares are in percent."
+        f"percentile method, seed {conf['seed']})." + (" Shares are in percent." if shares else "")
     ]
     if result.get("few_shot"):
         few = result["few_shot"]
