@@ -95,4 +95,5 @@ def test_the_service_answers_with_the_fine_tune(server, tiny_model_name, monkeyp
     exec(code.replace("smollm2-135m-instruct", tiny_model_name), {})
     printed = capsys.readouterr().out.strip().splitlines()
     assert printed[0].startswith(f"ft:{tiny_model_name}:org-") and ":trips:" in printed[0], printed
-    assert len(printed) >= 2 and printed[1].strip(), "the fine-tune's answer is printed"
+    # The tiny random model's answer may begin with a line break: any text after the model's name counts.
+    assert "".join(printed[1:]).strip(), "the fine-tune's answer is printed"
