@@ -21,6 +21,7 @@ from safetensors.torch import load_file
 
 from tunesmith.config import dump_config
 from tunesmith.errors import TunesmithError
+from tunesmith.precision import bf16_supported
 from tunesmith.train.recipe import train
 
 STEPS = {"max_steps": 4, "save_every": 2, "eval_every": 100, "log_every": 1}
@@ -118,9 +119,13 @@ def test_bf16_lora_keeps_lean_storage_and_the_arena_under_ddp(make_tiny_config, 
         train_section = {**bf16, "grad_accum": grad_accum}
         return make_tiny_config(tmp_path / name, method={"dropout": 0.0}, train=train_section, eval={"samples": 0})
 
-    _ok(_launch(config("two", 1)))
+    result = _launch(config("two", 1))
+    _ok(result)
     train(config("one", 2))
     assert _train_losses(tmp_path / "two") == pytest.approx(_train_losses(tmp_path / "one"), rel=1e-2)
+    # Where bf16 is emulated the user is told, once (rank 0 speaks).
+    emulated = not bf16_supported(torch.device("cpu"))
+    assert result.stderr.count("matmuls are emulated") == (1 if emulated else 0)
 
 
 def test_full_fine_tuning_shards_state_with_fsdp2_and_takes_the_same_steps(make_tiny_config, tmp_path):

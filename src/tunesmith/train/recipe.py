@@ -26,7 +26,7 @@ from tunesmith.kernels.label_loss import output_layer
 from tunesmith.kernels.lean import LeanStorage
 from tunesmith.kernels.token_rows import lean_token_rows
 from tunesmith.models.vocabulary import load_model_for
-from tunesmith.precision import autocast, compute_dtype
+from tunesmith.precision import autocast, compute_dtype, slow_dtype_warning
 from tunesmith.progress import TrainProgress, peak_rss_mb
 from tunesmith.runfolder import CHECKPOINTS, SAMPLES, TRAIN, TRAIN_LOSS, list_checkpoints
 from tunesmith.train import distributed
@@ -254,6 +254,8 @@ def train(
         progress.say(describe(trainee.fast_paths_used))
         if cfg.train.compile and not trainee.compiled:
             progress.say("train.compile is off: torch.compile is not tested here under DDP/FSDP2")
+        if warning := slow_dtype_warning(cfg.train.dtype, dist.device):
+            progress.say(f"warning: {warning}")
         _loop(run, trainee, objective, data, progress)
 
     # ---- save: the best weights, not the last ----
