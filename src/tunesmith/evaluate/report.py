@@ -58,10 +58,15 @@ def _with_ci(metric: dict, digits: int = 1) -> str:
     return f"{_fmt(metric['value'], digits)} [{_fmt(metric['low'], digits)}, {_fmt(metric['high'], digits)}]"
 
 
+def _grader_score(metric: str) -> bool:
+    """A grader's mean score (the whole grader's or one part's): in [0, 1], not a percentage."""
+    return metric.startswith("mean_score")
+
+
 def _digits(task: str, metric: str) -> int:
     # A grader's mean score lies in [0, 1] (a share of slots, a similarity): one decimal would show
     # 0.77 and 0.91 as 0.8 and 0.9. Perplexities need two; percentages one.
-    return 3 if metric.startswith("mean_score") else 2 if task == "text" else 1
+    return 3 if _grader_score(metric) else 2 if task == "text" else 1
 
 
 def _quality(result: dict) -> Section:
@@ -74,7 +79,7 @@ def _quality(result: dict) -> Section:
     conf = result["confidence"]
     # Graded prompts have no references, perplexity and a grader's mean score are not shares.
     references = f" ({result['references']} references)" if result["references"] else ""
-    shares = any(n not in LOWER_IS_BETTER and not n.startswith("mean_score") for n in names)
+    shares = any(n not in LOWER_IS_BETTER and not _grader_score(n) for n in names)
     notes = [
         f"{result['items']} test items{references}. Brackets: "
         f"{conf['level']:.0%} bootstrap confidence interval ({conf['resamples']} resamples of the items, "
